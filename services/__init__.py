@@ -1,0 +1,1 @@
+"""Services extracted from the legacy monolith, one package each."""

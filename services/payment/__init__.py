@@ -1,0 +1,1 @@
+"""The payment service: the first endpoint group extracted from the monolith."""
