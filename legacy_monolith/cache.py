@@ -46,6 +46,8 @@ class MemoryBackend:
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
+            if key in self._counters:
+                return str(self._counters[key]).encode()
             item = self._data.get(key)
             if item is None:
                 return None
@@ -67,8 +69,10 @@ class MemoryBackend:
         with self._lock:
             for key in keys:
                 self._data.pop(key, None)
+                self._counters.pop(key, None)
 
     def incr(self, key: str) -> int:
+        """Like Redis INCR: a counter readable with `get`, never evicted by the LRU."""
         with self._lock:
             self._counters[key] = self._counters.get(key, 0) + 1
             return self._counters[key]
