@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,75 +89,3 @@ def redis_process() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
-
-
-class ServerProcess:
-    """A server started as its users start it (a command line), on 127.0.0.1 with port 0.
-
-    The bound port is read from uvicorn's "Uvicorn running on http://HOST:PORT" line.
-    """
-
-    _RUNNING = re.compile(r"Uvicorn running on (http://[\d.]+:\d+)")
-
-    def __init__(
-        self, args: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None
-    ) -> None:
-        self.args = args
-        self.cwd = cwd
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self.output: list[str] = []
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line)
-                found = self._RUNNING.search(line)
-                if found and not self.url:
-                    self.url = found.group(1)
-                    ready.set()
-            ready.set()
-
-        self._pump = threading.Thread(target=pump, daemon=True)
-        self._pump.start()
-        if not ready.wait(timeout) or not self.url:
-            self.stop()
-            raise AssertionError(f"{' '.join(self.args)} did not start:\n{''.join(self.output)}")
-        # With --workers, uvicorn logs the address before a worker listens on it.
-        port = int(self.url.rsplit(":", 1)[1])
-        wait_until(lambda: port_answers(port), timeout, what=f"{self.url} to accept connections")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._pump.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-        return code
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()

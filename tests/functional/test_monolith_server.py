@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from legacy_monolith.seed import DEMO_PASSWORD, DEMO_USER
-from tests.support import ServerProcess
+from proxy.procs import Child
 
 PY = sys.executable
 
@@ -45,8 +45,8 @@ def shop_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(shop_dir: Path) -> Iterator[ServerProcess]:
-    with ServerProcess([PY, "-m", "legacy_monolith", "--port", "0"], cwd=str(shop_dir)) as proc:
+def server(shop_dir: Path) -> Iterator[Child]:
+    with Child("monolith", [PY, "-m", "legacy_monolith", "--port", "0"], cwd=str(shop_dir)) as proc:
         yield proc
 
 
@@ -76,7 +76,7 @@ def test_seed_rejects_a_negative_count(tmp_path: Path) -> None:
     assert "must be 0 or more" in done.stderr
 
 
-def test_health_names_the_backend(server: ServerProcess) -> None:
+def test_health_names_the_backend(server: Child) -> None:
     health = httpx.get(f"{server.url}/healthz").json()
     assert health == {
         "status": "ok",
@@ -87,7 +87,7 @@ def test_health_names_the_backend(server: ServerProcess) -> None:
     }
 
 
-def test_a_mobile_users_journey_over_http(server: ServerProcess) -> None:
+def test_a_mobile_users_journey_over_http(server: Child) -> None:
     with httpx.Client(base_url=server.url) as http:
         token = http.post(
             "/api/v1/auth/login", json={"email": DEMO_USER, "password": DEMO_PASSWORD}
@@ -97,9 +97,12 @@ def test_a_mobile_users_journey_over_http(server: ServerProcess) -> None:
         assert catalog.status_code == 200
         product = max(catalog.json()["items"], key=lambda p: p["stock_qty"])
         assert http.get(product["image_url"]).status_code == 200
-        assert http.post(
-            "/api/v1/cart/items", json={"product_id": product["id"], "quantity": 1}
-        ).status_code == 201
+        assert (
+            http.post(
+                "/api/v1/cart/items", json={"product_id": product["id"], "quantity": 1}
+            ).status_code
+            == 201
+        )
         order = http.post("/api/v1/orders", json={"shipping_address": "1 Main St"}).json()
         assert order["status"] == "pending_payment"
         payment = http.post(
@@ -113,7 +116,7 @@ def test_a_mobile_users_journey_over_http(server: ServerProcess) -> None:
         assert http.get(f"/api/v1/orders/{order['id']}").json()["status"] == "refunded"
 
 
-def test_errors_over_http_are_problem_json(server: ServerProcess) -> None:
+def test_errors_over_http_are_problem_json(server: Child) -> None:
     for method, path, body in (
         ("GET", "/no/such/path", None),
         ("DELETE", "/api/v1/categories", None),
@@ -142,12 +145,14 @@ def test_errors_over_http_are_problem_json(server: ServerProcess) -> None:
 
 
 def test_serves_several_workers_and_stops_cleanly(shop_dir: Path) -> None:
-    proc = ServerProcess(
-        [PY, "-m", "legacy_monolith", "--port", "0", "--workers", "2"], cwd=str(shop_dir)
+    proc = Child(
+        "monolith",
+        [PY, "-m", "legacy_monolith", "--port", "0", "--workers", "2"],
+        cwd=str(shop_dir),
     ).start()
     try:
         for _ in range(10):
             assert httpx.get(f"{proc.url}/api/v1/categories").status_code == 200
     finally:
-        code = proc.stop(signal.SIGTERM)
+        code = proc.stop(sig=signal.SIGTERM)
     assert code == 0

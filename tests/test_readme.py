@@ -1,0 +1,141 @@
+"""Every command in the README works as written (or as its stated equivalent).
+
+Each line of each ```sh block is classified; a command this test does not know how to check fails
+the test, so new README commands must come with a check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.procs import Child
+from tests.conftest import IN_CI
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BIN = Path(sys.executable).parent
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+def as_run_here(command: str) -> list[str]:
+    """The command with `.venv/bin/` pointing at the interpreter running the tests."""
+    args = shlex.split(command)
+    if args[0].startswith(".venv/bin/"):
+        args[0] = str(BIN / args[0].removeprefix(".venv/bin/"))
+    return args
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    assert readme_commands()[:2] == ["make demo", "make test"]
+
+
+def test_every_make_target_in_the_readme_exists() -> None:
+    targets = {c.split()[1] for c in readme_commands() if c.startswith("make ")}
+    assert targets >= {"demo", "test", "lint"}
+    for target in targets:
+        dry = subprocess.run(
+            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        assert dry.returncode == 0, dry.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("readme")
+
+
+@pytest.fixture(scope="module")
+def monolith(workdir: Path) -> Iterator[Child]:
+    """The README's seed and serve commands, run as written in a directory of their own (the
+    port becomes 0: 8001 may be taken on the machine running the tests)."""
+    commands = [c for c in readme_commands() if "-m legacy_monolith" in c]
+    seed, serve = commands[0], commands[1]
+    assert seed.endswith("legacy_monolith seed")
+    code, output = Child("seed", as_run_here(seed), cwd=str(workdir)).run_to_end()
+    assert code == 0, output
+    assert "500 payments" in output
+    args = [("0" if a == "8001" else a) for a in as_run_here(serve)]
+    assert "0" in args
+    with Child("monolith", args, cwd=str(workdir)) as child:
+        yield child
+
+
+def test_every_legacy_monolith_command_runs(monolith: Child, workdir: Path) -> None:
+    for command in readme_commands():
+        if "-m legacy_monolith seed --database-url" in command:
+            args = [a.replace("100000", "2000") for a in as_run_here(command)]  # same path, smaller
+            code, output = Child("seed", args, cwd=str(workdir)).run_to_end()
+            assert code == 0, output
+            assert (workdir / "var" / "big.db").exists()
+
+
+def test_every_curl_command_answers(monolith: Child) -> None:
+    curls = [c for c in readme_commands() if c.startswith("curl ")]
+    assert curls
+    if shutil.which("curl") is None:
+        if IN_CI:
+            pytest.fail("curl is needed to check the README's curl commands")
+        pytest.skip("curl is not installed")
+    answers = []
+    for command in curls:
+        done = subprocess.run(
+            ["bash", "-c", command.replace("http://127.0.0.1:8001", monolith.url)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        answers.append(done.stdout)
+    assert '"items"' in answers[0]
+    assert '"access_token"' in answers[1]
+    assert "/unauthorized" in answers[2]
+
+
+def test_every_readme_command_is_checked() -> None:
+    known = (
+        re.compile(r"^make (demo|test|lint)$"),
+        re.compile(r"^\.venv/bin/python -m legacy_monolith "),
+        re.compile(r"^curl "),
+    )
+    unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
+    assert unchecked == [], "add a check for these README commands"
+
+
+def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
+    """`make demo` is `strangler demo` after the install step; run that part here."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    done = subprocess.run(
+        [str(BIN / "strangler"), "demo", "--workdir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "monolith listening on http://127.0.0.1:" in out
+    assert "← 304" in out
+    assert "← 402 application/problem+json" in out
+    assert '"status": "paid"' in out
+    assert "← 422 application/problem+json" in out
+    assert "Traceback" not in out + done.stderr
