@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import TIMESTAMP, BigInteger, Integer, MetaData, create_engine, event
+from sqlalchemy import TIMESTAMP, BigInteger, Integer, MetaData, create_engine, event, update
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.orm import Session as OrmSession
@@ -87,6 +87,16 @@ def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def lock_row(session: OrmSession, model: type[Any], row_id: int) -> None:
+    """Lock one row for the rest of the transaction, on every database, before reading it.
+
+    A no-op UPDATE is the portable lock: a row lock on Oracle and PostgreSQL, the database write
+    lock on SQLite (which ignores SELECT ... FOR UPDATE). Concurrent writers of the row then run
+    one after another, and the second reads what the first committed.
+    """
+    session.execute(update(model).where(model.id == row_id).values(updated_at=model.updated_at))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[OrmSession]:

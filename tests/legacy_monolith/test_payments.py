@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from fastapi.testclient import TestClient
 
 from legacy_monolith.seed import STAFF_USER
@@ -171,3 +173,32 @@ def test_list_by_order_and_by_user_with_access_rules(client: TestClient) -> None
     seen = client.get("/api/v1/payments", params={"user_id": user_id}, headers=staff).json()
     assert seen["total"] == 3
     assert other_id != user_id
+
+
+def test_concurrent_payments_for_one_order_capture_once(client: TestClient) -> None:
+    """A double-tapped Pay button (or a retrying app) must not charge twice."""
+    _, headers = register(client)
+    order = place_order(client, headers)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda _: pay(client, headers, order["id"]), range(12)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201] + [409] * 11, [a.text for a in answers]
+    listed = client.get("/api/v1/payments", params={"order_id": order["id"]}, headers=headers)
+    assert listed.json()["total"] == 1
+
+
+def test_concurrent_refunds_never_exceed_the_captured_amount(client: TestClient) -> None:
+    _, headers = register(client)
+    order = place_order(client, headers, quantity=2)
+    payment = pay(client, headers, order["id"]).json()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client.post(f"/api/v1/payments/{payment['id']}/refund", headers=headers),
+                range(8),
+            )
+        )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] + [409] * 7, [a.text for a in answers]
+    final = client.get(f"/api/v1/payments/{payment['id']}", headers=headers).json()
+    assert final["refunded_amount"] == payment["amount"]

@@ -13,7 +13,7 @@ from legacy_monolith import billing
 from legacy_monolith.api.deps import DB, CacheDep, CurrentUser, PagingDep, is_staff
 from legacy_monolith.api.routes.cart import cart_items
 from legacy_monolith.api.routes.catalog import invalidate_products
-from legacy_monolith.db import utcnow
+from legacy_monolith.db import lock_row, utcnow
 from legacy_monolith.errors import ApiError
 from legacy_monolith.models import CartItem, Order, OrderLine, Payment, Product, User
 from legacy_monolith.schemas import (
@@ -145,6 +145,7 @@ def get_order(order_id: OrderId, db: DB, user: CurrentUser) -> OrderOut:
 
 @router.post("/orders/{order_id}/cancel", response_model=OrderOut)
 def cancel_order(order_id: OrderId, db: DB, cache: CacheDep, user: CurrentUser) -> OrderOut:
+    lock_row(db, Order, order_id)  # a payment arriving meanwhile waits, then sees the cancel
     order = visible_order(db, user, order_id)
     payments = list(db.scalars(select(Payment).where(Payment.order_id == order.id)))
     status = billing.order_status(order, billing.current_payment(payments))

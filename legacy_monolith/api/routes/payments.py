@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from legacy_monolith import billing
 from legacy_monolith.api.deps import DB, CurrentUser, PagingDep, is_staff
 from legacy_monolith.api.routes.orders import visible_order
+from legacy_monolith.db import lock_row
 from legacy_monolith.errors import ApiError
 from legacy_monolith.models import Order, Payment, User
 from legacy_monolith.schemas import (
@@ -41,11 +42,10 @@ def visible_payment(db: DB, user: User, payment_id: int) -> Payment:
 
 @router.post("/payments", response_model=PaymentOut, status_code=201, responses=_ERRORS)
 def create_payment(body: PaymentIn, db: DB, user: CurrentUser, response: Response) -> Payment:
-    visible_order(db, user, body.order_id)
-    # Lock the order so two concurrent attempts cannot both pay it (ignored by SQLite, which
-    # serialises writers anyway).
-    order = db.get(Order, body.order_id, with_for_update=True)
-    assert order is not None
+    # Concurrent attempts (a double-tapped Pay button) run one after another: the second sees
+    # the first payment and gets a 409.
+    lock_row(db, Order, body.order_id)
+    order = visible_order(db, user, body.order_id)
     payments = list(db.scalars(select(Payment).where(Payment.order_id == order.id)))
     current = billing.current_payment(payments)
     status = billing.order_status(order, current)
@@ -135,6 +135,7 @@ def get_payment(payment_id: PaymentId, db: DB, user: CurrentUser) -> Payment:
 
 @router.post("/payments/{payment_id}/capture", response_model=PaymentOut, responses=_ERRORS)
 def capture_payment(payment_id: PaymentId, db: DB, user: CurrentUser) -> Payment:
+    lock_row(db, Payment, payment_id)
     payment = visible_payment(db, user, payment_id)
     if payment.status != "authorized":
         raise ApiError(
@@ -151,6 +152,7 @@ def capture_payment(payment_id: PaymentId, db: DB, user: CurrentUser) -> Payment
 def refund_payment(
     payment_id: PaymentId, db: DB, user: CurrentUser, body: RefundIn | None = None
 ) -> Payment:
+    lock_row(db, Payment, payment_id)  # two refunds at once must not exceed the balance
     payment = visible_payment(db, user, payment_id)
     if payment.status not in billing.REFUNDABLE_STATUSES:
         raise ApiError(
