@@ -52,6 +52,11 @@ Reason = Annotated[str, _text(0, 200), _STORABLE]
 SearchText = Annotated[str, _text(1, 100), _STORABLE]
 
 MoneyOut = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str)]
+# Money columns are NUMBER(12,2). A price is capped so that the largest cart (MAX_CART_LINES
+# lines of MAX_QUANTITY units) still fits an order total: 50 x 99 x 999,999.99 < 10^10.
+MAX_QUANTITY = 99
+MAX_CART_LINES = 50
+Price = Annotated[Decimal, Field(gt=0, le=Decimal("999999.99"), decimal_places=2)]
 MoneyIn = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Email = Annotated[
@@ -142,13 +147,13 @@ class ProductPage(BaseModel):
 class ProductPatch(Strict):
     name: ProductName | None = None
     description: Description | None = None
-    price: MoneyIn | None = None
+    price: Price | None = None
     stock_qty: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     is_active: bool | None = None
 
 
 # --- cart -------------------------------------------------------------------------------------
-Quantity = Annotated[int, Field(ge=1, le=99)]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
 
 
 class CartItemIn(Strict):
@@ -157,7 +162,7 @@ class CartItemIn(Strict):
 
 
 class CartQuantityIn(Strict):
-    quantity: Annotated[int, Field(ge=0, le=99)]
+    quantity: Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
 
 
 class CartLineOut(BaseModel):

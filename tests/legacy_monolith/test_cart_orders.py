@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from fastapi.testclient import TestClient
 
-from tests.legacy_monolith.conftest import in_stock_product, place_order, register
+from legacy_monolith.seed import STAFF_USER
+from tests.legacy_monolith.conftest import in_stock_product, login, place_order, register
 
 
 def test_cart_adds_merges_updates_and_removes(client: TestClient) -> None:
@@ -109,3 +110,42 @@ def test_cancel_restocks_and_cannot_repeat(client: TestClient) -> None:
     again = client.post(f"/api/v1/orders/{order['id']}/cancel", headers=headers)
     assert again.status_code == 409
     assert again.json()["type"].endswith("/order-not-cancellable")
+
+
+def test_the_largest_possible_order_fits_the_money_columns(client: TestClient) -> None:
+    """Price cap x quantity cap must fit NUMBER(12,2) (PostgreSQL and Oracle refuse overflow)."""
+    staff = login(client, STAFF_USER)
+    _, headers = register(client)
+    product = in_stock_product(client)
+    too_dear = client.patch(
+        f"/api/v1/products/{product['id']}", json={"price": "1000000.00"}, headers=staff
+    )
+    assert too_dear.status_code == 422
+    top = client.patch(
+        f"/api/v1/products/{product['id']}",
+        json={"price": "999999.99", "stock_qty": 1_000_000},
+        headers=staff,
+    )
+    assert top.status_code == 200
+    try:
+        added = client.post(
+            "/api/v1/cart/items",
+            json={"product_id": product["id"], "quantity": 99},
+            headers=headers,
+        )
+        assert added.status_code == 201
+        order = client.post("/api/v1/orders", json={}, headers=headers)
+        assert order.status_code == 201, order.text
+        assert order.json()["total"] == "98999999.01"
+        paid = client.post(
+            "/api/v1/payments",
+            json={"order_id": order.json()["id"], "method": "wallet", "amount": "98999999.01"},
+            headers=headers,
+        )
+        assert paid.status_code == 201
+    finally:
+        client.patch(
+            f"/api/v1/products/{product['id']}",
+            json={"price": product["price"], "stock_qty": product["stock_qty"]},
+            headers=staff,
+        )

@@ -11,11 +11,18 @@ from sqlalchemy import delete, select, true
 from legacy_monolith.api.deps import DB, CurrentUser
 from legacy_monolith.errors import ApiError
 from legacy_monolith.models import CartItem, Product, User
-from legacy_monolith.schemas import MAX_ID, CartItemIn, CartLineOut, CartOut, CartQuantityIn
+from legacy_monolith.schemas import (
+    MAX_CART_LINES,
+    MAX_ID,
+    MAX_QUANTITY,
+    CartItemIn,
+    CartLineOut,
+    CartOut,
+    CartQuantityIn,
+)
 
 router = APIRouter(tags=["cart"])
 ProductId = Annotated[int, Path(ge=1, le=MAX_ID)]
-MAX_LINES = 50
 
 
 def cart_items(db: DB, user: User) -> list[CartItem]:
@@ -74,11 +81,11 @@ def add_item(body: CartItemIn, db: DB, user: CurrentUser) -> CartOut:
     product = _sellable(db, body.product_id)
     items = cart_items(db, user)
     existing = next((i for i in items if i.product_id == product.id), None)
-    if existing is None and len(items) >= MAX_LINES:
-        raise ApiError(409, "conflict", f"A cart holds at most {MAX_LINES} different products")
+    if existing is None and len(items) >= MAX_CART_LINES:
+        raise ApiError(409, "conflict", f"A cart holds at most {MAX_CART_LINES} different products")
     quantity = body.quantity + (existing.quantity if existing else 0)
-    if quantity > 99:
-        raise ApiError(409, "conflict", "At most 99 of one product per order")
+    if quantity > MAX_QUANTITY:
+        raise ApiError(409, "conflict", f"At most {MAX_QUANTITY} of one product per order")
     _check_stock(product, quantity)
     if existing is None:
         db.add(CartItem(user_id=user.id, product_id=product.id, quantity=quantity))
