@@ -1,0 +1,168 @@
+"""The data plane's ASGI callable: one request, from head to access-log line.
+
+    read the snapshot once → refuse what must be refused (method, headers, Host, loop, path,
+    exposure, size, load) → match → choose the upstream → forward (streaming) → log + metrics
+
+No framework routing, no per-request objects beyond locals; errors before the response starts
+become problem+json answers, after it starts the connection is closed (see errors.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from proxy.dataplane.forward import ClientGone, Outcome
+from proxy.dataplane.headers import BadHeaders, prepare_request
+from proxy.dataplane.match import find_route
+from proxy.dataplane.normalize import AmbiguousPath, match_key
+from proxy.dataplane.split import choose
+from proxy.errors import ProxyError, UpstreamAborted, problem_body, problem_headers
+from proxy.runtime import Runtime
+from proxy.types import Receive, Scope, Send
+
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+
+
+class DataPlane:
+    """Serves one listener role ('external' or 'internal') from the worker's runtime."""
+
+    def __init__(self, runtime: Runtime, role: str) -> None:
+        self.runtime = runtime
+        self.role = role
+        self.external = role == "external"
+        self.via = runtime.settings.via_name.encode()
+        self.in_flight_gauge = runtime.metrics.in_flight.labels(role)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime
+        snapshot = runtime.snapshot  # read once: the whole request uses this table
+        started = time.perf_counter()
+        client = scope["client"][0] if scope.get("client") else ""
+        outcome = Outcome()
+        route_name = upstream_name = "-"
+        request_id = ""
+        runtime.in_flight += 1
+        held = runtime.per_client.get(client, 0) + 1
+        runtime.per_client[client] = held
+        self.in_flight_gauge.inc()
+        try:
+            if runtime.in_flight > runtime.settings.max_in_flight:
+                raise ProxyError(
+                    503, "overloaded", "the proxy is at its concurrency limit", retry_after=1
+                )
+            if held > runtime.settings.max_in_flight_per_client:
+                raise ProxyError(
+                    503,
+                    "overloaded",
+                    "too many concurrent requests from this client",
+                    retry_after=1,
+                )
+            method = scope["method"]
+            if method in REFUSED_METHODS:
+                raise ProxyError(405, "method-not-allowed", f"{method} is not proxied")
+            try:
+                facts = prepare_request(
+                    scope["headers"],
+                    client=client,
+                    scheme=scope["scheme"],
+                    trusted=runtime.trusted(client),
+                    via=self.via,
+                )
+            except BadHeaders as exc:
+                raise ProxyError(400, exc.kind, str(exc)) from None
+            request_id = facts.request_id
+            if facts.loop:
+                raise ProxyError(508, "loop-detected", "this request has already passed this proxy")
+            try:
+                key = match_key(scope["raw_path"])
+            except AmbiguousPath as exc:
+                raise ProxyError(400, "bad-target", str(exc)) from None
+            route = find_route(snapshot, key, method, facts.host, scope["headers"])
+            if route is not None:
+                route_name = route.name
+                if not (route.external if self.external else route.internal):
+                    raise ProxyError(
+                        404, "not-found", f"no route for this path on the {self.role} listener"
+                    )
+                upstream = choose(route, scope["headers"], client)
+                max_body = route.max_body
+                read_timeout = route.timeout or upstream.timeout
+            else:
+                route_name = "default"
+                upstream = snapshot.default
+                max_body = snapshot.max_body
+                read_timeout = upstream.timeout
+            upstream_name = upstream.name
+            if facts.content_length is not None and facts.content_length > max_body:
+                raise ProxyError(
+                    413,
+                    "body-too-large",
+                    f"the body is {facts.content_length} bytes; this route takes {max_body}",
+                    close=True,
+                )
+            await runtime.forwarder.forward(
+                scope,
+                receive,
+                send,
+                upstream,
+                facts.headers,
+                has_body=bool(facts.content_length) or facts.chunked,
+                read_timeout=read_timeout,
+                max_body=max_body,
+                body_idle=runtime.settings.body_idle_timeout,
+                outcome=outcome,
+            )
+        except ProxyError as exc:
+            if exc.status >= 502:
+                runtime.metrics.upstream_errors.labels(route_name, upstream_name, exc.kind).inc()
+            outcome.error = exc.kind
+            if outcome.started:
+                raise UpstreamAborted(exc.kind) from exc
+            outcome.status = exc.status
+            await self._problem(send, exc, request_id)
+        except ClientGone:
+            outcome.status, outcome.error = 499, "client-gone"
+        except UpstreamAborted as exc:
+            runtime.metrics.upstream_errors.labels(route_name, upstream_name, exc.kind).inc()
+            outcome.error = exc.kind
+            raise
+        finally:
+            runtime.in_flight -= 1
+            left = runtime.per_client.get(client, 1) - 1
+            if left:
+                runtime.per_client[client] = left
+            else:
+                del runtime.per_client[client]
+            self.in_flight_gauge.dec()
+            elapsed = time.perf_counter() - started
+            runtime.metrics.observe(route_name, upstream_name, outcome.status, elapsed)
+            if runtime.access_log.enabled:
+                query = scope["query_string"]
+                runtime.access_log.write(
+                    {
+                        "ts": time.time(),
+                        "request_id": request_id,
+                        "listener": self.role,
+                        "client": client,
+                        "method": scope["method"],
+                        "target": scope["raw_path"].decode("latin-1")
+                        + ("?" + query.decode("latin-1") if query else ""),
+                        "route": route_name,
+                        "upstream": upstream_name,
+                        "status": outcome.status,
+                        "bytes_in": outcome.bytes_in,
+                        "bytes_out": outcome.bytes_out,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "table_version": snapshot.version,
+                        "error": outcome.error or None,
+                    }
+                )
+
+    @staticmethod
+    async def _problem(send: Send, exc: ProxyError, request_id: str) -> None:
+        body = problem_body(exc.status, exc.kind, exc.detail, request_id)
+        headers = problem_headers(
+            body, request_id=request_id, close=exc.close, retry_after=exc.retry_after
+        )
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,219 @@
+"""Forwarding one request to one upstream over aiohttp, streaming both ways.
+
+Settings follow the verified traps of aiohttp 3.14 (see the project's forwarding notes):
+no cookie jar (one user's Set-Cookie would reach others), no automatic headers, no redirects,
+no environment proxies, no decompression, the client's target bytes sent as they came
+(`URL.build(..., encoded=True)`), response headers from `raw_headers`, and a request body
+generator that *raises* when the client goes away (returning would let aiohttp reuse a
+half-written connection). This is the only module that sees aiohttp's exceptions; it turns them
+into ProxyError (before the response starts) or UpstreamAborted (after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from proxy.dataplane.headers import prepare_response
+from proxy.errors import ProxyError, UpstreamAborted
+from proxy.table.compile import Upstream
+from proxy.types import Receive, Scope, Send
+
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Upstream answers may carry more and longer headers than aiohttp's defaults (8190 B, 128 lines);
+# the proxy's own request limits are nginx's large_client_header_buffers scale, so match them.
+MAX_FIELD_SIZE = 16_384
+MAX_HEADERS = 256
+# Below uvicorn's default keep-alive (5 s), so the proxy drops an idle connection before the
+# upstream does (the stale keep-alive race).
+KEEPALIVE_SECONDS = 4.0
+
+
+class ClientGone(Exception):
+    """The client disconnected while its body was being sent upstream."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyIdle(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error: str = ""
+    started: bool = False
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, kind):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+class Forwarder:
+    """One aiohttp session per upstream (each with its own connection pool), per worker."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, int], aiohttp.ClientSession] = {}
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+    def session(self, upstream: Upstream) -> aiohttp.ClientSession:
+        key = (upstream.url, upstream.max_connections)
+        session = self._sessions.get(key)
+        if session is None:
+            connector = aiohttp.TCPConnector(
+                limit=upstream.max_connections,
+                limit_per_host=0,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+                force_close=False,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                max_field_size=MAX_FIELD_SIZE,
+                max_headers=MAX_HEADERS,
+            )
+            self._sessions[key] = session
+        return session
+
+    def timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
+        key = (connect, read)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            # `total` would also cut long downloads; `connect` includes waiting for a pool slot.
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=connect + read, sock_connect=connect, sock_read=read
+            )
+            self._timeouts[key] = timeout
+        return timeout
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        headers: list[tuple[str, str]],
+        *,
+        has_body: bool,
+        read_timeout: float,
+        max_body: int,
+        body_idle: float,
+        outcome: Outcome,
+    ) -> None:
+        """Send the request upstream and stream the answer back (see the module rules)."""
+
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                try:
+                    async with asyncio.timeout(body_idle):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyIdle from None
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                assert isinstance(chunk, bytes)
+                outcome.bytes_in += len(chunk)
+                if outcome.bytes_in > max_body:
+                    raise BodyTooLarge
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+
+        url = URL.build(
+            scheme=upstream.scheme,
+            host=upstream.host,
+            port=upstream.port,
+            path=scope["raw_path"].decode("ascii"),
+            query_string=scope["query_string"].decode("ascii"),
+            encoded=True,
+        )
+        try:
+            response = await self.session(upstream).request(
+                scope["method"],
+                url,
+                headers=headers,
+                data=body() if has_body else None,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                allow_redirects=False,
+                timeout=self.timeout(upstream.connect_timeout, read_timeout),
+            )
+        except Exception as exc:
+            raise _before_start(exc) from exc
+        try:
+            outcome.status = response.status
+            try:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": prepare_response(response.raw_headers),
+                    }
+                )
+            except RuntimeError as exc:  # uvicorn refused a header the upstream sent
+                raise ProxyError(502, "bad-upstream-response", str(exc)) from exc
+            outcome.started = True
+            try:
+                async for chunk in response.content.iter_any():
+                    outcome.bytes_out += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except aiohttp.ClientPayloadError as exc:
+                raise UpstreamAborted("upstream-body-incomplete") from exc
+            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+                raise UpstreamAborted("upstream-timeout") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamAborted("upstream-disconnected") from exc
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            response.release()
+
+
+def _before_start(exc: Exception) -> Exception:
+    """aiohttp's (or our body generator's) failure before any response byte, as a ProxyError."""
+    if _cause(exc, ClientGone) is not None:
+        return ClientGone()
+    if _cause(exc, BodyTooLarge) is not None:
+        return ProxyError(
+            413, "body-too-large", "the request body exceeds this route's limit", close=True
+        )
+    if _cause(exc, BodyIdle) is not None:
+        return ProxyError(408, "request-timeout", "the request body stalled", close=True)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ProxyError(504, "upstream-connect-timeout", "the upstream did not accept in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ProxyError(
+            502, "upstream-unreachable", f"the upstream is unreachable: {exc.os_error}"
+        )
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return ProxyError(504, "upstream-timeout", "the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ProxyError(502, "upstream-disconnected", "the upstream closed without answering")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProxyError(502, "bad-upstream-response", "the upstream's answer is malformed")
+    if isinstance(exc, aiohttp.ClientError):
+        return ProxyError(502, "upstream-disconnected", f"the upstream failed: {exc}")
+    return exc

@@ -1,0 +1,174 @@
+"""Request and response header rules (pure).
+
+Both ways: hop-by-hop fields, and every field the `Connection` header names, are removed
+(RFC 9110 §7.6.1). Everything else keeps its order, duplicates and bytes. On requests the proxy
+then sets its own X-Forwarded-For/Proto/Host (a client's values are kept and extended only when
+the peer is a trusted hop), Via, X-Request-ID (the client's if valid) and traceparent (the
+client's trace continued with a new span, or a new trace). Header names with an underscore are
+dropped, as nginx does by default (`underscores_in_headers off`): behind a CGI-style upstream
+`X_User` and `X-User` would collide.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",  # uvicorn answers 100-continue itself; forwarded, aiohttp would stall
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Client-supplied address headers an upstream might trust; only a trusted hop may send them.
+SPOOFABLE = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
+)
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_HOST = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
+
+
+class BadHeaders(ValueError):
+    """The request's headers cannot be forwarded; `kind` and the message become the 400."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What the data plane needs to know about a request's headers, read in one pass."""
+
+    host: bytes = b""
+    content_length: int | None = None
+    chunked: bool = False
+    request_id: str = ""
+    trace_id: str = ""
+    loop: bool = False
+    dropped: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def prepare_request(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    client: str,
+    scheme: str,
+    trusted: bool,
+    via: bytes,
+) -> RequestFacts:
+    """Headers to send upstream, plus the facts the data plane checks. Raises BadHeaders."""
+    facts = RequestFacts()
+    out = facts.headers
+    hosts = 0
+    lengths: list[bytes] = []
+    named = connection_tokens(headers)
+    forwarded_for = b""
+    trace: re.Match[bytes] | None = None
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in named:
+            if name == b"transfer-encoding":
+                facts.chunked = True
+            continue
+        if b"_" in name:
+            facts.dropped += 1
+            continue
+        if name == b"host":
+            hosts += 1
+            facts.host = value
+        elif name == b"content-length":
+            lengths.append(value)
+        elif name in SPOOFABLE:
+            if not trusted:
+                continue
+            if name == b"x-forwarded-for":
+                forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+                continue
+        elif name == b"via":
+            if via in {part.strip().split(b" ")[-1] for part in value.lower().split(b",")}:
+                facts.loop = True
+        elif name == b"x-request-id":
+            if _REQUEST_ID.match(value):
+                facts.request_id = value.decode("ascii")
+            continue
+        elif name == b"traceparent":
+            trace = _TRACEPARENT.match(value)
+            continue
+        try:
+            out.append((name.decode("ascii"), value.decode("utf-8")))
+        except UnicodeDecodeError:
+            # aiohttp writes header values as UTF-8; a latin-1 byte would change on the wire.
+            raise BadHeaders(
+                "bad-header", f"the {name.decode('ascii', 'replace')} header is not UTF-8"
+            ) from None
+    if hosts != 1:
+        raise BadHeaders(
+            "bad-host",
+            "exactly one Host header is required" if hosts else "a Host header is required",
+        )
+    if not facts.host or not _HOST.match(facts.host):
+        raise BadHeaders("bad-host", "the Host header is not a valid host[:port]")
+    if lengths:
+        if len(set(lengths)) > 1 or not lengths[0].isdigit():
+            raise BadHeaders("bad-content-length", "Content-Length is invalid or conflicting")
+        facts.content_length = int(lengths[0])
+    if not facts.request_id:
+        facts.request_id = new_request_id()
+    if trace is not None and trace.group(1) != b"0" * 32:
+        facts.trace_id = trace.group(1).decode()
+        flags = trace.group(3).decode()
+    else:
+        facts.trace_id = secrets.token_hex(16)
+        flags = "01"
+    peer = client.encode()
+    out.append(
+        ("x-forwarded-for", (forwarded_for + b", " + peer if forwarded_for else peer).decode())
+    )
+    if not trusted or not any(n == "x-forwarded-proto" for n, _ in out):
+        out.append(("x-forwarded-proto", scheme))
+    if not trusted or not any(n == "x-forwarded-host" for n, _ in out):
+        out.append(("x-forwarded-host", facts.host.decode("latin-1")))
+    out.append(("via", "1.1 " + via.decode()))
+    out.append(("x-request-id", facts.request_id))
+    out.append(("traceparent", f"00-{facts.trace_id}-{secrets.token_hex(8)}-{flags}"))
+    return facts
+
+
+def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers for the client: names lower-cased, hop-by-hop removed."""
+    named = None
+    out = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                named = connection_tokens([(lower, value)])
+            continue
+        out.append((lower, value))
+    if named:
+        out = [(n, v) for n, v in out if n not in named]
+    return out

@@ -1,0 +1,87 @@
+"""The proxy's one exception tree; each error carries its HTTP status and a stable problem type
+(RFC 9457), rendered by `problem_response`. aiohttp's errors are translated in one place,
+dataplane/forward.py.
+
+    ProxyError(status, kind, detail)
+    ├── 400 bad-request, bad-target, bad-host, bad-header, bad-content-length
+    ├── 405 method-not-allowed          CONNECT, TRACE
+    ├── 408 request-timeout             body idle too long
+    ├── 413 body-too-large              over the route's max_body (before connecting if known)
+    ├── 414 uri-too-long / 431 headers-too-large (raised in the protocol, before the app)
+    ├── 503 overloaded                  concurrency limit reached; Retry-After
+    ├── 508 loop-detected               the request already passed this proxy (Via)
+    ├── 502 upstream-unreachable, upstream-disconnected, bad-upstream-response
+    └── 504 upstream-timeout, upstream-connect-timeout
+    UpstreamAborted: the upstream failed after the response started; the client connection is
+    closed so a truncated answer can never look complete.
+"""
+
+from __future__ import annotations
+
+import json
+from email.utils import formatdate
+
+PROBLEM_TYPE = "urn:strangler:problem:"
+TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "Request timeout",
+    413: "Content too large",
+    414: "URI too long",
+    431: "Request header fields too large",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+    508: "Loop detected",
+}
+
+
+class ProxyError(Exception):
+    def __init__(
+        self, status: int, kind: str, detail: str, *, close: bool = False, retry_after: int = 0
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.close = close
+        self.retry_after = retry_after
+
+
+class UpstreamAborted(Exception):
+    """The upstream failed mid-response; raised to uvicorn so it closes the connection."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def problem_body(status: int, kind: str, detail: str, request_id: str = "") -> bytes:
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE + kind,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if request_id:
+        body["request_id"] = request_id
+    return json.dumps(body).encode()
+
+
+def problem_headers(
+    body: bytes, *, request_id: str = "", close: bool = False, retry_after: int = 0
+) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"date", formatdate(usegmt=True).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    if retry_after:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    return headers

@@ -1,0 +1,120 @@
+"""Access log (one JSON line per request) and Prometheus metrics, labelled by route and upstream
+(never by raw path: label cardinality stays bounded by the table).
+
+The access log is buffered and flushed at most every 0.5 s or 64 KiB: one write per request would
+cost a system call on the hot path. json.dumps escapes control characters, so a client cannot
+forge log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+FLUSH_SECONDS = 0.5
+FLUSH_BYTES = 65_536
+# Envoy's and Linkerd's latency buckets cluster under a second; these do the same in seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class AccessLog:
+    def __init__(self, stream: IO[bytes] | None, enabled: bool = True) -> None:
+        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.enabled = enabled
+        self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._buffer += json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        if len(self._buffer) >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed or broken log pipe must not stop traffic
+                pass
+
+
+class Metrics:
+    """The proxy's metrics. With several workers, prometheus_client's multiprocess mode is on
+    (PROMETHEUS_MULTIPROC_DIR, set by the server before the workers start) and `render` merges
+    every worker's values."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        labels = ("route", "upstream")
+        self.requests = Counter(
+            "strangler_requests",
+            "Requests answered, by route, upstream and status code.",
+            (*labels, "code"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "strangler_request_duration_seconds",
+            "Time from request head to the end of the response.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "strangler_upstream_errors",
+            "Upstream failures, by kind (unreachable, timeout, disconnected, ...).",
+            (*labels, "kind"),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "strangler_requests_in_flight",
+            "Requests being proxied now.",
+            ("listener",),
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.table_version = Gauge(
+            "strangler_route_table_version",
+            "Version of the route table being served.",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
+        key = (route, upstream, str(status))
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self.requests.labels(*key), self.latency.labels(route, upstream))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        registry = self.registry
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        text: bytes = generate_latest(registry)
+        return text

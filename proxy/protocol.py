@@ -1,0 +1,140 @@
+"""uvicorn's httptools protocol with the limits it lacks, enforced while the head is parsed:
+a request head that is too slow (408, slowloris), a target that is too long (414), too many or
+too large header fields (431), a target that is not origin-form (absolute-form or '*': 400),
+and too many pipelined requests queued on one connection (503). Each answer is a problem+json
+body and closes the connection: the rest of a refused request is never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from proxy.errors import problem_body, problem_headers
+from proxy.settings import ProxySettings
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+class Refused(Exception):
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail = status, kind, detail
+
+
+class HardenedProtocol(HttpToolsProtocol):
+    """Configured once per worker through `configure` (uvicorn instantiates the class itself)."""
+
+    limits: ClassVar[ProxySettings]
+
+    @classmethod
+    def configure(cls, settings: ProxySettings) -> type[HardenedProtocol]:
+        return type("HardenedProtocol", (cls,), {"limits": settings})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = False
+
+    # --- the request head clock -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_head = True  # a connection that never sends a head is on the same clock
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(Refused(408, "request-timeout", "the request head took too long"))
+
+    # --- parser callbacks -------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, Refused):
+                self._refuse(cause)
+            else:
+                self._refuse(Refused(400, "bad-request", "the request is not valid HTTP/1.1"))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._in_head = True
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_uri_bytes:
+            raise Refused(
+                414, "uri-too-long", f"the request target exceeds {self.limits.max_uri_bytes} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.limits.max_header_bytes:
+            raise Refused(
+                431,
+                "headers-too-large",
+                f"the header fields exceed {self.limits.max_header_bytes} bytes",
+            )
+        super().on_header(name, value)
+        if len(self.headers) > self.limits.max_headers:
+            raise Refused(
+                431, "headers-too-large", f"more than {self.limits.max_headers} header fields"
+            )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        if not self.url.startswith(b"/"):
+            raise Refused(400, "bad-target", "only origin-form request targets are proxied")
+        if len(self.pipeline) >= self.limits.max_pipelined:
+            raise Refused(503, "overloaded", "too many pipelined requests on this connection")
+        super().on_headers_complete()
+
+    def _refuse(self, refused: Refused) -> None:
+        if self.transport.is_closing():
+            return
+        if (
+            self.cycle is not None
+            and not self.cycle.response_complete
+            and self.cycle.response_started
+        ):
+            self.transport.close()
+            return
+        body = problem_body(refused.status, refused.kind, refused.detail)
+        head = [b"HTTP/1.1 %d %s\r\n" % (refused.status, _REASONS.get(refused.status, b""))]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in problem_headers(body, close=True)
+        ]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.close()

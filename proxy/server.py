@@ -1,0 +1,206 @@
+"""`strangler serve`: binds the listeners, then runs one or several workers on them.
+
+Listeners: external (mobile apps), internal (services), admin (health, readiness, metrics; never
+a proxied path). All three are served by one uvicorn server per worker (uvloop + httptools,
+never h11; no proxy headers, no Server or Date header of its own: the upstream's pass through),
+and the worker tells them apart by the local port a request arrived on. Sockets are bound once,
+before the workers start, so `--workers N` processes share each port and port 0 works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from proxy.dataplane.app import DataPlane
+from proxy.errors import problem_body, problem_headers
+from proxy.protocol import HardenedProtocol
+from proxy.runtime import Runtime, initial_table
+from proxy.settings import ProxySettings, parse_listen
+from proxy.types import Receive, Scope, Send
+
+log = logging.getLogger("strangler")
+BACKLOG = 2048  # uvicorn's default backlog
+
+
+@dataclass(frozen=True)
+class Listener:
+    role: str
+    host: str
+    port: int
+    sock: socket.socket
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def bind(role: str, address: tuple[str, int]) -> Listener:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot listen on {host}:{port} ({role}): {exc.strerror}"
+        ) from None
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return Listener(role, host, sock.getsockname()[1], sock)
+
+
+def bind_all(settings: ProxySettings) -> list[Listener]:
+    listeners = []
+    for role, value in (
+        ("external", settings.listen),
+        ("internal", settings.internal_listen),
+        ("admin", settings.admin_listen),
+    ):
+        address = parse_listen(value)
+        if address is not None:
+            listeners.append(bind(role, address))
+    return listeners
+
+
+class Router:
+    """The worker's ASGI app: the data plane on the external and internal ports, the admin
+    endpoints on the admin port. Picklable until startup (it crosses to worker processes)."""
+
+    def __init__(self, settings: ProxySettings, roles: dict[int, str]) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.runtime: Runtime | None = None
+        self.planes: dict[str, DataPlane] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "roles": self.roles}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["settings"], state["roles"])  # type: ignore[misc]
+
+    async def startup(self) -> None:
+        HardenedProtocol.limits = self.settings
+        self.runtime = Runtime(self.settings, initial_table(self.settings))
+        self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}
+        await self.runtime.start()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            role = (
+                self.roles.get(scope["server"][1], "external")
+                if scope.get("server")
+                else "external"
+            )
+            plane = self.planes.get(role)
+            if plane is not None:
+                await plane(scope, receive, send)
+            else:
+                await self.admin(scope, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.runtime is not None:
+                    await self.runtime.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def admin(self, scope: Scope, send: Send) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        path = scope["path"]
+        if scope["method"] not in {"GET", "HEAD"}:
+            status, body, ctype = 405, problem_body(405, "method-not-allowed", "read-only"), None
+        elif path == "/healthz":
+            status, body, ctype = 200, b'{"status":"ok"}', b"application/json"
+        elif path == "/readyz":
+            snapshot = runtime.snapshot
+            body = json.dumps(
+                {
+                    "status": "ready",
+                    "table_version": snapshot.version,
+                    "routes": len(snapshot.routes),
+                }
+            ).encode()
+            status, ctype = 200, b"application/json"
+        elif path == "/metrics":
+            status, body = 200, runtime.metrics.render()
+            ctype = b"text/plain; version=0.0.4; charset=utf-8"
+        else:
+            status, body, ctype = (
+                404,
+                problem_body(404, "not-found", f"no admin endpoint {path}"),
+                None,
+            )
+        headers = (
+            problem_headers(body)
+            if ctype is None
+            else [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def uvicorn_config(settings: ProxySettings, listeners: list[Listener]) -> uvicorn.Config:
+    roles = {listener.port: listener.role for listener in listeners}
+    return uvicorn.Config(
+        Router(settings, roles),
+        loop="uvloop",
+        http=HardenedProtocol,
+        ws="none",
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=int(settings.graceful_timeout),
+        workers=settings.workers,
+    )
+
+
+def serve(settings: ProxySettings, announce: Any = print) -> None:
+    """Validate the table, bind, announce the addresses, and serve until SIGTERM/SIGINT."""
+    snapshot = initial_table(settings)  # refuse a bad table before binding anything
+    listeners = bind_all(settings)
+    if not any(listener.role == "external" for listener in listeners):
+        raise ValueError("the external listener cannot be off")
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="strangler-metrics-")
+    config = uvicorn_config(settings, listeners)
+    source = settings.routes or settings.default_upstream
+    announce(
+        "strangler serving "
+        + ", ".join(f"{listener.role} on {listener.url}" for listener in listeners)
+        + f" (table version {snapshot.version} from {source}, {len(snapshot.routes)} routes,"
+        f" {settings.workers} worker{'s' if settings.workers > 1 else ''})",
+    )
+    sockets = [listener.sock for listener in listeners]
+    server = uvicorn.Server(config)
+    if settings.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        server.run(sockets=sockets)

@@ -1,0 +1,74 @@
+"""Proxy settings: `strangler serve` flags or STRANGLER_* environment variables.
+
+Every default limit names its precedent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """'HOST:PORT', ':PORT' (every interface) or 'off' → (host, port) or None."""
+    if value.strip().lower() in {"", "off", "none"}:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ':8080' means every interface
+    return host, int(port)
+
+
+class ProxySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STRANGLER_", extra="ignore")
+
+    routes: Path | None = Field(None, description="routes.yaml to serve and watch")
+    default_upstream: str | None = Field(
+        None, description="with no routes file: send everything to this URL"
+    )
+    listen: str = ":8080"
+    internal_listen: str = ":8081"
+    admin_listen: str = "127.0.0.1:9090"
+    workers: int = Field(1, ge=1, le=256)
+    # Peers whose X-Forwarded-* headers are kept and extended (a load balancer in front).
+    trusted_hops: list[str] = Field(default_factory=list)
+    via_name: str = Field("strangler", pattern=r"^[a-z0-9._-]{1,64}$")
+    access_log: bool = True
+    watch_interval: float = Field(1.0, gt=0, description="seconds between routes.yaml checks")
+
+    # Limits (see the README's table). nginx: large_client_header_buffers 4 8k.
+    max_uri_bytes: int = Field(8_192, ge=256)
+    max_header_bytes: int = Field(32_768, ge=1_024)
+    # Envoy's max_headers_count default.
+    max_headers: int = Field(100, ge=8)
+    # Apache mod_reqtimeout's header=20 (nginx client_header_timeout is 60s, slow for slowloris).
+    header_timeout: float = Field(20.0, gt=0)
+    # nginx client_body_timeout: 60s between two body reads.
+    body_idle_timeout: float = Field(60.0, gt=0)
+    # nginx keepalive_timeout 75s (mobile clients reuse connections across screens).
+    keepalive_timeout: float = Field(75.0, gt=0)
+    # Envoy's circuit-breaker default: 1,024 concurrent requests (per worker here).
+    max_in_flight: int = Field(1_024, ge=1)
+    # One client address may hold at most this many at once (nginx limit_conn, set by hand).
+    max_in_flight_per_client: int = Field(256, ge=1)
+    # HTTP/1.1 pipelined requests queued on one connection before it is refused.
+    max_pipelined: int = Field(16, ge=1)
+    # Kubernetes' default termination grace period.
+    graceful_timeout: float = Field(30.0, gt=0)
+
+    @field_validator("listen", "internal_listen", "admin_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("trusted_hops")
+    @classmethod
+    def _trusted(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value

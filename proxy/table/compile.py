@@ -1,0 +1,176 @@
+"""RouteTable → Snapshot: the immutable, precompiled form the data plane serves (pure).
+
+A request reads the current snapshot once and keeps it to the end, even if a new one lands
+mid-flight (YARP's config model); nothing here is mutated after compile(), so the hot path takes
+no lock. Matching cost does not grow with the number of routes: exact paths are a dict, prefixes
+a trie over path segments, walked once per request (O(path depth)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+from urllib.parse import urlsplit
+
+from proxy.table.model import Route, RouteTable
+from proxy.table.model import Upstream as UpstreamSpec
+from proxy.table.validate import specificity
+
+BUCKETS = 10_000  # split resolution: 0.01 %
+StickyKind = Literal["header", "cookie", "client-ip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    timeout: float
+    connect_timeout: float
+    max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Weights as fixed bucket ranges, upstreams in name order: raising one upstream's weight
+    only moves buckets toward it, so sticky users never bounce back and forth (two-way splits)."""
+
+    bounds: tuple[int, ...]  # exclusive upper bucket of each upstream, ascending
+    upstreams: tuple[Upstream, ...]
+    sticky: tuple[StickyKind, bytes] | None
+
+    def pick(self, bucket: int) -> Upstream:
+        for bound, upstream in zip(self.bounds, self.upstreams, strict=True):
+            if bucket < bound:
+                return upstream
+        return self.upstreams[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    path: str
+    exact: bool
+    methods: frozenset[str] | None
+    host: bytes | None
+    headers: tuple[tuple[bytes, bytes], ...]
+    upstream: Upstream | None  # `to`
+    split: Split | None
+    timeout: float | None
+    max_body: int
+    external: bool
+    internal: bool
+
+
+class Node:
+    """One path segment of the prefix trie: the routes ending here, and deeper segments."""
+
+    __slots__ = ("children", "routes")
+
+    def __init__(self) -> None:
+        self.children: dict[str, Node] = {}
+        self.routes: tuple[CompiledRoute, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    upstreams: MappingProxyType[str, Upstream]
+    default: Upstream
+    routes: tuple[CompiledRoute, ...]
+    exact: MappingProxyType[str, tuple[CompiledRoute, ...]]
+    trie: Node
+    max_body: int
+    table: RouteTable = field(repr=False)
+
+
+def _upstream(name: str, spec: UpstreamSpec) -> Upstream:
+    parts = urlsplit(spec.url)
+    scheme = parts.scheme
+    host = parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    return Upstream(
+        name=name,
+        url=spec.url.rstrip("/"),
+        scheme=scheme,
+        host=host,
+        port=port,
+        timeout=spec.timeout,
+        connect_timeout=spec.connect_timeout,
+        max_connections=spec.max_connections,
+    )
+
+
+def _split(route: Route, upstreams: dict[str, Upstream]) -> Split | None:
+    if route.split is None:
+        return None
+    names = sorted(route.split)
+    bounds, total = [], 0
+    for name in names:
+        total += route.split[name] * BUCKETS // 100
+        bounds.append(total)
+    sticky: tuple[StickyKind, bytes] | None = None
+    if route.sticky == "client-ip":
+        sticky = ("client-ip", b"")
+    elif route.sticky is not None:
+        kind, _, key = route.sticky.partition(":")
+        sticky = ("header" if kind == "header" else "cookie", key.encode("latin-1"))
+    return Split(tuple(bounds), tuple(upstreams[n] for n in names), sticky)
+
+
+def compile_table(table: RouteTable) -> Snapshot:
+    """Compile a validated table (see loader.load_text) into a Snapshot."""
+    upstreams = {name: _upstream(name, spec) for name, spec in table.upstreams.items()}
+    ranked = sorted(
+        enumerate(table.routes),
+        key=lambda item: (specificity(item[1]), -item[0]),
+        reverse=True,
+    )
+    compiled: list[CompiledRoute] = []
+    for _, route in ranked:
+        m = route.match
+        compiled.append(
+            CompiledRoute(
+                name=route.name,
+                path=m.path,
+                exact=m.exact,
+                # GET implies HEAD (nginx's limit_except GET does the same).
+                methods=frozenset({*m.methods, *(("HEAD",) if "GET" in m.methods else ())})
+                if m.methods
+                else None,
+                host=m.host.encode("ascii") if m.host else None,
+                headers=tuple(
+                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in (m.headers or {}).items()
+                ),
+                upstream=upstreams[route.to] if route.to else None,
+                split=_split(route, upstreams),
+                timeout=route.timeout,
+                max_body=route.max_body if route.max_body is not None else table.max_body,
+                external=route.expose in {"external", "both"},
+                internal=route.expose in {"internal", "both"},
+            )
+        )
+    exact: dict[str, list[CompiledRoute]] = {}
+    root = Node()
+    for entry in compiled:  # already in precedence order
+        if entry.exact:
+            exact.setdefault(entry.path, []).append(entry)
+            continue
+        node = root
+        for segment in entry.path.split("/")[1:]:
+            if segment:
+                node = node.children.setdefault(segment, Node())
+        node.routes = (*node.routes, entry)
+    return Snapshot(
+        version=table.version,
+        upstreams=MappingProxyType(upstreams),
+        default=upstreams[table.default],
+        routes=tuple(compiled),
+        exact=MappingProxyType({k: tuple(v) for k, v in exact.items()}),
+        trie=root,
+        max_body=table.max_body,
+        table=table,
+    )

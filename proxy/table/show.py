@@ -1,0 +1,76 @@
+"""A readable view of a compiled table: what goes where, in the order routes are tried (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.table.compile import CompiledRoute, Snapshot
+
+
+def _action(route: CompiledRoute) -> str:
+    if route.upstream is not None:
+        return route.upstream.name
+    assert route.split is not None
+    previous, parts = 0, []
+    for bound, upstream in zip(route.split.bounds, route.split.upstreams, strict=True):
+        parts.append(f"{upstream.name} {(bound - previous) / 100:g}%")
+        previous = bound
+    sticky = f" sticky {route.split.sticky[0]}" if route.split.sticky else ""
+    if route.split.sticky and route.split.sticky[1]:
+        sticky += f":{route.split.sticky[1].decode()}"
+    return ", ".join(parts) + sticky
+
+
+def _match(route: CompiledRoute) -> str:
+    text = route.path + ("" if route.exact else "/**" if route.path != "/" else "**")
+    if route.methods:
+        text = ",".join(sorted(route.methods)) + " " + text
+    if route.host:
+        text += f" host={route.host.decode()}"
+    for name, value in route.headers:
+        text += f" {name.decode()}={value.decode()}"
+    return text
+
+
+def rows(snapshot: Snapshot) -> list[dict[str, Any]]:
+    out = [
+        {
+            "route": route.name,
+            "match": _match(route),
+            "to": _action(route),
+            "expose": "both"
+            if route.external and route.internal
+            else "external"
+            if route.external
+            else "internal",
+            "max_body": route.max_body,
+        }
+        for route in snapshot.routes
+    ]
+    out.append(
+        {
+            "route": "(default)",
+            "match": "anything else",
+            "to": snapshot.default.name,
+            "expose": "both",
+            "max_body": snapshot.max_body,
+        }
+    )
+    return out
+
+
+def describe(snapshot: Snapshot) -> str:
+    table = rows(snapshot)
+    header = {"route": "ROUTE", "match": "MATCH", "to": "GOES TO", "expose": "EXPOSED"}
+    widths = {k: max(len(header[k]), *(len(str(r[k])) for r in table)) for k in header}
+    lines = [f"route table version {snapshot.version}"]
+    for row in [header, *table]:
+        lines.append("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
+    lines.append("")
+    lines.append("upstreams:")
+    for upstream in snapshot.upstreams.values():
+        lines.append(
+            f"  {upstream.name:<12} {upstream.url}  timeout {upstream.timeout:g}s, "
+            f"connect {upstream.connect_timeout:g}s, {upstream.max_connections} connections"
+        )
+    return "\n".join(lines)

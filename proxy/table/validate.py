@@ -1,0 +1,158 @@
+"""Whole-table checks that one field alone cannot make (pure). Every problem is reported, each
+with the path of the field it is about, so the loader can add the YAML line (Envoy NACKs and
+YARP's validators report all errors too; a table with any problem is refused whole).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from proxy.table.model import Match, Route, RouteTable
+
+Loc = tuple[str | int, ...]
+
+# Cloud metadata endpoints: never an upstream (credential theft by SSRF). The IPv4 link-local
+# range (169.254.0.0/16) already covers AWS, GCP and Azure's 169.254.169.254.
+METADATA_HOSTS = frozenset(
+    {"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"}
+)
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a table is refused: where (field path, YAML line once known) and why."""
+
+    loc: Loc
+    message: str
+    line: int | None = None
+
+    def where(self) -> str:
+        parts = []
+        for part in self.loc:
+            parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+        return "".join(parts).lstrip(".")
+
+    def __str__(self) -> str:
+        where = self.where()
+        return f"{where}: {self.message}" if where else self.message
+
+
+def check_upstream_url(url: str) -> str | None:
+    """Why `url` cannot be an upstream, or None when it can."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    if parts.scheme not in {"http", "https"}:
+        return f"{url!r}: only http:// and https:// upstreams are supported"
+    if not parts.hostname:
+        return f"{url!r} names no host"
+    if parts.username is not None or parts.password is not None:
+        return f"{url!r}: credentials do not belong in an upstream URL"
+    if parts.path not in {"", "/"} or parts.query or parts.fragment:
+        return f"{url!r}: an upstream URL has no path, query or fragment (the request's are kept)"
+    if port == 0:
+        return f"{url!r}: port 0 is not a port"
+    host = parts.hostname.lower()
+    if host in METADATA_HOSTS:
+        return f"{url!r}: cloud metadata endpoints are never upstreams"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.is_link_local or address in METADATA_ADDRESSES:
+        return f"{url!r}: link-local and metadata addresses are never upstreams"
+    if address.is_unspecified or address.is_multicast:
+        return f"{url!r}: {address} cannot be connected to"
+    return None
+
+
+def covers(first: Match, second: Match) -> bool:
+    """True when every request `second` matches is also matched by `first`."""
+    if first.path != second.path or first.exact != second.exact:
+        return False
+    if first.methods is not None and (
+        second.methods is None or not set(second.methods) <= set(first.methods)
+    ):
+        return False
+    if first.host is not None and first.host != second.host:
+        return False
+    if first.headers:
+        theirs = second.headers or {}
+        if any(theirs.get(name) != value for name, value in first.headers.items()):
+            return False
+    return True
+
+
+def specificity(route: Route) -> tuple[int, int, int]:
+    """Rank among routes on the same path: exact first, then the more conditions the better."""
+    m = route.match
+    return (
+        int(m.exact),
+        int(m.host is not None) + int(m.methods is not None) + len(m.headers or {}),
+        -len(m.methods or ()),
+    )
+
+
+def validate(table: RouteTable) -> list[Problem]:
+    """Every cross-field problem of `table`; an empty list means it can be served."""
+    problems: list[Problem] = []
+    names = set(table.upstreams)
+    for name, upstream in table.upstreams.items():
+        if (why := check_upstream_url(upstream.url)) is not None:
+            problems.append(Problem(("upstreams", name, "url"), why))
+    if table.default not in names:
+        problems.append(Problem(("default",), f"unknown upstream {table.default!r}"))
+    seen: dict[str, int] = {}
+    for index, route in enumerate(table.routes):
+        if route.name in seen:
+            problems.append(
+                Problem(
+                    ("routes", index, "name"),
+                    f"route name {route.name!r} is also used by routes[{seen[route.name]}]",
+                )
+            )
+        seen.setdefault(route.name, index)
+        if route.to is not None and route.to not in names:
+            problems.append(Problem(("routes", index, "to"), f"unknown upstream {route.to!r}"))
+        for target in route.split or {}:
+            if target not in names:
+                problems.append(
+                    Problem(("routes", index, "split", target), f"unknown upstream {target!r}")
+                )
+    problems.extend(_overlaps(table.routes))
+    return problems
+
+
+def _overlaps(routes: tuple[Route, ...]) -> list[Problem]:
+    """Routes that can never match, because an earlier-ranked one takes all their requests."""
+    problems = []
+    by_path: dict[tuple[str, bool], list[int]] = {}
+    for index, route in enumerate(routes):
+        by_path.setdefault((route.match.path, route.match.exact), []).append(index)
+    for indexes in by_path.values():
+        # Same ranking as the compiled matcher: most specific first, then file order.
+        ranked = sorted(indexes, key=lambda i: (specificity(routes[i]), -i), reverse=True)
+        for position, later in enumerate(ranked):
+            for earlier in ranked[:position]:
+                if covers(routes[earlier].match, routes[later].match):
+                    what = (
+                        "duplicates"
+                        if routes[earlier].match == routes[later].match
+                        else "is shadowed by"
+                    )
+                    problems.append(
+                        Problem(
+                            ("routes", later, "match"),
+                            f"route {routes[later].name!r} {what} route "
+                            f"{routes[earlier].name!r} (routes[{earlier}]) and never matches",
+                        )
+                    )
+                    break
+    return problems
