@@ -66,6 +66,13 @@ def _serve(settings: Settings, workers: int) -> None:
 
     import uvicorn
 
+    if workers > 1 and not settings.redis_url and settings.cache_enabled:
+        print(
+            "legacy_monolith: several workers and no --redis-url: catalog caching is off "
+            "(per-worker caches would miss each other's invalidations)",
+            file=sys.stderr,
+        )
+        settings = settings.model_copy(update={"cache_enabled": False})
     if workers > 1:
         # uvicorn's workers import the factory by name; settings travel through the environment.
         for key, value in settings.model_dump().items():

@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prefix=settings.cache_prefix,
         ttl_seconds=settings.cache_ttl_seconds,
         retry_seconds=settings.cache_retry_seconds,
+        enabled=settings.cache_enabled,
     )
 
     @asynccontextmanager
@@ -67,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "status": "ok",
                 "version": __version__,
                 "database": engine.dialect.name,
-                "cache": "redis" if settings.redis_url else "memory",
+                "cache": ("redis" if settings.redis_url else "memory")
+                if settings.cache_enabled
+                else "off",
                 "cache_available": cache.available,
             }
         )

@@ -189,8 +189,38 @@ class Cache:
         self.backend.close()
 
 
+class NullBackend:
+    """No cache at all (see Settings.cache_enabled)."""
+
+    def get(self, key: str) -> bytes | None:
+        return None
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        return None
+
+    def delete(self, *keys: str) -> None:
+        return None
+
+    def incr(self, key: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
 def make_cache(
-    redis_url: str | None, *, prefix: str, ttl_seconds: float, retry_seconds: float
+    redis_url: str | None,
+    *,
+    prefix: str,
+    ttl_seconds: float,
+    retry_seconds: float,
+    enabled: bool = True,
 ) -> Cache:
-    backend: Backend = RedisBackend(redis_url) if redis_url else MemoryBackend()
+    backend: Backend
+    if not enabled:
+        backend = NullBackend()
+    elif redis_url:
+        backend = RedisBackend(redis_url)
+    else:
+        backend = MemoryBackend()
     return Cache(backend, prefix=prefix, ttl_seconds=ttl_seconds, retry_seconds=retry_seconds)

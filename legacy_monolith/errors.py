@@ -41,6 +41,7 @@ TITLES: dict[str, str] = {
     "out-of-stock": "Not enough stock",
     "order-not-cancellable": "Order cannot be cancelled",
     "order-already-paid": "Order is already paid",
+    "order-refunded": "Order is refunded",
     "order-cancelled": "Order is cancelled",
     "amount-mismatch": "Amount does not match the order total",
     "payment-declined": "Payment declined",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 
+from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,12 +44,13 @@ _STORABLE = AfterValidator(_storable)
 Password = Annotated[str, _text(1, 128), _STORABLE]
 NewPassword = Annotated[str, _text(8, 128), _STORABLE]
 PersonName = Annotated[str, _text(1, 120), _STORABLE]
-Phone = Annotated[str, _text(0, 32), _STORABLE]
+# No empty strings: Oracle stores '' as NULL, so the answer would differ by database.
+Phone = Annotated[str, _text(1, 32), _STORABLE]
 ProductName = Annotated[str, _text(1, 160), _STORABLE]
-Description = Annotated[str, _text(0, 4000), _STORABLE]
+Description = Annotated[str, _text(1, 4000), _STORABLE]
 Address = Annotated[str, _text(1, 400), _STORABLE]
 CardToken = Annotated[str, _text(1, 64), _STORABLE]
-Reason = Annotated[str, _text(0, 200), _STORABLE]
+Reason = Annotated[str, _text(1, 200), _STORABLE]
 SearchText = Annotated[str, _text(1, 100), _STORABLE]
 
 MoneyOut = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str)]
@@ -59,10 +61,22 @@ MAX_CART_LINES = 50
 Price = Annotated[Decimal, Field(gt=0, le=Decimal("999999.99"), decimal_places=2)]
 MoneyIn = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def _email(value: str) -> str:
+    # Stored lower-cased; lowering can lengthen a string ('İ' → 'i̇'), so check after it.
+    value = value.lower()
+    if len(value) > 254:
+        raise ValueError("an email address has at most 254 characters")
+    return value
+
+
 Email = Annotated[
     str,
     StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
     AfterValidator(_storable),
+    AfterValidator(_email),
 ]
 PaymentStatus = Literal[
     "authorized", "captured", "partially_refunded", "refunded", "voided", "failed"
@@ -136,12 +150,20 @@ class ProductOut(BaseModel):
     updated_at: datetime
 
 
-class ProductPage(BaseModel):
-    items: list[ProductOut]
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; `pages` is at least 1."""
+
+    items: list[T]
     page: int
     per_page: int
     total: int
     pages: int
+
+
+ProductPage = Page[ProductOut]
 
 
 class ProductPatch(Strict):
@@ -213,12 +235,7 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
-class OrderPage(BaseModel):
-    items: list[OrderOut]
-    page: int
-    per_page: int
-    total: int
-    pages: int
+OrderPage = Page[OrderOut]
 
 
 # --- payments ---------------------------------------------------------------------------------
@@ -256,12 +273,7 @@ class PaymentOut(BaseModel):
     updated_at: datetime
 
 
-class PaymentPage(BaseModel):
-    items: list[PaymentOut]
-    page: int
-    per_page: int
-    total: int
-    pages: int
+PaymentPage = Page[PaymentOut]
 
 
 class Problem(BaseModel):

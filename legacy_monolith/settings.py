@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # Key prefix for everything the monolith keeps in Redis (tests give each run its own).
     cache_prefix: str = "legacy:"
+    # Off: every read goes to the database. `--workers N` without Redis turns it off, since each
+    # worker's in-process cache would miss the other workers' invalidations.
+    cache_enabled: bool = True
     # Catalog answers are cached this long; writes invalidate them sooner.
     cache_ttl_seconds: float = Field(default=60.0, gt=0)
     # After a Redis error, skip Redis for this long instead of paying a timeout per request.

@@ -39,7 +39,7 @@ def root(
 @app.command()
 def demo(
     workdir: Annotated[
-        Path, typer.Option(help="Where the demo keeps its databases (wiped at start).")
+        Path, typer.Option(help="Where the demo keeps its databases (replaced at start).")
     ] = Path("var/demo"),
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="Leave the servers up after the tour.")

@@ -8,7 +8,6 @@ the same commands the README gives, and is reached over HTTP only.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -107,8 +106,9 @@ def act_day_zero(n: Narrator) -> None:
 
 def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.echo) -> None:
     """Seed a fresh shop under `workdir`, start the monolith, play the acts, stop (or stay up)."""
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("legacy.db*"):  # only what an earlier demo made; nothing else
+        old.unlink()
     database = f"sqlite:///{workdir / 'legacy.db'}"
     python = sys.executable
     echo(typer.style("strangler demo: act 1, day 0", bold=True))

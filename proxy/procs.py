@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from types import TracebackType
 
 _RUNNING = re.compile(r"Uvicorn running on (http://[\w.\[\]:-]+:\d+)")
@@ -44,7 +45,7 @@ class Child:
         self.cwd = cwd
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.url = ""
-        self.output: list[str] = []
+        self.output: deque[str] = deque(maxlen=500)  # the last lines, for error reports
         self._proc: subprocess.Popen[str] | None = None
         self._pump: threading.Thread | None = None
 
@@ -74,7 +75,7 @@ class Child:
         self._pump.start()
         if not ready.wait(timeout) or not self.url:
             self.stop()
-            raise ChildFailed(f"{self.name} did not start:\n{''.join(self.output[-20:])}")
+            raise ChildFailed(f"{self.name} did not start:\n{''.join(list(self.output)[-20:])}")
         port = int(self.url.rsplit(":", 1)[1])
         deadline = time.monotonic() + timeout
         while not _accepts(port):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from legacy_monolith.seed import DEMO_PASSWORD, DEMO_USER
+from legacy_monolith.seed import DEMO_PASSWORD, DEMO_USER, STAFF_USER
 from proxy.procs import Child
 
 PY = sys.executable
@@ -111,7 +111,14 @@ def test_a_mobile_users_journey_over_http(server: Child) -> None:
         ).json()
         assert payment["status"] == "captured"
         assert http.get(f"/api/v1/orders/{order['id']}").json()["status"] == "paid"
-        refund = http.post(f"/api/v1/payments/{payment['id']}/refund", json={})
+        staff = http.post(
+            "/api/v1/auth/login", json={"email": STAFF_USER, "password": DEMO_PASSWORD}
+        ).json()["access_token"]
+        refund = http.post(
+            f"/api/v1/payments/{payment['id']}/refund",
+            json={},
+            headers={"Authorization": f"Bearer {staff}"},
+        )
         assert refund.json()["status"] == "refunded"
         assert http.get(f"/api/v1/orders/{order['id']}").json()["status"] == "refunded"
 
@@ -156,3 +163,14 @@ def test_serves_several_workers_and_stops_cleanly(shop_dir: Path) -> None:
     finally:
         code = proc.stop(sig=signal.SIGTERM)
     assert code == 0
+
+
+def test_several_workers_without_redis_turn_the_cache_off(shop_dir: Path) -> None:
+    """Per-worker caches would serve a price another worker already changed."""
+    with Child(
+        "monolith",
+        [PY, "-m", "legacy_monolith", "--port", "0", "--workers", "2"],
+        cwd=str(shop_dir),
+    ) as proc:
+        assert httpx.get(f"{proc.url}/healthz").json()["cache"] == "off"
+    assert any("catalog caching is off" in line for line in proc.output)

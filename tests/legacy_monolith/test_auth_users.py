@@ -66,6 +66,21 @@ def test_register_validates_input(client: TestClient) -> None:
     assert fields == {"body.email", "body.password", "body.full_name"}
 
 
+def test_an_email_that_lengthens_when_lowered_is_refused_not_a_500(client: TestClient) -> None:
+    email = "İ" * 200 + "@example.com"  # 212 characters, 412 once lower-cased
+    answer = client.post(
+        "/api/v1/users", json={"email": email, "password": "long enough", "full_name": "X"}
+    )
+    assert answer.status_code == 422
+    assert "254" in answer.json()["detail"]
+
+
+def test_empty_strings_are_refused_since_oracle_would_store_null(client: TestClient) -> None:
+    _, headers = register(client)
+    answer = client.patch("/api/v1/users/me", json={"phone": ""}, headers=headers)
+    assert answer.status_code == 422
+
+
 def test_profile_update_changes_only_given_fields(client: TestClient) -> None:
     _, headers = register(client)
     answer = client.patch("/api/v1/users/me", json={"phone": "+3512100"}, headers=headers)

@@ -97,7 +97,7 @@ def test_app_caches_catalog_reads_in_redis_and_invalidates_on_write(
     raw = redis.Redis.from_url(redis_url)
     with TestClient(create_app(settings)) as client:
         product = client.get("/api/v1/products", params={"per_page": 1}).json()["items"][0]
-        key = f"{redis_prefix}catalog:product:{product['id']}"
+        key = f"{redis_prefix}catalog:g0:product:{product['id']}"
         first = client.get(f"/api/v1/products/{product['id']}")
         assert raw.exists(key)
         assert client.get(f"/api/v1/products/{product['id']}").content == first.content
@@ -109,9 +109,9 @@ def test_app_caches_catalog_reads_in_redis_and_invalidates_on_write(
             f"/api/v1/products/{product['id']}", json={"stock_qty": 77}, headers=staff
         )
         assert patched.status_code == 200
-        assert not raw.exists(key)
         assert raw.get(f"{redis_prefix}catalog:gen") == b"1"
         assert client.get(f"/api/v1/products/{product['id']}").json()["stock_qty"] == 77
+        assert raw.exists(f"{redis_prefix}catalog:g1:product:{product['id']}")
     raw.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 from fastapi.testclient import TestClient
@@ -29,20 +30,75 @@ def test_cart_adds_merges_updates_and_removes(client: TestClient) -> None:
     assert again.status_code == 404
 
 
+def scarce_product(client: TestClient, stock: int) -> dict[str, object]:
+    """A product of the test's own with exactly `stock` left (set by staff)."""
+    staff = login(client, STAFF_USER)
+    product = in_stock_product(client)
+    answer = client.patch(
+        f"/api/v1/products/{product['id']}", json={"stock_qty": stock}, headers=staff
+    )
+    assert answer.status_code == 200
+    return dict(answer.json())
+
+
 def test_cart_refuses_more_than_the_stock(client: TestClient) -> None:
     _, headers = register(client)
-    product = in_stock_product(client, at_least=1)
+    product = scarce_product(client, 3)
     answer = client.post(
-        "/api/v1/cart/items",
-        json={"product_id": product["id"], "quantity": 99},
-        headers=headers,
+        "/api/v1/cart/items", json={"product_id": product["id"], "quantity": 4}, headers=headers
     )
-    if int(str(product["stock_qty"])) >= 99:
-        assert answer.status_code == 201
-        return
     assert answer.status_code == 409
     assert answer.json()["type"].endswith("/out-of-stock")
-    assert answer.json()["available"] == product["stock_qty"]
+    assert answer.json()["available"] == 3
+    ok = client.post(
+        "/api/v1/cart/items", json={"product_id": product["id"], "quantity": 3}, headers=headers
+    )
+    assert ok.status_code == 201
+
+
+def test_order_refused_when_stock_ran_out_after_carting(client: TestClient) -> None:
+    staff = login(client, STAFF_USER)
+    _, headers = register(client)
+    product = scarce_product(client, 5)
+    client.post(
+        "/api/v1/cart/items", json={"product_id": product["id"], "quantity": 4}, headers=headers
+    )
+    client.patch(f"/api/v1/products/{product['id']}", json={"stock_qty": 2}, headers=staff)
+    answer = client.post("/api/v1/orders", json={}, headers=headers)
+    assert answer.status_code == 409
+    assert answer.json()["type"].endswith("/out-of-stock")
+    assert answer.json()["product_id"] == product["id"]
+    assert client.get(f"/api/v1/products/{product['id']}").json()["stock_qty"] == 2
+    assert len(client.get("/api/v1/cart", headers=headers).json()["items"]) == 1
+
+
+def test_a_double_tapped_checkout_places_one_order(client: TestClient) -> None:
+    _, headers = register(client)
+    product = in_stock_product(client)
+    client.post("/api/v1/cart/items", json={"product_id": product["id"]}, headers=headers)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(
+            pool.map(lambda _: client.post("/api/v1/orders", json={}, headers=headers), range(4))
+        )
+    assert sorted(a.status_code for a in answers) == [201, 409, 409, 409]
+    assert client.get("/api/v1/orders", headers=headers).json()["total"] == 1
+    taken = int(str(product["stock_qty"])) - 1
+    assert client.get(f"/api/v1/products/{product['id']}").json()["stock_qty"] == taken
+
+
+def test_concurrent_adds_of_one_product_merge(client: TestClient) -> None:
+    _, headers = register(client)
+    product = in_stock_product(client)
+    body = {"product_id": product["id"], "quantity": 1}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client.post("/api/v1/cart/items", json=body, headers=headers), range(4)
+            )
+        )
+    assert [a.status_code for a in answers] == [201] * 4
+    cart = client.get("/api/v1/cart", headers=headers).json()
+    assert [(i["product_id"], i["quantity"]) for i in cart["items"]] == [(product["id"], 4)]
 
 
 def test_cart_refuses_unknown_products_and_bad_quantities(client: TestClient) -> None:

@@ -169,9 +169,10 @@ def _drive_every_route(client: TestClient) -> None:
     held = client.post(
         "/api/v1/payments", json={"order_id": orders[1], "capture": False, **card}, headers=headers
     )
-    client.post(f"/api/v1/payments/{held.json()['id']}/capture", headers=headers)
+    staff = login(client, STAFF_USER)
+    client.post(f"/api/v1/payments/{held.json()['id']}/capture", headers=staff)
     client.post(
-        f"/api/v1/payments/{paid.json()['id']}/refund", json={"amount": "0.01"}, headers=headers
+        f"/api/v1/payments/{paid.json()['id']}/refund", json={"amount": "0.01"}, headers=staff
     )
     client.get(f"/api/v1/payments/{paid.json()['id']}", headers=headers)
     client.get(

@@ -39,15 +39,16 @@ def test_captured_card_payment_marks_the_order_paid(client: TestClient) -> None:
 
 
 def test_authorized_payment_is_not_paid_until_captured(client: TestClient) -> None:
+    staff = login(client, STAFF_USER)
     _, headers = register(client)
     order = place_order(client, headers)
     payment = pay(client, headers, order["id"], capture=False).json()
     assert payment["status"] == "authorized"
     assert order_status(client, headers, order["id"]) == "pending_payment"
-    captured = client.post(f"/api/v1/payments/{payment['id']}/capture", headers=headers)
+    captured = client.post(f"/api/v1/payments/{payment['id']}/capture", headers=staff)
     assert captured.json()["status"] == "captured"
     assert order_status(client, headers, order["id"]) == "paid"
-    twice = client.post(f"/api/v1/payments/{payment['id']}/capture", headers=headers)
+    twice = client.post(f"/api/v1/payments/{payment['id']}/capture", headers=staff)
     assert twice.status_code == 409
     assert twice.json()["type"].endswith("/payment-not-capturable")
 
@@ -104,27 +105,28 @@ def test_amount_must_match_the_order_total(client: TestClient) -> None:
 
 
 def test_partial_then_full_refund_moves_the_order_to_refunded(client: TestClient) -> None:
+    staff = login(client, STAFF_USER)
     _, headers = register(client)
     order = place_order(client, headers, quantity=2)
     payment = pay(client, headers, order["id"]).json()
     partial = client.post(
-        f"/api/v1/payments/{payment['id']}/refund", json={"amount": "0.01"}, headers=headers
+        f"/api/v1/payments/{payment['id']}/refund", json={"amount": "0.01"}, headers=staff
     ).json()
     assert partial["status"] == "partially_refunded"
     assert partial["refunded_amount"] == "0.01"
     assert order_status(client, headers, order["id"]) == "paid"
     too_much = client.post(
-        f"/api/v1/payments/{payment['id']}/refund", json={"amount": order["total"]}, headers=headers
+        f"/api/v1/payments/{payment['id']}/refund", json={"amount": order["total"]}, headers=staff
     )
     assert too_much.status_code == 422
     assert too_much.json()["type"].endswith("/refund-exceeds-balance")
     rest = client.post(
-        f"/api/v1/payments/{payment['id']}/refund", json={"reason": "changed mind"}, headers=headers
+        f"/api/v1/payments/{payment['id']}/refund", json={"reason": "changed mind"}, headers=staff
     ).json()
     assert rest["status"] == "refunded"
     assert rest["refunded_amount"] == order["total"]
     assert order_status(client, headers, order["id"]) == "refunded"
-    again = client.post(f"/api/v1/payments/{payment['id']}/refund", headers=headers)
+    again = client.post(f"/api/v1/payments/{payment['id']}/refund", headers=staff)
     assert again.status_code == 409
 
 
@@ -188,13 +190,14 @@ def test_concurrent_payments_for_one_order_capture_once(client: TestClient) -> N
 
 
 def test_concurrent_refunds_never_exceed_the_captured_amount(client: TestClient) -> None:
+    staff = login(client, STAFF_USER)
     _, headers = register(client)
     order = place_order(client, headers, quantity=2)
     payment = pay(client, headers, order["id"]).json()
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(
             pool.map(
-                lambda _: client.post(f"/api/v1/payments/{payment['id']}/refund", headers=headers),
+                lambda _: client.post(f"/api/v1/payments/{payment['id']}/refund", headers=staff),
                 range(8),
             )
         )
@@ -202,3 +205,52 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(client: TestClient)
     assert codes == [200] + [409] * 7, [a.text for a in answers]
     final = client.get(f"/api/v1/payments/{payment['id']}", headers=headers).json()
     assert final["refunded_amount"] == payment["amount"]
+
+
+def test_customers_cannot_capture_or_refund_their_own_payments(client: TestClient) -> None:
+    _, headers = register(client)
+    order = place_order(client, headers)
+    held = pay(client, headers, order["id"], capture=False).json()
+    for action in ("capture", "refund"):
+        answer = client.post(f"/api/v1/payments/{held['id']}/{action}", headers=headers)
+        assert answer.status_code == 403, action
+        assert answer.json()["type"].endswith("/forbidden")
+    assert client.get(f"/api/v1/payments/{held['id']}", headers=headers).json()["status"] == (
+        "authorized"
+    )
+
+
+def test_a_refunded_order_cannot_be_paid_again(client: TestClient) -> None:
+    staff = login(client, STAFF_USER)
+    _, headers = register(client)
+    order = place_order(client, headers)
+    payment = pay(client, headers, order["id"]).json()
+    client.post(f"/api/v1/payments/{payment['id']}/refund", headers=staff)
+    again = pay(client, headers, order["id"])
+    assert again.status_code == 409
+    assert again.json()["type"].endswith("/order-refunded")
+
+
+def test_capture_racing_a_cancel_never_loses_the_capture(client: TestClient) -> None:
+    """Either the capture wins (the order is paid, cancel refused) or the cancel wins (the
+    payment is voided, capture refused): never a 'captured' answer for a voided payment."""
+    staff = login(client, STAFF_USER)
+    _, headers = register(client)
+    for _ in range(4):
+        order = place_order(client, headers)
+        held = pay(client, headers, order["id"], capture=False).json()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            capture = pool.submit(
+                client.post, f"/api/v1/payments/{held['id']}/capture", headers=staff
+            )
+            cancel = pool.submit(
+                client.post, f"/api/v1/orders/{order['id']}/cancel", headers=headers
+            )
+            captured, cancelled = capture.result(), cancel.result()
+        final = client.get(f"/api/v1/payments/{held['id']}", headers=headers).json()["status"]
+        status = order_status(client, headers, order["id"])
+        if captured.status_code == 200:
+            assert (cancelled.status_code, final, status) == (409, "captured", "paid")
+        else:
+            assert (captured.status_code, cancelled.status_code) == (409, 200)
+            assert (final, status) == ("voided", "cancelled")

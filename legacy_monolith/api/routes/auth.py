@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from legacy_monolith.api.deps import DB, CurrentUser, SettingsDep, bearer_scheme
@@ -21,6 +21,10 @@ router = APIRouter(tags=["auth"])
 
 
 def issue_token(db: DB, user: User, ttl_seconds: int) -> TokenOut:
+    # Expired tokens go when their user logs in again, so the table does not grow forever.
+    db.execute(
+        delete(AuthToken).where(AuthToken.user_id == user.id, AuthToken.expires_at <= utcnow())
+    )
     token = new_token()
     db.add(
         AuthToken(
@@ -35,7 +39,8 @@ def issue_token(db: DB, user: User, ttl_seconds: int) -> TokenOut:
 
 @router.post("/auth/login", response_model=TokenOut)
 def login(body: LoginIn, db: DB, settings: SettingsDep) -> TokenOut:
-    user = db.scalars(select(User).where(func.lower(User.email) == body.email.lower())).first()
+    # Emails are stored lower-cased (the schema lowers input), so the unique index serves this.
+    user = db.scalars(select(User).where(User.email == body.email)).first()
     if user is None or not user.is_active or not verify_password(body.password, user.password_hash):
         raise ApiError(401, "invalid-credentials", "Email or password is wrong")
     return issue_token(db, user, settings.token_ttl_seconds)
@@ -57,8 +62,8 @@ def logout(
 
 @router.post("/users", response_model=UserOut, status_code=201, tags=["users"])
 def register(body: RegisterIn, db: DB, settings: SettingsDep) -> User:
-    email = body.email.lower()
-    if db.scalars(select(User.id).where(func.lower(User.email) == email)).first() is not None:
+    email = body.email
+    if db.scalars(select(User.id).where(User.email == email)).first() is not None:
         raise ApiError(409, "email-taken", f"{email} is already registered")
     user = User(
         email=email,

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from sqlalchemy import delete, select, true
 
 from legacy_monolith.api.deps import DB, CurrentUser
+from legacy_monolith.db import lock_row
 from legacy_monolith.errors import ApiError
 from legacy_monolith.models import CartItem, Product, User
 from legacy_monolith.schemas import (
     MAX_CART_LINES,
-    MAX_ID,
     MAX_QUANTITY,
     CartItemIn,
     CartLineOut,
     CartOut,
     CartQuantityIn,
+    PathId,
 )
 
 router = APIRouter(tags=["cart"])
-ProductId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def cart_items(db: DB, user: User) -> list[CartItem]:
@@ -78,6 +77,7 @@ def get_cart(db: DB, user: CurrentUser) -> CartOut:
 
 @router.post("/cart/items", response_model=CartOut, status_code=201)
 def add_item(body: CartItemIn, db: DB, user: CurrentUser) -> CartOut:
+    lock_row(db, User, user.id)  # two adds at once (a double tap) merge instead of colliding
     product = _sellable(db, body.product_id)
     items = cart_items(db, user)
     existing = next((i for i in items if i.product_id == product.id), None)
@@ -96,7 +96,8 @@ def add_item(body: CartItemIn, db: DB, user: CurrentUser) -> CartOut:
 
 
 @router.put("/cart/items/{product_id}", response_model=CartOut)
-def set_quantity(product_id: ProductId, body: CartQuantityIn, db: DB, user: CurrentUser) -> CartOut:
+def set_quantity(product_id: PathId, body: CartQuantityIn, db: DB, user: CurrentUser) -> CartOut:
+    lock_row(db, User, user.id)
     item = db.scalars(
         select(CartItem).where(CartItem.user_id == user.id, CartItem.product_id == product_id)
     ).first()
@@ -112,7 +113,7 @@ def set_quantity(product_id: ProductId, body: CartQuantityIn, db: DB, user: Curr
 
 
 @router.delete("/cart/items/{product_id}", response_model=CartOut)
-def remove_item(product_id: ProductId, db: DB, user: CurrentUser) -> CartOut:
+def remove_item(product_id: PathId, db: DB, user: CurrentUser) -> CartOut:
     deleted = db.execute(
         delete(CartItem).where(CartItem.user_id == user.id, CartItem.product_id == product_id)
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from decimal import Decimal
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from sqlalchemy import delete, func, select, update
 
 from legacy_monolith import billing
@@ -17,16 +16,15 @@ from legacy_monolith.db import lock_row, utcnow
 from legacy_monolith.errors import ApiError
 from legacy_monolith.models import CartItem, Order, OrderLine, Payment, Product, User
 from legacy_monolith.schemas import (
-    MAX_ID,
     OrderIn,
     OrderLineOut,
     OrderOut,
     OrderPage,
     OrderPaymentOut,
+    PathId,
 )
 
 router = APIRouter(tags=["orders"])
-OrderId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def orders_out(db: DB, orders: list[Order]) -> list[OrderOut]:
@@ -78,6 +76,8 @@ def visible_order(db: DB, user: User, order_id: int) -> Order:
 def place_order(
     body: OrderIn, db: DB, cache: CacheDep, user: CurrentUser, response: Response
 ) -> OrderOut:
+    # One checkout per user at a time: a second tap waits, then finds the cart empty.
+    lock_row(db, User, user.id)
     items = cart_items(db, user)
     if not items:
         raise ApiError(409, "cart-empty", "Add products to the cart before ordering")
@@ -117,7 +117,7 @@ def place_order(
     db.add(order)
     db.execute(delete(CartItem).where(CartItem.user_id == user.id))
     db.commit()
-    invalidate_products(cache, *(line.product_id for line in lines))
+    invalidate_products(cache)
     response.headers["Location"] = f"/api/v1/orders/{order.id}"
     return orders_out(db, [order])[0]
 
@@ -139,12 +139,12 @@ def list_orders(db: DB, user: CurrentUser, paging: PagingDep) -> OrderPage:
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut)
-def get_order(order_id: OrderId, db: DB, user: CurrentUser) -> OrderOut:
+def get_order(order_id: PathId, db: DB, user: CurrentUser) -> OrderOut:
     return orders_out(db, [visible_order(db, user, order_id)])[0]
 
 
 @router.post("/orders/{order_id}/cancel", response_model=OrderOut)
-def cancel_order(order_id: OrderId, db: DB, cache: CacheDep, user: CurrentUser) -> OrderOut:
+def cancel_order(order_id: PathId, db: DB, cache: CacheDep, user: CurrentUser) -> OrderOut:
     lock_row(db, Order, order_id)  # a payment arriving meanwhile waits, then sees the cancel
     order = visible_order(db, user, order_id)
     payments = list(db.scalars(select(Payment).where(Payment.order_id == order.id)))
@@ -167,5 +167,5 @@ def cancel_order(order_id: OrderId, db: DB, cache: CacheDep, user: CurrentUser) 
     order.state = "cancelled"
     order.cancelled_at = utcnow()
     db.commit()
-    invalidate_products(cache, *(line.product_id for line in order.lines))
+    invalidate_products(cache)
     return orders_out(db, [order])[0]

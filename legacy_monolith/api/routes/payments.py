@@ -5,17 +5,18 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 
 from legacy_monolith import billing
-from legacy_monolith.api.deps import DB, CurrentUser, PagingDep, is_staff
+from legacy_monolith.api.deps import DB, CurrentUser, PagingDep, StaffUser, is_staff
 from legacy_monolith.api.routes.orders import visible_order
 from legacy_monolith.db import lock_row
 from legacy_monolith.errors import ApiError
 from legacy_monolith.models import Order, Payment, User
 from legacy_monolith.schemas import (
     MAX_ID,
+    PathId,
     PaymentIn,
     PaymentOut,
     PaymentPage,
@@ -25,7 +26,6 @@ from legacy_monolith.schemas import (
 )
 
 router = APIRouter(tags=["payments"])
-PaymentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 _ERRORS: dict[int | str, dict[str, object]] = {
     402: {"model": Problem, "description": "Declined by the gateway (the payment is kept)"},
     404: {"model": Problem, "description": "No such order or payment"},
@@ -40,6 +40,16 @@ def visible_payment(db: DB, user: User, payment_id: int) -> Payment:
     return payment
 
 
+def locked_payment(db: DB, user: User, payment_id: int) -> Payment:
+    """The payment, locked in the same order as every other writer (its order, then it), so a
+    capture racing a cancel waits for it instead of being overwritten."""
+    payment = visible_payment(db, user, payment_id)
+    lock_row(db, Order, payment.order_id)
+    lock_row(db, Payment, payment.id)
+    db.refresh(payment)
+    return payment
+
+
 @router.post("/payments", response_model=PaymentOut, status_code=201, responses=_ERRORS)
 def create_payment(body: PaymentIn, db: DB, user: CurrentUser, response: Response) -> Payment:
     # Concurrent attempts (a double-tapped Pay button) run one after another: the second sees
@@ -51,6 +61,8 @@ def create_payment(body: PaymentIn, db: DB, user: CurrentUser, response: Respons
     status = billing.order_status(order, current)
     if status == "cancelled":
         raise ApiError(409, "order-cancelled", f"Order {order.id} is cancelled")
+    if current is not None and current.status == "refunded":
+        raise ApiError(409, "order-refunded", f"Order {order.id} was paid and refunded")
     if current is not None and current.status in {"authorized", *billing.PAID_STATUSES}:
         raise ApiError(
             409,
@@ -129,14 +141,14 @@ def list_payments(
 
 
 @router.get("/payments/{payment_id}", response_model=PaymentOut, responses=_ERRORS)
-def get_payment(payment_id: PaymentId, db: DB, user: CurrentUser) -> Payment:
+def get_payment(payment_id: PathId, db: DB, user: CurrentUser) -> Payment:
     return visible_payment(db, user, payment_id)
 
 
 @router.post("/payments/{payment_id}/capture", response_model=PaymentOut, responses=_ERRORS)
-def capture_payment(payment_id: PaymentId, db: DB, user: CurrentUser) -> Payment:
-    lock_row(db, Payment, payment_id)
-    payment = visible_payment(db, user, payment_id)
+def capture_payment(payment_id: PathId, db: DB, staff: StaffUser) -> Payment:
+    """Staff only: the shop captures an authorized payment when it ships."""
+    payment = locked_payment(db, staff, payment_id)
     if payment.status != "authorized":
         raise ApiError(
             409,
@@ -150,10 +162,10 @@ def capture_payment(payment_id: PaymentId, db: DB, user: CurrentUser) -> Payment
 
 @router.post("/payments/{payment_id}/refund", response_model=PaymentOut, responses=_ERRORS)
 def refund_payment(
-    payment_id: PaymentId, db: DB, user: CurrentUser, body: RefundIn | None = None
+    payment_id: PathId, db: DB, staff: StaffUser, body: RefundIn | None = None
 ) -> Payment:
-    lock_row(db, Payment, payment_id)  # two refunds at once must not exceed the balance
-    payment = visible_payment(db, user, payment_id)
+    """Staff only: customer service refunds. Two refunds at once never exceed the balance."""
+    payment = locked_payment(db, staff, payment_id)
     if payment.status not in billing.REFUNDABLE_STATUSES:
         raise ApiError(
             409,
