@@ -91,9 +91,10 @@ def routes_validate(
             json.dumps({"valid": True, "version": table.version, "routes": len(table.routes)})
         )
     else:
+        routes, upstreams = len(table.routes), len(table.upstreams)
         typer.echo(
-            f"{file}: valid (version {table.version}, {len(table.routes)} routes, "
-            f"{len(table.upstreams)} upstreams)"
+            f"{file}: valid (version {table.version}, {routes} route{'s' * (routes != 1)}, "
+            f"{upstreams} upstream{'s' * (upstreams != 1)})"
         )
 
 
@@ -173,3 +174,7 @@ def serve(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

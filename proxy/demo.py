@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import typer
 
-from proxy.procs import Child
+from proxy.procs import STRANGLER_READY, Child
 
 DEMO_USER = "alice@example.com"
 DEMO_PASSWORD = "password123"  # noqa: S105 - the seeded demo shop's published credentials
@@ -104,18 +104,83 @@ def act_day_zero(n: Narrator) -> None:
     n.call("POST", "/api/v1/cart/items", json={"product_id": "one"}, headers=auth)
 
 
+DAY_ZERO_ROUTES = """\
+# Day 0: every request goes to the monolith. The payments route only names what will move
+# first; it already carries its own limits.
+version: 1
+upstreams:
+  monolith: {{url: "{monolith}"}}
+default: monolith
+routes:
+  - name: payments
+    match: {{path: /api/v1/payments}}
+    to: monolith
+    max_body: 64KiB
+    timeout: 10s
+"""
+BROKEN_ROUTES = """\
+version: 2
+upstreams:
+  monolith: {{url: "{monolith}"}}
+default: monolith
+routes:
+  - name: payments
+    match: {{path: /api/v1/payments}}
+    split: {{monolith: 90, payment: 20}}
+    timeout: soon
+"""
+
+
+def _same_answer(direct: httpx.Response, proxied: httpx.Response) -> bool:
+    def shape(r: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+        return r.status_code, [(k, v) for k, v in r.headers.multi_items() if k != "date"], r.content
+
+    return shape(direct) == shape(proxied)
+
+
+def act_proxy(n: Narrator, direct: httpx.Client, admin: str) -> None:
+    """Day 0 of the migration: the proxy in front, and nobody can tell."""
+    n.say("Day 0: the same requests through the strangler proxy")
+    for path in ("/api/v1/categories", "/api/v1/products?q=phone&per_page=2", "/healthz"):
+        proxied = n.call("GET", path)
+        same = _same_answer(direct.get(path), proxied)
+        n.echo(f"  same status, headers and bytes as the monolith's own answer: {same}")
+    n.say("What the proxy refuses before it reaches the monolith (problem+json, never a 500)")
+    n.call("GET", "/api/v1/products%2F..%2Fusers")
+    n.call("TRACE", "/api/v1/categories")
+    n.call("GET", "/api/v1/categories", headers={"Via": "1.1 strangler"})
+    n.call(
+        "POST",
+        "/api/v1/payments",
+        content=b"x" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
+    n.say("Its admin listener: readiness and Prometheus metrics, labelled by route")
+    ready = httpx.get(f"{admin}/readyz", timeout=5)
+    n.echo(f"  GET {admin}/readyz → {ready.status_code} {ready.text}")
+    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
+        if line.startswith("strangler_requests_total"):
+            n.echo(f"  {line}")
+
+
+def _strangler(*args: str) -> list[str]:
+    return [sys.executable, "-m", "proxy.cli", *args]
+
+
 def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.echo) -> None:
-    """Seed a fresh shop under `workdir`, start the monolith, play the acts, stop (or stay up)."""
+    """Seed a fresh shop under `workdir`, start the monolith and the proxy in front of it, play
+    the acts, stop (or stay up with `keep_running`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("legacy.db*"):  # only what an earlier demo made; nothing else
         old.unlink()
     database = f"sqlite:///{workdir / 'legacy.db'}"
     python = sys.executable
-    echo(typer.style("strangler demo: act 1, day 0", bold=True))
-    echo(f"$ python -m legacy_monolith seed --database-url {database}")
     started = time.perf_counter()
-    seeded = Child("seed", [python, "-m", "legacy_monolith", "seed", "--database-url", database])
-    code, output = seeded.run_to_end()
+    echo(typer.style("strangler demo", bold=True))
+    echo(f"$ python -m legacy_monolith seed --database-url {database}")
+    code, output = Child(
+        "seed", [python, "-m", "legacy_monolith", "seed", "--database-url", database]
+    ).run_to_end()
     echo("  " + output.strip().replace("\n", "\n  "))
     if code != 0:
         raise typer.Exit(code)
@@ -126,11 +191,50 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
         echo(f"  monolith listening on {monolith.url} (pid {monolith.pid})")
         with httpx.Client(base_url=monolith.url, timeout=10) as client:
             act_day_zero(Narrator(client, echo))
-        echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
-        if keep_running:
-            echo(f"monolith still serving on {monolith.url}; Ctrl-C stops it")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                echo("stopping")
+
+        routes = workdir / "routes.yaml"
+        routes.write_text(DAY_ZERO_ROUTES.format(monolith=monolith.url))
+        broken = workdir / "routes-broken.yaml"
+        broken.write_text(BROKEN_ROUTES.format(monolith=monolith.url))
+        echo(
+            typer.style("\n# The route table: checked, then shown", fg=typer.colors.CYAN, bold=True)
+        )
+        for args in (
+            ("routes", "validate", str(broken)),
+            ("routes", "validate", str(routes)),
+            ("routes", "show", str(routes)),
+        ):
+            echo("$ strangler " + " ".join(args))
+            code, output = Child("strangler", _strangler(*args)).run_to_end()
+            echo("  " + output.strip().replace("\n", "\n  ") + f"\n  (exit {code})")
+        serve = (
+            "serve",
+            "--routes",
+            str(routes),
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        )
+        echo("$ strangler " + " ".join(serve))
+        with Child("proxy", _strangler(*serve), ready=STRANGLER_READY) as proxy:
+            for role, url in proxy.listeners.items():
+                echo(f"  {role} listener on {url}")
+            with (
+                httpx.Client(base_url=proxy.url, timeout=10) as through,
+                httpx.Client(base_url=monolith.url, timeout=10) as direct,
+            ):
+                act_proxy(Narrator(through, echo), direct, proxy.listeners["admin"])
+            echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
+            if keep_running:
+                echo(
+                    f"still serving: proxy {proxy.url} in front of the monolith {monolith.url}; "
+                    "Ctrl-C stops both"
+                )
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    echo("stopping")

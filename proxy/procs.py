@@ -17,7 +17,10 @@ import time
 from collections import deque
 from types import TracebackType
 
-_RUNNING = re.compile(r"Uvicorn running on (http://[\w.\[\]:-]+:\d+)")
+UVICORN_READY = re.compile(r"Uvicorn running on (http://[\w.\[\]:-]+:\d+)")
+# `strangler serve` announces every listener on one line; the external one is the URL.
+STRANGLER_READY = re.compile(r"strangler serving external on (http://[\w.\[\]:-]+:\d+)")
+_LISTENER = re.compile(r"(\w+) on (http://[\w.\[\]:-]+:\d+)")
 
 
 class ChildFailed(RuntimeError):
@@ -39,8 +42,11 @@ class Child:
         args: list[str],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        ready: re.Pattern[str] = UVICORN_READY,
     ) -> None:
         self.name = name
+        self.ready = ready
+        self.listeners: dict[str, str] = {}
         self.args = args
         self.cwd = cwd
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -65,8 +71,9 @@ class Child:
         def pump() -> None:
             for line in stdout:
                 self.output.append(line)
-                found = _RUNNING.search(line)
+                found = self.ready.search(line)
                 if found and not self.url:
+                    self.listeners = dict(_LISTENER.findall(line))
                     self.url = found.group(1)
                     ready.set()
             ready.set()

@@ -138,4 +138,10 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "← 402 application/problem+json" in out
     assert '"status": "paid"' in out
     assert "← 422 application/problem+json" in out
+    # act 2: the proxy in front, transparent, refusing what it must
+    assert "routes[0].split: weights sum to 110, not 100" in out
+    assert out.count("same status, headers and bytes as the monolith's own answer: True") == 3
+    for refused in ("400", "405", "508", "413"):
+        assert f"← {refused} application/problem+json" in out
+    assert 'strangler_requests_total{code="200",route="default",upstream="monolith"} 3.0' in out
     assert "Traceback" not in out + done.stderr

@@ -1,0 +1,338 @@
+"""The proxy's benchmark: strangler vs the raw ASGI + aiohttp forwarder (bench/raw_forwarder.py)
+vs nginx (when installed), one interleaved run, same upstream, loopback only.
+
+Workloads: small GET, 64 KiB GET and 4 KiB POST, each `wrk -t1 -c64 -d{seconds}s --latency` per
+target per round, targets rotated every round. strangler runs as users run it: a routes.yaml
+with routes, header rules, limits, the JSON access log (to a file) and metrics on. Reports req/s,
+p50/p99, proxy CPU µs per request (from /proc/PID/stat) and peak RSS (VmHWM), and each target's
+ratio to the raw forwarder in the same round.
+
+    make bench                      # python -m bench.run --rounds 3 --seconds 10
+    python -m bench.run --rounds 1 --seconds 5 --workloads small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT = 18181, 18182, 18183, 18184
+WORKLOADS = {
+    "small": ("/small", None),
+    "big": ("/big", None),
+    "post": ("/post", 4096),
+}
+
+NGINX_UPSTREAM = """
+worker_processes 1; daemon off; pid {dir}/up.pid; error_log {dir}/up.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000000; keepalive_timeout 75s;
+  client_body_buffer_size 64k;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /small {{ default_type application/json;
+      return 200 '{{"id":1,"name":"Aurora Phone Pro","price":"499.00","in_stock":true}}'; }}
+    location = /big {{ alias {dir}/big.bin; }}
+    location = /post {{ default_type application/json; proxy_pass http://127.0.0.1:{port}/ok; }}
+    location = /ok {{ return 200 '{{"ok":true}}'; }}
+  }}
+}}
+"""
+NGINX_PROXY = """
+worker_processes 1; daemon off; pid {dir}/px.pid; error_log {dir}/px.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000000;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                  proxy_buffering on; }} }}
+}}
+"""
+ROUTES = """version: 1
+upstreams:
+  monolith: {{url: "http://127.0.0.1:{up}", timeout: 30s}}
+  payment: {{url: "http://127.0.0.1:{up}", timeout: 5s}}
+default: monolith
+routes:
+  - name: payments
+    match: {{path: /api/v1/payments, methods: [GET, POST]}}
+    split: {{monolith: 90, payment: 10}}
+    sticky: header:X-User-Id
+  - name: orders
+    match: {{path: /api/v1/orders}}
+    to: monolith
+  - name: small
+    match: {{path: /small}}
+    to: monolith
+  - name: big
+    match: {{path: /big}}
+    to: monolith
+  - name: post
+    match: {{path: /post, methods: [POST]}}
+    to: payment
+    max_body: 1MiB
+"""
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its children that are still running."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return []
+    kids = [int(x) for x in out.stdout.split()]
+    return kids + [g for k in kids for g in children(k)]
+
+
+def peak_rss_mib(pid: int) -> float:
+    peak = 0
+    for p in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+    return peak / 1024
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, logdir: Path) -> None:
+        log = open(logdir / f"{self.name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            self.command,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def wrk(port: int, workload: str, seconds: int, script_dir: Path) -> dict[str, float]:
+    path, body = WORKLOADS[workload]
+    args = ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if body:
+        script = script_dir / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = string.rep("x", {body})\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        )
+        args += ["-s", str(script)]
+    out = subprocess.run(
+        [*args, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
+    ).stdout
+
+    def latency(pct: str) -> float:
+        found = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not found:
+            return float("nan")
+        value, unit = float(found.group(1)), found.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if found := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(found.group(1))
+    if found := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(x) for x in found.groups())
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {
+        "rps": rps,
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": errors,
+        "requests": requests,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workloads", default="small,big,post")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: wrk is needed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        print(
+            "bench: nginx not installed: the upstream and the nginx target are skipped",
+            file=sys.stderr,
+        )
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="strangler-bench-"))
+    (work / "big.bin").write_bytes(os.urandom(65_536))
+    (work / "up.conf").write_text(NGINX_UPSTREAM.format(dir=work, port=UPSTREAM_PORT))
+    (work / "px.conf").write_text(NGINX_PROXY.format(dir=work, port=NGINX_PORT, up=UPSTREAM_PORT))
+    (work / "routes.yaml").write_text(ROUTES.format(up=UPSTREAM_PORT))
+    python = sys.executable
+    upstream = Target(
+        "upstream", UPSTREAM_PORT, [nginx, "-c", str(work / "up.conf"), "-p", str(work)]
+    )
+    targets = [
+        Target(
+            "strangler",
+            PROXY_PORT,
+            [
+                str(Path(python).parent / "strangler"),
+                "serve",
+                "--routes",
+                str(work / "routes.yaml"),
+                "--listen",
+                f"127.0.0.1:{PROXY_PORT}",
+                "--internal-listen",
+                "off",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+        ),
+        Target(
+            "raw-aiohttp",
+            RAW_PORT,
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "bench.raw_forwarder:app",
+                "--port",
+                str(RAW_PORT),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--no-server-header",
+                "--no-date-header",
+            ],
+            env={"BENCH_UPSTREAM": f"http://127.0.0.1:{UPSTREAM_PORT}"},
+        ),
+        Target("nginx", NGINX_PORT, [nginx, "-c", str(work / "px.conf"), "-p", str(work)]),
+    ]
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        upstream.start(work)
+        for target in targets:
+            target.start(work)
+        for workload in args.workloads.split(","):
+            for target in targets:  # warm-up, not recorded
+                wrk(target.port, workload, 2, work)
+            for round_no in range(args.rounds):
+                order = targets[round_no % len(targets) :] + targets[: round_no % len(targets)]
+                for target in order:
+                    assert target.proc is not None
+                    before = cpu_seconds(target.proc.pid)
+                    run = wrk(target.port, workload, args.seconds, work)
+                    run["cpu_us"] = (cpu_seconds(target.proc.pid) - before) / run["requests"] * 1e6
+                    run["round"] = round_no
+                    results.setdefault((workload, target.name), []).append(run)
+                    time.sleep(1)
+        rss = {t.name: peak_rss_mib(t.proc.pid) for t in targets if t.proc}
+    finally:
+        for target in [*targets, upstream]:
+            target.stop()
+    report = render(results, rss, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out / f"{stamp}.md").write_text(report)
+    (args.out / f"{stamp}.json").write_text(
+        json.dumps({f"{w}/{t}": runs for (w, t), runs in results.items()}, indent=1)
+    )
+    print(report)
+    return 0
+
+
+def render(
+    results: dict[tuple[str, str], list[dict[str, float]]],
+    rss: dict[str, float],
+    args: argparse.Namespace,
+) -> str:
+    lines = [
+        f"rounds {args.rounds} x {args.seconds}s, wrk -t1 -c64, one worker each, loopback",
+        "",
+        "| workload | target | req/s | x raw (same round) | p50 ms | p99 ms | errors |"
+        " CPU µs/req | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload in args.workloads.split(","):
+        raw_by_round = {r["round"]: r["rps"] for r in results.get((workload, "raw-aiohttp"), [])}
+        for name in ("strangler", "raw-aiohttp", "nginx"):
+            runs = results.get((workload, name), [])
+            if not runs:
+                continue
+            ratios = [
+                r["rps"] / raw_by_round[r["round"]] for r in runs if r["round"] in raw_by_round
+            ]
+            med = statistics.median
+            lines.append(
+                f"| {workload} | {name} | {med(r['rps'] for r in runs):,.0f} | "
+                f"{med(ratios):.2f} | {med(r['p50'] for r in runs):.2f} | "
+                f"{med(r['p99'] for r in runs):.2f} | {sum(r['errors'] for r in runs):.0f} | "
+                f"{med(r['cpu_us'] for r in runs):,.0f} | {rss.get(name, 0):.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
