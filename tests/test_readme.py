@@ -49,7 +49,7 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
 
 def test_every_make_target_in_the_readme_exists() -> None:
     targets = {c.split()[1] for c in readme_commands() if c.startswith("make ")}
-    assert targets >= {"demo", "test", "lint"}
+    assert targets >= {"demo", "test", "lint", "bench"}
     for target in targets:
         dry = subprocess.run(
             ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=False
@@ -115,9 +115,55 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^make (demo|test|lint)$"),
         re.compile(r"^\.venv/bin/python -m legacy_monolith "),
         re.compile(r"^curl "),
+        re.compile(r"^\.venv/bin/strangler routes (validate|show) routes\.yaml$"),
+        re.compile(r"^\.venv/bin/strangler serve "),
+        re.compile(r"^make bench$"),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
     assert unchecked == [], "add a check for these README commands"
+
+
+def test_routes_commands_run_on_the_repository_table() -> None:
+    commands = [c for c in readme_commands() if " routes " in c]
+    assert len(commands) == 2
+    for command in commands:
+        done = subprocess.run(
+            as_run_here(command), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    assert (
+        "valid (version"
+        in subprocess.run(
+            as_run_here(commands[0]), cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_serve_commands_proxy_to_the_monolith(monolith: Child, tmp_path: Path) -> None:
+    """Each `strangler serve` line, pointed at this test's monolith and at free ports."""
+    import httpx
+
+    from proxy.procs import STRANGLER_READY
+
+    table = (ROOT / "routes.yaml").read_text().replace("http://127.0.0.1:8001", monolith.url)
+    (tmp_path / "routes.yaml").write_text(table)
+    serves = [c for c in readme_commands() if " serve " in c]
+    assert len(serves) == 2
+    direct = httpx.get(f"{monolith.url}/api/v1/categories")
+    for command in serves:
+        args = [
+            a.replace("http://127.0.0.1:8001", monolith.url).replace(
+                "127.0.0.1:8080", "127.0.0.1:0"
+            )
+            for a in as_run_here(command)
+        ]
+        if "--listen" not in args:
+            args += ["--listen", "127.0.0.1:0"]
+        args += ["--internal-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+        with Child("proxy", args, cwd=str(tmp_path), ready=STRANGLER_READY) as proxy:
+            through = httpx.get(f"{proxy.url}/api/v1/categories")
+            assert through.status_code == 200
+            assert through.content == direct.content
 
 
 def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
