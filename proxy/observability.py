@@ -31,9 +31,15 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record (any JSON-serialisable dict)."""
+        self.write_line(json.dumps(record, separators=(",", ":")))
+
+    def write_line(self, line: str) -> None:
+        """Append one ready-made JSON line (the data plane builds its own: json.dumps of a
+        whole dict per request is a measurable share of the hot path)."""
         if not self.enabled:
             return
-        self._buffer += json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        self._buffer += line.encode() + b"\n"
         if len(self._buffer) >= FLUSH_BYTES:
             self.flush()
         elif self._timer is None:
@@ -92,6 +98,9 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # Single process: read the data plane's own counters when scraped instead of taking
+        # the gauge's lock twice per request. Several workers: each writes its value through.
+        self.in_flight_sources: dict[str, Any] = {}
         self.table_version = Gauge(
             "strangler_route_table_version",
             "Version of the route table being served.",
@@ -112,6 +121,9 @@ class Metrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
+        if not self.multiprocess:
+            for listener, read in self.in_flight_sources.items():
+                self.in_flight.labels(listener).set(read())
         registry = self.registry
         if self.multiprocess:
             registry = CollectorRegistry()

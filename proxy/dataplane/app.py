@@ -10,6 +10,7 @@ become problem+json answers, after it starts the connection is closed (see error
 from __future__ import annotations
 
 import time
+from json.encoder import encode_basestring_ascii as _json_str
 
 from proxy.dataplane.forward import ClientGone, Outcome
 from proxy.dataplane.headers import BadHeaders, prepare_request
@@ -31,7 +32,10 @@ class DataPlane:
         self.role = role
         self.external = role == "external"
         self.via = runtime.settings.via_name.encode()
-        self.in_flight_gauge = runtime.metrics.in_flight.labels(role)
+        self.in_flight = 0
+        metrics = runtime.metrics
+        self.in_flight_gauge = metrics.in_flight.labels(role) if metrics.multiprocess else None
+        metrics.in_flight_sources[role] = lambda: self.in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
@@ -44,7 +48,9 @@ class DataPlane:
         runtime.in_flight += 1
         held = runtime.per_client.get(client, 0) + 1
         runtime.per_client[client] = held
-        self.in_flight_gauge.inc()
+        self.in_flight += 1
+        if self.in_flight_gauge is not None:
+            self.in_flight_gauge.inc()
         try:
             if runtime.in_flight > runtime.settings.max_in_flight:
                 raise ProxyError(
@@ -133,30 +139,52 @@ class DataPlane:
                 runtime.per_client[client] = left
             else:
                 del runtime.per_client[client]
-            self.in_flight_gauge.dec()
+            self.in_flight -= 1
+            if self.in_flight_gauge is not None:
+                self.in_flight_gauge.dec()
             elapsed = time.perf_counter() - started
             runtime.metrics.observe(route_name, upstream_name, outcome.status, elapsed)
             if runtime.access_log.enabled:
-                query = scope["query_string"]
-                runtime.access_log.write(
-                    {
-                        "ts": time.time(),
-                        "request_id": request_id,
-                        "listener": self.role,
-                        "client": client,
-                        "method": scope["method"],
-                        "target": scope["raw_path"].decode("latin-1")
-                        + ("?" + query.decode("latin-1") if query else ""),
-                        "route": route_name,
-                        "upstream": upstream_name,
-                        "status": outcome.status,
-                        "bytes_in": outcome.bytes_in,
-                        "bytes_out": outcome.bytes_out,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "table_version": snapshot.version,
-                        "error": outcome.error or None,
-                    }
+                runtime.access_log.write_line(
+                    self._log_line(
+                        scope,
+                        client,
+                        request_id,
+                        route_name,
+                        upstream_name,
+                        outcome,
+                        elapsed,
+                        snapshot.version,
+                    )
                 )
+
+    def _log_line(
+        self,
+        scope: Scope,
+        client: str,
+        request_id: str,
+        route: str,
+        upstream: str,
+        outcome: Outcome,
+        elapsed: float,
+        version: int,
+    ) -> str:
+        """The access-log record as one JSON line. Only the target and the method come from the
+        client unchecked, so only they go through the JSON string encoder (which escapes control
+        characters); every other field is a number or a name the proxy validated."""
+        query = scope["query_string"]
+        target = scope["raw_path"].decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        error = f'"{outcome.error}"' if outcome.error else "null"
+        return (
+            f'{{"ts":{time.time():.6f},"request_id":"{request_id}","listener":"{self.role}",'
+            f'"client":"{client}","method":{_json_str(scope["method"])},'
+            f'"target":{_json_str(target)},"route":"{route}","upstream":"{upstream}",'
+            f'"status":{outcome.status},"bytes_in":{outcome.bytes_in},'
+            f'"bytes_out":{outcome.bytes_out},"duration_ms":{elapsed * 1000:.3f},'
+            f'"table_version":{version},"error":{error}}}'
+        )
 
     @staticmethod
     async def _problem(send: Send, exc: ProxyError, request_id: str) -> None:
