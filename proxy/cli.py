@@ -79,7 +79,8 @@ def routes_validate(
     except TableInvalid as exc:
         if json_output:
             problems = [
-                {"line": p.line, "field": p.where(), "message": p.message} for p in exc.problems
+                {"line": p.line, "field": p.where(), "message": p.message}
+                for p in sorted(exc.problems, key=lambda p: p.line or 0)
             ]
             typer.echo(json.dumps({"valid": False, "problems": problems}))
         else:

@@ -34,6 +34,9 @@ HOP_BY_HOP = frozenset(
 SPOOFABLE = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
 )
+# A client's `Connection: content-length` must not strip the framing: the upstream would read
+# the body as the next request (nginx and Envoy ignore such options too).
+FRAMING = frozenset({b"host", b"content-length"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _HOST = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
@@ -67,7 +70,7 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
     for name, value in headers:
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens - HOP_BY_HOP)
+    return frozenset(tokens - HOP_BY_HOP - FRAMING)
 
 
 def new_request_id() -> str:
@@ -105,6 +108,8 @@ def prepare_request(
             facts.host = value
         elif name == b"content-length":
             lengths.append(value)
+            if len(lengths) > 1:
+                continue  # identical duplicates are sent once (RFC 9112 §6.3); others refused
         elif name in SPOOFABLE:
             if not trusted:
                 continue
@@ -138,10 +143,14 @@ def prepare_request(
     if lengths:
         if len(set(lengths)) > 1 or not lengths[0].isdigit():
             raise BadHeaders("bad-content-length", "Content-Length is invalid or conflicting")
-        facts.content_length = int(lengths[0])
+        if facts.chunked:
+            # Transfer-Encoding overrides Content-Length, which must then go (RFC 9112 §6.1).
+            out[:] = [(n, v) for n, v in out if n != "content-length"]
+        else:
+            facts.content_length = int(lengths[0])
     if not facts.request_id:
         facts.request_id = new_request_id()
-    if trace is not None and trace.group(1) != b"0" * 32:
+    if trace is not None and trace.group(1) != b"0" * 32 and trace.group(2) != b"0" * 16:
         facts.trace_id = trace.group(1).decode()
         flags = trace.group(3).decode()
     else:

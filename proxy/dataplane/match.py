@@ -12,8 +12,7 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 
 def host_name(host: bytes) -> bytes:
-    """`host` without its port (`[v6]:port` aware), lower-cased."""
-    host = host.lower()
+    """`host` (lower-cased) without its port (`[v6]:port` aware)."""
     if host.startswith(b"["):
         end = host.find(b"]")
         return host[: end + 1] if end != -1 else host
@@ -40,7 +39,9 @@ def _first(
 def find_route(
     snapshot: Snapshot, key: str, method: str, host: bytes, headers: Headers
 ) -> CompiledRoute | None:
-    """The route for a request whose normalised path is `key` (see normalize.match_key)."""
+    """The route for a request whose normalised path is `key` (see normalize.match_key) and
+    whose Host header is `host`."""
+    host = host.lower()
     exact = snapshot.exact.get(key)
     if exact is not None and (route := _first(exact, method, host, headers)) is not None:
         return route

@@ -96,6 +96,26 @@ def _unknown_references(spec: Any, index: int, names: set[str]) -> list[Problem]
     return found
 
 
+def _duplicate_names_of_invalid(raw_routes: Any, valid: set[int]) -> list[Problem]:
+    """Duplicate route names where the later route has field errors (validate() sees only the
+    routes that are valid on their own)."""
+    seen: dict[str, int] = {}
+    found = []
+    for index, spec in enumerate(raw_routes if isinstance(raw_routes, list) else []):
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen and index not in valid:
+            found.append(
+                Problem(
+                    ("routes", index, "name"),
+                    f"route name {name!r} is also used by routes[{seen[name]}]",
+                )
+            )
+        seen.setdefault(name, index)
+    return found
+
+
 def _partial_problems(document: Any) -> list[Problem]:
     """Whole-table checks over the parts that are valid on their own, so that one mistyped
     field does not hide an unknown upstream three routes further down."""
@@ -126,14 +146,14 @@ def _partial_problems(document: Any) -> list[Problem]:
         default=default if isinstance(default, str) else next(iter(upstreams), ""),
         routes=tuple(routes),
     )
-    problems = early
-    for problem in validate(partial):
-        loc = problem.loc
+    problems = early + [
+        Problem(p.loc, p.message, _line_of(document, p.loc))
+        for p in _duplicate_names_of_invalid(raw_routes, set(positions))
+    ]
+    for problem in validate(partial, positions):
         if problem.loc[:1] == ("upstreams",) and problem.loc[-1] == "url":
             continue  # an invalid spec is reported by the field pass; a valid one is rechecked
-        if loc[:1] == ("routes",) and isinstance(loc[1], int):
-            loc = ("routes", positions[loc[1]], *loc[2:])
-        problems.append(Problem(loc, problem.message, _line_of(document, loc)))
+        problems.append(Problem(problem.loc, problem.message, _line_of(document, problem.loc)))
     for name, spec in upstreams.items():
         if spec.url != "http://invalid" and (why := check_upstream_url(spec.url)) is not None:
             loc = ("upstreams", name, "url")

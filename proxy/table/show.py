@@ -32,6 +32,16 @@ def _match(route: CompiledRoute) -> str:
     return text
 
 
+def trial_order(snapshot: Snapshot) -> list[CompiledRoute]:
+    """Routes in the order a request tries them: exact paths, then deeper prefixes first, then
+    the more specific route on one path (the order `snapshot.routes` already has)."""
+    rank = {id(route): i for i, route in enumerate(snapshot.routes)}
+    return sorted(
+        snapshot.routes,
+        key=lambda r: (not r.exact, -len([s for s in r.path.split("/") if s]), rank[id(r)]),
+    )
+
+
 def rows(snapshot: Snapshot) -> list[dict[str, Any]]:
     out = [
         {
@@ -45,7 +55,7 @@ def rows(snapshot: Snapshot) -> list[dict[str, Any]]:
             else "internal",
             "max_body": route.max_body,
         }
-        for route in snapshot.routes
+        for route in trial_order(snapshot)
     ]
     out.append(
         {

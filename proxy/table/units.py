@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -30,8 +31,8 @@ def parse_duration(value: object) -> float:
         if not found:
             raise ValueError(f"{value!r} is not a duration (use e.g. '2s', '250ms', '1m')")
         seconds = float(found.group(1)) * _DURATION_UNITS[found.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration is a finite number greater than zero")
     return seconds
 
 

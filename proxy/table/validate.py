@@ -6,6 +6,7 @@ YARP's validators report all errors too; a table with any problem is refused who
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,6 +43,21 @@ class Problem:
         return f"{where}: {self.message}" if where else self.message
 
 
+def _as_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a resolver would use for `host`, including the legacy IPv4 spellings
+    inet_aton accepts ("2852039166", "169.254.43518"), or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(part.isdigit() or part.startswith("0x") for part in host.split(".")):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
 def check_upstream_url(url: str) -> str | None:
     """Why `url` cannot be an upstream, or None when it can."""
     try:
@@ -59,13 +75,14 @@ def check_upstream_url(url: str) -> str | None:
         return f"{url!r}: an upstream URL has no path, query or fragment (the request's are kept)"
     if port == 0:
         return f"{url!r}: port 0 is not a port"
-    host = parts.hostname.lower()
+    host = parts.hostname.lower().rstrip(".")  # "metadata.google.internal." is the same name
     if host in METADATA_HOSTS:
         return f"{url!r}: cloud metadata endpoints are never upstreams"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _as_address(host)
+    if address is None:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     if address.is_link_local or address in METADATA_ADDRESSES:
         return f"{url!r}: link-local and metadata addresses are never upstreams"
     if address.is_unspecified or address.is_multicast:
@@ -73,15 +90,28 @@ def check_upstream_url(url: str) -> str | None:
     return None
 
 
+def _methods(methods: tuple[str, ...]) -> set[str]:
+    """The methods a route takes: GET implies HEAD (as in compile.py)."""
+    return {*methods, "HEAD"} if "GET" in methods else set(methods)
+
+
+def _without_port(host: str) -> str:
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.split(":", 1)[0]
+
+
 def covers(first: Match, second: Match) -> bool:
     """True when every request `second` matches is also matched by `first`."""
     if first.path != second.path or first.exact != second.exact:
         return False
     if first.methods is not None and (
-        second.methods is None or not set(second.methods) <= set(first.methods)
+        second.methods is None or not _methods(second.methods) <= _methods(first.methods)
     ):
         return False
-    if first.host is not None and first.host != second.host:
+    if first.host is not None and (
+        second.host is None or first.host not in {second.host, _without_port(second.host)}
+    ):
         return False
     if first.headers:
         theirs = second.headers or {}
@@ -100,8 +130,12 @@ def specificity(route: Route) -> tuple[int, int, int]:
     )
 
 
-def validate(table: RouteTable) -> list[Problem]:
-    """Every cross-field problem of `table`; an empty list means it can be served."""
+def validate(table: RouteTable, positions: list[int] | None = None) -> list[Problem]:
+    """Every cross-field problem of `table`; an empty list means it can be served.
+
+    `positions` maps each route to its index in the file, when `table` holds only some of the
+    file's routes (the loader's second pass over a file with field errors)."""
+    at = positions or list(range(len(table.routes)))
     problems: list[Problem] = []
     names = set(table.upstreams)
     for name, upstream in table.upstreams.items():
@@ -110,7 +144,8 @@ def validate(table: RouteTable) -> list[Problem]:
     if table.default not in names:
         problems.append(Problem(("default",), f"unknown upstream {table.default!r}"))
     seen: dict[str, int] = {}
-    for index, route in enumerate(table.routes):
+    for position, route in enumerate(table.routes):
+        index = at[position]
         if route.name in seen:
             problems.append(
                 Problem(
@@ -126,11 +161,11 @@ def validate(table: RouteTable) -> list[Problem]:
                 problems.append(
                     Problem(("routes", index, "split", target), f"unknown upstream {target!r}")
                 )
-    problems.extend(_overlaps(table.routes))
+    problems.extend(_overlaps(table.routes, at))
     return problems
 
 
-def _overlaps(routes: tuple[Route, ...]) -> list[Problem]:
+def _overlaps(routes: tuple[Route, ...], at: list[int]) -> list[Problem]:
     """Routes that can never match, because an earlier-ranked one takes all their requests."""
     problems = []
     by_path: dict[tuple[str, bool], list[int]] = {}
@@ -149,9 +184,9 @@ def _overlaps(routes: tuple[Route, ...]) -> list[Problem]:
                     )
                     problems.append(
                         Problem(
-                            ("routes", later, "match"),
+                            ("routes", at[later], "match"),
                             f"route {routes[later].name!r} {what} route "
-                            f"{routes[earlier].name!r} (routes[{earlier}]) and never matches",
+                            f"{routes[earlier].name!r} (routes[{at[earlier]}]) and never matches",
                         )
                     )
                     break

@@ -1,0 +1,1 @@
+"""Tests of proxy.table: routes.yaml parsed, checked, compiled and shown."""
