@@ -29,6 +29,7 @@ TITLES = {
     408: "Request timeout",
     413: "Content too large",
     414: "URI too long",
+    501: "Not implemented",
     431: "Request header fields too large",
     502: "Bad gateway",
     503: "Service unavailable",

@@ -13,11 +13,13 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from proxy.dataplane.headers import request_id_of
 from proxy.errors import problem_body, problem_headers
 from proxy.settings import ProxySettings
 
 _REASONS = {
     400: b"Bad Request",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
@@ -76,7 +78,9 @@ class HardenedProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._unsupported_upgrade_warning()
+            # An Upgrade request was already handed to the app, which forwards it as a plain
+            # request (Upgrade is hop-by-hop); CONNECT was refused in on_headers_complete.
+            pass
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, Refused):
@@ -115,6 +119,8 @@ class HardenedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
+        if self.parser.get_method() == b"CONNECT":
+            raise Refused(405, "method-not-allowed", "CONNECT is not proxied")
         if not self.url.startswith(b"/"):
             raise Refused(400, "bad-target", "only origin-form request targets are proxied")
         if len(self.pipeline) >= self.limits.max_pipelined:
@@ -131,10 +137,12 @@ class HardenedProtocol(HttpToolsProtocol):
         ):
             self.transport.close()
             return
-        body = problem_body(refused.status, refused.kind, refused.detail)
+        request_id = request_id_of(self.headers or ())
+        body = problem_body(refused.status, refused.kind, refused.detail, request_id)
         head = [b"HTTP/1.1 %d %s\r\n" % (refused.status, _REASONS.get(refused.status, b""))]
         head += [
-            name + b": " + value + b"\r\n" for name, value in problem_headers(body, close=True)
+            name + b": " + value + b"\r\n"
+            for name, value in problem_headers(body, request_id=request_id, close=True)
         ]
         self.transport.write(b"".join(head) + b"\r\n" + body)
         self.transport.close()

@@ -15,13 +15,14 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from proxy.dataplane.app import DataPlane
-from proxy.errors import problem_body, problem_headers
+from proxy.errors import UpstreamAborted, problem_body, problem_headers
 from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
@@ -92,6 +93,7 @@ class Router:
 
     async def startup(self) -> None:
         HardenedProtocol.limits = self.settings
+        logging.getLogger("uvicorn.error").addFilter(QuietAborts())
         self.runtime = Runtime(self.settings, initial_table(self.settings))
         self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}
         await self.runtime.start()
@@ -163,6 +165,32 @@ class Router:
         await send({"type": "http.response.body", "body": body})
 
 
+class ProxyServer(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM or SIGINT once its graceful shutdown is done, so the
+    process would die by the signal (exit -15); a proxy that drained cleanly exits 0, as nginx
+    does. (With --workers, uvicorn's supervisor already exits 0.)"""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
+class QuietAborts(logging.Filter):
+    """An upstream failing mid-response is raised to uvicorn on purpose (the client connection
+    must close, see errors.UpstreamAborted); log it as one warning, not a crash traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UpstreamAborted):
+            record.msg, record.args = (
+                "upstream failed mid-response (%s): client connection closed",
+                (exc.kind,),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def uvicorn_config(settings: ProxySettings, listeners: list[Listener]) -> uvicorn.Config:
     roles = {listener.port: listener.role for listener in listeners}
     return uvicorn.Config(
@@ -199,7 +227,7 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
         f" {settings.workers} worker{'s' if settings.workers > 1 else ''})",
     )
     sockets = [listener.sock for listener in listeners]
-    server = uvicorn.Server(config)
+    server = ProxyServer(config)
     if settings.workers > 1:
         Multiprocess(config, sockets=sockets).run()
     else:

@@ -13,7 +13,7 @@ import time
 from json.encoder import encode_basestring_ascii as _json_str
 
 from proxy.dataplane.forward import ClientGone, Outcome
-from proxy.dataplane.headers import BadHeaders, prepare_request
+from proxy.dataplane.headers import BadHeaders, prepare_request, request_id_of
 from proxy.dataplane.match import find_route
 from proxy.dataplane.normalize import AmbiguousPath, match_key
 from proxy.dataplane.split import choose
@@ -75,7 +75,7 @@ class DataPlane:
                     via=self.via,
                 )
             except BadHeaders as exc:
-                raise ProxyError(400, exc.kind, str(exc)) from None
+                raise ProxyError(exc.status, exc.kind, str(exc)) from None
             request_id = facts.request_id
             if facts.loop:
                 raise ProxyError(508, "loop-detected", "this request has already passed this proxy")
@@ -125,6 +125,7 @@ class DataPlane:
             if outcome.started:
                 raise UpstreamAborted(exc.kind) from exc
             outcome.status = exc.status
+            request_id = request_id or request_id_of(scope["headers"])
             await self._problem(send, exc, request_id)
         except ClientGone:
             outcome.status, outcome.error = 499, "client-gone"

@@ -31,6 +31,8 @@ MAX_HEADERS = 256
 # Below uvicorn's default keep-alive (5 s), so the proxy drops an idle connection before the
 # upstream does (the stale keep-alive race).
 KEEPALIVE_SECONDS = 4.0
+# While a response body stalls, how often the upstream connection is checked for life.
+LIVENESS_PROBE_SECONDS = 1.0
 
 
 class ClientGone(Exception):
@@ -90,6 +92,10 @@ class Forwarder:
                 max_field_size=MAX_FIELD_SIZE,
                 max_headers=MAX_HEADERS,
             )
+            # aiohttp silently re-sends an idempotent request once when the connection drops
+            # before the answer (FORWARDING.md item 6): the upstream would see one client
+            # request twice. The only switch is this private flag; a test guards it.
+            session._retry_connection = False
             self._sessions[key] = session
         return session
 
@@ -177,8 +183,12 @@ class Forwarder:
             except RuntimeError as exc:  # uvicorn refused a header the upstream sent
                 raise ProxyError(502, "bad-upstream-response", str(exc)) from exc
             outcome.started = True
+            content = response.content
             try:
-                async for chunk in response.content.iter_any():
+                while True:
+                    chunk = await _read_some(response, content, read_timeout)
+                    if not chunk:
+                        break
                     outcome.bytes_out += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except aiohttp.ClientPayloadError as exc:
@@ -190,6 +200,30 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             response.release()
+
+
+async def _read_some(
+    response: aiohttp.ClientResponse, content: aiohttp.StreamReader, read_timeout: float
+) -> bytes:
+    """The next body bytes, b"" at the end. aiohttp 3.14 neither fails nor ends the body when a
+    malformed chunk arrives and the upstream then closes (it also drops its own read timer), so
+    the wait is cut into probes: a closed upstream connection, or `read_timeout` without a byte,
+    aborts the answer."""
+    waited = 0.0
+    while True:
+        probe = min(LIVENESS_PROBE_SECONDS, read_timeout - waited)
+        try:
+            async with asyncio.timeout(probe):
+                return await content.readany()
+        except TimeoutError:
+            waited += probe
+            connection = response.connection
+            if connection is None or connection.protocol is None:
+                raise UpstreamAborted("upstream-body-incomplete") from None
+            if not connection.protocol.is_connected():
+                raise UpstreamAborted("upstream-body-incomplete") from None
+            if waited >= read_timeout:
+                raise UpstreamAborted("upstream-timeout") from None
 
 
 def _before_start(exc: Exception) -> Exception:

@@ -43,11 +43,12 @@ _HOST = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=-]*|\[[0-9A-Fa-f:.]+\])(?::[0-
 
 
 class BadHeaders(ValueError):
-    """The request's headers cannot be forwarded; `kind` and the message become the 400."""
+    """The request's headers cannot be forwarded; `kind` and the message become the answer."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.kind = kind
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -71,6 +72,15 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(tokens - HOP_BY_HOP - FRAMING)
+
+
+def request_id_of(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID if valid, else a new one (for answers made before or without
+    prepare_request, such as refusals)."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.match(value):
+            return value.decode("ascii")
+    return new_request_id()
 
 
 def new_request_id() -> str:
@@ -98,6 +108,13 @@ def prepare_request(
     for name, value in headers:
         if name in HOP_BY_HOP or name in named:
             if name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    # Forwarded re-chunked, a coding like gzip would be lost (RFC 9112 §6.1).
+                    raise BadHeaders(
+                        "transfer-coding-not-implemented",
+                        "only Transfer-Encoding: chunked is supported",
+                        status=501,
+                    )
                 facts.chunked = True
             continue
         if b"_" in name:

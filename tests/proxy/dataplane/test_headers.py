@@ -45,9 +45,17 @@ def names(facts: RequestFacts) -> list[str]:
     ],
 )
 def test_hop_by_hop_fields_are_not_forwarded(name: bytes) -> None:
-    facts = prepare(HOST, (name, b"keep-alive"), (b"x-kept", b"1"))
+    value = b"chunked" if name == b"transfer-encoding" else b"keep-alive"
+    facts = prepare(HOST, (name, value), (b"x-kept", b"1"))
     assert name.decode() not in names(facts)
     assert values(facts, "x-kept") == ["1"]
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip", b"identity"])
+def test_transfer_codings_other_than_chunked_are_not_implemented(coding: bytes) -> None:
+    with pytest.raises(BadHeaders) as refused:
+        prepare(HOST, (b"transfer-encoding", coding))
+    assert (refused.value.status, refused.value.kind) == (501, "transfer-coding-not-implemented")
 
 
 def test_every_field_named_in_connection_is_not_forwarded() -> None:
