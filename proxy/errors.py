@@ -12,8 +12,10 @@ dataplane/forward.py.
     ├── 508 loop-detected               the request already passed this proxy (Via)
     ├── 502 upstream-unreachable, upstream-disconnected, bad-upstream-response
     └── 504 upstream-timeout, upstream-connect-timeout
-    UpstreamAborted: the upstream failed after the response started; the client connection is
+    ResponseAborted: a response that started cannot be finished; the client connection is
     closed so a truncated answer can never look complete.
+    ├── UpstreamAborted: the upstream failed mid-response
+    └── ClientTooSlow: the client read nothing for the send timeout
 """
 
 from __future__ import annotations
@@ -50,12 +52,21 @@ class ProxyError(Exception):
         self.retry_after = retry_after
 
 
-class UpstreamAborted(Exception):
-    """The upstream failed mid-response; raised to uvicorn so it closes the connection."""
+class ResponseAborted(Exception):
+    """A response that started cannot be finished; raised to uvicorn so it closes the
+    connection (a truncated body must never look complete)."""
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
         self.kind = kind
+
+
+class UpstreamAborted(ResponseAborted):
+    """The upstream failed mid-response."""
+
+
+class ClientTooSlow(ResponseAborted):
+    """The client read nothing for the send timeout: its upstream connection is freed."""
 
 
 def problem_body(status: int, kind: str, detail: str, request_id: str = "") -> bytes:

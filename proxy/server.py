@@ -22,7 +22,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from proxy.dataplane.app import DataPlane
-from proxy.errors import UpstreamAborted, problem_body, problem_headers
+from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
@@ -177,13 +177,13 @@ class ProxyServer(uvicorn.Server):
 
 class QuietAborts(logging.Filter):
     """An upstream failing mid-response is raised to uvicorn on purpose (the client connection
-    must close, see errors.UpstreamAborted); log it as one warning, not a crash traceback."""
+    must close, see errors.ResponseAborted); log it as one warning, not a crash traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UpstreamAborted):
+        if isinstance(exc, ResponseAborted):
             record.msg, record.args = (
-                "upstream failed mid-response (%s): client connection closed",
+                "response aborted mid-way (%s): client connection closed",
                 (exc.kind,),
             )
             record.exc_info, record.exc_text = None, None

@@ -49,6 +49,9 @@ class ProxySettings(BaseSettings):
     header_timeout: float = Field(20.0, gt=0)
     # nginx client_body_timeout: 60s between two body reads.
     body_idle_timeout: float = Field(60.0, gt=0)
+    # nginx send_timeout: a client that reads nothing this long loses its (streamed) answer,
+    # and the upstream connection it held is freed.
+    send_timeout: float = Field(60.0, gt=0)
     # nginx keepalive_timeout 75s (mobile clients reuse connections across screens).
     keepalive_timeout: float = Field(75.0, gt=0)
     # Envoy's circuit-breaker default: 1,024 concurrent requests (per worker here).

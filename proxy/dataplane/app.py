@@ -17,7 +17,13 @@ from proxy.dataplane.headers import BadHeaders, prepare_request, request_id_of
 from proxy.dataplane.match import find_route
 from proxy.dataplane.normalize import AmbiguousPath, match_key
 from proxy.dataplane.split import choose
-from proxy.errors import ProxyError, UpstreamAborted, problem_body, problem_headers
+from proxy.errors import (
+    ProxyError,
+    ResponseAborted,
+    UpstreamAborted,
+    problem_body,
+    problem_headers,
+)
 from proxy.runtime import Runtime
 from proxy.types import Receive, Scope, Send
 
@@ -116,6 +122,7 @@ class DataPlane:
                 read_timeout=read_timeout,
                 max_body=max_body,
                 body_idle=runtime.settings.body_idle_timeout,
+                send_timeout=runtime.settings.send_timeout,
                 outcome=outcome,
             )
         except ProxyError as exc:
@@ -129,8 +136,9 @@ class DataPlane:
             await self._problem(send, exc, request_id)
         except ClientGone:
             outcome.status, outcome.error = 499, "client-gone"
-        except UpstreamAborted as exc:
-            runtime.metrics.upstream_errors.labels(route_name, upstream_name, exc.kind).inc()
+        except ResponseAborted as exc:
+            if isinstance(exc, UpstreamAborted):
+                runtime.metrics.upstream_errors.labels(route_name, upstream_name, exc.kind).inc()
             outcome.error = exc.kind
             raise
         finally:

@@ -19,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from proxy.dataplane.headers import prepare_response
-from proxy.errors import ProxyError, UpstreamAborted
+from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
 from proxy.types import Receive, Scope, Send
 
@@ -31,6 +31,8 @@ MAX_HEADERS = 256
 # Below uvicorn's default keep-alive (5 s), so the proxy drops an idle connection before the
 # upstream does (the stale keep-alive race).
 KEEPALIVE_SECONDS = 4.0
+# Answers up to this size (by Content-Length) are read whole before the client is written to.
+BUFFER_BYTES = 65_536
 # While a response body stalls, how often the upstream connection is checked for life.
 LIVENESS_PROBE_SECONDS = 1.0
 
@@ -127,6 +129,7 @@ class Forwarder:
         read_timeout: float,
         max_body: int,
         body_idle: float,
+        send_timeout: float,
         outcome: Outcome,
     ) -> None:
         """Send the request upstream and stream the answer back (see the module rules)."""
@@ -172,16 +175,21 @@ class Forwarder:
             raise _before_start(exc) from exc
         try:
             outcome.status = response.status
-            try:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status,
-                        "headers": prepare_response(response.raw_headers),
-                    }
-                )
-            except RuntimeError as exc:  # uvicorn refused a header the upstream sent
-                raise ProxyError(502, "bad-upstream-response", str(exc)) from exc
+            length = response.content_length
+            bodiless = scope["method"] == "HEAD" or response.status in (204, 304)
+            if bodiless or (length is not None and length <= BUFFER_BYTES):
+                # Small answers are read whole and the upstream connection goes back to the
+                # pool before the client is written to: a slow client holds no upstream
+                # connection (nginx's proxy_buffering, in memory). Read errors here come before
+                # the response starts, so they are still a clean 502/504.
+                whole = b"" if bodiless else await _read_body(response, read_timeout)
+                response.release()
+                outcome.bytes_out = len(whole)
+                await _start(send, response)
+                outcome.started = True
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
+                return
+            await _start(send, response)
             outcome.started = True
             content = response.content
             try:
@@ -190,7 +198,13 @@ class Forwarder:
                     if not chunk:
                         break
                     outcome.bytes_out += len(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    try:
+                        async with asyncio.timeout(send_timeout):
+                            await send(
+                                {"type": "http.response.body", "body": chunk, "more_body": True}
+                            )
+                    except TimeoutError:
+                        raise ClientTooSlow("client-send-timeout") from None
             except aiohttp.ClientPayloadError as exc:
                 raise UpstreamAborted("upstream-body-incomplete") from exc
             except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
@@ -200,6 +214,40 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             response.release()
+
+
+async def _start(send: Send, response: aiohttp.ClientResponse) -> None:
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": prepare_response(response.raw_headers),
+            }
+        )
+    except RuntimeError as exc:  # uvicorn refused a header the upstream sent
+        raise ProxyError(502, "bad-upstream-response", str(exc)) from exc
+
+
+async def _read_body(response: aiohttp.ClientResponse, read_timeout: float) -> bytes:
+    """A whole (small, Content-Length) body, before the response starts."""
+    chunks = []
+    try:
+        while chunk := await _read_some(response, response.content, read_timeout):
+            chunks.append(chunk)
+    except UpstreamAborted as exc:
+        if exc.kind == "upstream-timeout":
+            raise ProxyError(504, "upstream-timeout", "the upstream's answer stalled") from None
+        raise ProxyError(502, exc.kind, "the upstream's answer was cut off") from None
+    except aiohttp.ClientPayloadError:
+        raise ProxyError(
+            502, "upstream-body-incomplete", "the upstream's answer was cut off"
+        ) from None
+    except aiohttp.ClientError:
+        raise ProxyError(
+            502, "upstream-disconnected", "the upstream's answer was cut off"
+        ) from None
+    return b"".join(chunks)
 
 
 async def _read_some(

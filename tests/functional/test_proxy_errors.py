@@ -13,6 +13,7 @@ import pytest
 
 from tests.functional.proxy_support import (
     Conn,
+    Handler,
     ProxyProcess,
     Recorder,
     Table,
@@ -159,7 +160,9 @@ def test_a_request_is_sent_upstream_once_even_when_it_fails(
     assert len(upstream.seen) == 1, [seen.request_line for seen in upstream.seen]
 
 
-HEAD_CL = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+# Above the proxy's 64 KiB buffer: streamed, so the head is on its way before the cut.
+HEAD_CL = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+HEAD_SMALL_CL = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
 HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -190,16 +193,39 @@ def test_a_body_cut_mid_way_closes_the_client_connection(
         assert conn.closed_by_peer()
 
 
-def test_a_body_stalled_mid_way_closes_the_client_connection(
-    proxy: ProxyProcess, upstream: Recorder
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param((HEAD_SMALL_CL, b"x" * 100), id="cut"),
+        pytest.param((HEAD_SMALL_CL, b"x" * 100, b""), id="reset-after-gap"),
+    ],
+)
+def test_a_small_answer_cut_short_is_a_clean_502(
+    proxy: ProxyProcess, upstream: Recorder, parts: tuple[bytes, ...]
 ) -> None:
+    """Small answers are read whole before the client sees a byte, so a cut one is refused
+    cleanly rather than started and aborted."""
+    upstream.handler = trickle(*parts)
+    with Conn(proxy.external, timeout=5) as conn:
+        conn.sendall(build("GET", "/cut"))
+        answer = conn.read_response()
+    problem(answer, 502, "upstream-body-incomplete")
+
+
+def _stall(length: int) -> Handler:
     async def stall(seen, reader, writer):  # type: ignore[no-untyped-def]
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + b"x" * 100)
         await writer.drain()
         await reader.read()  # until the proxy gives up on us
         return False
 
-    upstream.handler = stall
+    return stall
+
+
+def test_a_body_stalled_mid_way_closes_the_client_connection(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    upstream.handler = _stall(1_000_000)  # streamed: the head is sent on at once
     started = time.monotonic()
     with Conn(proxy.external) as conn:
         conn.sendall(build("GET", "/slow/stall"))
@@ -207,6 +233,15 @@ def test_a_body_stalled_mid_way_closes_the_client_connection(
         assert answer.status == 200
         assert not answer.complete
         assert answer.body == b"x" * 100
+    assert time.monotonic() - started < ROUTE_TIMEOUT + 3
+
+
+def test_a_small_answer_that_stalls_is_a_clean_504(proxy: ProxyProcess, upstream: Recorder) -> None:
+    upstream.handler = _stall(1_000)  # buffered: nothing reached the client yet
+    started = time.monotonic()
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("GET", "/slow/stall"))
+        problem(conn.read_response(), 504, "upstream-timeout")
     assert time.monotonic() - started < ROUTE_TIMEOUT + 3
 
 

@@ -6,17 +6,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.functional.proxy_support import (
+    OK,
+    Conn,
     MiB,
     ProxyProcess,
+    Reader,
     Recorder,
+    Seen,
     Table,
+    Writer,
+    build,
     download,
     download_size,
     get,
+    read_body,
     recorder,
     running,
     sink,
@@ -83,3 +91,42 @@ def test_an_upstream_that_stops_reading_is_not_buffered_for(
     answer = upload(proxy.external, "/upload", 256 * MiB)
     assert answer.body == str(256 * MiB).encode()
     assert proxy.peak_rss() - baseline < RSS_BUDGET
+
+
+def test_a_client_that_stops_reading_frees_its_upstream_connection(tmp_path: Path) -> None:
+    """With one upstream connection, a client that stops reading a large answer must not
+    starve everyone else: after the send timeout its answer is aborted and the connection
+    goes back to the pool."""
+    block = bytes(MiB)
+
+    async def handle(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        await read_body(seen, reader)
+        if seen.target.startswith(b"/big"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (512 * MiB))
+            for _ in range(512):
+                writer.write(block)
+                await writer.drain()
+            return True
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+    with recorder() as upstream:
+        upstream.handler = handle
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            f'upstreams:\n  main: {{url: "{upstream.url}", max_connections: 1}}\ndefault: main\n'
+        )
+        env = {"STRANGLER_SEND_TIMEOUT": "1"}
+        with (
+            running(["--routes", str(routes), "--no-access-log"], env) as proxy,
+            Conn(proxy.external, timeout=30) as stalled,
+        ):
+            stalled.sendall(build("GET", "/big"))  # and never read the answer
+            time.sleep(0.5)  # the big answer holds the only upstream connection now
+            started = time.monotonic()
+            answer = get(proxy.external, "/small", timeout=15)
+            assert answer.status == 200
+            assert time.monotonic() - started < 8
+            received = stalled.read_until_closed()  # what the socket buffers held, then EOF
+            assert len(received) < 512 * MiB
