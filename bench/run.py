@@ -221,7 +221,9 @@ def main() -> int:
         )
         return 2
     work = Path(tempfile.mkdtemp(prefix="strangler-bench-"))
+    work.chmod(0o755)  # nginx's workers run as another user and must read big.bin
     (work / "big.bin").write_bytes(os.urandom(65_536))
+    (work / "big.bin").chmod(0o644)
     (work / "up.conf").write_text(NGINX_UPSTREAM.format(dir=work, port=UPSTREAM_PORT))
     (work / "px.conf").write_text(NGINX_PROXY.format(dir=work, port=NGINX_PORT, up=UPSTREAM_PORT))
     (work / "routes.yaml").write_text(ROUTES.format(up=UPSTREAM_PORT))

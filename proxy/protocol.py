@@ -27,6 +27,31 @@ _REASONS = {
 }
 
 
+class _Sweeper:
+    """Once a second, refuses the request heads that have taken longer than the limit."""
+
+    INTERVAL = 1.0
+    _running: ClassVar[set[int]] = set()
+
+    @classmethod
+    def watch(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        if id(connections) in cls._running:
+            return
+        cls._running.add(id(connections))
+
+        def sweep() -> None:
+            if not connections:
+                cls._running.discard(id(connections))
+                return
+            now = loop.time()
+            for protocol in list(connections):
+                if isinstance(protocol, HardenedProtocol):
+                    protocol._head_too_slow(now)
+            loop.call_later(cls.INTERVAL, sweep)
+
+        loop.call_later(cls.INTERVAL, sweep)
+
+
 class Refused(Exception):
     def __init__(self, status: int, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -38,38 +63,22 @@ class HardenedProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ProxySettings]
 
-    @classmethod
-    def configure(cls, settings: ProxySettings) -> type[HardenedProtocol]:
-        return type("HardenedProtocol", (cls,), {"limits": settings})
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head = False
+        # When the request head now being read began (None between requests). A sweep once a
+        # second refuses heads older than the limit: one timer per worker instead of a timer
+        # armed and cancelled for every request.
+        self._head_since: float | None = None
 
     # --- the request head clock -----------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._in_head = True  # a connection that never sends a head is on the same clock
-        self._arm()
+        self._head_since = self.loop.time()  # a connection that never sends a head is timed too
+        _Sweeper.watch(self.loop, self.connections)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_too_slow)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
-        if self._in_head:
+    def _head_too_slow(self, now: float) -> None:
+        if self._head_since is not None and now - self._head_since > self.limits.header_timeout:
             self._refuse(Refused(408, "request-timeout", "the request head took too long"))
 
     # --- parser callbacks -------------------------------------------------------------------
@@ -91,9 +100,8 @@ class HardenedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
-        self._in_head = True
-        if self._head_timer is None:
-            self._arm()
+        if self._head_since is None:
+            self._head_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -117,8 +125,7 @@ class HardenedProtocol(HttpToolsProtocol):
             )
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._disarm()
+        self._head_since = None
         if self.parser.get_method() == b"CONNECT":
             raise Refused(405, "method-not-allowed", "CONNECT is not proxied")
         if not self.url.startswith(b"/"):

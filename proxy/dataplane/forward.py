@@ -257,6 +257,8 @@ async def _read_some(
     malformed chunk arrives and the upstream then closes (it also drops its own read timer), so
     the wait is cut into probes: a closed upstream connection, or `read_timeout` without a byte,
     aborts the answer."""
+    if content.is_eof():  # the rest has arrived already (most small answers): no waiting
+        return await content.readany()
     waited = 0.0
     while True:
         probe = min(LIVENESS_PROBE_SECONDS, read_timeout - waited)

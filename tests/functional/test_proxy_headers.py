@@ -6,16 +6,13 @@ traceparent, underscore names, the client's Host, header order, duplicates and S
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from tests.functional.proxy_support import (
     ProxyProcess,
     Recorder,
-    Table,
     get,
-    recorder,
     reply,
     running,
     send,
@@ -32,33 +29,6 @@ PROXY_ADDED = {
     b"x-request-id",
     b"traceparent",
 }
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[tuple[Recorder, Recorder]]:
-    with recorder() as main, recorder() as other:
-        yield main, other
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    upstreams: tuple[Recorder, Recorder], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    main, other = upstreams
-    table = Table(
-        tmp_path_factory.mktemp("headers") / "routes.yaml",
-        {"main": main.url, "other": other.url},
-        [{"name": "other", "match": {"path": "/other"}, "to": "other"}],
-    )
-    with running(["--routes", str(table.write())]) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def upstream(upstreams: tuple[Recorder, Recorder]) -> Recorder:
-    for each in upstreams:
-        each.reset()
-    return upstreams[0]
 
 
 # --- request headers ------------------------------------------------------------------------------

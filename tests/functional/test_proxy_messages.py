@@ -5,7 +5,6 @@ redirects, Expect, pipelining and concurrent requests (raw recorder upstreams, r
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,44 +15,14 @@ from tests.functional.proxy_support import (
     Reader,
     Recorder,
     Seen,
-    Table,
     Writer,
     build,
     exchange,
     get,
     read_body,
-    recorder,
     reply,
-    running,
     send,
 )
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[tuple[Recorder, Recorder]]:
-    with recorder() as main, recorder() as other:
-        yield main, other
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    upstreams: tuple[Recorder, Recorder], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    main, other = upstreams
-    table = Table(
-        tmp_path_factory.mktemp("messages") / "routes.yaml",
-        {"main": main.url, "other": other.url},
-        [{"name": "other", "match": {"path": "/other"}, "to": "other"}],
-    )
-    with running(["--routes", str(table.write())]) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def upstream(upstreams: tuple[Recorder, Recorder]) -> Recorder:
-    for each in upstreams:
-        each.reset()
-    return upstreams[0]
 
 
 # --- bodies ---------------------------------------------------------------------------------------
