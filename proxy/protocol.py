@@ -137,11 +137,10 @@ class HardenedProtocol(HttpToolsProtocol):
     def _refuse(self, refused: Refused) -> None:
         if self.transport.is_closing():
             return
-        if (
-            self.cycle is not None
-            and not self.cycle.response_complete
-            and self.cycle.response_started
-        ):
+        if self.cycle is not None and not self.cycle.response_complete:
+            # An earlier (pipelined) request is still being answered: a refusal written now
+            # would arrive first, out of order. Close instead; HTTP/1.1 clients retry the
+            # unanswered requests on a new connection (RFC 9112 §9.3.2).
             self.transport.close()
             return
         request_id = request_id_of(self.headers or ())

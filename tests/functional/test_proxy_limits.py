@@ -364,3 +364,54 @@ def test_over_the_concurrency_limit_is_503_with_retry_after(
 def test_a_shed_request_carries_its_request_id(limited: ProxyProcess, main: Recorder) -> None:
     shed = shed_one(limited, main)
     assert problem(shed, 503, "overloaded").get("request_id") == "client-id-9"
+
+
+def test_one_client_over_its_own_limit_is_503(main: Recorder) -> None:
+    env = {"STRANGLER_MAX_IN_FLIGHT_PER_CLIENT": "1"}
+    with running(["--default-upstream", main.url], env) as proxy:
+        main.reset(reply(delay=1.5))
+        try:
+            with Conn(proxy.external) as first:
+                first.sendall(build("GET", "/slow-1"))
+                wait_until(lambda: len(main.seen) == 1, what="the first request upstream")
+                shed = send(proxy.external, "GET", "/second")
+                assert first.read_response().status == 200
+        finally:
+            main.reset()
+        assert problem(shed, 503, "overloaded")["detail"] == (
+            "too many concurrent requests from this client"
+        )
+        assert get(proxy.external, "/third").status == 200
+
+
+def test_too_many_pipelined_requests_close_the_connection_in_order(main: Recorder) -> None:
+    """Queued requests beyond the limit end the connection; nothing is answered out of order."""
+    with running(["--default-upstream", main.url], {"STRANGLER_MAX_PIPELINED": "2"}) as proxy:
+        main.reset(reply(delay=0.5))
+        try:
+            with Conn(proxy.external, timeout=10) as conn:
+                conn.sendall(b"".join(build("GET", f"/p{i}") for i in range(6)))
+                received = conn.read_until_closed()
+        finally:
+            main.reset()
+    statuses = [
+        int(line.split()[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")
+    ]
+    assert 503 not in statuses  # a refusal would have overtaken the answers in flight
+    assert len(statuses) < 6
+    assert [seen.target for seen in main.seen][: len(statuses)] == [
+        f"/p{i}".encode() for i in range(len(statuses))
+    ]
+
+
+def test_an_idle_keep_alive_connection_is_closed(main: Recorder) -> None:
+    env = {"STRANGLER_KEEPALIVE_TIMEOUT": "1"}
+    with (
+        running(["--default-upstream", main.url], env) as proxy,
+        Conn(proxy.external, timeout=5) as conn,
+    ):
+        conn.sendall(build("GET", "/once"))
+        assert conn.read_response().status == 200
+        started = time.monotonic()
+        assert conn.closed_by_peer()
+        assert 0.5 < time.monotonic() - started < 4
