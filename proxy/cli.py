@@ -115,6 +115,206 @@ def routes_show(
         typer.echo(describe(snapshot))
 
 
+RoutesFile = Annotated[
+    Path,
+    typer.Option(
+        "--routes",
+        envvar="STRANGLER_ROUTES",
+        help="The served routes.yaml (its history is kept under var/ beside it).",
+    ),
+]
+Reason = Annotated[str, typer.Option("--reason", help="Why: kept in the history.")]
+Author = Annotated[
+    str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _author(author: str | None) -> str:
+    import getpass
+
+    if author:
+        return author
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"strangler routes: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _commit(
+    routes: Path,
+    text: str,
+    author: str | None,
+    reason: str,
+    json_output: bool,
+    expect: int | None = None,
+) -> None:
+    """Commit `text` on top of the current version and say what changed."""
+    from proxy.store.base import StoreError
+    from proxy.store.file import FileStore
+    from proxy.table.diff import diff_tables
+    from proxy.table.loader import TableInvalid
+
+    store = FileStore(routes)
+    try:
+        before = store.current()
+        after = store.commit(
+            text,
+            author=_author(author),
+            reason=reason,
+            expected_version=before.info.version if expect is None else expect,
+        )
+    except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
+        raise _fail("refused: the table is invalid; nothing changed") from None
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    changes = diff_tables(before.table, after.table)
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {
+                    "version": after.info.version,
+                    "info": after.info.as_dict(),
+                    "changes": [c.as_dict() for c in changes],
+                }
+            )
+        )
+        return
+    typer.echo(f"version {after.info.version} committed ({after.info.author}: {reason})")
+    for change in changes:
+        typer.echo(f"  {change.describe()}")
+    if not changes:
+        typer.echo("  (no change to the table)")
+
+
+@routes_app.command("set")
+def routes_set(
+    file: Annotated[Path, typer.Argument(help="The new table.")],
+    reason: Reason,
+    routes: RoutesFile = Path("routes.yaml"),
+    author: Author = None,
+    expect: Annotated[int | None, typer.Option(help="Fail unless this version is current.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Replace the served table with FILE, as a new version."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    _commit(routes, text, author, reason, json_output, expect)
+
+
+def _parse_split(value: str) -> dict[str, int]:
+    weights = {}
+    for part in value.split(","):
+        name, sep, weight = part.partition("=")
+        if not sep or not weight.strip().isdigit():
+            raise _fail(f"--split wants NAME=WEIGHT,NAME=WEIGHT, not {value!r}", 2)
+        weights[name.strip()] = int(weight)
+    return weights
+
+
+@routes_app.command("flip")
+def routes_flip(
+    route: Annotated[str, typer.Argument(help="The route's name.")],
+    reason: Reason,
+    to: Annotated[str | None, typer.Option("--to", help="Send it all to this upstream.")] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Or split it: monolith=90,payment=10.")
+    ] = None,
+    routes: RoutesFile = Path("routes.yaml"),
+    author: Author = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Send one route somewhere else (a new version; comments in routes.yaml are kept)."""
+    from proxy.store.file import FileStore
+    from proxy.table.edit import flip
+
+    if (to is None) == (split is None):
+        raise _fail("give exactly one of --to and --split", 2)
+    current = FileStore(routes).current()
+    try:
+        text = flip(current.text, route, to=to, split=_parse_split(split) if split else None)
+    except KeyError:
+        raise _fail(f"version {current.info.version} has no route {route!r}") from None
+    _commit(routes, text, author, reason, json_output, current.info.version)
+
+
+@routes_app.command("rollback")
+def routes_rollback(
+    version: Annotated[int, typer.Argument(help="The version to serve again.")],
+    reason: Reason,
+    routes: RoutesFile = Path("routes.yaml"),
+    author: Author = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Serve an earlier version's table again, as a new version."""
+    from proxy.store.base import StoreError
+    from proxy.store.file import FileStore
+
+    try:
+        old = FileStore(routes).get(version)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    _commit(routes, old.text, author, f"rollback to version {version}: {reason}", json_output)
+
+
+@routes_app.command("history")
+def routes_history(
+    routes: RoutesFile = Path("routes.yaml"),
+    limit: Annotated[int, typer.Option(help="How many versions, newest first.")] = 20,
+    json_output: JsonFlag = False,
+) -> None:
+    """The versions of the served table: who changed it, when and why."""
+    import time as clock
+
+    from proxy.store.file import FileStore
+
+    infos = FileStore(routes).history(limit)
+    if json_output:
+        typer.echo(json.dumps([i.as_dict() for i in infos]))
+        return
+    for info in infos:
+        when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info.time))
+        typer.echo(f"{info.version:>5}  {when}  {info.author:<12} {info.reason}")
+
+
+@routes_app.command("diff")
+def routes_diff(
+    old: Annotated[int, typer.Argument(help="A version.")],
+    new: Annotated[int | None, typer.Argument(help="Another [default: the current one].")] = None,
+    routes: RoutesFile = Path("routes.yaml"),
+    json_output: JsonFlag = False,
+) -> None:
+    """What changed between two versions, route by route."""
+    from proxy.store.base import StoreError
+    from proxy.store.file import FileStore
+    from proxy.table.diff import diff_tables
+
+    store = FileStore(routes)
+    try:
+        before = store.get(old)
+        after = store.current() if new is None else store.get(new)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    changes = diff_tables(before.table, after.table)
+    if json_output:
+        typer.echo(json.dumps([c.as_dict() for c in changes]))
+        return
+    typer.echo(f"version {old} → {after.info.version}")
+    for change in changes:
+        typer.echo(f"  {change.describe()}")
+    if not changes:
+        typer.echo("  (the same table)")
+
+
 @app.command()
 def serve(
     routes: Annotated[Path | None, typer.Option(help="routes.yaml to serve (watched).")] = None,

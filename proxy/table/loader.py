@@ -163,6 +163,7 @@ def _partial_problems(document: Any) -> list[Problem]:
 
 def parse_yaml(text: str, source: str) -> Any:
     yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True  # edits (table/edit.py) write strings back as they were quoted
     try:
         document = yaml.load(text)
     except MarkedYAMLError as exc:

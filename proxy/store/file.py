@@ -1,0 +1,142 @@
+"""The embedded route store: routes.yaml plus an append-only history of immutable versions.
+
+    routes.yaml                       the current version, as served (the proxy watches it)
+    var/routes-history/v000007.yaml   every version's exact text, never rewritten
+    var/routes-history/log.jsonl      one line per version: number, author, time, reason, sha256
+
+Writers take an exclusive lock (flock) on the history directory; every file is written to a
+temporary name, fsynced and renamed, so a reader (or the proxy's watcher) never sees half a
+file. A hand edit of routes.yaml is not lost: the next store operation records it as a version
+of its own ("edited by hand") when it is valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from proxy.store.base import UnknownVersion, Version, VersionConflict, VersionInfo
+from proxy.table.edit import set_version
+from proxy.table.loader import TableInvalid, load_text
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FileStore:
+    def __init__(self, routes: Path, history: Path | None = None) -> None:
+        self.routes = Path(routes)
+        self.dir = history or self.routes.parent / "var" / f"{self.routes.stem}-history"
+        self.log = self.dir / "log.jsonl"
+
+    # --- reading ----------------------------------------------------------------------------
+    def _infos(self) -> list[VersionInfo]:
+        if not self.log.exists():
+            return []
+        infos = []
+        for line in self.log.read_text(encoding="utf-8").splitlines():
+            try:
+                infos.append(VersionInfo(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue  # a torn last line from a crash mid-append: the version never landed
+        return infos
+
+    def _read(self, info: VersionInfo) -> Version:
+        text = (self.dir / f"v{info.version:06d}.yaml").read_text(encoding="utf-8")
+        return Version(info, text, load_text(text, f"version {info.version}"))
+
+    def current(self) -> Version:
+        with self._locked():
+            return self._read(self._sync())
+
+    def get(self, version: int) -> Version:
+        for info in self._infos():
+            if info.version == version:
+                return self._read(info)
+        raise UnknownVersion(version)
+
+    def history(self, limit: int = 50) -> list[VersionInfo]:
+        with self._locked():
+            self._sync()
+        return list(reversed(self._infos()))[:limit]
+
+    # --- writing ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _record(self, text: str, version: int, author: str, reason: str) -> VersionInfo:
+        info = VersionInfo(version, author, round(time.time(), 3), reason, _sha(text))
+        _atomic_write(self.dir / f"v{version:06d}.yaml", text)
+        with open(self.log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(info.as_dict()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return info
+
+    def _sync(self) -> VersionInfo:
+        """The current version, first recording routes.yaml as one if it was edited by hand
+        (or as the first version of a store that has none). Call with the lock held."""
+        infos = self._infos()
+        try:
+            on_disk = self.routes.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            on_disk = None
+        if infos and (on_disk is None or _sha(on_disk) == infos[-1].sha256):
+            return infos[-1]
+        if on_disk is None:
+            raise UnknownVersion(0)
+        try:
+            table = load_text(on_disk, str(self.routes))
+        except TableInvalid:
+            if infos:
+                return infos[-1]  # the proxy refuses it too; the last good version stays
+            raise
+        if not infos:
+            version = table.version or 1
+            text = on_disk if table.version else set_version(on_disk, version)
+            info = self._record(text, version, "store", f"first version, from {self.routes.name}")
+            if text != on_disk:
+                _atomic_write(self.routes, text)
+            return info
+        version = infos[-1].version + 1
+        text = set_version(on_disk, version)
+        info = self._record(text, version, "file", f"{self.routes.name} edited by hand")
+        _atomic_write(self.routes, text)
+        return info
+
+    def commit(self, text: str, *, author: str, reason: str, expected_version: int) -> Version:
+        """Store `text` as the next version if `expected_version` is still current (else
+        VersionConflict) and it is a valid table (else TableInvalid); then serve it."""
+        with self._locked():
+            current = self._sync()
+            if expected_version != current.version:
+                raise VersionConflict(expected_version, current.version)
+            version = current.version + 1
+            text = set_version(text, version, str(self.routes))
+            table = load_text(text, str(self.routes))
+            info = self._record(text, version, author, reason)
+            _atomic_write(self.routes, text)
+            return Version(info, text, table)

@@ -1,0 +1,63 @@
+"""Edits of routes.yaml text that keep everything else as written: comments, order, flow style
+(ruamel.yaml round trip). The control plane edits text, never a re-rendered model, so an
+engineer's notes in routes.yaml survive a flip or a rollback."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from proxy.table.loader import parse_yaml
+
+
+def _dump(document: Any) -> str:
+    yaml = YAML(typ="rt")
+    yaml.width = 100
+    yaml.indent(mapping=2, sequence=4, offset=2)  # "  - name: ..." as routes.yaml is written
+    out = io.StringIO()
+    yaml.dump(document, out)
+    return out.getvalue()
+
+
+def set_version(text: str, version: int, source: str = "routes.yaml") -> str:
+    document = parse_yaml(text, source)
+    if "version" in document:
+        document["version"] = version
+    else:
+        document.insert(0, "version", version)
+    return _dump(document)
+
+
+def flip(
+    text: str,
+    route: str,
+    *,
+    to: str | None = None,
+    split: dict[str, int] | None = None,
+    source: str = "routes.yaml",
+) -> str:
+    """`route` sent to one upstream (`to`) or a split instead of what it had. KeyError when the
+    table has no such route; the result still has to be validated by the caller."""
+    if (to is None) == (split is None):
+        raise ValueError("flip to one upstream or to a split")
+    document = parse_yaml(text, source)
+    routes = document.get("routes") or []
+    entry = next(
+        (r for r in routes if isinstance(r, CommentedMap) and r.get("name") == route), None
+    )
+    if entry is None:
+        raise KeyError(route)
+    position = next((i for i, key in enumerate(entry) if key in {"to", "split"}), len(entry))
+    for key in ("to", "split", "sticky") if to is not None else ("to", "split"):
+        if key in entry:
+            del entry[key]
+    if to is not None:
+        entry.insert(min(position, len(entry)), "to", to)
+    else:
+        weights = CommentedMap(split)
+        weights.fa.set_flow_style()
+        entry.insert(min(position, len(entry)), "split", weights)
+    return _dump(document)
