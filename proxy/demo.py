@@ -7,7 +7,9 @@ the same commands the README gives, and is reached over HTTP only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -110,6 +112,8 @@ DAY_ZERO_ROUTES = """\
 version: 1
 upstreams:
   monolith: {{url: "{monolith}"}}
+  # The extracted payment service. In this demo a second monolith process stands in for it.
+  payment: {{url: "{payment}"}}
 default: monolith
 routes:
   - name: payments
@@ -163,6 +167,47 @@ def act_proxy(n: Narrator, direct: httpx.Client, admin: str) -> None:
             n.echo(f"  {line}")
 
 
+def act_flip(n: Narrator, routes: Path, admin: str) -> None:
+    """The route-table life-cycle: a flip, what changed, who did it, and a rollback."""
+
+    def cli(*args: str) -> None:
+        n.echo("$ strangler routes " + shlex.join(args))
+        code, output = Child(
+            "strangler",
+            _strangler("routes", *args, "--routes", str(routes)),
+            env={"STRANGLER_AUTHOR": "platform-team"},
+        ).run_to_end()
+        for line in output.rstrip("\n").splitlines():
+            n.echo("  " + line)
+        if code:
+            n.echo(f"  (exit {code})")
+
+    def served(version: int) -> None:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{admin}/readyz", timeout=5).json()["table_version"] != version:
+            if time.monotonic() > deadline:
+                raise typer.Exit(1)
+            time.sleep(0.1)
+        n.echo(f"  (the proxy now serves version {version}, without a restart)")
+
+    def requests_by_upstream() -> None:
+        for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
+            if line.startswith("strangler_requests_total") and 'route="payments"' in line:
+                n.echo(f"  {line}")
+
+    n.say("Move payments: flip the route, see what changed and who did it, roll it back")
+    cli("flip", "payments", "--to", "payment", "--reason", "payment service live")
+    served(2)
+    n.call("GET", "/api/v1/payments?per_page=1")
+    requests_by_upstream()
+    cli("diff", "1")
+    cli("history")
+    cli("rollback", "1", "--reason", "error rate up")
+    served(3)
+    n.call("GET", "/api/v1/payments?per_page=1")
+    requests_by_upstream()
+
+
 def _strangler(*args: str) -> list[str]:
     return [sys.executable, "-m", "proxy.cli", *args]
 
@@ -185,15 +230,25 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
     if code != 0:
         raise typer.Exit(code)
     echo(f"$ python -m legacy_monolith --port 0 --database-url {database}")
-    with Child(
-        "monolith", [python, "-m", "legacy_monolith", "--port", "0", "--database-url", database]
-    ) as monolith:
+    with (
+        contextlib.ExitStack() as stack,
+        Child(
+            "monolith", [python, "-m", "legacy_monolith", "--port", "0", "--database-url", database]
+        ) as monolith,
+    ):
         echo(f"  monolith listening on {monolith.url} (pid {monolith.pid})")
         with httpx.Client(base_url=monolith.url, timeout=10) as client:
             act_day_zero(Narrator(client, echo))
 
+        echo(f"$ python -m legacy_monolith --port 0 --database-url {database}  # stand-in payment")
+        payment = Child(
+            "payment", [python, "-m", "legacy_monolith", "--port", "0", "--database-url", database]
+        ).start()
+        stack.callback(payment.stop)
         routes = workdir / "routes.yaml"
-        routes.write_text(DAY_ZERO_ROUTES.format(monolith=monolith.url))
+        for old in (workdir / "var").glob("routes-history/*"):
+            old.unlink()
+        routes.write_text(DAY_ZERO_ROUTES.format(monolith=monolith.url, payment=payment.url))
         broken = workdir / "routes-broken.yaml"
         broken.write_text(BROKEN_ROUTES.format(monolith=monolith.url))
         echo(
@@ -227,6 +282,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                 httpx.Client(base_url=monolith.url, timeout=10) as direct,
             ):
                 act_proxy(Narrator(through, echo), direct, proxy.listeners["admin"])
+                act_flip(Narrator(through, echo), routes, proxy.listeners["admin"])
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:
                 echo(

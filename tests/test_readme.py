@@ -118,13 +118,15 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^\.venv/bin/strangler routes (validate|show) routes\.yaml$"),
         re.compile(r"^\.venv/bin/strangler serve "),
         re.compile(r"^make bench$"),
+        re.compile(r"^\.venv/bin/strangler routes (flip|diff|history|rollback) "),
+        re.compile(r"^\.venv/bin/strangler routes history$"),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
     assert unchecked == [], "add a check for these README commands"
 
 
 def test_routes_commands_run_on_the_repository_table() -> None:
-    commands = [c for c in readme_commands() if " routes " in c]
+    commands = [c for c in readme_commands() if re.search(r" routes (validate|show) ", c)]
     assert len(commands) == 2
     for command in commands:
         done = subprocess.run(
@@ -137,6 +139,35 @@ def test_routes_commands_run_on_the_repository_table() -> None:
             as_run_here(commands[0]), cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout
     )
+
+
+def test_the_life_cycle_commands_run_in_order(tmp_path: Path) -> None:
+    """On a copy of the repository's routes.yaml, in the README's order."""
+    shutil.copy(ROOT / "routes.yaml", tmp_path / "routes.yaml")
+    life_cycle = [
+        c
+        for c in readme_commands()
+        if re.match(r"^\.venv/bin/strangler routes (flip|diff|history|rollback)", c)
+    ]
+    assert len(life_cycle) == 4
+    outputs = []
+    for command in life_cycle:
+        done = subprocess.run(
+            as_run_here(command),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "STRANGLER_AUTHOR": "readme"},
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        outputs.append(done.stdout)
+    assert "version 2 committed (readme: canary 10%)" in outputs[0]
+    assert "changed route payments" in outputs[1]
+    assert [line.split()[0] for line in outputs[2].splitlines()] == ["2", "1"]
+    assert "version 3 committed (readme: rollback to version 1: error rate up)" in outputs[3]
+    assert "split" not in (tmp_path / "routes.yaml").read_text().split("name: payments")[1]
 
 
 def test_serve_commands_proxy_to_the_monolith(monolith: Child, tmp_path: Path) -> None:
@@ -190,4 +221,11 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     for refused in ("400", "405", "508", "413"):
         assert f"← {refused} application/problem+json" in out
     assert 'strangler_requests_total{code="200",route="default",upstream="monolith"} 3.0' in out
+    # act 3: the payments route flipped, diffed, listed and rolled back, served live
+    assert "version 2 committed (platform-team: payment service live)" in out
+    assert "changed route payments: to: monolith → payment" in out
+    assert "version 3 committed (platform-team: rollback to version 1: error rate up)" in out
+    assert "(the proxy now serves version 3, without a restart)" in out
+    assert 'strangler_requests_total{code="401",route="payments",upstream="payment"} 1.0' in out
+    assert 'strangler_requests_total{code="401",route="payments",upstream="monolith"} 1.0' in out
     assert "Traceback" not in out + done.stderr

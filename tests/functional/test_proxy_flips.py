@@ -1,0 +1,53 @@
+"""A served route moved with `strangler routes flip` and back with `rollback`, while the proxy
+runs: the watcher serves each new version, and requests follow it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.functional.proxy_support import get, recorder, running, wait_until
+
+STRANGLER = str(Path(sys.executable).parent / "strangler")
+
+
+def routes_cli(*args: str, routes: Path) -> str:
+    done = subprocess.run(
+        [STRANGLER, "routes", *args, "--routes", str(routes)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "STRANGLER_AUTHOR": "ops"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_flip_and_rollback_are_served_without_a_restart(tmp_path: Path) -> None:
+    with recorder() as monolith, recorder() as payment:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            "version: 1\nupstreams:\n"
+            f'  monolith: {{url: "{monolith.url}"}}\n  payment: {{url: "{payment.url}"}}\n'
+            "default: monolith\nroutes:\n"
+            "  - name: payments\n    match: {path: /api/v1/payments}\n    to: monolith\n"
+        )
+        with running(["--routes", str(routes)]) as proxy:
+            assert get(proxy.external, "/api/v1/payments/1").status == 200
+            assert len(monolith.seen) == 1
+            routes_cli("flip", "payments", "--to", "payment", "--reason", "cut over", routes=routes)
+            wait_until(lambda: proxy.readyz()["table_version"] == 2, what="version 2 served")
+            assert get(proxy.external, "/api/v1/payments/2").status == 200
+            assert [s.target for s in payment.seen] == [b"/api/v1/payments/2"]
+            assert get(proxy.external, "/api/v1/orders").status == 200  # the rest stays
+            assert monolith.seen[-1].target == b"/api/v1/orders"
+            routes_cli("rollback", "1", "--reason", "errors up", routes=routes)
+            wait_until(lambda: proxy.readyz()["table_version"] == 3, what="version 3 served")
+            assert get(proxy.external, "/api/v1/payments/3").status == 200
+            assert monolith.seen[-1].target == b"/api/v1/payments/3"
+            assert len(payment.seen) == 1
+        history = routes_cli("history", routes=routes)
+        assert [line.split()[0] for line in history.splitlines()] == ["3", "2", "1"]
