@@ -52,6 +52,10 @@ class _Sweeper:
         loop.call_later(cls.INTERVAL, sweep)
 
 
+class StopReading(Exception):
+    """Too many pipelined requests: answer the accepted ones, then close."""
+
+
 class Refused(Exception):
     def __init__(self, status: int, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -66,6 +70,8 @@ class HardenedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
+        self._raw_head = 0  # bytes received while a head is open (see data_received)
+        self._stopped = False
         # When the request head now being read began (None between requests). A sweep once a
         # second refuses heads older than the limit: one timer per worker instead of a timer
         # armed and cancelled for every request.
@@ -83,19 +89,45 @@ class HardenedProtocol(HttpToolsProtocol):
 
     # --- parser callbacks -------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return  # past the pipelining limit: nothing more is read on this connection
         self._unset_keepalive_if_required()
+        if self._head_since is not None:
+            self._raw_head += len(data)  # reset by on_headers_complete if the head ends here
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # An Upgrade request was already handed to the app, which forwards it as a plain
-            # request (Upgrade is hop-by-hop); CONNECT was refused in on_headers_complete.
+            # An Upgrade request (no body, see on_headers_complete) was handed to the app, which
+            # forwards it as a plain request; the parser stops at it, so anything after it on
+            # this connection is not read: the connection closes after that answer.
             pass
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, Refused):
+            if isinstance(cause, StopReading):
+                self._close_after_answers()
+            elif isinstance(cause, Refused):
                 self._refuse(cause)
             else:
                 self._refuse(Refused(400, "bad-request", "the request is not valid HTTP/1.1"))
+            return
+        # httptools grows an unfinished header value without bound before on_header runs:
+        # a head still open after this many raw bytes is refused (memory stays bounded).
+        if self._head_since is not None and self._raw_head > self._raw_limit:
+            self._refuse(Refused(431, "headers-too-large", "the request head is too large"))
+
+    @property
+    def _raw_limit(self) -> int:
+        return self.limits.max_uri_bytes + self.limits.max_header_bytes + 1024
+
+    def _close_after_answers(self) -> None:
+        """Read no more; answer what was accepted, then close (the pipelining limit)."""
+        self._stopped = True
+        self.flow.pause_reading()
+        last = self.pipeline[0][0] if self.pipeline else self.cycle
+        if last is None or last.response_complete:
+            self.transport.close()
+        else:
+            last.keep_alive = False
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -126,13 +158,21 @@ class HardenedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_since = None
+        self._raw_head = 0
         if self.parser.get_method() == b"CONNECT":
             raise Refused(405, "method-not-allowed", "CONNECT is not proxied")
         if not self.url.startswith(b"/"):
             raise Refused(400, "bad-target", "only origin-form request targets are proxied")
         if len(self.pipeline) >= self.limits.max_pipelined:
-            raise Refused(503, "overloaded", "too many pipelined requests on this connection")
+            raise StopReading
+        upgrade = self.parser.should_upgrade()
+        if upgrade and any(n in (b"content-length", b"transfer-encoding") for n, _ in self.headers):
+            # httptools treats an Upgrade request as bodiless and hands what follows to the new
+            # protocol: its body would be parsed as a request of its own (smuggling).
+            raise Refused(400, "bad-request", "an Upgrade request with a body is not proxied")
         super().on_headers_complete()
+        if upgrade:
+            self.cycle.keep_alive = False
 
     def _refuse(self, refused: Refused) -> None:
         if self.transport.is_closing():

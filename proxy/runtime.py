@@ -115,4 +115,9 @@ class Runtime:
             current = stamp()
             if current is not None and current != last:
                 last = current
-                self.reload(path)
+                try:
+                    self.reload(path)
+                except Exception:  # the watcher must outlive any one bad file
+                    log.exception(
+                        "route table reload failed, still serving version %s", self.snapshot.version
+                    )

@@ -63,15 +63,25 @@ def bind(role: str, address: tuple[str, int]) -> Listener:
 
 
 def bind_all(settings: ProxySettings) -> list[Listener]:
-    listeners = []
+    listeners: list[Listener] = []
     for role, value in (
         ("external", settings.listen),
         ("internal", settings.internal_listen),
         ("admin", settings.admin_listen),
     ):
         address = parse_listen(value)
-        if address is not None:
-            listeners.append(bind(role, address))
+        if address is None:
+            continue
+        # The worker tells listeners apart by local port: two roles on one port would mix up
+        # the admin endpoints and the proxied paths.
+        taken = next(
+            (other for other in listeners if address[1] and other.port == address[1]), None
+        )
+        if taken is not None:
+            for listener in listeners:
+                listener.sock.close()
+            raise OSError(f"the {role} and {taken.role} listeners cannot share port {address[1]}")
+        listeners.append(bind(role, address))
     return listeners
 
 

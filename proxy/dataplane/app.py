@@ -124,6 +124,7 @@ class DataPlane:
                 body_idle=runtime.settings.body_idle_timeout,
                 send_timeout=runtime.settings.send_timeout,
                 outcome=outcome,
+                content_length=facts.content_length,
             )
         except ProxyError as exc:
             if exc.status >= 502:

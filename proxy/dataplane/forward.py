@@ -12,17 +12,19 @@ into ProxyError (before the response starts) or UpstreamAborted (after).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
-from proxy.dataplane.headers import prepare_response
+from proxy.dataplane.headers import headers_sendable, prepare_response
 from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
 from proxy.types import Receive, Scope, Send
 
+log = logging.getLogger("strangler")
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Upstream answers may carry more and longer headers than aiohttp's defaults (8190 B, 128 lines);
 # the proxy's own request limits are nginx's large_client_header_buffers scale, so match them.
@@ -131,6 +133,7 @@ class Forwarder:
         body_idle: float,
         send_timeout: float,
         outcome: Outcome,
+        content_length: int | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back (see the module rules)."""
 
@@ -151,6 +154,8 @@ class Forwarder:
                 if chunk:
                     yield chunk
                 if not message.get("more_body", False):
+                    if content_length is not None and outcome.bytes_in != content_length:
+                        raise ClientGone  # ended short: never let aiohttp reuse a half-sent request
                     return
 
         url = URL.build(
@@ -192,9 +197,12 @@ class Forwarder:
             await _start(send, response)
             outcome.started = True
             content = response.content
+            # uvicorn's send() returns quietly once the client has gone: watch for it, or a
+            # long stream would hold its upstream connection to the end.
+            gone = asyncio.ensure_future(_disconnect(receive)) if not has_body else None
             try:
                 while True:
-                    chunk = await _read_some(response, content, read_timeout)
+                    chunk = await _read_some(response, content, read_timeout, gone)
                     if not chunk:
                         break
                     outcome.bytes_out += len(chunk)
@@ -205,32 +213,43 @@ class Forwarder:
                             )
                     except TimeoutError:
                         raise ClientTooSlow("client-send-timeout") from None
+                    if gone is not None and gone.done():
+                        raise ClientGone
             except aiohttp.ClientPayloadError as exc:
                 raise UpstreamAborted("upstream-body-incomplete") from exc
             except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
                 raise UpstreamAborted("upstream-timeout") from exc
             except aiohttp.ClientError as exc:
                 raise UpstreamAborted("upstream-disconnected") from exc
+            finally:
+                if gone is not None:
+                    gone.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             response.release()
 
 
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client has disconnected (for a request whose body is all read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _start(send: Send, response: aiohttp.ClientResponse) -> None:
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": prepare_response(response.raw_headers),
-            }
-        )
-    except RuntimeError as exc:  # uvicorn refused a header the upstream sent
-        raise ProxyError(502, "bad-upstream-response", str(exc)) from exc
+    headers = prepare_response(response.raw_headers)
+    if not headers_sendable(headers):
+        # uvicorn would refuse them after marking the response started: no 502 possible then.
+        raise ProxyError(502, "bad-upstream-response", "the upstream sent an invalid header")
+    if response.status in (204, 304):
+        # No body follows; a forwarded Content-Length would make uvicorn wait for one.
+        headers = [(n, v) for n, v in headers if n != b"content-length"]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
 
 async def _read_body(response: aiohttp.ClientResponse, read_timeout: float) -> bytes:
     """A whole (small, Content-Length) body, before the response starts."""
+    if response.content.is_eof():  # all of it has arrived already (the common case)
+        return response.content.read_nowait(-1)
     chunks = []
     try:
         while chunk := await _read_some(response, response.content, read_timeout):
@@ -251,7 +270,10 @@ async def _read_body(response: aiohttp.ClientResponse, read_timeout: float) -> b
 
 
 async def _read_some(
-    response: aiohttp.ClientResponse, content: aiohttp.StreamReader, read_timeout: float
+    response: aiohttp.ClientResponse,
+    content: aiohttp.StreamReader,
+    read_timeout: float,
+    gone: asyncio.Future[None] | None = None,
 ) -> bytes:
     """The next body bytes, b"" at the end. aiohttp 3.14 neither fails nor ends the body when a
     malformed chunk arrives and the upstream then closes (it also drops its own read timer), so
@@ -267,6 +289,8 @@ async def _read_some(
                 return await content.readany()
         except TimeoutError:
             waited += probe
+            if gone is not None and gone.done():
+                raise ClientGone from None
             connection = response.connection
             if connection is None or connection.protocol is None:
                 raise UpstreamAborted("upstream-body-incomplete") from None
@@ -289,9 +313,9 @@ def _before_start(exc: Exception) -> Exception:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ProxyError(504, "upstream-connect-timeout", "the upstream did not accept in time")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ProxyError(
-            502, "upstream-unreachable", f"the upstream is unreachable: {exc.os_error}"
-        )
+        # The cause (address, errno) is for the operator's log, not for clients.
+        log.warning("upstream unreachable: %s", exc)
+        return ProxyError(502, "upstream-unreachable", "the upstream is unreachable")
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return ProxyError(504, "upstream-timeout", "the upstream did not answer in time")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -299,5 +323,6 @@ def _before_start(exc: Exception) -> Exception:
     if isinstance(exc, aiohttp.ClientResponseError):
         return ProxyError(502, "bad-upstream-response", "the upstream's answer is malformed")
     if isinstance(exc, aiohttp.ClientError):
-        return ProxyError(502, "upstream-disconnected", f"the upstream failed: {exc}")
+        log.warning("upstream failed: %s", exc)
+        return ProxyError(502, "upstream-disconnected", "the upstream failed")
     return exc

@@ -187,6 +187,18 @@ def prepare_request(
     return facts
 
 
+# What uvicorn refuses to write (its own checks run after the response counts as started).
+_BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]')
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def headers_sendable(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether uvicorn will write these response headers (one regex pass over each kind)."""
+    names = b"".join(n for n, _ in headers)
+    values = b"\x09".join(v for _, v in headers)
+    return not _BAD_NAME.search(names) and not _BAD_VALUE.search(values)
+
+
 def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Upstream response headers for the client: names lower-cased, hop-by-hop removed."""
     named: frozenset[bytes] = frozenset()

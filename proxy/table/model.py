@@ -103,9 +103,11 @@ class Match(Strict):
     def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is None:
             return None
-        for name in value:
+        for name, expected in value.items():
             if not TOKEN.match(name):
                 raise ValueError(f"{name!r} is not a header name")
+            if not re.fullmatch(r"[\x20-\x7e]*", expected):
+                raise ValueError(f"the value for {name!r} must be printable ASCII")
         return {name.lower(): v for name, v in value.items()}
 
 

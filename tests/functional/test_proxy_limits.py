@@ -4,6 +4,7 @@ hang, and a refused request never reaches the upstream (raw-socket clients)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -385,23 +386,22 @@ def test_one_client_over_its_own_limit_is_503(main: Recorder) -> None:
 
 
 def test_too_many_pipelined_requests_close_the_connection_in_order(main: Recorder) -> None:
-    """Queued requests beyond the limit end the connection; nothing is answered out of order."""
+    """Requests queued beyond the limit are not read: the accepted ones are answered, in order,
+    then the connection closes (clients retry the rest on a new one)."""
     with running(["--default-upstream", main.url], {"STRANGLER_MAX_PIPELINED": "2"}) as proxy:
-        main.reset(reply(delay=0.5))
+        main.reset(reply(delay=0.2))
         try:
             with Conn(proxy.external, timeout=10) as conn:
-                conn.sendall(b"".join(build("GET", f"/p{i}") for i in range(6)))
+                conn.sendall(b"".join(build("GET", f"/p{i}") for i in range(8)))
                 received = conn.read_until_closed()
+            seen = [s.target for s in main.seen]
         finally:
             main.reset()
-    statuses = [
-        int(line.split()[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")
-    ]
-    assert 503 not in statuses  # a refusal would have overtaken the answers in flight
-    assert len(statuses) < 6
-    assert [seen.target for seen in main.seen][: len(statuses)] == [
-        f"/p{i}".encode() for i in range(len(statuses))
-    ]
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+    assert statuses, "the accepted requests are answered"
+    assert set(statuses) == {200}  # no refusal overtakes them
+    assert len(statuses) < 8
+    assert seen == [f"/p{i}".encode() for i in range(len(statuses))]
 
 
 def test_an_idle_keep_alive_connection_is_closed(main: Recorder) -> None:
