@@ -9,7 +9,6 @@ forge log lines.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from typing import IO, Any
@@ -29,10 +28,6 @@ class AccessLog:
         self.enabled = enabled
         self._buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (any JSON-serialisable dict)."""
-        self.write_line(json.dumps(record, separators=(",", ":")))
 
     def write_line(self, line: str) -> None:
         """Append one ready-made JSON line (the data plane builds its own: json.dumps of a

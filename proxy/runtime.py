@@ -13,7 +13,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from proxy.dataplane.forward import Forwarder
@@ -42,11 +41,9 @@ class Runtime:
         self.access_log = AccessLog(None, enabled=settings.access_log)
         self.in_flight = 0
         self.per_client: dict[str, int] = {}
-        self.draining = False
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_hops]
         self._trusted_cache: dict[str, bool] = {}
         self._watch: asyncio.Task[None] | None = None
-        self.on_swap: list[Callable[[Snapshot], None]] = []
         self.metrics.table_version.set(snapshot.version)
 
     def trusted(self, client: str) -> bool:
@@ -63,11 +60,18 @@ class Runtime:
                 self._trusted_cache[client] = known
         return known
 
+    def origin(self, forwarded_for: str) -> str:
+        """The right-most address of a trusted hop's X-Forwarded-For that is not itself a
+        trusted hop: the client (addresses further left could be forged by it)."""
+        for hop in reversed(forwarded_for.split(",")):
+            address = hop.strip()
+            if address and not self.trusted(address):
+                return address
+        return forwarded_for.split(",", 1)[0].strip()
+
     def swap(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.metrics.table_version.set(snapshot.version)
-        for callback in self.on_swap:
-            callback(snapshot)
 
     def reload(self, path: Path) -> bool:
         """Load `path`; swap it in if valid. Returns whether the served table changed."""

@@ -52,8 +52,7 @@ class DataPlane:
         route_name = upstream_name = "-"
         request_id = ""
         runtime.in_flight += 1
-        held = runtime.per_client.get(client, 0) + 1
-        runtime.per_client[client] = held
+        holder = None  # the client address counted against the per-client limit
         self.in_flight += 1
         if self.in_flight_gauge is not None:
             self.in_flight_gauge.inc()
@@ -62,6 +61,26 @@ class DataPlane:
                 raise ProxyError(
                     503, "overloaded", "the proxy is at its concurrency limit", retry_after=1
                 )
+            method = scope["method"]
+            if method in REFUSED_METHODS:
+                raise ProxyError(405, "method-not-allowed", f"{method} is not proxied")
+            trusted = runtime.trusted(client)
+            try:
+                facts = prepare_request(
+                    scope["headers"],
+                    client=client,
+                    scheme=scope["scheme"],
+                    trusted=trusted,
+                    via=self.via,
+                )
+            except BadHeaders as exc:
+                raise ProxyError(exc.status, exc.kind, str(exc)) from None
+            request_id = facts.request_id
+            # Behind a trusted hop (a load balancer) the client is the right-most address it
+            # did not add itself: sticky client-ip splits and the per-client limit use that.
+            holder = (runtime.origin(facts.forwarded_for) if trusted else "") or client
+            held = runtime.per_client.get(holder, 0) + 1
+            runtime.per_client[holder] = held
             if held > runtime.settings.max_in_flight_per_client:
                 raise ProxyError(
                     503,
@@ -69,20 +88,6 @@ class DataPlane:
                     "too many concurrent requests from this client",
                     retry_after=1,
                 )
-            method = scope["method"]
-            if method in REFUSED_METHODS:
-                raise ProxyError(405, "method-not-allowed", f"{method} is not proxied")
-            try:
-                facts = prepare_request(
-                    scope["headers"],
-                    client=client,
-                    scheme=scope["scheme"],
-                    trusted=runtime.trusted(client),
-                    via=self.via,
-                )
-            except BadHeaders as exc:
-                raise ProxyError(exc.status, exc.kind, str(exc)) from None
-            request_id = facts.request_id
             if facts.loop:
                 raise ProxyError(508, "loop-detected", "this request has already passed this proxy")
             try:
@@ -96,7 +101,7 @@ class DataPlane:
                     raise ProxyError(
                         404, "not-found", f"no route for this path on the {self.role} listener"
                     )
-                upstream = choose(route, scope["headers"], client)
+                upstream = choose(route, scope["headers"], holder)
                 max_body = route.max_body
                 read_timeout = route.timeout or upstream.timeout
             else:
@@ -144,11 +149,12 @@ class DataPlane:
             raise
         finally:
             runtime.in_flight -= 1
-            left = runtime.per_client.get(client, 1) - 1
-            if left:
-                runtime.per_client[client] = left
-            else:
-                del runtime.per_client[client]
+            if holder is not None:
+                left = runtime.per_client.get(holder, 1) - 1
+                if left:
+                    runtime.per_client[holder] = left
+                else:
+                    del runtime.per_client[holder]
             self.in_flight -= 1
             if self.in_flight_gauge is not None:
                 self.in_flight_gauge.dec()

@@ -60,6 +60,8 @@ class RequestFacts:
     chunked: bool = False
     request_id: str = ""
     trace_id: str = ""
+    # The X-Forwarded-For a trusted hop sent (empty otherwise), before the proxy's own entry.
+    forwarded_for: str = ""
     loop: bool = False
     dropped: int = 0
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -167,6 +169,8 @@ def prepare_request(
             facts.content_length = int(lengths[0])
     if not facts.request_id:
         facts.request_id = new_request_id()
+    if forwarded_for:
+        facts.forwarded_for = forwarded_for.decode("latin-1")
     if trace is not None and trace.group(1) != b"0" * 32 and trace.group(2) != b"0" * 16:
         facts.trace_id = trace.group(1).decode()
         flags = trace.group(3).decode()

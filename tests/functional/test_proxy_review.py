@@ -188,3 +188,24 @@ def test_a_header_condition_that_cannot_be_matched_is_refused_by_validation(tmp_
     )
     assert done.returncode == 1
     assert "printable ASCII" in done.stderr
+
+
+def test_sticky_client_ip_behind_a_trusted_hop_uses_the_forwarded_client(tmp_path: Path) -> None:
+    with recorder() as a, recorder() as b:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            f'upstreams:\n  a: {{url: "{a.url}"}}\n  b: {{url: "{b.url}"}}\ndefault: a\n'
+            "routes:\n  - name: all\n    match: {path: /}\n    split: {a: 50, b: 50}\n"
+            "    sticky: client-ip\n"
+        )
+        with running(["--routes", str(routes), "--trusted-hop", "127.0.0.0/8"]) as proxy:
+            for n in range(40):
+                forwarded = [("X-Forwarded-For", f"203.0.113.{n}")]
+                assert get(proxy.external, f"/u{n}", headers=forwarded).status == 200
+                again = get(proxy.external, f"/u{n}", headers=forwarded)
+                assert again.status == 200
+        assert a.seen
+        assert b.seen  # 40 clients behind one balancer: spread over both upstreams
+        for n in range(40):  # and each one stayed on its upstream
+            target = f"/u{n}".encode()
+            assert sum(s.target == target for s in a.seen) in {0, 2}
