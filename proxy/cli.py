@@ -368,6 +368,9 @@ def serve(
         for line in exc.describe().splitlines():
             typer.echo(line, err=True)
         raise typer.Exit(1) from None
+    except ValueError as exc:  # a setting that cannot be served (after pydantic's own errors)
+        typer.echo(f"strangler serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"strangler serve: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -9,6 +9,7 @@ before the workers start, so `--workers N` processes share each port and port 0 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
-from proxy.types import Receive, Scope, Send
+from proxy.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 BACKLOG = 2048  # uvicorn's default backlog
@@ -43,6 +44,13 @@ class Listener:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def bind(role: str, address: tuple[str, int]) -> Listener:
@@ -94,6 +102,7 @@ class Router:
         self.roles = roles
         self.runtime: Runtime | None = None
         self.planes: dict[str, DataPlane] = {}
+        self.admin_api: ASGIApp | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings, "roles": self.roles}
@@ -106,6 +115,13 @@ class Router:
         logging.getLogger("uvicorn.error").addFilter(QuietAborts())
         self.runtime = Runtime(self.settings, initial_table(self.settings))
         self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}
+        if self.settings.routes is not None:
+            from proxy.admin.app import create_admin_app
+            from proxy.store.file import FileStore
+
+            self.admin_api = create_admin_app(
+                FileStore(self.settings.routes), self.settings.admin_token
+            )
         await self.runtime.start()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,7 +135,7 @@ class Router:
             if plane is not None:
                 await plane(scope, receive, send)
             else:
-                await self.admin(scope, send)
+                await self.admin(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
 
@@ -139,10 +155,13 @@ class Router:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def admin(self, scope: Scope, send: Send) -> None:
+    async def admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         assert runtime is not None
         path = scope["path"]
+        if path.startswith("/api/") and self.admin_api is not None:
+            await self.admin_api(scope, receive, send)
+            return
         if scope["method"] not in {"GET", "HEAD"}:
             status, body, ctype = 405, problem_body(405, "method-not-allowed", "read-only"), None
         elif path == "/healthz":
@@ -223,6 +242,11 @@ def uvicorn_config(settings: ProxySettings, listeners: list[Listener]) -> uvicor
 def serve(settings: ProxySettings, announce: Any = print) -> None:
     """Validate the table, bind, announce the addresses, and serve until SIGTERM/SIGINT."""
     snapshot = initial_table(settings)  # refuse a bad table before binding anything
+    admin = parse_listen(settings.admin_listen)
+    if admin is not None and not settings.admin_token and not _loopback(admin[0]):
+        raise ValueError(
+            f"the admin listener {settings.admin_listen} is not loopback: set STRANGLER_ADMIN_TOKEN"
+        )
     listeners = bind_all(settings)
     if not any(listener.role == "external" for listener in listeners):
         raise ValueError("the external listener cannot be off")

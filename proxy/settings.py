@@ -33,6 +33,9 @@ class ProxySettings(BaseSettings):
     listen: str = ":8080"
     internal_listen: str = ":8081"
     admin_listen: str = "127.0.0.1:9090"
+    # Bearer token for the admin API's writes; without one the API is read-only, and the admin
+    # listener must be on a loopback address.
+    admin_token: str | None = Field(None, repr=False)
     workers: int = Field(1, ge=1, le=256)
     # Peers whose X-Forwarded-* headers are kept and extended (a load balancer in front).
     trusted_hops: list[str] = Field(default_factory=list)

@@ -51,3 +51,61 @@ def test_flip_and_rollback_are_served_without_a_restart(tmp_path: Path) -> None:
             assert len(payment.seen) == 1
         history = routes_cli("history", routes=routes)
         assert [line.split()[0] for line in history.splitlines()] == ["3", "2", "1"]
+
+
+def test_a_flip_through_the_admin_api_is_served(tmp_path: Path) -> None:
+    import httpx
+
+    with recorder() as monolith, recorder() as payment:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            "version: 1\nupstreams:\n"
+            f'  monolith: {{url: "{monolith.url}"}}\n  payment: {{url: "{payment.url}"}}\n'
+            "default: monolith\nroutes:\n"
+            "  - name: payments\n    match: {path: /api/v1/payments}\n    to: monolith\n"
+        )
+        env = {"STRANGLER_ADMIN_TOKEN": "t0ken"}
+        with running(["--routes", str(routes)], env) as proxy:
+            admin = f"http://127.0.0.1:{proxy.admin}"
+            assert httpx.get(f"{admin}/api/v1/routes").json()["version"] == 1
+            refused = httpx.post(
+                f"{admin}/api/v1/routes/flip",
+                json={"route": "payments", "to": "payment", "reason": "x"},
+            )
+            assert refused.status_code == 401
+            flipped = httpx.post(
+                f"{admin}/api/v1/routes/flip",
+                json={"route": "payments", "to": "payment", "reason": "cut over"},
+                headers={"Authorization": "Bearer t0ken", "X-Author": "ops"},
+            )
+            assert flipped.status_code == 200, flipped.text
+            wait_until(lambda: proxy.readyz()["table_version"] == 2, what="version 2 served")
+            assert get(proxy.external, "/api/v1/payments/9").status == 200
+            assert [s.target for s in payment.seen] == [b"/api/v1/payments/9"]
+            # the admin API is never served on a data-plane listener
+            assert get(proxy.external, "/api/v1/routes").status == 200
+            assert monolith.seen[-1].target == b"/api/v1/routes"
+
+
+def test_a_non_loopback_admin_listener_needs_a_token() -> None:
+    done = subprocess.run(
+        [
+            STRANGLER,
+            "serve",
+            "--default-upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "off",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "STRANGLER_ADMIN_TOKEN"},
+    )
+    assert done.returncode == 2
+    assert "STRANGLER_ADMIN_TOKEN" in done.stderr

@@ -1,0 +1,210 @@
+"""The admin API: read and change the served route table over HTTP.
+
+    GET  /api/v1/routes                   current table (text, parsed, version info); ETag
+    GET  /api/v1/routes/history           versions, newest first
+    GET  /api/v1/routes/versions/{n}      one version
+    GET  /api/v1/routes/diff?from=&to=    what changed between two versions
+    PUT  /api/v1/routes                   replace the table (If-Match: "N" required)
+    POST /api/v1/routes/flip              {route, to | split, reason}
+    POST /api/v1/routes/rollback          {version, reason}
+
+Writes need `Authorization: Bearer <token>` (compared in constant time) and a reason; a write
+based on a stale version is 409, an invalid table 422 listing every problem with its line.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proxy.errors import PROBLEM_TYPE
+from proxy.store.base import StoreError, Version
+from proxy.store.file import FileStore
+from proxy.table.diff import diff_tables
+from proxy.table.edit import flip
+from proxy.table.loader import TableInvalid
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, kind: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail, self.extra = status, kind, detail, extra
+
+
+def _problem(status: int, kind: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": PROBLEM_TYPE + kind,
+        "title": kind.replace("-", " "),
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+class FlipIn(BaseModel):
+    route: str
+    to: str | None = None
+    split: dict[str, int] | None = None
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class RollbackIn(BaseModel):
+    version: int = Field(ge=1)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+def _writer(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    author: Annotated[str | None, Header(alias="X-Author")] = None,
+) -> str:
+    """The author of a write, once its bearer token checked out (constant-time compare)."""
+    token: str | None = request.app.state.token
+    if token is None:
+        raise AdminError(403, "writes-disabled", "no admin token is configured: read only")
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise AdminError(401, "unauthorized", "a valid bearer token is required")
+    return author or "admin-api"
+
+
+Writer = Annotated[str, Depends(_writer)]
+
+
+def _version(version: Version) -> dict[str, Any]:
+    return {
+        **version.info.as_dict(),
+        "text": version.text,
+        "table": version.table.model_dump(mode="json", exclude_defaults=True),
+    }
+
+
+def create_admin_app(store: FileStore, token: str | None) -> FastAPI:
+    """The admin app over `store`. With no token, writes are refused (reads stay open: the
+    listener is loopback by default)."""
+    app = FastAPI(
+        title="strangler admin",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+
+    app.state.token = token
+
+    def commit(text: str, author: str, reason: str, expected: int) -> dict[str, Any]:
+        before = store.current()
+        try:
+            after = store.commit(text, author=author, reason=reason, expected_version=expected)
+        except TableInvalid as exc:
+            raise AdminError(
+                422,
+                "invalid-table",
+                "the table is invalid; nothing changed",
+                problems=[
+                    {"line": p.line, "field": p.where(), "message": p.message}
+                    for p in sorted(exc.problems, key=lambda p: p.line or 0)
+                ],
+            ) from None
+        changes = diff_tables(before.table, after.table)
+        return {**_version(after), "changes": [c.as_dict() for c in changes]}
+
+    @app.exception_handler(AdminError)
+    async def on_admin_error(_: Request, exc: AdminError) -> JSONResponse:
+        return _problem(exc.status, exc.kind, exc.detail, **exc.extra)
+
+    @app.exception_handler(StoreError)
+    async def on_store_error(_: Request, exc: StoreError) -> JSONResponse:
+        return _problem(exc.status, exc.kind, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(
+            exc.status_code,
+            "not-found" if exc.status_code == 404 else "bad-request",
+            str(exc.detail),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(
+            422,
+            "validation-failed",
+            "the request is invalid",
+            errors=[
+                {"location": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                for e in exc.errors()
+            ],
+        )
+
+    @app.get("/api/v1/routes")
+    def current() -> JSONResponse:
+        version = store.current()
+        return JSONResponse(_version(version), headers={"ETag": f'"{version.info.version}"'})
+
+    @app.get("/api/v1/routes/history")
+    def history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        return [info.as_dict() for info in store.history(limit)]
+
+    @app.get("/api/v1/routes/versions/{number}")
+    def one(number: int) -> dict[str, Any]:
+        return _version(store.get(number))
+
+    @app.get("/api/v1/routes/diff")
+    def diff(
+        from_: Annotated[int, Query(alias="from", ge=1)],
+        to: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, Any]:
+        before = store.get(from_)
+        after = store.current() if to is None else store.get(to)
+        return {
+            "from": from_,
+            "to": after.info.version,
+            "changes": [c.as_dict() for c in diff_tables(before.table, after.table)],
+        }
+
+    @app.put("/api/v1/routes")
+    def replace(
+        author: Writer,
+        text: Annotated[str, Body(media_type="application/yaml")],
+        reason: Annotated[str, Query(min_length=1, max_length=500)],
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        if not if_match or not if_match.strip('"').isdigit():
+            raise AdminError(
+                428,
+                "precondition-required",
+                'If-Match: "N" names the version this change is based on',
+            )
+        return commit(text, author, reason, int(if_match.strip('"')))
+
+    @app.post("/api/v1/routes/flip")
+    def flip_route(author: Writer, body: FlipIn) -> dict[str, Any]:
+        if (body.to is None) == (body.split is None):
+            raise AdminError(422, "validation-failed", "give exactly one of `to` and `split`")
+        current = store.current()
+        try:
+            text = flip(current.text, body.route, to=body.to, split=body.split)
+        except KeyError:
+            raise AdminError(404, "unknown-route", f"no route {body.route!r}") from None
+        return commit(text, author, body.reason, current.info.version)
+
+    @app.post("/api/v1/routes/rollback")
+    def rollback(author: Writer, body: RollbackIn) -> dict[str, Any]:
+        old = store.get(body.version)
+        current = store.current()
+        return commit(
+            old.text,
+            author,
+            f"rollback to version {body.version}: {body.reason}",
+            current.info.version,
+        )
+
+    return app
