@@ -4,6 +4,7 @@ demo. Each command says what it did in plain words; failures exit non-zero with 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +13,7 @@ import typer
 from proxy import __version__
 
 if TYPE_CHECKING:
+    from proxy.admin.client import AdminClient
     from proxy.table.model import RouteTable
 
 app = typer.Typer(
@@ -128,6 +130,50 @@ Author = Annotated[
     str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AdminUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--admin",
+        envvar="STRANGLER_ADMIN",
+        help="A running proxy's admin API (token from STRANGLER_ADMIN_TOKEN) instead of --routes.",
+    ),
+]
+
+
+def _report(result: dict[str, object], json_output: bool) -> None:
+    """Print a committed version and what changed (file store and admin API alike)."""
+    from proxy.table.diff import Change
+
+    changes = result.get("changes") or []
+    assert isinstance(changes, list)
+    if json_output:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k not in {"text", "table"}}))
+        return
+    typer.echo(f"version {result['version']} committed ({result['author']}: {result['reason']})")
+    for change in changes:
+        fields = {k: (f["old"], f["new"]) for k, f in change["fields"].items()}
+        typer.echo(
+            f"  {Change(change['kind'], change['name'], change['action'], fields).describe()}"
+        )
+    if not changes:
+        typer.echo("  (no change to the table)")
+
+
+def _remote(
+    admin: str,
+    author: str | None,
+    action: Callable[[AdminClient], dict[str, object]],
+    json_output: bool,
+) -> None:
+    from proxy.admin.client import AdminClient, AdminRefused
+
+    try:
+        result = action(AdminClient(admin, _author(author)))
+    except AdminRefused as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise _fail(str(exc)) from None
+    _report(result, json_output)
 
 
 def _author(author: str | None) -> str:
@@ -176,22 +222,7 @@ def _commit(
     except StoreError as exc:
         raise _fail(str(exc)) from None
     changes = diff_tables(before.table, after.table)
-    if json_output:
-        typer.echo(
-            json.dumps(
-                {
-                    "version": after.info.version,
-                    "info": after.info.as_dict(),
-                    "changes": [c.as_dict() for c in changes],
-                }
-            )
-        )
-        return
-    typer.echo(f"version {after.info.version} committed ({after.info.author}: {reason})")
-    for change in changes:
-        typer.echo(f"  {change.describe()}")
-    if not changes:
-        typer.echo("  (no change to the table)")
+    _report({**after.info.as_dict(), "changes": [c.as_dict() for c in changes]}, json_output)
 
 
 @routes_app.command("set")
@@ -201,6 +232,7 @@ def routes_set(
     routes: RoutesFile = Path("routes.yaml"),
     author: Author = None,
     expect: Annotated[int | None, typer.Option(help="Fail unless this version is current.")] = None,
+    admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Replace the served table with FILE, as a new version."""
@@ -208,6 +240,16 @@ def routes_set(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    if admin:
+        _remote(
+            admin,
+            author,
+            lambda api: api.put(
+                text, reason, expect if expect is not None else int(api.current()["version"])
+            ),
+            json_output,
+        )
+        return
     _commit(routes, text, author, reason, json_output, expect)
 
 
@@ -231,6 +273,7 @@ def routes_flip(
     ] = None,
     routes: RoutesFile = Path("routes.yaml"),
     author: Author = None,
+    admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Send one route somewhere else (a new version; comments in routes.yaml are kept)."""
@@ -239,6 +282,20 @@ def routes_flip(
 
     if (to is None) == (split is None):
         raise _fail("give exactly one of --to and --split", 2)
+    if admin:
+        body = {
+            "route": route,
+            "to": to,
+            "split": _parse_split(split) if split else None,
+            "reason": reason,
+        }
+        _remote(
+            admin,
+            author,
+            lambda api: api.call("POST", "/api/v1/routes/flip", json=body),
+            json_output,
+        )
+        return
     current = FileStore(routes).current()
     try:
         text = flip(current.text, route, to=to, split=_parse_split(split) if split else None)
@@ -253,12 +310,22 @@ def routes_rollback(
     reason: Reason,
     routes: RoutesFile = Path("routes.yaml"),
     author: Author = None,
+    admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Serve an earlier version's table again, as a new version."""
     from proxy.store.base import StoreError
     from proxy.store.file import FileStore
 
+    if admin:
+        body = {"version": version, "reason": reason}
+        _remote(
+            admin,
+            author,
+            lambda api: api.call("POST", "/api/v1/routes/rollback", json=body),
+            json_output,
+        )
+        return
     try:
         old = FileStore(routes).get(version)
     except StoreError as exc:
@@ -270,20 +337,30 @@ def routes_rollback(
 def routes_history(
     routes: RoutesFile = Path("routes.yaml"),
     limit: Annotated[int, typer.Option(help="How many versions, newest first.")] = 20,
+    admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """The versions of the served table: who changed it, when and why."""
     import time as clock
 
+    from proxy.admin.client import AdminClient, AdminRefused
     from proxy.store.file import FileStore
 
-    infos = FileStore(routes).history(limit)
+    if admin:
+        try:
+            infos = AdminClient(admin, "cli").call(
+                "GET", "/api/v1/routes/history", params={"limit": limit}
+            )
+        except AdminRefused as exc:
+            raise _fail(str(exc)) from None
+    else:
+        infos = [i.as_dict() for i in FileStore(routes).history(limit)]
     if json_output:
-        typer.echo(json.dumps([i.as_dict() for i in infos]))
+        typer.echo(json.dumps(infos))
         return
     for info in infos:
-        when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info.time))
-        typer.echo(f"{info.version:>5}  {when}  {info.author:<12} {info.reason}")
+        when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info["time"]))
+        typer.echo(f"{info['version']:>5}  {when}  {info['author']:<12} {info['reason']}")
 
 
 @routes_app.command("diff")

@@ -109,3 +109,53 @@ def test_a_non_loopback_admin_listener_needs_a_token() -> None:
     )
     assert done.returncode == 2
     assert "STRANGLER_ADMIN_TOKEN" in done.stderr
+
+
+def test_the_cli_changes_a_remote_proxy_through_its_admin_api(tmp_path: Path) -> None:
+    with recorder() as monolith, recorder() as payment:
+        routes = tmp_path / "served" / "routes.yaml"
+        routes.parent.mkdir()
+        routes.write_text(
+            "version: 1\nupstreams:\n"
+            f'  monolith: {{url: "{monolith.url}"}}\n  payment: {{url: "{payment.url}"}}\n'
+            "default: monolith\nroutes:\n"
+            "  - name: payments\n    match: {path: /api/v1/payments}\n    to: monolith\n"
+        )
+        with running(["--routes", str(routes)], {"STRANGLER_ADMIN_TOKEN": "t0ken"}) as proxy:
+            admin = ["--admin", f"http://127.0.0.1:{proxy.admin}"]
+            env = {**os.environ, "STRANGLER_ADMIN_TOKEN": "t0ken", "STRANGLER_AUTHOR": "ops"}
+
+            def cli(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [STRANGLER, "routes", *args, *admin],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    env=env,
+                    cwd=tmp_path,
+                )
+
+            flipped = cli(
+                "flip", "payments", "--split", "monolith=50,payment=50", "--reason", "canary"
+            )
+            assert flipped.returncode == 0, flipped.stderr
+            assert "version 2 committed (ops: canary)" in flipped.stdout
+            refused = cli("flip", "payments", "--to", "nowhere", "--reason", "typo")
+            assert refused.returncode == 1
+            assert "unknown upstream 'nowhere'" in refused.stderr
+            back = cli("rollback", "1", "--reason", "errors up")
+            assert "version 3 committed (ops: rollback to version 1: errors up)" in back.stdout
+            history = cli("history")
+            assert [line.split()[0] for line in history.stdout.splitlines()] == ["3", "2", "1"]
+            wait_until(lambda: proxy.readyz()["table_version"] == 3, what="version 3 served")
+            no_token = subprocess.run(
+                [STRANGLER, "routes", "rollback", "2", "--reason", "x", *admin],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={k: v for k, v in env.items() if k != "STRANGLER_ADMIN_TOKEN"},
+            )
+            assert no_token.returncode == 1
+            assert "bearer token" in no_token.stderr
