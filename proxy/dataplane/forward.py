@@ -215,12 +215,8 @@ class Forwarder:
                         raise ClientTooSlow("client-send-timeout") from None
                     if gone is not None and gone.done():
                         raise ClientGone
-            except aiohttp.ClientPayloadError as exc:
-                raise UpstreamAborted("upstream-body-incomplete") from exc
-            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-                raise UpstreamAborted("upstream-timeout") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamAborted("upstream-disconnected") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamAborted(_body_failure(exc)) from exc
             finally:
                 if gone is not None:
                     gone.cancel()
@@ -254,19 +250,24 @@ async def _read_body(response: aiohttp.ClientResponse, read_timeout: float) -> b
     try:
         while chunk := await _read_some(response, response.content, read_timeout):
             chunks.append(chunk)
-    except UpstreamAborted as exc:
-        if exc.kind == "upstream-timeout":
-            raise ProxyError(504, "upstream-timeout", "the upstream's answer stalled") from None
-        raise ProxyError(502, exc.kind, "the upstream's answer was cut off") from None
-    except aiohttp.ClientPayloadError:
-        raise ProxyError(
-            502, "upstream-body-incomplete", "the upstream's answer was cut off"
-        ) from None
-    except aiohttp.ClientError:
-        raise ProxyError(
-            502, "upstream-disconnected", "the upstream's answer was cut off"
-        ) from None
+    except (UpstreamAborted, aiohttp.ClientError) as exc:
+        kind = _body_failure(exc)
+        if kind == "upstream-timeout":
+            raise ProxyError(504, kind, "the upstream's answer stalled") from None
+        raise ProxyError(502, kind, "the upstream's answer was cut off") from None
     return b"".join(chunks)
+
+
+def _body_failure(exc: BaseException) -> str:
+    """The problem kind of a failure while reading an answer's body (one mapping for the
+    buffered and the streamed path)."""
+    if isinstance(exc, UpstreamAborted):
+        return exc.kind
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "upstream-body-incomplete"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return "upstream-timeout"
+    return "upstream-disconnected"
 
 
 async def _read_some(
