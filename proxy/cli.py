@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from proxy import __version__
+from proxy.store.base import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
     from proxy.admin.client import AdminClient
+    from proxy.store.base import RouteStore
     from proxy.table.model import RouteTable
 
 app = typer.Typer(
@@ -130,6 +132,26 @@ Author = Annotated[
     str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+StoreUrl = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="STRANGLER_STORE",
+        help="'file' (routes.yaml and its history) or the replicas' shared redis:// store.",
+    ),
+]
+StorePrefix = Annotated[
+    str,
+    typer.Option("--store-prefix", envvar="STRANGLER_STORE_PREFIX", help="Redis key prefix."),
+]
+
+
+def _store(routes: Path, store: str, prefix: str) -> RouteStore:
+    from proxy.store import open_store
+
+    return open_store(store, routes, prefix)
+
+
 AdminUrl = Annotated[
     str | None,
     typer.Option(
@@ -193,7 +215,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _commit(
-    routes: Path,
+    store: RouteStore,
     text: str,
     author: str | None,
     reason: str,
@@ -202,11 +224,9 @@ def _commit(
 ) -> None:
     """Commit `text` on top of the current version and say what changed."""
     from proxy.store.base import StoreError
-    from proxy.store.file import FileStore
     from proxy.table.diff import diff_tables
     from proxy.table.loader import TableInvalid
 
-    store = FileStore(routes)
     try:
         before = store.current()
         after = store.commit(
@@ -230,6 +250,8 @@ def routes_set(
     file: Annotated[Path, typer.Argument(help="The new table.")],
     reason: Reason,
     routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
     author: Author = None,
     expect: Annotated[int | None, typer.Option(help="Fail unless this version is current.")] = None,
     admin: AdminUrl = None,
@@ -250,7 +272,7 @@ def routes_set(
             json_output,
         )
         return
-    _commit(routes, text, author, reason, json_output, expect)
+    _commit(_store(routes, store, store_prefix), text, author, reason, json_output, expect)
 
 
 def _parse_split(value: str) -> dict[str, int]:
@@ -272,12 +294,14 @@ def routes_flip(
         str | None, typer.Option("--split", help="Or split it: monolith=90,payment=10.")
     ] = None,
     routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
     author: Author = None,
     admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Send one route somewhere else (a new version; comments in routes.yaml are kept)."""
-    from proxy.store.file import FileStore
+    from proxy.store.base import StoreError
     from proxy.table.edit import flip
 
     if (to is None) == (split is None):
@@ -296,12 +320,16 @@ def routes_flip(
             json_output,
         )
         return
-    current = FileStore(routes).current()
+    target = _store(routes, store, store_prefix)
+    try:
+        current = target.current()
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
     try:
         text = flip(current.text, route, to=to, split=_parse_split(split) if split else None)
     except KeyError:
         raise _fail(f"version {current.info.version} has no route {route!r}") from None
-    _commit(routes, text, author, reason, json_output, current.info.version)
+    _commit(target, text, author, reason, json_output, current.info.version)
 
 
 @routes_app.command("rollback")
@@ -309,13 +337,14 @@ def routes_rollback(
     version: Annotated[int, typer.Argument(help="The version to serve again.")],
     reason: Reason,
     routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
     author: Author = None,
     admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Serve an earlier version's table again, as a new version."""
     from proxy.store.base import StoreError
-    from proxy.store.file import FileStore
 
     if admin:
         body = {"version": version, "reason": reason}
@@ -326,16 +355,19 @@ def routes_rollback(
             json_output,
         )
         return
+    target = _store(routes, store, store_prefix)
     try:
-        old = FileStore(routes).get(version)
+        old = target.get(version)
     except StoreError as exc:
         raise _fail(str(exc)) from None
-    _commit(routes, old.text, author, f"rollback to version {version}: {reason}", json_output)
+    _commit(target, old.text, author, f"rollback to version {version}: {reason}", json_output)
 
 
 @routes_app.command("history")
 def routes_history(
     routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
     limit: Annotated[int, typer.Option(help="How many versions, newest first.")] = 20,
     admin: AdminUrl = None,
     json_output: JsonFlag = False,
@@ -344,17 +376,17 @@ def routes_history(
     import time as clock
 
     from proxy.admin.client import AdminClient, AdminRefused
-    from proxy.store.file import FileStore
+    from proxy.store.base import StoreError
 
-    if admin:
-        try:
+    try:
+        if admin:
             infos = AdminClient(admin, "cli").call(
                 "GET", "/api/v1/routes/history", params={"limit": limit}
             )
-        except AdminRefused as exc:
-            raise _fail(str(exc)) from None
-    else:
-        infos = [i.as_dict() for i in FileStore(routes).history(limit)]
+        else:
+            infos = [i.as_dict() for i in _store(routes, store, store_prefix).history(limit)]
+    except (AdminRefused, StoreError) as exc:
+        raise _fail(str(exc)) from None
     if json_output:
         typer.echo(json.dumps(infos))
         return
@@ -363,31 +395,85 @@ def routes_history(
         typer.echo(f"{info['version']:>5}  {when}  {info['author']:<12} {info['reason']}")
 
 
+@routes_app.command("status")
+def routes_status(
+    admin: Annotated[
+        str,
+        typer.Option("--admin", envvar="STRANGLER_ADMIN", help="A running proxy's admin API."),
+    ],
+    json_output: JsonFlag = False,
+) -> None:
+    """What a running proxy serves: each route's state, upstreams and recent traffic."""
+    from proxy.admin.client import AdminClient, AdminRefused
+
+    try:
+        status = AdminClient(admin, "cli").call("GET", "/api/v1/routes/status")
+    except AdminRefused as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        typer.echo(json.dumps(status))
+        return
+    store = status["store_version"]
+    typer.echo(
+        f"serving version {status['served_version']}"
+        + (
+            f" (store: unreachable: {status.get('store_error')})"
+            if store is None
+            else ("" if status["in_sync"] else f" (store has version {store}: catching up)")
+        )
+    )
+    rows = [*status["routes"], {"name": "default", "state": "-", **status["default"]}]
+    for row in rows:
+        traffic = row["traffic"]
+        upstreams = row.get("upstreams") or [{**row.get("upstream", {}), "weight": 100.0}]
+        spread = ", ".join(f"{u['name']} {u['weight']:g}%" for u in upstreams)
+        typer.echo(
+            f"  {row['name']:<20} {row['state']:<7} {spread:<32} "
+            f"{traffic['requests']:>7} req  {traffic['errors_5xx']:>5} 5xx  "
+            f"{traffic['mean_ms']:>8.1f} ms  (last {traffic['window_seconds']:.0f}s)"
+        )
+
+
 @routes_app.command("diff")
 def routes_diff(
     old: Annotated[int, typer.Argument(help="A version.")],
     new: Annotated[int | None, typer.Argument(help="Another [default: the current one].")] = None,
     routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
     """What changed between two versions, route by route."""
+    from proxy.admin.client import AdminClient, AdminRefused
     from proxy.store.base import StoreError
-    from proxy.store.file import FileStore
-    from proxy.table.diff import diff_tables
+    from proxy.table.diff import Change, diff_tables
 
-    store = FileStore(routes)
-    try:
-        before = store.get(old)
-        after = store.current() if new is None else store.get(new)
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
-    changes = diff_tables(before.table, after.table)
+    if admin:
+        params: dict[str, int] = {"from": old} if new is None else {"from": old, "to": new}
+        try:
+            result = AdminClient(admin, "cli").call("GET", "/api/v1/routes/diff", params=params)
+        except AdminRefused as exc:
+            raise _fail(str(exc)) from None
+        newest, changes = result["to"], result["changes"]
+    else:
+        source = _store(routes, store, store_prefix)
+        try:
+            before = source.get(old)
+            after = source.current() if new is None else source.get(new)
+        except StoreError as exc:
+            raise _fail(str(exc)) from None
+        newest = after.info.version
+        changes = [c.as_dict() for c in diff_tables(before.table, after.table)]
     if json_output:
-        typer.echo(json.dumps([c.as_dict() for c in changes]))
+        typer.echo(json.dumps(changes))
         return
-    typer.echo(f"version {old} → {after.info.version}")
+    typer.echo(f"version {old} → {newest}")
     for change in changes:
-        typer.echo(f"  {change.describe()}")
+        fields = {k: (f["old"], f["new"]) for k, f in change["fields"].items()}
+        typer.echo(
+            f"  {Change(change['kind'], change['name'], change['action'], fields).describe()}"
+        )
     if not changes:
         typer.echo("  (the same table)")
 
@@ -409,6 +495,18 @@ def serve(
     trusted_hop: Annotated[
         list[str] | None, typer.Option(help="CIDR whose X-Forwarded-* are kept (repeat).")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Route store: 'file' [default] or a redis:// URL shared by replicas."),
+    ] = None,
+    store_prefix: Annotated[str | None, typer.Option(help="Redis key prefix.")] = None,
+    store_cache: Annotated[
+        Path | None, typer.Option(help="Last-known-good table, used when Redis is down.")
+    ] = None,
+    version_header: Annotated[
+        str | None,
+        typer.Option(help="Strangler-Route-Version on: internal [default], all or off."),
+    ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
@@ -416,6 +514,7 @@ def serve(
 
     from proxy.server import serve as run
     from proxy.settings import ProxySettings
+    from proxy.store.base import StoreError
     from proxy.table.loader import TableInvalid
 
     given: dict[str, object] = {
@@ -426,14 +525,18 @@ def serve(
         "admin_listen": admin_listen,
         "workers": workers,
         "trusted_hops": trusted_hop,
+        "store": store,
+        "store_prefix": store_prefix,
+        "store_cache": store_cache,
+        "version_header": version_header,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:
         overrides["access_log"] = False
     try:
         settings = ProxySettings(**overrides)  # type: ignore[arg-type]
-        if settings.routes is None and not settings.default_upstream:
-            raise typer.BadParameter("give --routes FILE or --default-upstream URL")
+        if settings.routes is None and not settings.default_upstream and settings.store == "file":
+            raise typer.BadParameter("give --routes FILE, --store redis://… or --default-upstream")
         run(settings, announce=lambda line: typer.echo(line, err=True))
     except ValidationError as exc:
         for error in exc.errors():
@@ -448,7 +551,7 @@ def serve(
     except ValueError as exc:  # a setting that cannot be served (after pydantic's own errors)
         typer.echo(f"strangler serve: {exc}", err=True)
         raise typer.Exit(2) from None
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         typer.echo(f"strangler serve: {exc}", err=True)
         raise typer.Exit(1) from None
 

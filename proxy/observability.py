@@ -9,8 +9,10 @@ forge log lines.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import sys
+import time
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -113,6 +115,31 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
+    def totals(self) -> dict[tuple[str, str], tuple[float, float, float]]:
+        """(route, upstream) -> (requests, 5xx answers, seconds spent), over every worker."""
+        registry = self.registry
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        out: dict[tuple[str, str], list[float]] = {}
+        for family in registry.collect():
+            if family.name == "strangler_requests":
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue
+                    row = out.setdefault(
+                        (sample.labels["route"], sample.labels["upstream"]), [0.0, 0.0, 0.0]
+                    )
+                    row[0] += sample.value
+                    if sample.labels["code"].startswith("5"):
+                        row[1] += sample.value
+            elif family.name == "strangler_request_duration_seconds":
+                for sample in family.samples:
+                    if sample.name.endswith("_sum"):
+                        key = (sample.labels["route"], sample.labels["upstream"])
+                        out.setdefault(key, [0.0, 0.0, 0.0])[2] += sample.value
+        return {key: (row[0], row[1], row[2]) for key, row in out.items()}
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
@@ -125,3 +152,32 @@ class Metrics:
             prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text: bytes = generate_latest(registry)
         return text
+
+
+class TrafficWindow:
+    """Recent traffic per route and upstream: totals sampled every `step` seconds, so the
+    difference between the newest and the oldest sample is the last `span` seconds' traffic."""
+
+    def __init__(self, metrics: Metrics, span: float = 300.0, step: float = 10.0) -> None:
+        self.metrics = metrics
+        self.step = step
+        self.samples: collections.deque[
+            tuple[float, dict[tuple[str, str], tuple[float, float, float]]]
+        ] = collections.deque(maxlen=max(2, int(span / step) + 1))
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), self.metrics.totals()))
+
+    def recent(self) -> tuple[float, dict[tuple[str, str], tuple[float, float, float]]]:
+        """(seconds covered, (route, upstream) -> (requests, 5xx, mean seconds)) since the
+        oldest sample, counting everything up to now."""
+        now, latest = time.monotonic(), self.metrics.totals()
+        since, oldest = self.samples[0] if self.samples else (now, {})
+        out = {}
+        for key, (requests, errors, seconds) in latest.items():
+            before = oldest.get(key, (0.0, 0.0, 0.0))
+            count = requests - before[0]
+            if count > 0:
+                spent = seconds - before[2]
+                out[key] = (count, errors - before[1], spent / count)
+        return now - since, out

@@ -1,9 +1,15 @@
 """What one worker holds while it serves: the current snapshot (swapped in one assignment), the
-forwarder, metrics, the access log, and the watcher that reloads routes.yaml.
+forwarder, metrics, the access log, and the watcher that follows the route store.
 
 A new table is loaded, validated and compiled off to the side; only a table that passes is
 swapped in. Requests read `runtime.snapshot` once, so one in flight finishes on the snapshot it
 started with. An invalid file is refused with its problems logged; the running table stays.
+
+With the file store the watcher checks routes.yaml; with the Redis store it listens on the
+store's channel and polls the current version every `store_poll_interval` (a subscription can be
+lost without notice). It only ever moves forward: a store that reports an older version than
+the one served (its data was lost) is logged and ignored. Every table served from Redis is
+written to the last-known-good file, which the next start uses if Redis is down then.
 """
 
 from __future__ import annotations
@@ -14,22 +20,66 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from proxy.dataplane.forward import Forwarder
-from proxy.observability import AccessLog, Metrics
+from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
+from proxy.store.base import StoreError
 from proxy.table.compile import Snapshot, compile_table
-from proxy.table.loader import TableInvalid, load_file, single_upstream
+from proxy.table.loader import TableInvalid, load_file, load_text, single_upstream
 
 log = logging.getLogger("strangler")
 
 
 def initial_table(settings: ProxySettings) -> Snapshot:
+    if settings.store != "file":
+        return _initial_from_store(settings)
     if settings.routes is not None:
         return compile_table(load_file(settings.routes))
     if settings.default_upstream:
         return compile_table(single_upstream(settings.default_upstream))
     raise TableInvalid("strangler serve", [])
+
+
+def _initial_from_store(settings: ProxySettings) -> Snapshot:
+    """Redis's current version; when Redis is down, the last-known-good copy on disk (then the
+    routes file, the seed of an empty store), so a replica can start during an outage."""
+    from proxy.store.redis import RedisStore, describe
+
+    try:
+        store = RedisStore(settings.store, settings.store_prefix, seed=settings.routes)
+        try:
+            version = store.current()
+        finally:
+            store.close()
+    except StoreError as exc:
+        for fallback in (settings.store_cache, settings.routes):
+            if fallback is not None and fallback.exists():
+                table = load_file(fallback)
+                log.warning(
+                    "route store %s unavailable (%s); serving version %s from %s until it answers",
+                    describe(settings.store),
+                    exc,
+                    table.version,
+                    fallback,
+                )
+                return compile_table(table)
+        raise StoreError(
+            f"{exc}; and there is no last-known-good table at {settings.store_cache} to start from"
+        ) from None
+    _write_cache(settings.store_cache, version.text)
+    return compile_table(version.table)
+
+
+def _write_cache(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:  # serving matters more than the cache
+        log.warning("could not write the last-known-good table to %s: %s", path, exc)
 
 
 class Runtime:
@@ -43,7 +93,8 @@ class Runtime:
         self.per_client: dict[str, int] = {}
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_hops]
         self._trusted_cache: dict[str, bool] = {}
-        self._watch: asyncio.Task[None] | None = None
+        self.traffic = TrafficWindow(self.metrics)
+        self._tasks: list[asyncio.Task[None]] = []
         self.metrics.table_version.set(snapshot.version)
 
     def trusted(self, client: str) -> bool:
@@ -72,6 +123,7 @@ class Runtime:
     def swap(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.metrics.table_version.set(snapshot.version)
+        self.forwarder.retire_unused(snapshot.upstreams.values())
 
     def reload(self, path: Path) -> bool:
         """Load `path`; swap it in if valid. Returns whether the served table changed."""
@@ -94,16 +146,29 @@ class Runtime:
         return True
 
     async def start(self) -> None:
-        if self.settings.routes is not None:
-            self._watch = asyncio.create_task(self._watch_file(self.settings.routes))
+        if self.settings.store != "file":
+            self._tasks.append(asyncio.create_task(self._follow_store()))
+        elif self.settings.routes is not None:
+            self._tasks.append(asyncio.create_task(self._watch_file(self.settings.routes)))
+        self._tasks.append(asyncio.create_task(self._sample_traffic()))
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+                await task
+        self._tasks = []
         await self.forwarder.close()
         self.access_log.flush()
+
+    async def _sample_traffic(self) -> None:
+        while True:
+            try:
+                self.traffic.sample()
+            except Exception:  # metrics files being rotated: the next sample will do
+                log.debug("traffic sample failed", exc_info=True)
+            await asyncio.sleep(self.traffic.step)
 
     async def _watch_file(self, path: Path) -> None:
         def stamp() -> tuple[int, int, int] | None:
@@ -125,3 +190,90 @@ class Runtime:
                     log.exception(
                         "route table reload failed, still serving version %s", self.snapshot.version
                     )
+
+    async def _follow_store(self) -> None:
+        """Follow the Redis store: its channel for speed, a poll of the pointer for safety."""
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        from proxy.store.redis import describe
+
+        settings = self.settings
+        prefix = settings.store_prefix
+        where = describe(settings.store)
+        client = aioredis.Redis.from_url(
+            settings.store, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        down = False
+        refused: set[int] = set()
+        try:
+            while True:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(prefix + "changes")
+                    while True:
+                        await self._catch_up(client, prefix, refused)
+                        if down:
+                            down = False
+                            log.warning("route store %s answers again", where)
+                        await pubsub.get_message(timeout=settings.store_poll_interval)
+                except (RedisError, OSError) as exc:
+                    if not down:
+                        down = True
+                        log.warning(
+                            "route store %s unreachable (%s); still serving version %s",
+                            where,
+                            exc,
+                            self.snapshot.version,
+                        )
+                    await asyncio.sleep(settings.store_poll_interval)
+                except Exception:  # the follower must outlive any one bad version
+                    log.exception("route store follower failed; retrying")
+                    await asyncio.sleep(settings.store_poll_interval)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+
+    async def _catch_up(self, client: Any, prefix: str, refused: set[int]) -> None:
+        raw = await client.get(prefix + "current")
+        number = int(raw) if raw is not None else 0
+        served = self.snapshot.version
+        if number == served or number in refused:
+            return
+        if number < served:
+            refused.add(number)
+            log.warning(
+                "route store says version %s, older than the served version %s (was its data "
+                "lost?); keeping version %s",
+                number,
+                served,
+                served,
+            )
+            return
+        text = await client.hget(f"{prefix}v:{number}", "text")
+        if text is None:
+            return  # the pointer moved before the version was readable: the next tick gets it
+        try:
+            snapshot = await asyncio.to_thread(self._compile_text, text.decode(), number)
+        except TableInvalid as exc:
+            refused.add(number)
+            log.error(
+                "route table version %s refused, still serving version %s:\n%s",
+                number,
+                served,
+                exc.describe(),
+            )
+            return
+        if snapshot.version <= self.snapshot.version:
+            return  # a newer one landed while this one compiled
+        self.swap(snapshot)
+        log.info(
+            "route table version %s loaded from the store (%d routes)", number, len(snapshot.routes)
+        )
+        await asyncio.to_thread(_write_cache, self.settings.store_cache, text.decode())
+
+    @staticmethod
+    def _compile_text(text: str, number: int) -> Snapshot:
+        return compile_table(load_text(text, f"version {number}"))

@@ -115,13 +115,13 @@ class Router:
         logging.getLogger("uvicorn.error").addFilter(QuietAborts())
         self.runtime = Runtime(self.settings, initial_table(self.settings))
         self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}
-        if self.settings.routes is not None:
+        if self.settings.routes is not None or self.settings.store != "file":
             from proxy.admin.app import create_admin_app
-            from proxy.store.file import FileStore
+            from proxy.store import open_store
 
-            self.admin_api = create_admin_app(
-                FileStore(self.settings.routes), self.settings.admin_token
-            )
+            settings = self.settings
+            store = open_store(settings.store, settings.routes, settings.store_prefix)
+            self.admin_api = create_admin_app(store, self.settings.admin_token, self.runtime)
         await self.runtime.start()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -254,6 +254,10 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="strangler-metrics-")
     config = uvicorn_config(settings, listeners)
     source = settings.routes or settings.default_upstream
+    if settings.store != "file":
+        from proxy.store.redis import describe
+
+        source = describe(settings.store)
     announce(
         "strangler serving "
         + ", ".join(f"{listener.role} on {listener.url}" for listener in listeners)

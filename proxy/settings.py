@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,17 @@ class ProxySettings(BaseSettings):
     via_name: str = Field("strangler", pattern=r"^[a-z0-9._-]{1,64}$")
     access_log: bool = True
     watch_interval: float = Field(1.0, gt=0, description="seconds between routes.yaml checks")
+    # Where versions live: "file" (routes.yaml and its history beside it) or a redis:// URL that
+    # every replica shares (an empty Redis store is seeded from `routes`).
+    store: str = Field("file", pattern=r"^(file|rediss?://.+|unix://.+)$")
+    store_prefix: str = Field("strangler:routes:", min_length=1, max_length=200)
+    # With a Redis store: seconds between checks of the current version (heals a subscription
+    # that was lost without notice); the pub/sub notification itself arrives at once.
+    store_poll_interval: float = Field(1.0, gt=0, le=60)
+    # With a Redis store: the last table this replica served, to start from when Redis is down.
+    store_cache: Path = Path("var/routes-last-known-good.yaml")
+    # Which listeners' responses carry the route-table version that served them.
+    version_header: Literal["internal", "all", "off"] = "internal"
 
     # Limits (see the README's table). nginx: large_client_header_buffers 4 8k.
     max_uri_bytes: int = Field(8_192, ge=256)

@@ -1,6 +1,7 @@
 """The admin API: read and change the served route table over HTTP.
 
     GET  /api/v1/routes                   current table (text, parsed, version info); ETag
+    GET  /api/v1/routes/status            per route: state, upstreams, recent traffic
     GET  /api/v1/routes/history           versions, newest first
     GET  /api/v1/routes/versions/{n}      one version
     GET  /api/v1/routes/diff?from=&to=    what changed between two versions
@@ -15,7 +16,7 @@ based on a stale version is 409, an invalid table 422 listing every problem with
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,12 +24,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from proxy.admin.status import route_status
 from proxy.errors import PROBLEM_TYPE
-from proxy.store.base import StoreError, Version
-from proxy.store.file import FileStore
+from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.diff import diff_tables
 from proxy.table.edit import flip
 from proxy.table.loader import TableInvalid
+
+if TYPE_CHECKING:
+    from proxy.runtime import Runtime
 
 
 class AdminError(Exception):
@@ -86,9 +90,12 @@ def _version(version: Version) -> dict[str, Any]:
     }
 
 
-def create_admin_app(store: FileStore, token: str | None) -> FastAPI:
+def create_admin_app(
+    store: RouteStore, token: str | None, runtime: Runtime | None = None
+) -> FastAPI:
     """The admin app over `store`. With no token, writes are refused (reads stay open: the
-    listener is loopback by default)."""
+    listener is loopback by default). With the proxy's `runtime`, it also reports what this
+    replica serves and the traffic each route had lately."""
     app = FastAPI(
         title="strangler admin",
         version="1",
@@ -122,7 +129,10 @@ def create_admin_app(store: FileStore, token: str | None) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def on_store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return _problem(exc.status, exc.kind, str(exc))
+        response = _problem(exc.status, exc.kind, str(exc))
+        if exc.status == 503:
+            response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -148,6 +158,20 @@ def create_admin_app(store: FileStore, token: str | None) -> FastAPI:
     def current() -> JSONResponse:
         version = store.current()
         return JSONResponse(_version(version), headers={"ETag": f'"{version.info.version}"'})
+
+    @app.get("/api/v1/routes/status")
+    def status() -> dict[str, Any]:
+        """Per route: its state (legacy, canary, moved, split), upstreams and weights, and the
+        last five minutes' traffic; plus the version this replica serves and the store's."""
+        if runtime is None:
+            raise AdminError(404, "not-found", "route status is only served by a running proxy")
+        out = route_status(runtime.snapshot, runtime.traffic)
+        try:
+            out["store_version"] = store.current().info.version
+        except StoreError as exc:
+            out["store_version"], out["store_error"] = None, str(exc)
+        out["in_sync"] = out["store_version"] == out["served_version"]
+        return out
 
     @app.get("/api/v1/routes/history")
     def history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:

@@ -30,6 +30,9 @@ from proxy.types import Receive, Scope, Send
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 
 
+VERSION_HEADER = b"strangler-route-version"
+
+
 class DataPlane:
     """Serves one listener role ('external' or 'internal') from the worker's runtime."""
 
@@ -38,6 +41,9 @@ class DataPlane:
         self.role = role
         self.external = role == "external"
         self.via = runtime.settings.via_name.encode()
+        mode = runtime.settings.version_header
+        # Responses say which route-table version served them (on by default internally).
+        self.version_header = mode == "all" or (mode == "internal" and role == "internal")
         self.in_flight = 0
         metrics = runtime.metrics
         self.in_flight_gauge = metrics.in_flight.labels(role) if metrics.multiprocess else None
@@ -130,6 +136,7 @@ class DataPlane:
                 send_timeout=runtime.settings.send_timeout,
                 outcome=outcome,
                 content_length=facts.content_length,
+                extra_headers=self._version(snapshot.version),
             )
         except ProxyError as exc:
             if exc.status >= 502:
@@ -139,7 +146,7 @@ class DataPlane:
                 raise UpstreamAborted(exc.kind) from exc
             outcome.status = exc.status
             request_id = request_id or request_id_of(scope["headers"])
-            await self._problem(send, exc, request_id)
+            await self._problem(send, exc, request_id, self._version(snapshot.version))
         except ClientGone:
             outcome.status, outcome.error = 499, "client-gone"
         except ResponseAborted as exc:
@@ -202,11 +209,20 @@ class DataPlane:
             f'"table_version":{version},"error":{error}}}'
         )
 
+    def _version(self, version: int) -> list[tuple[bytes, bytes]] | None:
+        if not self.version_header:
+            return None
+        return [(VERSION_HEADER, str(version).encode())]
+
     @staticmethod
-    async def _problem(send: Send, exc: ProxyError, request_id: str) -> None:
+    async def _problem(
+        send: Send, exc: ProxyError, request_id: str, extra: list[tuple[bytes, bytes]] | None
+    ) -> None:
         body = problem_body(exc.status, exc.kind, exc.detail, request_id)
         headers = problem_headers(
             body, request_id=request_id, close=exc.close, retry_after=exc.retry_after
         )
+        if extra:
+            headers.extend(extra)
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -71,17 +71,34 @@ def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
     return None
 
 
+class _Pool:
+    """One upstream's session and how many requests are using it right now."""
+
+    __slots__ = ("active", "retired", "session")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.active = 0
+        self.retired = False
+
+
 class Forwarder:
-    """One aiohttp session per upstream (each with its own connection pool), per worker."""
+    """One aiohttp session per upstream (each with its own connection pool), per worker.
+
+    When a new table drops an upstream, its session is retired: closed at once if idle, else
+    when the last request using it ends (a slow download outlives the table that started it).
+    """
 
     def __init__(self) -> None:
-        self._sessions: dict[tuple[str, int], aiohttp.ClientSession] = {}
+        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._retired: set[_Pool] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
 
-    def session(self, upstream: Upstream) -> aiohttp.ClientSession:
+    def pool(self, upstream: Upstream) -> _Pool:
         key = (upstream.url, upstream.max_connections)
-        session = self._sessions.get(key)
-        if session is None:
+        pool = self._pools.get(key)
+        if pool is None:
             connector = aiohttp.TCPConnector(
                 limit=upstream.max_connections,
                 limit_per_host=0,
@@ -100,8 +117,32 @@ class Forwarder:
             # before the answer (FORWARDING.md item 6): the upstream would see one client
             # request twice. The only switch is this private flag; a test guards it.
             session._retry_connection = False
-            self._sessions[key] = session
-        return session
+            pool = self._pools[key] = _Pool(session)
+        return pool
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions not closed yet: current upstreams' and retired ones still in use."""
+        return len(self._pools) + len(self._retired)
+
+    def retire_unused(self, upstreams: Iterable[Upstream]) -> None:
+        """Retire the sessions of upstreams the new table no longer has."""
+        keep = {(u.url, u.max_connections) for u in upstreams}
+        for key in [k for k in self._pools if k not in keep]:
+            pool = self._pools.pop(key)
+            pool.retired = True
+            self._retired.add(pool)
+            if pool.active == 0:
+                self._close(pool)
+
+    def _close(self, pool: _Pool) -> None:
+        self._retired.discard(pool)
+        try:
+            task = asyncio.get_running_loop().create_task(pool.session.close())
+        except RuntimeError:  # no loop (a table swapped outside the server): nothing is open
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
         key = (connect, read)
@@ -115,9 +156,12 @@ class Forwarder:
         return timeout
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        pools = [*self._pools.values(), *self._retired]
+        self._pools, self._retired = {}, set()
+        for pool in pools:
+            await pool.session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def forward(
         self,
@@ -134,8 +178,51 @@ class Forwarder:
         send_timeout: float,
         outcome: Outcome,
         content_length: int | None = None,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back (see the module rules)."""
+        pool = self.pool(upstream)
+        pool.active += 1
+        try:
+            await self._forward(
+                pool.session,
+                scope,
+                receive,
+                send,
+                upstream,
+                headers,
+                has_body=has_body,
+                read_timeout=read_timeout,
+                max_body=max_body,
+                body_idle=body_idle,
+                send_timeout=send_timeout,
+                outcome=outcome,
+                content_length=content_length,
+                extra_headers=extra_headers,
+            )
+        finally:
+            pool.active -= 1
+            if pool.retired and pool.active == 0:
+                self._close(pool)
+
+    async def _forward(
+        self,
+        session: aiohttp.ClientSession,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        headers: list[tuple[str, str]],
+        *,
+        has_body: bool,
+        read_timeout: float,
+        max_body: int,
+        body_idle: float,
+        send_timeout: float,
+        outcome: Outcome,
+        content_length: int | None,
+        extra_headers: list[tuple[bytes, bytes]] | None,
+    ) -> None:
 
         async def body() -> AsyncIterator[bytes]:
             while True:
@@ -167,7 +254,7 @@ class Forwarder:
             encoded=True,
         )
         try:
-            response = await self.session(upstream).request(
+            response = await session.request(
                 scope["method"],
                 url,
                 headers=headers,
@@ -190,11 +277,11 @@ class Forwarder:
                 whole = b"" if bodiless else await _read_body(response, read_timeout)
                 response.release()
                 outcome.bytes_out = len(whole)
-                await _start(send, response)
+                await _start(send, response, extra_headers)
                 outcome.started = True
                 await send({"type": "http.response.body", "body": whole, "more_body": False})
                 return
-            await _start(send, response)
+            await _start(send, response, extra_headers)
             outcome.started = True
             content = response.content
             # uvicorn's send() returns quietly once the client has gone: watch for it, or a
@@ -231,7 +318,9 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-async def _start(send: Send, response: aiohttp.ClientResponse) -> None:
+async def _start(
+    send: Send, response: aiohttp.ClientResponse, extra: list[tuple[bytes, bytes]] | None
+) -> None:
     headers = prepare_response(response.raw_headers)
     if not headers_sendable(headers):
         # uvicorn would refuse them after marking the response started: no 502 possible then.
@@ -239,6 +328,8 @@ async def _start(send: Send, response: aiohttp.ClientResponse) -> None:
     if response.status in (204, 304):
         # No body follows; a forwarded Content-Length would make uvicorn wait for one.
         headers = [(n, v) for n, v in headers if n != b"content-length"]
+    if extra:
+        headers.extend(extra)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
 

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from proxy.table.model import RouteTable
 
+DEFAULT_PREFIX = "strangler:routes:"  # the Redis store's key prefix
+
 
 class StoreError(Exception):
     """A store operation failed; `status` and `kind` become the admin API's problem."""

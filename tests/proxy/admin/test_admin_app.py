@@ -132,6 +132,7 @@ def test_the_openapi_document_lists_every_operation(client: TestClient) -> None:
     paths = client.get("/api/openapi.json").json()["paths"]
     assert set(paths) == {
         "/api/v1/routes",
+        "/api/v1/routes/status",
         "/api/v1/routes/history",
         "/api/v1/routes/versions/{number}",
         "/api/v1/routes/diff",

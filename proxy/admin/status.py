@@ -1,0 +1,86 @@
+"""Per-route status for the admin API: what each route does now and the traffic it had lately.
+
+state   legacy   every request goes to the default upstream (the monolith)
+        moved    every request goes to another upstream
+        canary   a weighted split that still sends some traffic to the default upstream
+        split    a weighted split between upstreams other than the default
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.observability import TrafficWindow
+from proxy.table.compile import BUCKETS, CompiledRoute, Snapshot, Upstream
+
+
+def _weights(route: CompiledRoute, default: Upstream) -> list[tuple[Upstream, float]]:
+    if route.split is None:
+        return [(route.upstream or default, 100.0)]
+    out, low = [], 0
+    for bound, upstream in zip(route.split.bounds, route.split.upstreams, strict=True):
+        out.append((upstream, round((bound - low) * 100 / BUCKETS, 2)))
+        low = bound
+    return out
+
+
+def _state(weights: list[tuple[Upstream, float]], default: Upstream) -> str:
+    live = [u.name for u, w in weights if w > 0]
+    if len(live) == 1:
+        return "legacy" if live[0] == default.name else "moved"
+    return "canary" if default.name in live else "split"
+
+
+def route_status(snapshot: Snapshot, traffic: TrafficWindow) -> dict[str, Any]:
+    window, recent = traffic.recent()
+
+    def usage(route: str, upstreams: list[str]) -> dict[str, Any]:
+        per = {}
+        total = errors = spent = 0.0
+        for name in upstreams:
+            requests, failed, mean = recent.get((route, name), (0.0, 0.0, 0.0))
+            per[name] = {
+                "requests": int(requests),
+                "errors_5xx": int(failed),
+                "mean_ms": round(mean * 1000, 3),
+            }
+            total, errors, spent = total + requests, errors + failed, spent + mean * requests
+        return {
+            "window_seconds": round(window, 1),
+            "requests": int(total),
+            "errors_5xx": int(errors),
+            "error_rate": round(errors / total, 4) if total else 0.0,
+            "mean_ms": round(spent / total * 1000, 3) if total else 0.0,
+            "by_upstream": per,
+        }
+
+    routes = []
+    for route in snapshot.routes:
+        weights = _weights(route, snapshot.default)
+        names = [u.name for u, _ in weights]
+        seen = {name for (r, name) in recent if r == route.name}
+        routes.append(
+            {
+                "name": route.name,
+                "path": route.path,
+                "prefix": not route.exact,
+                "methods": sorted(route.methods) if route.methods else None,
+                "state": _state(weights, snapshot.default),
+                "upstreams": [
+                    {"name": u.name, "url": u.url, "weight": weight} for u, weight in weights
+                ],
+                "expose": "both"
+                if route.external and route.internal
+                else ("external" if route.external else "internal"),
+                "traffic": usage(route.name, [*names, *sorted(seen - set(names))]),
+            }
+        )
+    default = snapshot.default
+    return {
+        "served_version": snapshot.version,
+        "default": {
+            "upstream": {"name": default.name, "url": default.url},
+            "traffic": usage("default", [default.name]),
+        },
+        "routes": routes,
+    }
