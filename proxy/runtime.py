@@ -27,7 +27,7 @@ from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
 from proxy.store.base import StoreError
 from proxy.table.compile import Snapshot, compile_table
-from proxy.table.loader import TableInvalid, load_file, load_text, single_upstream
+from proxy.table.loader import TableInvalid, load_file, single_upstream
 
 log = logging.getLogger("strangler")
 
@@ -252,11 +252,11 @@ class Runtime:
                 served,
             )
             return
-        text = await client.hget(f"{prefix}v:{number}", "text")
+        text, compiled = await client.hmget(f"{prefix}v:{number}", "text", "table")
         if text is None:
             return  # the pointer moved before the version was readable: the next tick gets it
         try:
-            snapshot = await asyncio.to_thread(self._compile_text, text.decode(), number)
+            snapshot = await asyncio.to_thread(self._compile_text, text.decode(), compiled, number)
         except TableInvalid as exc:
             refused.add(number)
             log.error(
@@ -275,5 +275,7 @@ class Runtime:
         await asyncio.to_thread(_write_cache, self.settings.store_cache, text.decode())
 
     @staticmethod
-    def _compile_text(text: str, number: int) -> Snapshot:
-        return compile_table(load_text(text, f"version {number}"))
+    def _compile_text(text: str, compiled: bytes | None, number: int) -> Snapshot:
+        from proxy.store.redis import table_of
+
+        return compile_table(table_of(compiled, text, number))

@@ -5,6 +5,7 @@ engineer's notes in routes.yaml survive a flip or a rollback."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -22,7 +23,16 @@ def _dump(document: Any) -> str:
     return out.getvalue()
 
 
+# A top-level `version: N` line (what every stored version has): replaced in place, which keeps
+# a large table's commit from paying for a YAML round trip. Anything else goes through ruamel.
+_VERSION_LINE = re.compile(r"^(version:[ \t]*)\d+(?=[ \t]*(?:#|$))", re.MULTILINE)
+
+
 def set_version(text: str, version: int, source: str = "routes.yaml") -> str:
+    found = list(_VERSION_LINE.finditer(text))
+    if len(found) == 1:
+        match = found[0]
+        return f"{text[: match.start()]}{match.group(1)}{version}{text[match.end() :]}"
     document = parse_yaml(text, source)
     if "version" in document:
         document["version"] = version

@@ -1,0 +1,5 @@
+"""`python -m proxy` is `strangler`."""
+
+from proxy.cli import main
+
+main()
