@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^make bench$"),
         re.compile(r"^\.venv/bin/strangler routes (flip|diff|history|rollback) "),
         re.compile(r"^\.venv/bin/strangler routes history$"),
+        re.compile(r"^\.venv/bin/strangler routes status --admin "),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
     assert unchecked == [], "add a check for these README commands"
@@ -148,6 +150,7 @@ def test_the_life_cycle_commands_run_in_order(tmp_path: Path) -> None:
         c
         for c in readme_commands()
         if re.match(r"^\.venv/bin/strangler routes (flip|diff|history|rollback)", c)
+        and "--store" not in c
     ]
     assert len(life_cycle) == 4
     outputs = []
@@ -178,7 +181,7 @@ def test_serve_commands_proxy_to_the_monolith(monolith: Child, tmp_path: Path) -
 
     table = (ROOT / "routes.yaml").read_text().replace("http://127.0.0.1:8001", monolith.url)
     (tmp_path / "routes.yaml").write_text(table)
-    serves = [c for c in readme_commands() if " serve " in c]
+    serves = [c for c in readme_commands() if " serve " in c and "--store" not in c]
     assert len(serves) == 2
     direct = httpx.get(f"{monolith.url}/api/v1/categories")
     for command in serves:
@@ -229,3 +232,51 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert 'strangler_requests_total{code="401",route="payments",upstream="payment"} 1.0' in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="monolith"} 1.0' in out
     assert "Traceback" not in out + done.stderr
+
+
+def test_the_replica_commands_share_one_table(
+    monolith: Child, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """The Redis-store block: two replicas, a flip through the store, status from the second."""
+    import httpx
+
+    from proxy.procs import STRANGLER_READY
+
+    table = (ROOT / "routes.yaml").read_text().replace("http://127.0.0.1:8001", monolith.url)
+    (tmp_path / "routes.yaml").write_text(table)
+    block = [c for c in readme_commands() if "--store redis://" in c or " routes status " in c]
+    assert len(block) == 4
+
+    def here(command: str) -> list[str]:
+        args = [
+            redis_url
+            if a == "redis://127.0.0.1:6379/0"
+            else re.sub(r"^(127\.0\.0\.1)?:\d+$", "127.0.0.1:0", a)
+            for a in as_run_here(command)
+        ]
+        return [*args, "--store-prefix", redis_prefix] if "--store" in command else args
+
+    first, second, flip, status = block
+    with (
+        Child("replica-1", here(first), cwd=str(tmp_path), ready=STRANGLER_READY),
+        Child("replica-2", here(second), cwd=str(tmp_path), ready=STRANGLER_READY) as replica,
+    ):
+        done = subprocess.run(
+            here(flip), cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert "version 2 committed" in done.stdout
+        deadline = time.monotonic() + 10
+        while True:
+            answer = httpx.get(f"{replica.listeners['internal']}/api/v1/payments")
+            if answer.headers["strangler-route-version"] == "2" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert answer.headers["strangler-route-version"] == "2"
+        args = [replica.listeners["admin"] if a.startswith("http://") else a for a in here(status)]
+        shown = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        assert shown.returncode == 0, shown.stderr
+        assert "serving version 2" in shown.stdout
+        assert re.search(r"payments\s+moved\s+payment 100%", shown.stdout), shown.stdout
+    # the second replica's last-known-good copy is the version it served last
+    assert "version: 2" in (tmp_path / "var" / "replica-2.yaml").read_text()
