@@ -262,6 +262,14 @@ def routes_set(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    from proxy.table.loader import TableInvalid, load_text
+
+    try:
+        load_text(text, str(file))  # refused here, the problems name FILE and its lines
+    except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
+        raise _fail("refused: the table is invalid; nothing changed") from None
     if admin:
         _remote(
             admin,

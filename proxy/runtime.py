@@ -215,13 +215,18 @@ class Runtime:
                         await self._catch_up(client, prefix, refused)
                         if down:
                             down = False
-                            log.warning("route store %s answers again", where)
+                            log.warning(
+                                "route store %s reconnected; serving version %s",
+                                where,
+                                self.snapshot.version,
+                            )
                         await pubsub.get_message(timeout=settings.store_poll_interval)
                 except (RedisError, OSError) as exc:
                     if not down:
                         down = True
                         log.warning(
-                            "route store %s unreachable (%s); still serving version %s",
+                            "route store %s: connection lost (%s); reconnecting, still serving "
+                            "version %s",
                             where,
                             exc,
                             self.snapshot.version,

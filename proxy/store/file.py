@@ -135,8 +135,14 @@ class FileStore:
             if expected_version != current.version:
                 raise VersionConflict(expected_version, current.version)
             version = current.version + 1
-            text = set_version(text, version, str(self.routes))
-            table = load_text(text, str(self.routes))
+            given, text = text, set_version(text, version, str(self.routes))
+            try:
+                table = load_text(text, str(self.routes))
+            except TableInvalid:
+                # Report the lines its author wrote (set_version adds one to a text without
+                # `version:`).
+                load_text(given, str(self.routes))
+                raise
             info = self._record(text, version, author, reason)
             _atomic_write(self.routes, text)
             return Version(info, text, table)

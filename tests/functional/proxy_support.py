@@ -719,3 +719,64 @@ def problem(answer: Response, status: int, kind: str | None = None) -> dict[str,
     if kind is not None:
         assert data["type"] == f"urn:strangler:problem:{kind}", data
     return data
+
+
+# --- the shared route store (Redis) ---------------------------------------------------------------
+VERSION_HEADER = "strangler-route-version"
+
+
+def echo(name: str) -> Handler:
+    """Answer 200 with `name` as the body, so a client sees which upstream served it."""
+    body = name.encode()
+    return reply(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
+
+
+def route_version(answer: Response) -> int | None:
+    """The route-table version an answer says served it (None without the header)."""
+    value = answer.value(VERSION_HEADER)
+    return int(value) if value is not None else None
+
+
+def table_text(upstreams: dict[str, str], routes: list[dict[str, object]], default: str) -> str:
+    """routes.yaml text (version 1; a store commit renumbers it)."""
+    return Table(Path("routes.yaml"), upstreams, routes, default).text()
+
+
+def store_args(url: str, prefix: str, cache: Path) -> list[str]:
+    """`strangler serve` arguments for a replica of the Redis store at `url`."""
+    return ["--store", url, "--store-prefix", prefix, "--store-cache", str(cache)]
+
+
+def strangler_routes(
+    *args: str, cwd: Path, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `strangler routes ARGS` in `cwd` as author "ops"; the caller checks the outcome."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STRANGLER_")}
+    return subprocess.run(
+        [STRANGLER, "routes", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        env={**base, "STRANGLER_AUTHOR": "ops"},
+    )
+
+
+def subscribers(url: str) -> set[str]:
+    """Ids of the clients of the Redis at `url` that hold a pub/sub subscription."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return {entry["id"] for entry in client.client_list(_type="pubsub")}
+    finally:
+        client.close()
+
+
+def logged(proxy: ProxyProcess, text: str) -> bool:
+    """Whether the proxy has written `text` to its stderr (its log) so far."""
+    return any(text in line for line in list(proxy.stderr))
