@@ -1,0 +1,76 @@
+"""How a payment write runs: outside any transaction, the calls to the monolith and the id;
+then one transaction for the change, its outbox event and (with an Idempotency-Key) its stored
+answer. Answers are rendered here, once, so a replay is byte for byte the first answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from services.payment.api.deps import Services
+from services.payment.auth import Caller
+from services.payment.errors import ApiError, error_response, render_json
+from services.payment.idempotency import Answer, Superseded, fingerprint
+from services.payment.models import Payment
+from services.payment.schemas import PaymentOut
+
+# Answers about the caller or the moment, not about the operation: a retry must run again (a
+# token that expired mid-request must not lock its user out of the key for 24 hours).
+NOT_STORED = frozenset({401, 403, 408, 429})
+
+# The transactional part of a write: given the open session, the answer and the payment it
+# concerns (None when it changed nothing). Raising ApiError rolls the transaction back.
+Work = Callable[[Session], tuple[Response, int | None]]
+
+
+def payment_response(
+    payment: Payment, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = PaymentOut.model_validate(payment, from_attributes=True).model_dump(mode="json")
+    return Response(render_json(body), status, headers=headers, media_type="application/json")
+
+
+def run_write(
+    services: Services,
+    request: Request,
+    caller: Caller,
+    key: str | None,
+    body: Any,
+    prepare: Callable[[], Work],
+) -> Response:
+    """Run a write; with an Idempotency-Key, at most once per key (see idempotency.py)."""
+    if key is None:
+        work = prepare()
+        with services.sessions() as session, session.begin():
+            response, _ = work(session)
+        services.events_committed()
+        return response
+    store = services.idempotency
+    endpoint = f"{request.method} {request.url.path}"
+    claimed = store.claim(caller.id, key, endpoint, fingerprint(endpoint, body))
+    if isinstance(claimed, Answer):
+        return claimed.response(replayed=True)
+    try:
+        work = prepare()
+        with services.sessions() as session, session.begin():
+            response, payment_id = work(session)
+            answer = Answer.of(response)
+            store.complete(session, claimed, answer, payment_id)
+    except Superseded:
+        return store.stored(claimed).response(replayed=True)
+    except ApiError as exc:
+        if exc.status >= 500 or exc.status in NOT_STORED:
+            store.release(claimed)
+            raise
+        answer = Answer.of(error_response(exc, request.url.path))
+        sent = store.complete_alone(claimed, answer, None)
+        return sent.response(replayed=sent is not answer)
+    except BaseException:
+        store.release(claimed)
+        raise
+    services.events_committed()
+    return answer.response()

@@ -1,0 +1,1 @@
+"""Tests of the extracted services, one package each."""

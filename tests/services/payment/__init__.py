@@ -1,0 +1,1 @@
+"""The payment service: contract parity with the monolith, idempotency, ids, events, migrations."""

@@ -1,0 +1,266 @@
+"""Idempotency-Key: a retried payment, capture or refund takes effect once and answers the same."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from services.payment.db import utcnow
+from services.payment.idempotency import fingerprint
+from services.payment.models import IdempotencyKey, OutboxEvent, Payment
+from services.payment.schemas import PaymentIn
+from tests.services.payment.conftest import Customer, ServerThread, ServiceFactory, Shop
+
+CARD = {"method": "card", "card_token": "tok_visa"}
+
+
+def post(base: str, path: str, who: Customer, key: str | None, json: Any = None) -> httpx.Response:
+    headers = {**who.headers, **({"Idempotency-Key": key} if key is not None else {})}
+    return httpx.post(f"{base}{path}", json=json, headers=headers, timeout=30)
+
+
+def count(server: ServerThread, model: type[Any]) -> int:
+    engine = server.server.config.app.state.services.engine  # type: ignore[union-attr]
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(model)))
+
+
+@pytest.fixture
+def started(start_service: ServiceFactory) -> ServerThread:
+    return start_service()
+
+
+def test_a_replay_answers_the_first_answer_and_pays_once(shop: Shop, started: ServerThread) -> None:
+    alice = shop.customer()
+    order = shop.order(alice)
+    body = {"order_id": order["id"], **CARD}
+    first = post(started.url, "/api/v1/payments", alice, "checkout-1", body)
+    assert first.status_code == 201
+    assert "idempotent-replayed" not in first.headers
+    # The client re-serialises the same body differently: still the same request.
+    again = post(started.url, "/api/v1/payments", alice, "checkout-1", {**body, "capture": True})
+    assert again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["content-type"] == "application/json"
+    assert again.content == first.content
+    assert count(started, Payment) == 1
+    assert count(started, OutboxEvent) == 1
+    # Without a key the same request is a new attempt, answered as the monolith answers it.
+    assert post(started.url, "/api/v1/payments", alice, None, body).status_code == 409
+
+
+def test_the_same_key_with_another_request_is_refused(shop: Shop, started: ServerThread) -> None:
+    alice = shop.customer()
+    order, other = shop.order(alice), shop.order(alice)
+    key = secrets.token_hex(8)
+    paying = post(started.url, "/api/v1/payments", alice, key, {"order_id": order["id"], **CARD})
+    assert paying.status_code == 201
+    reused = post(started.url, "/api/v1/payments", alice, key, {"order_id": other["id"], **CARD})
+    assert reused.status_code == 422
+    assert reused.headers["content-type"] == "application/problem+json"
+    assert reused.json()["type"] == "https://problems.legacy-shop.example/idempotency-key-reused"
+    paid = httpx.get(f"{started.url}/api/v1/payments", headers=alice.headers).json()
+    assert paid["total"] == 1
+    # Another endpoint with the key is another request too.
+    first_id = paid["items"][0]["id"]
+    refund = post(started.url, f"/api/v1/payments/{first_id}/refund", shop.staff, key)
+    assert refund.status_code == 200  # staff's keys are not alice's
+    elsewhere = post(started.url, f"/api/v1/payments/{first_id}/capture", shop.staff, key)
+    assert elsewhere.json()["type"].endswith("/idempotency-key-reused")
+
+
+def test_keys_belong_to_their_user(shop: Shop, started: ServerThread) -> None:
+    alice, bob = shop.customer(), shop.customer()
+    key = "same-key-for-both"
+    for who in (alice, bob):
+        order = shop.order(who)
+        answer = post(started.url, "/api/v1/payments", who, key, {"order_id": order["id"], **CARD})
+        assert answer.status_code == 201
+        assert "idempotent-replayed" not in answer.headers
+        assert answer.json()["user_id"] == who.id
+    assert count(started, Payment) == 2
+
+
+def test_a_declined_payment_replays_its_402(shop: Shop, started: ServerThread) -> None:
+    alice = shop.customer()
+    order = shop.order(alice)
+    body = {"order_id": order["id"], "method": "card", "card_token": "tok_insufficientFunds"}
+    first = post(started.url, "/api/v1/payments", alice, "k-402", body)
+    assert first.status_code == 402
+    again = post(started.url, "/api/v1/payments", alice, "k-402", body)
+    assert (again.status_code, again.content) == (402, first.content)
+    assert again.headers["content-type"] == "application/problem+json"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert count(started, Payment) == 1  # one failed attempt recorded, not two
+
+
+def test_refund_and_capture_with_a_key_happen_once(shop: Shop, started: ServerThread) -> None:
+    alice = shop.customer()
+    order = shop.order(alice, quantity=2)
+    body = {"order_id": order["id"], "method": "wallet", "capture": False}
+    payment = post(started.url, "/api/v1/payments", alice, None, body).json()
+    capture = f"/api/v1/payments/{payment['id']}/capture"
+    assert post(started.url, capture, shop.staff, "cap").json()["status"] == "captured"
+    replayed = post(started.url, capture, shop.staff, "cap")
+    assert (replayed.status_code, replayed.headers["idempotent-replayed"]) == (200, "true")
+    refund = f"/api/v1/payments/{payment['id']}/refund"
+    for _ in range(3):
+        answer = post(started.url, refund, shop.staff, "ref", {"amount": "1.00"})
+        assert answer.json()["refunded_amount"] == "1.00"
+    shown = httpx.get(f"{started.url}/api/v1/payments/{payment['id']}", headers=alice.headers)
+    assert shown.json()["refunded_amount"] == "1.00"
+    assert count(started, OutboxEvent) == 3  # created, captured, refunded once
+
+
+def test_errors_of_the_request_are_stored_but_outages_are_not(
+    shop: Shop, start_service: ServiceFactory
+) -> None:
+    alice = shop.customer()
+    order = shop.order(alice)
+
+    class FlakyOnce(httpx.HTTPTransport):
+        """The monolith unreachable for the first order read: an outage on demand."""
+
+        failed = False
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if "/orders/" in request.url.path and not FlakyOnce.failed:
+                FlakyOnce.failed = True
+                raise httpx.ConnectError("connection refused", request=request)
+            return super().handle_request(request)
+
+    service = start_service(legacy_transport=FlakyOnce())
+    body = {"order_id": order["id"], **CARD}
+    down = post(service.url, "/api/v1/payments", alice, "retry-me", body)
+    assert down.status_code == 503
+    assert count(service, IdempotencyKey) == 0  # released: the retry runs again
+    retried = post(service.url, "/api/v1/payments", alice, "retry-me", body)
+    assert retried.status_code == 201
+    assert "idempotent-replayed" not in retried.headers
+    unpaid = shop.order(alice)
+    wrong = {"order_id": unpaid["id"], "method": "wallet", "amount": "0.01"}
+    mismatch = post(service.url, "/api/v1/payments", alice, "wrong", wrong)
+    assert mismatch.status_code == 422
+    assert post(service.url, "/api/v1/payments", alice, "wrong", wrong).headers[
+        "idempotent-replayed"
+    ] == ("true")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "x" * 256, "tab\there", "é-accent"],
+    ids=["empty", "256-chars", "control-char", "non-ascii"],
+)
+def test_invalid_keys_are_422_validation_problems(shop: Shop, service: str, key: str) -> None:
+    alice = shop.customer()
+    answer = httpx.post(
+        f"{service}/api/v1/payments",
+        json={"order_id": 1, **CARD},
+        headers=[*alice.headers.items(), ("Idempotency-Key", key.encode())],
+    )
+    assert answer.status_code == 422
+    problem = answer.json()
+    assert problem["type"].endswith("/validation-failed")
+    assert problem["errors"][0]["location"] == "header.Idempotency-Key"
+
+
+def test_a_255_character_key_is_fine(shop: Shop, service: str) -> None:
+    alice = shop.customer()
+    order = shop.order(alice)
+    answer = post(service, "/api/v1/payments", alice, "k" * 255, {"order_id": order["id"], **CARD})
+    assert answer.status_code == 201
+
+
+def test_concurrent_requests_with_one_key_make_one_payment(
+    shop: Shop, start_service: ServiceFactory, database_url: str
+) -> None:
+    service = start_service(database_url)
+    alice = shop.customer()
+    order = shop.order(alice)
+    body = {"order_id": order["id"], **CARD}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: post(service.url, "/api/v1/payments", alice, "double-tap", body), range(8)
+            )
+        )
+    made = {a.json()["id"] for a in answers if a.status_code == 201}
+    assert len(made) == 1, [a.text for a in answers]
+    for answer in answers:
+        # Each one either made it, replayed it, or was told to retry (still in progress).
+        assert answer.status_code in (201, 409), answer.text
+        if answer.status_code == 409:
+            assert answer.json()["type"].endswith("/idempotency-key-in-progress")
+            assert answer.headers["retry-after"] == "1"
+    assert sum("idempotent-replayed" not in a.headers for a in answers if a.status_code == 201) == 1
+    assert count(service, Payment) == 1
+
+
+def test_an_expired_key_is_a_new_key(shop: Shop, start_service: ServiceFactory) -> None:
+    service = start_service(idempotency_ttl_seconds=0.05)
+    alice = shop.customer()
+    first, second = shop.order(alice), shop.order(alice)
+    made = post(service.url, "/api/v1/payments", alice, "k", {"order_id": first["id"], **CARD})
+    assert made.status_code == 201
+    time.sleep(0.1)  # the TTL under test, not a wait for readiness
+    reused = post(service.url, "/api/v1/payments", alice, "k", {"order_id": second["id"], **CARD})
+    assert reused.status_code == 201
+    assert count(service, IdempotencyKey) == 1
+
+
+def claim_in_flight(
+    server: ServerThread, user_id: int, key: str, body: dict[str, Any], age: float
+) -> None:
+    """A request with `key` that started `age` seconds ago and has not finished (or died)."""
+    endpoint = "POST /api/v1/payments"
+    digest = fingerprint(endpoint, PaymentIn.model_validate(body).model_dump(mode="json"))
+    started = utcnow() - timedelta(seconds=age)
+    sessions = server.server.config.app.state.services.sessions  # type: ignore[union-attr]
+    with sessions() as session, session.begin():
+        session.add(
+            IdempotencyKey(
+                idem_key=key,
+                user_id=user_id,
+                endpoint=endpoint,
+                request_sha256=digest,
+                state="in_progress",
+                created_at=started,
+                expires_at=started + timedelta(hours=24),
+            )
+        )
+
+
+def test_a_key_in_progress_is_409_with_retry_after(
+    shop: Shop, start_service: ServiceFactory
+) -> None:
+    service = start_service(idempotency_wait_seconds=0.1)
+    alice = shop.customer()
+    body = {"order_id": shop.order(alice)["id"], **CARD}
+    claim_in_flight(service, alice.id, "busy", body, age=0)
+    answer = post(service.url, "/api/v1/payments", alice, "busy", body)
+    assert answer.status_code == 409
+    assert answer.headers["retry-after"] == "1"
+    assert answer.json()["type"].endswith("/idempotency-key-in-progress")
+    assert count(service, Payment) == 0
+
+
+def test_a_key_held_by_a_request_that_died_is_taken_over(
+    shop: Shop, start_service: ServiceFactory
+) -> None:
+    service = start_service(idempotency_lock_seconds=30)
+    alice = shop.customer()
+    body = {"order_id": shop.order(alice)["id"], **CARD}
+    claim_in_flight(service, alice.id, "orphan", body, age=31)
+    answer = post(service.url, "/api/v1/payments", alice, "orphan", body)
+    assert answer.status_code == 201
+    again = post(service.url, "/api/v1/payments", alice, "orphan", body)
+    assert (again.status_code, again.headers["idempotent-replayed"]) == (201, "true")
+    assert count(service, Payment) == 1

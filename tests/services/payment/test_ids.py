@@ -1,0 +1,132 @@
+"""Service payment ids: descending from 4e15, in blocks, never twice, never into legacy ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Engine
+
+from services.payment.db import make_engine, upgrade, utcnow
+from services.payment.ids import (
+    SERVICE_ID_FLOOR,
+    SERVICE_ID_START,
+    IdAllocator,
+    IdRangeError,
+    check_legacy_id,
+    check_no_legacy_ids_in_range,
+    is_service_id,
+)
+from services.payment.models import IdBlock, Payment
+
+START = SERVICE_ID_START
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_ids_count_down_from_the_start_in_blocks(engine: Engine) -> None:
+    first, second = IdAllocator(engine, block_size=3), IdAllocator(engine, block_size=3)
+    assert [first.next_id() for _ in range(2)] == [START, START - 1]
+    assert second.next_id() == START - 3  # the next block: one process never waits on another
+    assert [first.next_id() for _ in range(2)] == [START - 2, START - 6]
+    with engine.connect() as conn:
+        assert conn.scalar(select(IdBlock.next_id)) == START - 9
+    assert START < 2**53  # exact in every JSON client
+    assert is_service_id(START - 6)
+    assert not is_service_id(41)
+
+
+def test_no_id_is_handed_out_twice_by_concurrent_threads(engine: Engine) -> None:
+    allocators = [IdAllocator(engine, block_size=5) for _ in range(3)]
+
+    def take(index: int) -> list[int]:
+        return [allocators[index % 3].next_id() for _ in range(60)]
+
+    with ThreadPoolExecutor(6) as pool:
+        ids = [i for batch in pool.map(take, range(6)) for i in batch]
+    assert len(ids) == len(set(ids)) == 360
+    assert min(ids) >= START - 360 - 3 * 5  # at most one partly used block per allocator
+
+
+PROCESS = """
+import sys
+from services.payment.db import make_engine
+from services.payment.ids import IdAllocator
+allocator = IdAllocator(make_engine(sys.argv[1]), block_size=7)
+print(" ".join(str(allocator.next_id()) for _ in range(150)))
+"""
+
+
+def test_no_id_is_handed_out_twice_by_concurrent_processes(
+    engine: Engine, database_url: str
+) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS, database_url], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    ids = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        ids += [int(i) for i in out.split()]
+    assert len(ids) == len(set(ids)) == 450
+    assert all(is_service_id(i) for i in ids)
+
+
+def test_a_block_below_the_floor_is_refused(engine: Engine) -> None:
+    IdAllocator(engine, block_size=1).next_id()
+    with engine.begin() as conn:
+        conn.execute(update(IdBlock).values(next_id=SERVICE_ID_FLOOR + 5))
+    allocator = IdAllocator(engine, block_size=10)
+    with pytest.raises(IdRangeError, match="below the floor"):
+        allocator.next_id()
+    assert IdAllocator(engine, block_size=6).next_id() == SERVICE_ID_FLOOR + 5  # still fits
+
+
+def legacy_payment(engine: Engine, payment_id: int) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Payment).values(
+                id=payment_id,
+                order_id=1,
+                user_id=1,
+                amount=Decimal("1.00"),
+                currency="EUR",
+                method="wallet",
+                status="captured",
+                refunded_amount=Decimal("0.00"),
+                created_at=now,
+                updated_at=now,
+                origin="legacy",
+                row_version=1,
+            )
+        )
+
+
+def test_a_legacy_id_in_the_service_range_stops_the_service(engine: Engine) -> None:
+    legacy_payment(engine, 2_999_999_999_999_999)  # the highest id the monolith may reach
+    check_no_legacy_ids_in_range(engine)
+    allocator = IdAllocator(engine, block_size=10)
+    service_id = allocator.next_id()
+    legacy_payment(engine, service_id)  # a service payment copied back: fine
+    check_no_legacy_ids_in_range(engine)
+    legacy_payment(engine, SERVICE_ID_FLOOR + 1)  # the monolith reached the floor
+    with pytest.raises(IdRangeError, match="collide"):
+        check_no_legacy_ids_in_range(engine)
+    with pytest.raises(IdRangeError):
+        check_legacy_id(SERVICE_ID_FLOOR)
+    check_legacy_id(SERVICE_ID_FLOOR - 1)
