@@ -55,6 +55,20 @@ def demo(
     run_demo(workdir, keep_running=keep_running)
 
 
+@app.command(
+    "sync",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def sync(ctx: typer.Context) -> None:
+    """Move the payment data: backfill, follow, to-legacy, reconcile, status (--help for more)."""
+    # Handed over whole, and imported only when used: the proxy's commands stay quick to start
+    # and the proxy does not depend on the payment service's code.
+    from services.payment.sync.cli import app as sync_app
+
+    sync_app(ctx.args, prog_name="strangler sync")
+
+
 routes_app = typer.Typer(no_args_is_help=True, help="Check and read route tables.")
 app.add_typer(routes_app, name="routes")
 

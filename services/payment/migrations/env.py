@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from services.payment import models  # noqa: F401  (registers the tables)
 from services.payment.db import Base, make_engine
+from services.payment.sync import state  # noqa: F401  (and the sync's own)
 
 config = context.config
 target_metadata = Base.metadata

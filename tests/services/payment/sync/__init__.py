@@ -1,0 +1,1 @@
+"""The payment data sync: backfill, follow, to-legacy, reconcile, the CLI, Oracle statements."""
