@@ -1,8 +1,12 @@
 """`strangler demo`: the migration journey on embedded defaults (SQLite, no Redis).
 
-Act 1 (day 0): the legacy monolith, seeded, answering a mobile app's requests. Later acts put
-the proxy in front of it and move payments out. Everything runs as child processes started with
-the same commands the README gives, and is reached over HTTP only.
+Act 1 (day 0): the legacy monolith, seeded, answering a mobile app's requests.
+Act 2: the proxy in front of it, transparent, refusing what it must.
+Act 3: the payment service gets its data: backfill, follow, reconcile.
+Act 4: the payments route flips to the service; its payments reach the monolith's orders; the
+flip is diffed, listed and rolled back.
+Everything runs as child processes started with the same commands the README gives, and is
+reached over HTTP only.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ DAY_ZERO_ROUTES = """\
 version: 1
 upstreams:
   monolith: {{url: "{monolith}"}}
-  # The extracted payment service. In this demo a second monolith process stands in for it.
+  # The extracted payment service (services/payment), where the payments route will move.
   payment: {{url: "{payment}"}}
 default: monolith
 routes:
@@ -167,20 +171,83 @@ def act_proxy(n: Narrator, direct: httpx.Client, admin: str) -> None:
             n.echo(f"  {line}")
 
 
-def act_flip(n: Narrator, routes: Path, admin: str) -> None:
-    """The route-table life-cycle: a flip, what changed, who did it, and a rollback."""
+def _login(client: httpx.Client) -> dict[str, str]:
+    token = client.post("/api/v1/auth/login", json={"email": DEMO_USER, "password": DEMO_PASSWORD})
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
-    def cli(*args: str) -> None:
-        n.echo("$ strangler routes " + shlex.join(args))
+
+def _new_order(client: httpx.Client, auth: dict[str, str]) -> int:
+    """Alice orders the cheapest product in stock (through `client`); the order's id."""
+    stocked = client.get(
+        "/api/v1/products", params={"in_stock": True, "sort": "price", "per_page": 1}
+    )
+    product = stocked.json()["items"][0]["id"]
+    client.post("/api/v1/cart/items", json={"product_id": product, "quantity": 1}, headers=auth)
+    order = client.post(
+        "/api/v1/orders", json={"shipping_address": "1 Rua Verde, Lisbon"}, headers=auth
+    )
+    return int(order.json()["id"])
+
+
+class Shell:
+    """Runs `strangler …` commands as a person would, printing each with its output."""
+
+    def __init__(self, n: Narrator, routes: Path, legacy_db: str, service_db: str) -> None:
+        self.n = n
+        self.routes = routes
+        self.databases = ("--legacy-db", legacy_db, "--service-db", service_db)
+
+    def run(self, *args: str, extra: tuple[str, ...] = ()) -> int:
+        self.n.echo("$ strangler " + shlex.join(args))
         code, output = Child(
             "strangler",
-            _strangler("routes", *args, "--routes", str(routes)),
-            env={"STRANGLER_AUTHOR": "platform-team"},
+            _strangler(*args, *extra),
+            env={"STRANGLER_AUTHOR": "platform-team", "COLUMNS": "100", "NO_COLOR": "1"},
         ).run_to_end()
         for line in output.rstrip("\n").splitlines():
-            n.echo("  " + line)
+            self.n.echo("  " + line)
         if code:
-            n.echo(f"  (exit {code})")
+            self.n.echo(f"  (exit {code})")
+        return code
+
+    def routes_cli(self, *args: str) -> int:
+        return self.run("routes", *args, extra=("--routes", str(self.routes)))
+
+    def sync(self, *args: str) -> int:
+        return self.run("sync", *args, extra=self.databases)
+
+
+def act_data(n: Narrator, sh: Shell, service: httpx.Client) -> None:
+    """The payment service gets the monolith's payments, keeps up with them, and proves it."""
+    n.say("The payment service's database is filled from the monolith's, reading it only")
+    sh.sync("backfill")
+    auth = _login(n.client)
+    n.say("A payment made through the monolith today (the route still goes there) ...")
+    order = _new_order(n.client, auth)
+    paid = n.call(
+        "POST",
+        "/api/v1/payments",
+        json={"order_id": order, "method": "wallet"},
+        headers=auth,
+    )
+    payment = paid.json()["id"]
+    time.sleep(0.6)  # past follow's safety delay: rows younger than it may still be committing
+    n.say("... is picked up by follow (it polls the monolith's table by a high-water mark)")
+    sh.sync("follow", "--once", "--safety-delay", "0.5")
+    from_service = service.get(f"/api/v1/payments/{payment}", headers=auth)
+    n.echo(f"→ GET {service.base_url}/api/v1/payments/{payment}  (the service, directly)")
+    n.echo(f"← {from_service.status_code} {_short(from_service.json())}")
+    same = from_service.json() == paid.json()
+    n.echo(f"  the service answers with the monolith's payment, field for field: {same}")
+    n.say("Reconcile, twice: both databases compared by key, chunk hashes bisected to rows")
+    sh.sync("reconcile", "--settle", "0")
+    sh.sync("reconcile", "--settle", "0")
+    n.say("Everything the sync knows, and whether the payments route may move")
+    sh.sync("status")
+
+
+def act_flip(n: Narrator, sh: Shell, admin: str) -> None:
+    """The route-table life-cycle: a flip, what changed, who did it, and a rollback."""
 
     def served(version: int) -> None:
         deadline = time.monotonic() + 10
@@ -195,14 +262,29 @@ def act_flip(n: Narrator, routes: Path, admin: str) -> None:
             if line.startswith("strangler_requests_total") and 'route="payments"' in line:
                 n.echo(f"  {line}")
 
-    n.say("Move payments: flip the route, see what changed and who did it, roll it back")
-    cli("flip", "payments", "--to", "payment", "--reason", "payment service live")
+    n.say("Move payments: flip the route to the payment service")
+    sh.routes_cli("flip", "payments", "--to", "payment", "--reason", "payment service live")
     served(2)
     n.call("GET", "/api/v1/payments?per_page=1")
     requests_by_upstream()
-    cli("diff", "1")
-    cli("history")
-    cli("rollback", "1", "--reason", "error rate up")
+    auth = _login(n.client)
+    n.say("Alice pays a new order: the service takes the payment (an id from its own range)")
+    order = _new_order(n.client, auth)
+    n.call(
+        "POST",
+        "/api/v1/payments",
+        json={"order_id": order, "method": "card", "card_token": "tok_visa"},
+        headers={**auth, "Idempotency-Key": f"demo-{order}"},
+    )
+    n.say("to-legacy applies the service's payment events to the monolith's payments table ...")
+    sh.sync("to-legacy", "--once")
+    n.say("... so the monolith's orders feature, unchanged, shows the order paid")
+    shown = n.call("GET", f"/api/v1/orders/{order}", headers=auth)
+    n.echo(f"  order {order} status: {shown.json().get('status')}")
+    n.say("What changed, who did it, and the way back")
+    sh.routes_cli("diff", "1")
+    sh.routes_cli("history")
+    sh.routes_cli("rollback", "1", "--reason", "error rate up")
     served(3)
     n.call("GET", "/api/v1/payments?per_page=1")
     requests_by_upstream()
@@ -216,9 +298,11 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
     """Seed a fresh shop under `workdir`, start the monolith and the proxy in front of it, play
     the acts, stop (or stay up with `keep_running`)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    for old in workdir.glob("legacy.db*"):  # only what an earlier demo made; nothing else
-        old.unlink()
+    for pattern in ("legacy.db*", "payment.db*"):  # only what an earlier demo made
+        for old in workdir.glob(pattern):
+            old.unlink()
     database = f"sqlite:///{workdir / 'legacy.db'}"
+    service_db = f"sqlite:///{workdir / 'payment.db'}"
     python = sys.executable
     started = time.perf_counter()
     echo(typer.style("strangler demo", bold=True))
@@ -240,11 +324,12 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
         with httpx.Client(base_url=monolith.url, timeout=10) as client:
             act_day_zero(Narrator(client, echo))
 
-        echo(f"$ python -m legacy_monolith --port 0 --database-url {database}  # stand-in payment")
-        payment = Child(
-            "payment", [python, "-m", "legacy_monolith", "--port", "0", "--database-url", database]
-        ).start()
+        service = [python, "-m", "services.payment", "--port", "0"]
+        service += ["--database-url", service_db, "--legacy-url", monolith.url]
+        echo("$ " + shlex.join(["python", *service[1:]]))
+        payment = Child("payment", service).start()
         stack.callback(payment.stop)
+        echo(f"  payment service listening on {payment.url} (pid {payment.pid})")
         routes = workdir / "routes.yaml"
         for old in (workdir / "var").glob("routes-history/*"):
             old.unlink()
@@ -280,9 +365,13 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
             with (
                 httpx.Client(base_url=proxy.url, timeout=10) as through,
                 httpx.Client(base_url=monolith.url, timeout=10) as direct,
+                httpx.Client(base_url=payment.url, timeout=10) as to_service,
             ):
-                act_proxy(Narrator(through, echo), direct, proxy.listeners["admin"])
-                act_flip(Narrator(through, echo), routes, proxy.listeners["admin"])
+                n = Narrator(through, echo)
+                sh = Shell(n, routes, database, service_db)
+                act_proxy(n, direct, proxy.listeners["admin"])
+                act_data(n, sh, to_service)
+                act_flip(n, sh, proxy.listeners["admin"])
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:
                 echo(

@@ -224,7 +224,17 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     for refused in ("400", "405", "508", "413"):
         assert f"← {refused} application/problem+json" in out
     assert 'strangler_requests_total{code="200",route="default",upstream="monolith"} 3.0' in out
-    # act 3: the payments route flipped, diffed, listed and rolled back, served live
+    # act 3: the service's data: backfill, follow, reconcile
+    assert re.search(r"backfill done: 50\d rows", out)
+    assert "1 inserted" in out
+    assert "the service answers with the monolith's payment, field for field: True" in out
+    assert out.count("reconcile passed: drift 0") == 2
+    assert "cutover gate │ ready" in out
+    # act 4: the payments route flipped to the service, its payment synced back to the monolith
+    assert '"id": 4000000000000000' in out
+    assert "1 applied" in out
+    assert re.search(r"order \d+ status: paid", out)
+    # and the flip diffed, listed and rolled back, served live
     assert "version 2 committed (platform-team: payment service live)" in out
     assert "changed route payments: to: monolith → payment" in out
     assert "version 3 committed (platform-team: rollback to version 1: error rate up)" in out
