@@ -36,6 +36,8 @@ def test_the_stack_has_every_part(compose: dict[str, Any]) -> None:
         "proxy-2",
         "proxy-3",
         "lb",
+        "sync-follow",
+        "sync-to-legacy",
     }
     replicas = [s for name, s in compose["services"].items() if name.startswith("proxy-")]
     assert {tuple(s["command"].split()) for s in replicas} == {
@@ -65,3 +67,16 @@ def test_no_secret_is_written_down(compose: dict[str, Any]) -> None:
             if re.search(r"PASSWORD|TOKEN|SECRET", key):
                 assert str(value).startswith("${"), f"{name}: {key} must come from the environment"
     assert not re.search(r"://\w+:(?!\$\{)[^@/\s]+@", text), "a password in a URL"
+
+
+def test_the_sync_commands_are_ones_strangler_sync_accepts(compose: dict[str, Any]) -> None:
+    from services.payment.sync.cli import app as sync_app
+
+    group = typer.main.get_command(sync_app)
+    for name in ("sync-follow", "sync-to-legacy"):
+        words = shlex.split(compose["services"][name]["command"])
+        assert words[:2] == ["strangler", "sync"]
+        command = group.commands[words[2]]  # type: ignore[attr-defined]
+        command.make_context(words[2], words[3:])
+        environment = compose["services"][name]["environment"]
+        assert set(environment) == {"STRANGLER_LEGACY_DB", "STRANGLER_SERVICE_DB"}

@@ -122,6 +122,8 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^\.venv/bin/strangler routes (flip|diff|history|rollback) "),
         re.compile(r"^\.venv/bin/strangler routes history$"),
         re.compile(r"^\.venv/bin/strangler routes status --admin "),
+        re.compile(r"^\.venv/bin/python -m services\.payment --port 8002 "),
+        re.compile(r"^\.venv/bin/strangler sync (backfill|follow|reconcile|status|to-legacy)"),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
     assert unchecked == [], "add a check for these README commands"
@@ -290,3 +292,42 @@ def test_the_replica_commands_share_one_table(
         assert re.search(r"payments\s+moved\s+payment 100%", shown.stdout), shown.stdout
     # the second replica's last-known-good copy is the version it served last
     assert "version: 2" in (tmp_path / "var" / "replica-2.yaml").read_text()
+
+
+def test_the_payment_service_and_sync_commands_run(monolith: Child, workdir: Path) -> None:
+    """The service as the README starts it (beside the README's monolith, in its directory),
+    then the data commands in the README's order on the databases they default to."""
+    import httpx
+
+    (serve,) = [c for c in readme_commands() if " -m services.payment " in c]
+    args = [
+        {"8002": "0", "http://127.0.0.1:8001": monolith.url}.get(a, a) for a in as_run_here(serve)
+    ]
+    with Child("payment", args, cwd=str(workdir)) as service:
+        assert httpx.get(f"{service.url}/healthz").status_code == 200
+        token = httpx.post(
+            f"{monolith.url}/api/v1/auth/login",
+            json={"email": "alice@example.com", "password": "password123"},
+        ).json()["access_token"]
+        mine = httpx.get(
+            f"{service.url}/api/v1/payments", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert mine.status_code == 200
+    outputs = []
+    for command in [c for c in readme_commands() if c.startswith(".venv/bin/strangler sync ")]:
+        done = subprocess.run(
+            as_run_here(command),
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        outputs.append(done.stdout)
+    backfill, follow, reconcile, status, to_legacy = outputs
+    assert re.search(r"backfill done: \d+ rows", backfill)
+    assert "follow:" in follow
+    assert "reconcile passed: drift 0" in reconcile
+    assert "cutover gate" in status
+    assert "to-legacy" in to_legacy
