@@ -181,48 +181,6 @@ class Forwarder:
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back (see the module rules)."""
-        pool = self.pool(upstream)
-        pool.active += 1
-        try:
-            await self._forward(
-                pool.session,
-                scope,
-                receive,
-                send,
-                upstream,
-                headers,
-                has_body=has_body,
-                read_timeout=read_timeout,
-                max_body=max_body,
-                body_idle=body_idle,
-                send_timeout=send_timeout,
-                outcome=outcome,
-                content_length=content_length,
-                extra_headers=extra_headers,
-            )
-        finally:
-            pool.active -= 1
-            if pool.retired and pool.active == 0:
-                self._close(pool)
-
-    async def _forward(
-        self,
-        session: aiohttp.ClientSession,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        upstream: Upstream,
-        headers: list[tuple[str, str]],
-        *,
-        has_body: bool,
-        read_timeout: float,
-        max_body: int,
-        body_idle: float,
-        send_timeout: float,
-        outcome: Outcome,
-        content_length: int | None,
-        extra_headers: list[tuple[bytes, bytes]] | None,
-    ) -> None:
 
         async def body() -> AsyncIterator[bytes]:
             while True:
@@ -245,71 +203,80 @@ class Forwarder:
                         raise ClientGone  # ended short: never let aiohttp reuse a half-sent request
                     return
 
-        url = URL.build(
-            scheme=upstream.scheme,
-            host=upstream.host,
-            port=upstream.port,
-            path=scope["raw_path"].decode("ascii"),
-            query_string=scope["query_string"].decode("ascii"),
-            encoded=True,
-        )
+        pool = self.pool(upstream)
+        session = pool.session
+        pool.active += 1  # a retired upstream's pool is closed when this reaches 0
         try:
-            response = await session.request(
-                scope["method"],
-                url,
-                headers=headers,
-                data=body() if has_body else None,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-                allow_redirects=False,
-                timeout=self.timeout(upstream.connect_timeout, read_timeout),
+            url = URL.build(
+                scheme=upstream.scheme,
+                host=upstream.host,
+                port=upstream.port,
+                path=scope["raw_path"].decode("ascii"),
+                query_string=scope["query_string"].decode("ascii"),
+                encoded=True,
             )
-        except Exception as exc:
-            raise _before_start(exc) from exc
-        try:
-            outcome.status = response.status
-            length = response.content_length
-            bodiless = scope["method"] == "HEAD" or response.status in (204, 304)
-            if bodiless or (length is not None and length <= BUFFER_BYTES):
-                # Small answers are read whole and the upstream connection goes back to the
-                # pool before the client is written to: a slow client holds no upstream
-                # connection (nginx's proxy_buffering, in memory). Read errors here come before
-                # the response starts, so they are still a clean 502/504.
-                whole = b"" if bodiless else await _read_body(response, read_timeout)
-                response.release()
-                outcome.bytes_out = len(whole)
+            try:
+                response = await session.request(
+                    scope["method"],
+                    url,
+                    headers=headers,
+                    data=body() if has_body else None,
+                    skip_auto_headers=SKIP_AUTO_HEADERS,
+                    allow_redirects=False,
+                    timeout=self.timeout(upstream.connect_timeout, read_timeout),
+                )
+            except Exception as exc:
+                raise _before_start(exc) from exc
+            try:
+                outcome.status = response.status
+                length = response.content_length
+                bodiless = scope["method"] == "HEAD" or response.status in (204, 304)
+                if bodiless or (length is not None and length <= BUFFER_BYTES):
+                    # Small answers are read whole and the upstream connection goes back to the
+                    # pool before the client is written to: a slow client holds no upstream
+                    # connection (nginx's proxy_buffering, in memory). Read errors here come before
+                    # the response starts, so they are still a clean 502/504.
+                    whole = b"" if bodiless else await _read_body(response, read_timeout)
+                    response.release()
+                    outcome.bytes_out = len(whole)
+                    await _start(send, response, extra_headers)
+                    outcome.started = True
+                    await send({"type": "http.response.body", "body": whole, "more_body": False})
+                    return
                 await _start(send, response, extra_headers)
                 outcome.started = True
-                await send({"type": "http.response.body", "body": whole, "more_body": False})
-                return
-            await _start(send, response, extra_headers)
-            outcome.started = True
-            content = response.content
-            # uvicorn's send() returns quietly once the client has gone: watch for it, or a
-            # long stream would hold its upstream connection to the end.
-            gone = asyncio.ensure_future(_disconnect(receive)) if not has_body else None
-            try:
-                while True:
-                    chunk = await _read_some(response, content, read_timeout, gone)
-                    if not chunk:
-                        break
-                    outcome.bytes_out += len(chunk)
-                    try:
-                        async with asyncio.timeout(send_timeout):
-                            await send(
-                                {"type": "http.response.body", "body": chunk, "more_body": True}
-                            )
-                    except TimeoutError:
-                        raise ClientTooSlow("client-send-timeout") from None
-                    if gone is not None and gone.done():
-                        raise ClientGone
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise UpstreamAborted(_body_failure(exc)) from exc
+                content = response.content
+                # uvicorn's send() returns quietly once the client has gone: watch for it, or a
+                # long stream would hold its upstream connection to the end.
+                gone = asyncio.ensure_future(_disconnect(receive)) if not has_body else None
+                try:
+                    while True:
+                        chunk = await _read_some(response, content, read_timeout, gone)
+                        if not chunk:
+                            break
+                        outcome.bytes_out += len(chunk)
+                        try:
+                            async with asyncio.timeout(send_timeout):
+                                await send(
+                                    {"type": "http.response.body", "body": chunk, "more_body": True}
+                                )
+                        except TimeoutError:
+                            raise ClientTooSlow("client-send-timeout") from None
+                        if gone is not None and gone.done():
+                            raise ClientGone
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise UpstreamAborted(_body_failure(exc)) from exc
+                finally:
+                    if gone is not None:
+                        gone.cancel()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
-                if gone is not None:
-                    gone.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                response.release()
+
         finally:
-            response.release()
+            pool.active -= 1
+            if pool.retired and pool.active == 0:
+                self._close(pool)
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -47,7 +47,8 @@ class Attempt:
 
 def _recency(attempt: Attempt) -> tuple[int, float, int]:
     # Service ids count down, so among them the newest is the latest created; legacy ids count
-    # up; a service payment is newer than any legacy one.
+    # up; a service payment is newer than any legacy one below the range. Monolith ids above the
+    # range (SQLite's jump, ids.py) are newer than those too: they also rank by creation time.
     if attempt.id >= SERVICE_ID_FLOOR:
         stamp = attempt.created_at.timestamp() if attempt.created_at else 0.0
         return (1, stamp, -attempt.id)

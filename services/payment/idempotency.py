@@ -11,7 +11,9 @@ Rules (Stripe's, which the mobile apps' HTTP clients already follow):
   `Idempotent-Replayed: true`. Declines (402) and the other 4xx answers of the operation are
   stored and replayed too; 5xx answers (the monolith unreachable, a bug) and 401/403 (a token
   that expired mid-request) are not: the claim is released so a retry runs again.
-- The same key with another endpoint or body: 422 idempotency-key-reused.
+- The same key with another endpoint or body: 422 idempotency-key-reused. The endpoint is the
+  route rebuilt from the parsed path parameters (`/payments/01/refund` is `/payments/1/refund`,
+  as for the monolith), never the raw path, which a client could pad past the stored column.
 - A request whose key is still in progress waits up to `wait` seconds for the first to finish
   (then replays it), else 409 idempotency-key-in-progress with `Retry-After: 1`.
 - A claim older than `lock_seconds` belongs to a request that died: the next request takes it

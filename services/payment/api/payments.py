@@ -4,7 +4,16 @@ The monolith's routes, signatures and answers, served from this service's own ta
 is "newest first" as the monolith means it for its data: payments with legacy ids come in id
 order, descending, exactly as the monolith lists them (its `created_at` is not in id order for
 imported history, so sorting them by time would reorder what clients see); payments created by
-this service (descending ids, `ids.py`) list above all legacy ones, the latest created first.
+this service (descending ids, `ids.py`) list above all legacy ones, the latest created first,
+and so do the monolith's own payments made after SQLite's jump above the service range (ids
+above 4e15, `ids.py`: they too are newer than every legacy id below the range).
+
+Known difference, kept on purpose: once the to-legacy sync has copied the service's payments
+into the monolith, the monolith lists them by id descending, i.e. among themselves OLDEST first
+(service ids count down), while this service lists them newest first. Listing by id descending
+here too would make both backends agree during a canary or rollback, but would list a client's
+new payments oldest first, against the contract the parity test (`test_contract.py`) holds both
+to; that trade-off is the owners' call, not this module's.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 
+# The service's range and, above it, the monolith's ids after SQLite's jump: all newer than any
+# id below the floor, so they come first, by creation time.
 _is_service = Payment.id >= SERVICE_ID_FLOOR
 NEWEST_FIRST = (
     case((_is_service, 1), else_=0).desc(),
@@ -162,7 +173,8 @@ def capture_payment(
 
         return work
 
-    return run_write(services, request, staff, idempotency_key, None, prepare)
+    target = {"payment_id": payment_id}
+    return run_write(services, request, staff, idempotency_key, None, prepare, target)
 
 
 @router.post("/payments/{payment_id}/refund", response_model=PaymentOut, responses=_ERRORS)
@@ -183,5 +195,7 @@ def refund_payment(
 
         return work
 
-    fingerprinted = body.model_dump(mode="json") if body is not None else None
-    return run_write(services, request, staff, idempotency_key, fingerprinted, prepare)
+    # The semantic request: no body means the whole balance, exactly as `{}` does.
+    fingerprinted = (body or RefundIn()).model_dump(mode="json")
+    target = {"payment_id": payment_id}
+    return run_write(services, request, staff, idempotency_key, fingerprinted, prepare, target)

@@ -4,7 +4,7 @@ answer. Answers are rendered here, once, so a replay is byte for byte the first 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import Request
@@ -34,6 +34,19 @@ def payment_response(
     return Response(render_json(body), status, headers=headers, media_type="application/json")
 
 
+def endpoint_of(request: Request, path_params: Mapping[str, int]) -> str:
+    """The operation a key is bound to: the method and the route's path rebuilt (`url_path_for`)
+    from the PARSED path parameters, e.g. "POST /api/v1/payments/1/refund" whether the client sent
+    `/payments/1/refund` or `/payments/0001/refund` (the same payment, as for the monolith).
+    Never the raw path: a client can pad it far beyond the stored column (String(200)). The
+    value is the raw path's for canonical paths, so keys stored before this rule still replay."""
+    route = request.scope.get("route")
+    name = getattr(route, "name", None)
+    if not isinstance(name, str):
+        raise RuntimeError(f"no route for {request.method} {request.url.path!r}")
+    return f"{request.method} {request.app.url_path_for(name, **path_params)}"
+
+
 def run_write(
     services: Services,
     request: Request,
@@ -41,8 +54,10 @@ def run_write(
     key: str | None,
     body: Any,
     prepare: Callable[[], Work],
+    path_params: Mapping[str, int] | None = None,
 ) -> Response:
-    """Run a write; with an Idempotency-Key, at most once per key (see idempotency.py)."""
+    """Run a write; with an Idempotency-Key, at most once per key (see idempotency.py).
+    `path_params` are the route's parsed path parameters (they name the operation's target)."""
     if key is None:
         work = prepare()
         with services.sessions() as session, session.begin():
@@ -50,7 +65,7 @@ def run_write(
         services.events_committed()
         return response
     store = services.idempotency
-    endpoint = f"{request.method} {request.url.path}"
+    endpoint = endpoint_of(request, path_params or {})
     claimed = store.claim(caller.id, key, endpoint, fingerprint(endpoint, body))
     if isinstance(claimed, Answer):
         return claimed.response(replayed=True)

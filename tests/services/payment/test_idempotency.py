@@ -264,3 +264,86 @@ def test_a_key_held_by_a_request_that_died_is_taken_over(
     again = post(service.url, "/api/v1/payments", alice, "orphan", body)
     assert (again.status_code, again.headers["idempotent-replayed"]) == (201, "true")
     assert count(service, Payment) == 1
+
+
+def paid_order(shop: Shop, base: str, who: Customer, amount_quantity: int = 2) -> dict[str, Any]:
+    order = shop.order(who, quantity=amount_quantity)
+    paid = post(base, "/api/v1/payments", who, None, {"order_id": order["id"], **CARD})
+    assert paid.status_code == 201, paid.text
+    return dict(paid.json())
+
+
+def test_a_zero_padded_payment_id_is_the_same_payment_as_on_the_monolith(
+    shop: Shop, start_service: ServiceFactory, database_url: str
+) -> None:
+    """A padded id is parsed to the same payment (never stored raw: it would overflow the
+    key's endpoint column on PostgreSQL and answer 500), and a key names the operation, not
+    its spelling: /payments/1/refund and /payments/01/refund are one request."""
+    started = start_service(database_url)
+    alice = shop.customer()
+    pad = "0" * 250
+
+    # Missing, padded: the monolith's 404, with or without a key, on both backends.
+    missing = f"/api/v1/payments/{pad}999999999999/refund"
+    legacy = post(shop.url, missing, shop.staff, None, {})
+    assert legacy.status_code == 404, legacy.text
+    for key in (None, "padded-missing", "padded-missing"):
+        answer = post(started.url, missing, shop.staff, key, {})
+        assert (answer.status_code, answer.json()) == (404, legacy.json())
+
+    # Existing, padded: the monolith refunds its own payment as if the id were unpadded.
+    legacy_paid = paid_order(shop, shop.url, alice)
+    refunded = post(shop.url, f"/api/v1/payments/{pad}{legacy_paid['id']}/refund", shop.staff, None)
+    assert refunded.status_code == 200, refunded.text
+    assert refunded.json()["id"] == legacy_paid["id"]
+
+    # ... and so does the service, replaying one key across spellings of the id.
+    payment = paid_order(shop, started.url, alice)
+    spellings = [str(payment["id"]), f"0{payment['id']}", f"{pad}{payment['id']}"]
+    answers = [
+        post(
+            started.url,
+            f"/api/v1/payments/{s}/refund",
+            shop.staff,
+            "one-refund",
+            {"amount": "1.00"},
+        )
+        for s in spellings
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers.get("idempotent-replayed") for a in answers] == [None, "true", "true"]
+    assert {a.content for a in answers} == {answers[0].content}
+    assert answers[0].json()["refunded_amount"] == "1.00"
+    shown = httpx.get(f"{started.url}/api/v1/payments/{payment['id']}", headers=alice.headers)
+    assert shown.json()["refunded_amount"] == "1.00"  # refunded once
+    with started.server.config.app.state.services.engine.connect() as conn:  # type: ignore[union-attr]
+        endpoints = set(conn.scalars(select(IdempotencyKey.endpoint)))
+    assert endpoints == {
+        "POST /api/v1/payments/999999999999/refund",
+        f"POST /api/v1/payments/{payment['id']}/refund",
+    }
+
+
+def test_a_refund_without_a_body_and_with_an_empty_one_are_the_same_request(
+    shop: Shop, started: ServerThread
+) -> None:
+    alice = shop.customer()
+    payment = paid_order(shop, started.url, alice)
+    refund = f"/api/v1/payments/{payment['id']}/refund"
+    first = post(started.url, refund, shop.staff, "whole-balance")  # no body: the whole balance
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "refunded"
+    for body in ({}, {"amount": None, "reason": None}):
+        again = post(started.url, refund, shop.staff, "whole-balance", body)
+        assert (again.status_code, again.headers.get("idempotent-replayed")) == (200, "true")
+        assert again.content == first.content
+    # The other way round: `{}` first, then no body.
+    other = paid_order(shop, started.url, alice)
+    path = f"/api/v1/payments/{other['id']}/refund"
+    assert post(started.url, path, shop.staff, "empty-first", {}).status_code == 200
+    replayed = post(started.url, path, shop.staff, "empty-first")
+    assert (replayed.status_code, replayed.headers.get("idempotent-replayed")) == (200, "true")
+    # A different refund with the same key is still refused.
+    changed = post(started.url, path, shop.staff, "empty-first", {"amount": "1.00"})
+    assert changed.status_code == 422
+    assert changed.json()["type"].endswith("/idempotency-key-reused")

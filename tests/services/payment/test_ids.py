@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import httpx
 import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
+from legacy_monolith.app import create_app as create_legacy_app
+from legacy_monolith.db import make_engine as make_legacy_engine
+from legacy_monolith.models import Order
+from legacy_monolith.models import Payment as LegacyPayment
+from legacy_monolith.seed import STAFF_USER, seed
+from legacy_monolith.settings import Settings as LegacySettings
 from services.payment.db import make_engine, upgrade, utcnow
 from services.payment.ids import (
     SERVICE_ID_FLOOR,
@@ -23,6 +31,8 @@ from services.payment.ids import (
     is_service_id,
 )
 from services.payment.models import IdBlock, Payment
+from services.payment.sync.apply import apply_to_service
+from tests.services.payment.conftest import FAST_HASH, Shop, serving
 
 START = SERVICE_ID_START
 
@@ -130,3 +140,91 @@ def test_a_legacy_id_in_the_service_range_stops_the_service(engine: Engine) -> N
     with pytest.raises(IdRangeError):
         check_legacy_id(SERVICE_ID_FLOOR)
     check_legacy_id(SERVICE_ID_FLOOR - 1)
+
+
+def test_only_ids_inside_the_service_range_are_refused_from_the_monolith() -> None:
+    for inside in (SERVICE_ID_FLOOR, SERVICE_ID_FLOOR + 1, START - 1, START):
+        with pytest.raises(IdRangeError, match="collide"):
+            check_legacy_id(inside)
+    for outside in (1, SERVICE_ID_FLOOR - 1, START + 1, START + 10**9, 2**53 - 1):
+        check_legacy_id(outside)  # ordinary monolith ids, and its ids after SQLite's jump
+
+
+def test_monolith_ids_above_the_service_range_do_not_stop_the_service(engine: Engine) -> None:
+    legacy_payment(engine, START + 1)  # the monolith's own payment after SQLite's jump
+    legacy_payment(engine, START + 2)
+    check_no_legacy_ids_in_range(engine)  # no block taken yet
+    allocator = IdAllocator(engine, block_size=10)
+    assert allocator.next_id() == START
+    legacy_payment(engine, START)  # ... copied back by the sync: fine
+    check_no_legacy_ids_in_range(engine)
+    legacy_payment(engine, START - 9)  # allocated: the lowest id of this very block
+    check_no_legacy_ids_in_range(engine)
+    legacy_payment(engine, START - 10)  # never handed out: only the monolith put it there
+    with pytest.raises(IdRangeError, match="collide"):
+        check_no_legacy_ids_in_range(engine)
+
+
+def test_the_monolith_on_sqlite_jumps_above_a_synced_service_payment(
+    engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The real monolith on SQLite: once the to-legacy sync has put a service payment (id 4e15)
+    in its table, its next own payment is 4e15 + 1; that id is not a collision, the sync copies
+    it into the service, and the service still starts and hands out its own ids."""
+    legacy_url = f"sqlite:///{tmp_path_factory.mktemp('jump') / 'legacy.db'}"
+    legacy = make_legacy_engine(legacy_url)
+    try:
+        seed(legacy, payments=2, users=2, products_per_category=2, password_iterations=FAST_HASH)
+        with legacy.begin() as conn:  # what the to-legacy sync writes for a service payment
+            order = conn.execute(select(Order.id, Order.user_id).limit(1)).one()
+            now = utcnow()
+            conn.execute(
+                insert(LegacyPayment).values(
+                    id=START,
+                    order_id=order.id,
+                    user_id=order.user_id,
+                    amount=Decimal("1.00"),
+                    currency="EUR",
+                    method="wallet",
+                    status="voided",
+                    refunded_amount=Decimal("0.00"),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        settings = LegacySettings(
+            database_url=legacy_url,
+            cache_prefix=f"legacy-jump:{secrets.token_hex(4)}:",
+            password_iterations=FAST_HASH,
+        )
+        with (
+            serving(create_legacy_app(settings)) as monolith,
+            httpx.Client(base_url=monolith.url, timeout=30) as http,
+        ):
+            shop = Shop(monolith.url, http)
+            shop.staff = shop.login(STAFF_USER)
+            alice = shop.customer()
+            order_id = shop.order(alice)["id"]
+            paid = http.post(
+                "/api/v1/payments",
+                json={"order_id": order_id, "method": "wallet"},
+                headers=alice.headers,
+            )
+        assert paid.status_code == 201, paid.text
+        new_id = paid.json()["id"]
+        assert new_id == START + 1  # SQLite: max(id) + 1, above the service's descending range
+        check_legacy_id(new_id)
+        with legacy.connect() as conn:
+            rows = (
+                conn.execute(select(LegacyPayment.__table__).where(LegacyPayment.id == new_id))
+                .mappings()
+                .all()
+            )
+    finally:
+        legacy.dispose()
+
+    IdAllocator(engine, block_size=1).next_id()  # the service has handed out START already
+    with engine.begin() as conn:
+        assert apply_to_service(conn, rows).inserted == 1  # the sync's follow: no collision
+    check_no_legacy_ids_in_range(engine)  # and the service still starts
+    assert IdAllocator(engine, block_size=1).next_id() == START - 1
