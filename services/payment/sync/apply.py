@@ -14,7 +14,11 @@ ids otherwise: Oracle caps an `IN` list at 1,000), then decide per row in Python
                                  monolith is the only writer, so this only happens after it;
 - otherwise                    → UPDATE every shared column, origin 'legacy', row_version + 1,
                                  guarded by the row_version just read: a service write racing
-                                 this batch wins, and the next poll's look-back compares again.
+                                 this batch wins. Each guarded UPDATE runs on its own and its row
+                                 count is checked (a batched executemany reports no reliable
+                                 count): a row the guard did not match counts as kept, gets no
+                                 event, and is listed in `ApplyCounts.raced` so follow holds its
+                                 high-water mark before it and the next poll compares it again.
 
 With `emit_events`, every row written also gets an `outbox` row in the same transaction
 (`payment.voided` when the monolith voided it, `payment.synced` otherwise, payload origin
@@ -31,7 +35,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
@@ -64,6 +69,9 @@ class ApplyCounts:
     updated: int = 0
     unchanged: int = 0
     kept_service: int = 0
+    # (legacy updated_at, id) of rows whose guarded UPDATE matched nothing: a service write
+    # committed between the read and the update. Counted in kept_service; re-read next poll.
+    raced: list[tuple[datetime, int]] = field(default_factory=list)
 
     @property
     def written(self) -> int:
@@ -78,6 +86,7 @@ class ApplyCounts:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.kept_service += other.kept_service
+        self.raced.extend(other.raced)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -135,7 +144,7 @@ def apply_to_service(
         return counts
     current = existing_rows(conn, [r["id"] for r in rows], id_range)
     inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    updates: list[tuple[Mapping[Any, Any], dict[str, Any], dict[str, Any] | None]] = []
     events: list[dict[str, Any]] = []
     for row in rows:
         mine = current.get(row["id"])
@@ -154,18 +163,31 @@ def apply_to_service(
         else:
             values = {f"v_{name}": row[name] for name in FIELDS if name != "id"}
             version = int(mine["row_version"])
-            updates.append(
-                {**values, "b_id": row["id"], "b_version": version, "v_row_version": version + 1}
-            )
+            params = {
+                **values,
+                "b_id": row["id"],
+                "b_version": version,
+                "v_row_version": version + 1,
+            }
+            event = None
             if emit_events:
                 voided = row["status"] == "voided" and mine["status"] != "voided"
-                events.append(outbox_row(row, version + 1, VOIDED if voided else SYNCED))
+                event = outbox_row(row, version + 1, VOIDED if voided else SYNCED)
+            updates.append((row, params, event))
     if inserts:
         conn.execute(insert_statement(), inserts)
         counts.inserted = len(inserts)
     if updates:
-        conn.execute(update_statement(), updates)
-        counts.updated = len(updates)
+        statement = update_statement()
+        for row, params, event in updates:
+            # One statement per row: its row count says whether the version guard matched.
+            if conn.execute(statement, params).rowcount == 1:
+                counts.updated += 1
+                if event is not None:
+                    events.append(event)
+            else:  # a service write committed since the read: it wins, compared again later
+                counts.kept_service += 1
+                counts.raced.append((row["updated_at"], int(row["id"])))
     if events:
         conn.execute(insert(outbox), events)
     return counts

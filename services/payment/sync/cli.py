@@ -222,6 +222,14 @@ def to_legacy(
     metrics_port: Annotated[
         int | None, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics here.")
     ] = None,
+    max_clock_skew: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds the service's and the monolith's clocks may differ: a legacy row "
+            "counts as newer than an event only beyond this.",
+        ),
+    ] = 5.0,
     json_output: JsonOutput = False,
     migrate: Migrate = False,
 ) -> None:
@@ -247,7 +255,7 @@ def to_legacy(
         try:
             return await run_to_legacy(
                 subscriber,
-                LegacyApplier(legacy, service, metrics=metrics),
+                LegacyApplier(legacy, service, metrics=metrics, max_clock_skew=max_clock_skew),
                 stop=stop,
                 batch=batch_size,
                 block_ms=block_ms,
@@ -302,14 +310,18 @@ def reconcile(
 
     with errors_as_exit():
         legacy, service = engines(legacy_db, service_db, migrate)
-        report = run(
-            legacy,
-            service,
-            settle=settle,
-            recheck_after=recheck_after,
-            max_drift=max_drift,
-            chunk_rows=chunk_rows,
-        )
+        try:
+            report = run(
+                legacy,
+                service,
+                settle=settle,
+                recheck_after=recheck_after,
+                max_drift=max_drift,
+                chunk_rows=chunk_rows,
+            )
+        finally:
+            legacy.dispose()
+            service.dispose()
     if json_output:
         emit_json(report.as_dict())
     else:
@@ -326,6 +338,13 @@ def reconcile(
 def status(
     service_db: ServiceDb = DEFAULT_SERVICE_DB,
     legacy_db: LegacyDb = DEFAULT_LEGACY_DB,
+    reconcile_max_age: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="The cutover gate counts only reconciles finished within this many seconds.",
+        ),
+    ] = 900.0,
     json_output: JsonOutput = False,
 ) -> None:
     """What each job last did: backfill checkpoint, follow high-water mark and lag, to-legacy
@@ -334,7 +353,13 @@ def status(
 
     with errors_as_exit():
         service = service_engine(service_db, migrate=False)
-        data = gather_status(service, legacy_if_reachable(legacy_db))
+        legacy = legacy_if_reachable(legacy_db)
+        try:
+            data = gather_status(service, legacy, reconcile_max_age=reconcile_max_age)
+        finally:
+            service.dispose()
+            if legacy is not None:
+                legacy.dispose()
     if json_output:
         emit_json(data)
         return

@@ -55,6 +55,7 @@ from services.payment.sync.state import (
     POLLING,
     STOPPED,
     Checkpoint,
+    interval_note,
     load_checkpoint,
     record_lag,
     save_checkpoint,
@@ -143,6 +144,7 @@ class PollOptions:
     page_size: int = DEFAULT_PAGE_SIZE
     max_pages: int | None = None
     emit_events: bool = True
+    interval: float | None = None  # a continuous follower's; None for one poll (--once)
 
 
 def follow_once(
@@ -194,6 +196,7 @@ def _poll(
     cap = now - timedelta(seconds=safety_delay)
     scan: Mark | None = None if mark is None else (mark[0] - timedelta(seconds=lookback), -1)
     result = FollowResult(source_newest=newest, cap=cap)
+    held: Mark | None = None
     while max_pages is None or result.pages < max_pages:
         with legacy.connect() as conn:
             rows = list(conn.execute(page_query(scan, cap, page_size)).mappings())
@@ -201,7 +204,11 @@ def _poll(
             break
         last: Mark = (rows[-1]["updated_at"], int(rows[-1]["id"]))
         moved = mark if mark is not None and mark >= last else last
-        checkpoint, counts = _apply_page(service, rows, checkpoint, moved, emit_events)
+        if held is not None:  # a row raced earlier in this poll: the mark stays before it
+            moved = min(moved, held)
+        checkpoint, counts, moved = _apply_page(service, rows, checkpoint, moved, emit_events)
+        if counts.raced:
+            held = moved
         mark, scan = moved, last
         result.pages += 1
         result.rows_read += len(rows)
@@ -210,17 +217,23 @@ def _poll(
             break
     result.high_water = mark
     result.seconds = time.perf_counter() - started
-    _finish(service, checkpoint, result, now, metrics, status)
+    _finish(service, checkpoint, result, now, metrics, status, options.interval)
     return result
 
 
 def _apply_page(
     service: Engine, rows: list[Any], checkpoint: Checkpoint, mark: Mark, emit_events: bool
-) -> tuple[Checkpoint, ApplyCounts]:
+) -> tuple[Checkpoint, ApplyCounts, Mark]:
+    """Apply one page and move the mark in one transaction. When a service write won a row's
+    version guard (`ApplyCounts.raced`), the mark is held just before that row instead, so the
+    next poll reads it again whatever the look-back: never skip ahead of an unsettled row."""
     for attempt in (1, 2):
         try:
             with service.begin() as conn:
                 counts = apply_to_service(conn, rows, emit_events=emit_events)
+                if counts.raced:
+                    at, raced_id = min(counts.raced)
+                    mark = min(mark, (at, raced_id - 1))
                 moved = replace(
                     checkpoint,
                     position_at=mark[0],
@@ -229,7 +242,7 @@ def _apply_page(
                     rows_written=checkpoint.rows_written + counts.written,
                 )
                 save_checkpoint(conn, moved)
-            return moved, counts
+            return moved, counts, mark
         except IntegrityError:
             if attempt == 2:  # a concurrent backfill inserted one of these ids: retry once
                 raise
@@ -243,6 +256,7 @@ def _finish(
     now: datetime,
     metrics: SyncMetrics | None,
     status: str,
+    interval: float | None,
 ) -> None:
     newest, mark = result.source_newest, result.high_water
     reference = mark[0] if mark is not None else result.cap
@@ -260,7 +274,7 @@ def _finish(
         rows_per_second=result.rows_per_second,
         source_at=newest,
         finished_at=now,
-        message=None,
+        message=interval_note(interval),  # read by the cutover gate (`status.py`)
     )
     with service.begin() as conn:
         save_checkpoint(conn, checkpoint)
@@ -290,7 +304,7 @@ def follow(
     """Poll until `stop` is set, holding the follow lease. A failed poll is logged and retried
     with a doubling backoff (up to 30 s): a database blip must not end the follower."""
     stop = stop or threading.Event()
-    options = PollOptions(lookback, safety_delay, page_size, None, emit_events)
+    options = PollOptions(lookback, safety_delay, page_size, None, emit_events, interval)
     check_service_schema(service)
     with JobLease(service, JOB_FOLLOW) as lease:
         failures = 0

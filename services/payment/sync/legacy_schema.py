@@ -1,4 +1,5 @@
-"""The monolith's `payments` table as the sync sees it, declared here with SQLAlchemy Core.
+"""The monolith's `payments` table (and the two `orders` columns it needs) as the sync sees
+them, declared here with SQLAlchemy Core.
 
 The service never imports `legacy_monolith` (a separate team would not have its code), so the
 shape is written down from the production schema. This metadata is never used to create
@@ -37,6 +38,15 @@ legacy_payments = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Only what the business-invariant check reads (a payment live on a cancelled order): read-only.
+legacy_orders = Table(
+    "orders",
+    legacy_metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+)
+ORDER_CANCELLED = "cancelled"
 
 
 def check_legacy_schema(conn: Connection) -> None:

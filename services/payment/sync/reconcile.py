@@ -10,7 +10,11 @@
 3. Wait out the settle window and re-read every mismatched key on both sides; report only what
    still differs (GoldenGate Veridata, DMS revalidation). A row changed in the meantime is "in
    flight", not drift.
-4. Record the result in `sync_reconciles` (the status command and the cutover gate read it).
+4. Check a business invariant the row comparison cannot see (`invariants.py`): a payment live
+   in either database on an order cancelled in the monolith is reported as
+   `cancelled_order_with_live_payment` and counted in the drift (found again after the settle
+   wait before it is reported).
+5. Record the result in `sync_reconciles` (the status command and the cutover gate read it).
 
 Read-only on both databases. Hard deletes in the monolith show up here as rows extra in the
 service (polling cannot see them).
@@ -38,6 +42,7 @@ from services.payment.sync.diff import (
     young_ids,
 )
 from services.payment.sync.engines import check_service_schema, database_now, reading
+from services.payment.sync.invariants import CATEGORY, LiveOnCancelled, live_on_cancelled
 from services.payment.sync.legacy_schema import check_legacy_schema, legacy_payments
 from services.payment.sync.progress import NoProgress, Progress
 from services.payment.sync.rows import FIELDS, normalise, row_hash
@@ -64,12 +69,14 @@ class Report:
     skipped_young: int = 0
     in_flight: int = 0
     findings: Findings = field(default_factory=Findings)
+    cancelled_live: list[LiveOnCancelled] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def drift(self) -> int:
         found = self.findings
-        return len(found.missing) + len(found.extra) + len(found.differing)
+        rows = len(found.missing) + len(found.extra) + len(found.differing)
+        return rows + len(self.cancelled_live)
 
     @property
     def passed(self) -> bool:
@@ -88,10 +95,12 @@ class Report:
             "missing": sorted(found.missing)[:limit],
             "extra": sorted(found.extra)[:limit],
             "differing": differing[:limit],
+            CATEGORY: [item.as_dict() for item in self.cancelled_live][:limit],
             "counts": {
                 "missing": len(found.missing),
                 "extra": len(found.extra),
                 "differing": len(found.differing),
+                CATEGORY: len(self.cancelled_live),
             },
             "rows_legacy": self.rows_legacy,
             "rows_service": self.rows_service,
@@ -204,6 +213,7 @@ def reconcile(
     finally:
         progress.stop()
     report.findings = _recheck(legacy, service, candidates, recheck_after, settle, sleep, report)
+    report.cancelled_live = _invariant(legacy, service, recheck_after, sleep)
     report.finished_at = utcnow()
     report.seconds = time.perf_counter() - clock
     if record:
@@ -255,6 +265,21 @@ def _recheck(
                 right = [row for row in right if row.id not in young]
             compare_rows(left, right, confirmed)
     return confirmed
+
+
+def _invariant(
+    legacy: Engine, service: Engine, wait: float, sleep: Callable[[float], None]
+) -> list[LiveOnCancelled]:
+    """Payments live on a cancelled order; any found are looked for again after `wait` (the
+    follow may not have copied the monolith's void yet) and only those found twice reported."""
+    with reading(legacy) as old, reading(service) as new:
+        found = live_on_cancelled(old, new)
+    if not found or wait <= 0:
+        return found
+    sleep(wait)
+    first = {item.payment_id for item in found}
+    with reading(legacy) as old, reading(service) as new:
+        return [item for item in live_on_cancelled(old, new) if item.payment_id in first]
 
 
 def record_report(service: Engine, report: Report) -> None:

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from services.payment.sync.backfill import BackfillResult
 from services.payment.sync.incremental import FollowResult
+from services.payment.sync.invariants import CATEGORY
 from services.payment.sync.reconcile import Report
 from services.payment.sync.to_legacy import ToLegacyResult
 
@@ -54,7 +55,8 @@ def reconcile_summary(report: Report) -> str:
     verdict = "passed" if report.passed else "FAILED"
     return (
         f"reconcile {verdict}: drift {report.drift} (max {report.max_drift}): "
-        f"{len(f.missing)} missing, {len(f.extra)} extra, {len(f.differing)} differing; "
+        f"{len(f.missing)} missing, {len(f.extra)} extra, {len(f.differing)} differing, "
+        f"{len(report.cancelled_live)} live payment(s) on a cancelled order; "
         f"{report.rows_legacy:,} legacy / {report.rows_service:,} service rows in "
         f"{report.chunks} chunks, {report.skipped_young} too young to compare, "
         f"{report.in_flight} in flight at re-check; {report.seconds:.1f}s"
@@ -70,6 +72,16 @@ def reconcile_table(report: Report, limit: int) -> Table | None:
     for key, fields in sorted(f.differing.items()):
         for name, (legacy, service) in fields.items():
             lines.append((str(key), "differing", name, _show(legacy), _show(service)))
+    for item in report.cancelled_live:
+        lines.append(
+            (
+                str(item.payment_id),
+                CATEGORY,
+                f"order {item.order_id} cancelled: refund",
+                _show(item.legacy_status or "(absent)"),
+                _show(item.service_status or "(absent)"),
+            )
+        )
     if not lines:
         return None
     table = Table(title="drift (in legacy, not service = missing; in service only = extra)")

@@ -5,7 +5,9 @@
   last copied id and the id it runs up to; follow: the (updated_at, id) high-water mark; to-legacy:
   the stream entry id or outbox id), counters, last lag and rows/s, timestamps, last error.
   Each batch writes it in the same transaction as the batch's rows, so a crash resumes exactly
-  after the last committed batch.
+  after the last committed batch. Follow's `message` holds its poll interval
+  (`poll interval=1.0s`, `interval_note`; absent after a `--once` poll): the cutover gate
+  judges whether the follower is alive by it (the table has no column of its own for it).
 - `sync_lag_samples`: one row per follow poll (lag, rows, rows/s), pruned to a day.
 - `sync_events_done`: every event id the to-legacy consumer has handled, with its payment id,
   row version and outcome: delivery is at-least-once, so a redelivered id is skipped, and an
@@ -145,6 +147,24 @@ class Checkpoint:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+INTERVAL_NOTE = "poll interval="
+
+
+def interval_note(seconds: float | None) -> str | None:
+    """Follow's checkpoint message recording its poll interval (None: a single poll)."""
+    return None if seconds is None else f"{INTERVAL_NOTE}{seconds:g}s"
+
+
+def noted_interval(message: str | None) -> float | None:
+    """The poll interval `interval_note` wrote into a checkpoint message, if any."""
+    if not message or not message.startswith(INTERVAL_NOTE):
+        return None
+    try:
+        return float(message[len(INTERVAL_NOTE) :].split("s", 1)[0])
+    except ValueError:
+        return None
 
 
 def load_checkpoint(conn: Connection, job: str) -> Checkpoint | None:

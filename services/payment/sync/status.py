@@ -17,14 +17,20 @@ from services.payment.sync.state import (
     JOB_BACKFILL,
     JOB_FOLLOW,
     JOB_TO_LEGACY,
+    ONCE,
+    STOPPED,
     Checkpoint,
     lag_percentiles,
     load_checkpoint,
+    noted_interval,
     processed_count,
     reconciles,
 )
 
 LAG_WINDOW = timedelta(hours=1)
+# Follow counts as alive when its last poll ended within max(3 poll intervals, 10 s).
+ALIVE_INTERVALS, ALIVE_MIN_SECONDS = 3, 10.0
+DEFAULT_RECONCILE_MAX_AGE = 15 * 60.0  # reconciles older than this do not open the gate
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -92,9 +98,15 @@ def _live_lag(legacy: Engine, follow: Checkpoint) -> float | None:
     return max(0.0, float((newest - follow.position_at).total_seconds()))
 
 
-def gather_status(service: Engine, legacy: Engine | None = None) -> dict[str, Any]:
+def gather_status(
+    service: Engine,
+    legacy: Engine | None = None,
+    *,
+    reconcile_max_age: float = DEFAULT_RECONCILE_MAX_AGE,
+) -> dict[str, Any]:
     """Every job's state as one JSON-ready dict (`--json`); with the legacy engine, the follow
-    part also says how far behind the legacy's newest change it is right now."""
+    part also says how far behind the legacy's newest change it is right now. The cutover part
+    lists each gate condition and, for every unmet one, why (`cutover_check`)."""
     with reading(service) as conn:
         backfill = load_checkpoint(conn, JOB_BACKFILL)
         follow = load_checkpoint(conn, JOB_FOLLOW)
@@ -122,9 +134,13 @@ def gather_status(service: Engine, legacy: Engine | None = None) -> dict[str, An
     following = _follow(follow, lag)
     if following is not None and legacy is not None and follow is not None:
         following["live_lag_seconds"] = _live_lag(legacy, follow)
-    gate = cutover_check(service)
+    gate = cutover_check(service, reconcile_max_age=reconcile_max_age)
     return {
-        "cutover": {"ready": gate.ready, "reasons": list(gate.reasons)},
+        "cutover": {
+            "ready": gate.ready,
+            "reasons": list(gate.reasons),
+            "checks": list(gate.checks),
+        },
         "backfill": _backfill(backfill),
         "follow": following,
         "to_legacy": _to_legacy(to_legacy, processed),
@@ -186,41 +202,127 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
         )
     )
     gate = status["cutover"]
-    lines.append(
-        ("cutover gate", "ready" if gate["ready"] else "not ready: " + "; ".join(gate["reasons"]))
-    )
+    lines.append(("cutover gate", "ready" if gate["ready"] else "NOT READY"))
+    for check in gate.get("checks", []):
+        mark = "ok" if check["ok"] else "UNMET"
+        label = str(check["name"]).split("_", 1)[0]  # no wider than "cutover gate"
+        lines.append((f"  {label}", f"{mark}: {check['detail']}"))
     return lines
 
 
 @dataclass(frozen=True)
 class CutoverCheck:
-    """Whether the data allows moving payment writes to the service, and why not."""
+    """Whether the data allows moving payment writes to the service, and why not: `reasons`
+    says, for every unmet condition, what is wrong; `checks` lists every condition."""
 
     ready: bool
     reasons: tuple[str, ...]
+    checks: tuple[dict[str, Any], ...] = ()
+
+
+def follow_deadline(interval: float | None) -> float:
+    """Seconds since its last poll within which a follower counts as alive."""
+    return max(ALIVE_INTERVALS * (interval or 0.0), ALIVE_MIN_SECONDS)
 
 
 def cutover_check(
-    service: Engine, *, max_lag_seconds: float = 5.0, confirmations: int = 2
+    service: Engine,
+    *,
+    max_lag_seconds: float = 5.0,
+    confirmations: int = 2,
+    reconcile_max_age: float = DEFAULT_RECONCILE_MAX_AGE,
+    now: datetime | None = None,
 ) -> CutoverCheck:
-    """The gate DATA-SYNC.md asks the route table to respect: the backfill is done, the follow
-    lag is within budget, and the last `confirmations` reconciles all found drift 0
-    ("drift 0, confirmed twice")."""
-    reasons: list[str] = []
+    """The gate DATA-SYNC.md asks the route table to respect ("drift 0, confirmed twice"), on
+    live data only:
+
+    - backfill: it has finished;
+    - follow alive: its last poll ended within max(3 x its poll interval, 10 s) and it was not
+      stopped (a `--once` poll counts only while that recent);
+    - lag: follow's lag is within `max_lag_seconds`;
+    - reconciles: the last `confirmations` reconciles found drift 0, finished after the backfill
+      did, and the older of them finished within `reconcile_max_age` seconds.
+    """
+    now = now or utcnow()
     with reading(service) as conn:
         backfill = load_checkpoint(conn, JOB_BACKFILL)
         follow = load_checkpoint(conn, JOB_FOLLOW)
         recent = list(
             conn.execute(
-                select(reconciles.c.drift).order_by(reconciles.c.id.desc()).limit(confirmations)
-            ).scalars()
+                select(reconciles.c.drift, reconciles.c.finished_at)
+                .order_by(reconciles.c.id.desc())
+                .limit(confirmations)
+            ).all()
         )
-    if backfill is None or backfill.status != "done":
-        reasons.append("the backfill has not finished")
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, problem: str | None, detail: str) -> None:
+        checks.append({"name": name, "ok": problem is None, "detail": problem or detail})
+
+    backfilled = backfill is not None and backfill.status == "done"
+    check(
+        "backfill",
+        None if backfilled else "the backfill has not finished",
+        f"done at {_iso(backfill.finished_at) if backfill else None}",
+    )
+    check("follow_alive", _follow_dead(follow, now), "follow polled recently")
     if follow is None or follow.lag_seconds is None:
-        reasons.append("follow has not run")
+        lag_problem: str | None = "follow has not run, so its lag is unknown"
     elif follow.lag_seconds > max_lag_seconds:
-        reasons.append(f"follow lag {follow.lag_seconds:.1f}s is over {max_lag_seconds:.1f}s")
-    if len(recent) < confirmations or any(drift != 0 for drift in recent):
-        reasons.append(f"the last {confirmations} reconciles did not all find drift 0")
-    return CutoverCheck(not reasons, tuple(reasons))
+        lag_problem = f"follow lag {follow.lag_seconds:.1f}s is over {max_lag_seconds:.1f}s"
+    else:
+        lag_problem = None
+    check("lag", lag_problem, f"follow lag within {max_lag_seconds:.1f}s")
+    check(
+        "reconciles",
+        _reconciles_unmet(recent, confirmations, backfill, now, reconcile_max_age),
+        f"the last {confirmations} reconciles found drift 0 within {reconcile_max_age:g}s",
+    )
+    reasons = tuple(str(c["detail"]) for c in checks if not c["ok"])
+    return CutoverCheck(not reasons, reasons, tuple(checks))
+
+
+def _follow_dead(follow: Checkpoint | None, now: datetime) -> str | None:
+    """Why follow does not count as alive, or None when it does."""
+    if follow is None or follow.updated_at is None:
+        return "follow has not run"
+    if follow.status == STOPPED:
+        return f"follow is stopped (since {_iso(follow.updated_at)}): start it again"
+    limit = follow_deadline(noted_interval(follow.message))
+    age = (now - follow.updated_at).total_seconds()
+    if age > limit:
+        kind = "a single follow poll (--once)" if follow.status == ONCE else "follow"
+        return (
+            f"{kind} last finished {age:.0f}s ago, over {limit:g}s: follow must be running "
+            "(is it dead?)"
+        )
+    return None
+
+
+def _reconciles_unmet(
+    recent: list[Any],
+    confirmations: int,
+    backfill: Checkpoint | None,
+    now: datetime,
+    max_age: float,
+) -> str | None:
+    """Why the recent reconciles do not confirm drift 0 on fresh data, or None."""
+    if len(recent) < confirmations:
+        return f"{len(recent)} of the {confirmations} reconciles needed have run"
+    if any(drift != 0 for drift, _at in recent):
+        drifts = ", ".join(str(drift) for drift, _at in recent)
+        return f"the last {confirmations} reconciles did not all find drift 0 (drift {drifts})"
+    oldest = min(at for _drift, at in recent)
+    done = backfill.finished_at if backfill is not None else None
+    if done is not None and oldest < done:
+        return (
+            f"a reconcile among the last {confirmations} finished ({_iso(oldest)}) before the "
+            f"backfill did ({_iso(done)}): reconcile again"
+        )
+    age = (now - oldest).total_seconds()
+    if age > max_age:
+        return (
+            f"the last {confirmations} reconciles are stale (the older finished {age:.0f}s "
+            f"ago, over {max_age:g}s): reconcile again"
+        )
+    return None

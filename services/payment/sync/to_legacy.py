@@ -10,9 +10,16 @@ Writes only the legacy `payments` rows. Per batch of events read from a `Subscri
    - `echo`       its payload's origin is 'legacy' (a change the sync brought FROM the monolith):
                   skipped, so nothing loops back (DMS / GoldenGate bidirectional's tagging);
    - `stale`      its row_version is below one already applied, or the legacy row's
-                  `updated_at` is newer (the monolith changed it since, e.g. voided it): skipped;
+                  `updated_at` is newer by more than `max_clock_skew` (the monolith changed it
+                  since, e.g. voided it): skipped;
    - `unchanged`  the legacy row already equals it (a redelivery after a crash): skipped;
    - `applied`    written by the guarded upsert of `legacy_write.py`;
+   - `conflict`   written too (the record must be true), but the payment is live (authorized,
+                  captured, partially_refunded) and the monolith has CANCELLED its order: the
+                  monolith's cancel cannot see a service payment not yet delivered, so the
+                  customer may have paid for a cancelled order. Logged as a warning with the
+                  payment and order ids; an operator must refund (`invariants.py`; reconcile
+                  reports it too);
    - `rejected`   the legacy database refused the row (a constraint, a value out of range):
                   logged, counted, skipped, so one bad event cannot stop the stream. Any other
                   database error leaves the batch unacked, to be delivered again.
@@ -22,6 +29,14 @@ Writes only the legacy `payments` rows. Per batch of events read from a `Subscri
 
 A crash between 2 and 3 redelivers the batch; the guard makes its events `unchanged`. Events of
 one payment arrive in order (the relay publishes in outbox order) and are applied in order.
+
+Two clocks: the event's `updated_at` is stamped by the service's clock, the legacy row's by the
+monolith's (or copied from an earlier event). A legacy row is therefore taken as newer only when
+its `updated_at` is ahead of the event's by more than `max_clock_skew` (default 5 s, option
+`--max-clock-skew`), both in the read and in the upsert's guard: otherwise a service clock
+running behind the monolith's would mark a real refund stale forever. The price: a monolith
+write less than that skew before a service change is overwritten by it; keep the hosts' clocks
+synchronised (NTP) well within it.
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -44,7 +59,8 @@ from services.payment.db import utcnow
 from services.payment.events import Event, Subscriber
 from services.payment.models import ORIGIN_LEGACY
 from services.payment.sync.engines import reading
-from services.payment.sync.legacy_schema import legacy_payments
+from services.payment.sync.invariants import LIVE_STATUSES
+from services.payment.sync.legacy_schema import ORDER_CANCELLED, legacy_orders, legacy_payments
 from services.payment.sync.legacy_write import guarded_upsert
 from services.payment.sync.metrics import SyncMetrics
 from services.payment.sync.rows import FIELDS, normalise
@@ -62,10 +78,12 @@ from services.payment.sync.state import (
 
 log = logging.getLogger("strangler.sync.to_legacy")
 
-OUTCOMES = ("applied", "unchanged", "duplicate", "echo", "stale", "rejected")
-APPLIED_OUTCOMES = ("applied", "unchanged")
+OUTCOMES = ("applied", "conflict", "unchanged", "duplicate", "echo", "stale", "rejected")
+APPLIED_OUTCOMES = ("applied", "conflict", "unchanged")
+WRITTEN_OUTCOMES = ("applied", "conflict")
 IN_LIST_MAX = 500
 DEFAULT_BATCH = 100
+DEFAULT_MAX_CLOCK_SKEW = 5.0  # seconds the service's and the monolith's clocks may differ
 
 
 @dataclass
@@ -112,11 +130,17 @@ class LegacyApplier:
     """Applies batches of events to the legacy table and records them in the service DB."""
 
     def __init__(
-        self, legacy: Engine, service: Engine, *, metrics: SyncMetrics | None = None
+        self,
+        legacy: Engine,
+        service: Engine,
+        *,
+        metrics: SyncMetrics | None = None,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.legacy = legacy
         self.service = service
         self.metrics = metrics
+        self.skew = timedelta(seconds=max_clock_skew)
 
     def mark(self, status: str) -> None:
         with self.service.begin() as conn:
@@ -177,14 +201,16 @@ class LegacyApplier:
         values = payload_values(event.payload)
         table = legacy_payments
         current = conn.execute(select(table).where(table.c.id == values["id"])).mappings().first()
-        if current is not None and current["updated_at"] > values["updated_at"]:
+        newest_allowed = values["updated_at"] + self.skew  # the two clocks may differ this much
+        if current is not None and current["updated_at"] > newest_allowed:
             return "stale"
         if current is not None and normalise(current) == normalise(values):
             self._applied(versions, event)
             return "unchanged"
         try:
             with conn.begin_nested():
-                written = conn.execute(guarded_upsert(conn.dialect.name, values))
+                statement = guarded_upsert(conn.dialect.name, values, newest_allowed)
+                written = conn.execute(statement)
         except (IntegrityError, DataError) as exc:
             # The row itself is refused (a constraint, a value out of range): retrying cannot
             # help. Anything else (a lock timeout, a lost connection) propagates: the batch is
@@ -194,7 +220,27 @@ class LegacyApplier:
         if not written.rowcount:
             return "stale"  # the monolith wrote a newer row between our read and the upsert
         self._applied(versions, event)
-        return "applied"
+        return "conflict" if self._on_cancelled_order(conn, values) else "applied"
+
+    @staticmethod
+    def _on_cancelled_order(conn: Connection, values: Mapping[str, Any]) -> bool:
+        """A live payment just written for an order the monolith has cancelled (logged)."""
+        if values["status"] not in LIVE_STATUSES:
+            return False
+        orders = legacy_orders
+        state = conn.scalar(select(orders.c.state).where(orders.c.id == values["order_id"]))
+        if state != ORDER_CANCELLED:
+            return False
+        log.warning(
+            "to-legacy: CONFLICT: payment %s is %s but its order %s is cancelled in the "
+            "monolith (cancelled before this payment reached it): applied anyway; an operator "
+            "must refund payment %s",
+            values["id"],
+            values["status"],
+            values["order_id"],
+            values["id"],
+        )
+        return True
 
     @staticmethod
     def _applied(versions: dict[int, int], event: Event) -> None:
@@ -250,7 +296,7 @@ class LegacyApplier:
         checkpoint = load_checkpoint(conn, JOB_TO_LEGACY) or Checkpoint(
             job=JOB_TO_LEGACY, started_at=utcnow()
         )
-        applied = sum(1 for _e, outcome in decided if outcome == "applied")
+        applied = sum(1 for _e, outcome in decided if outcome in WRITTEN_OUTCOMES)
         position_id = checkpoint.position_id
         if last.message_id.isdigit():  # an outbox id (the outbox source)
             position_id = max(position_id or 0, *(int(e.message_id) for e, _o in decided))
@@ -303,9 +349,15 @@ async def run_to_legacy(
     return result
 
 
-def apply_events(legacy: Engine, service: Engine, events: Sequence[Event]) -> Counter[str]:
+def apply_events(
+    legacy: Engine,
+    service: Engine,
+    events: Sequence[Event],
+    *,
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+) -> Counter[str]:
     """Apply these events now (a demo or a test handing events over directly)."""
-    return LegacyApplier(legacy, service).handle(events)
+    return LegacyApplier(legacy, service, max_clock_skew=max_clock_skew).handle(events)
 
 
 def to_legacy_once(
@@ -314,6 +366,7 @@ def to_legacy_once(
     subscriber: Subscriber | None = None,
     *,
     batch: int = DEFAULT_BATCH,
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
 ) -> ToLegacyResult:
     """Apply every event available now, then return: from `subscriber` (left open), or the
     service's outbox table (`sources.OutboxSubscriber`) when none is given. Not for use inside
@@ -321,7 +374,7 @@ def to_legacy_once(
     from services.payment.sync.sources import OutboxSubscriber
 
     source = subscriber or OutboxSubscriber(service)
-    applier = LegacyApplier(legacy, service)
+    applier = LegacyApplier(legacy, service, max_clock_skew=max_clock_skew)
 
     async def run() -> ToLegacyResult:
         try:

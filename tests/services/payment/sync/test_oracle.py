@@ -162,7 +162,9 @@ def test_the_guarded_upsert_is_a_merge_on_oracle(dialect: Dialect) -> None:
     assert sql.startswith("MERGE INTO payments t USING (SELECT :m_id AS id, ")
     assert "FROM dual) s ON (t.id = s.id)" in sql
     assert "WHEN MATCHED THEN UPDATE SET t.order_id = s.order_id" in sql
-    assert "WHERE t.updated_at <= s.updated_at WHEN NOT MATCHED THEN INSERT (id, " in sql
+    guard = "WHERE t.updated_at <= :m_newest_allowed WHEN NOT MATCHED THEN INSERT (id, "
+    assert guard in sql
+    assert compiled.params["m_newest_allowed"] == at  # no skew given: the row's own updated_at
     assert compiled.params["m_id"] == 4_000_000_000_000_000
     assert compiled.params["m_amount"] == Decimal("9.99")
 

@@ -125,7 +125,7 @@ def test_a_duplicate_is_applied_once_and_an_old_event_never_overwrites(pair: Pai
 
     # The monolith voids it later (its own write after cutover): an event older than that
     # write is not applied, even with a higher row_version than any applied so far.
-    voided_at = utcnow() + timedelta(seconds=5)
+    voided_at = utcnow() + timedelta(seconds=60)  # well beyond the 5 s clock-skew tolerance
     with pair.writer.begin() as conn:
         conn.execute(
             update(LegacyPayment)
@@ -261,3 +261,28 @@ def test_a_row_the_legacy_database_refuses_is_counted_not_blocking(sqlite_pair: 
     }
     assert pair.legacy_row(paid - 1) is None
     assert json.loads(json.dumps(created.payload))["origin"] == "service"
+
+
+def test_a_service_clock_behind_the_monolith_does_not_make_a_refund_stale(pair: Pair) -> None:
+    """The monolith stamped the payment with its clock 3 s ahead; the service, its clock behind,
+    refunds it: within the clock-skew tolerance (5 s) the refund is applied, not 'stale'."""
+    from services.payment.schemas import RefundIn
+
+    ahead = utcnow() + timedelta(seconds=3)
+    paid = pair.insert_legacy(status="captured", created_at=ahead, updated_at=ahead)
+    backfill(pair.legacy, pair.service)
+    sessions = make_session_factory(pair.service)
+    with sessions() as session, session.begin():
+        billing.refund(session, paid, RefundIn(reason="changed my mind"), utcnow())
+    (refunded,) = outbox_events(pair, paid)
+    assert refunded.payload["origin"] == "service"
+    assert refunded.payload["updated_at"] < pair.legacy_row(paid)["updated_at"].isoformat()  # type: ignore[index]
+
+    # With no tolerance the two clocks' difference wins (the old behaviour): stale forever.
+    assert apply_events(pair.writer, pair.service, [refunded], max_clock_skew=0) == {"stale": 1}
+    again = replace(refunded, event_id="00000000-0000-4000-8000-000000000009")
+    assert apply_events(pair.writer, pair.service, [again]) == {"applied": 1}
+    row = pair.legacy_row(paid)
+    assert row is not None
+    assert (row["status"], row["refund_reason"]) == ("refunded", "changed my mind")
+    assert pair.legacy_rows()[paid] == pair.service_rows()[paid]
