@@ -146,6 +146,10 @@ Author = Annotated[
     str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ForceFlag = Annotated[
+    bool,
+    typer.Option("--force", help="Commit even if a cutover gate is closed (kept in the reason)."),
+]
 StoreUrl = Annotated[
     str,
     typer.Option(
@@ -235,14 +239,21 @@ def _commit(
     reason: str,
     json_output: bool,
     expect: int | None = None,
+    force: bool = False,
 ) -> None:
-    """Commit `text` on top of the current version and say what changed."""
+    """Commit `text` on top of the current version (after asking the cutover gates of the
+    upstreams it sends more traffic, unless `force`) and say what changed."""
     from proxy.store.base import StoreError
     from proxy.table.diff import diff_tables
-    from proxy.table.loader import TableInvalid
+    from proxy.table.gates import check_gates
+    from proxy.table.loader import TableInvalid, load_text
 
     try:
         before = store.current()
+        if force:
+            reason = f"{reason} [gates overridden]"
+        else:
+            check_gates(before.table, load_text(text, "routes.yaml"))
         after = store.commit(
             text,
             author=_author(author),
@@ -269,6 +280,7 @@ def routes_set(
     author: Author = None,
     expect: Annotated[int | None, typer.Option(help="Fail unless this version is current.")] = None,
     admin: AdminUrl = None,
+    force: ForceFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Replace the served table with FILE, as a new version."""
@@ -289,12 +301,15 @@ def routes_set(
             admin,
             author,
             lambda api: api.put(
-                text, reason, expect if expect is not None else int(api.current()["version"])
+                text,
+                reason,
+                expect if expect is not None else int(api.current()["version"]),
+                force,
             ),
             json_output,
         )
         return
-    _commit(_store(routes, store, store_prefix), text, author, reason, json_output, expect)
+    _commit(_store(routes, store, store_prefix), text, author, reason, json_output, expect, force)
 
 
 def _parse_split(value: str) -> dict[str, int]:
@@ -320,6 +335,7 @@ def routes_flip(
     store_prefix: StorePrefix = DEFAULT_PREFIX,
     author: Author = None,
     admin: AdminUrl = None,
+    force: ForceFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Send one route somewhere else (a new version; comments in routes.yaml are kept)."""
@@ -334,6 +350,7 @@ def routes_flip(
             "to": to,
             "split": _parse_split(split) if split else None,
             "reason": reason,
+            "force": force,
         }
         _remote(
             admin,
@@ -351,7 +368,7 @@ def routes_flip(
         text = flip(current.text, route, to=to, split=_parse_split(split) if split else None)
     except KeyError:
         raise _fail(f"version {current.info.version} has no route {route!r}") from None
-    _commit(target, text, author, reason, json_output, current.info.version)
+    _commit(target, text, author, reason, json_output, current.info.version, force)
 
 
 @routes_app.command("rollback")
@@ -363,13 +380,14 @@ def routes_rollback(
     store_prefix: StorePrefix = DEFAULT_PREFIX,
     author: Author = None,
     admin: AdminUrl = None,
+    force: ForceFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Serve an earlier version's table again, as a new version."""
     from proxy.store.base import StoreError
 
     if admin:
-        body = {"version": version, "reason": reason}
+        body = {"version": version, "reason": reason, "force": force}
         _remote(
             admin,
             author,
@@ -382,7 +400,14 @@ def routes_rollback(
         old = target.get(version)
     except StoreError as exc:
         raise _fail(str(exc)) from None
-    _commit(target, old.text, author, f"rollback to version {version}: {reason}", json_output)
+    _commit(
+        target,
+        old.text,
+        author,
+        f"rollback to version {version}: {reason}",
+        json_output,
+        force=force,
+    )
 
 
 @routes_app.command("history")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import sys
 import time
@@ -25,6 +26,7 @@ import typer
 
 from proxy.procs import STRANGLER_READY, Child
 
+SYNC_METRICS = re.compile(r"metrics on (http://[\w.:]+:\d+)")
 DEMO_USER = "alice@example.com"
 DEMO_PASSWORD = "password123"  # noqa: S105 - the seeded demo shop's published credentials
 Echo = Callable[[str], None]
@@ -117,7 +119,8 @@ version: 1
 upstreams:
   monolith: {{url: "{monolith}"}}
   # The extracted payment service (services/payment), where the payments route will move.
-  payment: {{url: "{payment}"}}
+  # Its gate: the control plane asks it before sending it more traffic (a 2xx lets it through).
+  payment: {{url: "{payment}", gate: "{payment}/cutover"}}
 default: monolith
 routes:
   - name: payments
@@ -217,12 +220,18 @@ class Shell:
         return self.run("sync", *args, extra=self.databases)
 
 
-def act_data(n: Narrator, sh: Shell, service: httpx.Client) -> None:
+def act_data(n: Narrator, sh: Shell, service: httpx.Client, follower: Callable[[], Child]) -> None:
     """The payment service gets the monolith's payments, keeps up with them, and proves it."""
+    n.say("Moving payments before their data: the payment service's gate refuses")
+    sh.routes_cli("flip", "payments", "--to", "payment", "--reason", "too early")
     n.say("The payment service's database is filled from the monolith's, reading it only")
     sh.sync("backfill")
+    n.say("follow keeps copying the monolith's changes, polling by a high-water mark")
+    n.echo("$ strangler sync follow --interval 0.5 --metrics-port 0  (in the background)")
+    metrics = follower().url
+    n.echo(f"  following; lag and rows/s on {metrics}/metrics")
     auth = _login(n.client)
-    n.say("A payment made through the monolith today (the route still goes there) ...")
+    n.say("A payment made through the monolith (the route still goes there) ...")
     order = _new_order(n.client, auth)
     paid = n.call(
         "POST",
@@ -231,14 +240,19 @@ def act_data(n: Narrator, sh: Shell, service: httpx.Client) -> None:
         headers=auth,
     )
     payment = paid.json()["id"]
-    time.sleep(0.6)  # past follow's safety delay: rows younger than it may still be committing
-    n.say("... is picked up by follow (it polls the monolith's table by a high-water mark)")
-    sh.sync("follow", "--once", "--safety-delay", "0.5")
+    started = time.monotonic()
     from_service = service.get(f"/api/v1/payments/{payment}", headers=auth)
+    while from_service.status_code == 404 and time.monotonic() - started < 20:
+        time.sleep(0.1)
+        from_service = service.get(f"/api/v1/payments/{payment}", headers=auth)
+    n.say(f"... is in the service's database {time.monotonic() - started:.1f}s later")
     n.echo(f"→ GET {service.base_url}/api/v1/payments/{payment}  (the service, directly)")
     n.echo(f"← {from_service.status_code} {_short(from_service.json())}")
     same = from_service.json() == paid.json()
     n.echo(f"  the service answers with the monolith's payment, field for field: {same}")
+    for line in httpx.get(f"{metrics}/metrics", timeout=5).text.splitlines():
+        if line.startswith("strangler_sync_") and "lag" in line:
+            n.echo(f"  {line}")
     n.say("Reconcile, twice: both databases compared by key, chunk hashes bisected to rows")
     sh.sync("reconcile", "--settle", "0")
     sh.sync("reconcile", "--settle", "0")
@@ -370,7 +384,17 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                 n = Narrator(through, echo)
                 sh = Shell(n, routes, database, service_db)
                 act_proxy(n, direct, proxy.listeners["admin"])
-                act_data(n, sh, to_service)
+                follow = [
+                    *_strangler("sync", "follow", "--interval", "0.5", "--metrics-port", "0"),
+                    *("--legacy-db", database, "--service-db", service_db),
+                ]
+
+                def follower() -> Child:
+                    child = Child("follow", follow, ready=SYNC_METRICS).start()
+                    stack.callback(child.stop)
+                    return child
+
+                act_data(n, sh, to_service, follower)
                 act_flip(n, sh, proxy.listeners["admin"])
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:

@@ -228,7 +228,8 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert 'strangler_requests_total{code="200",route="default",upstream="monolith"} 3.0' in out
     # act 3: the service's data: backfill, follow, reconcile
     assert re.search(r"backfill done: 50\d rows", out)
-    assert "1 inserted" in out
+    assert "the gate of upstream 'payment' (routes payments) is closed (503)" in out
+    assert re.search(r"is in the service's database \d+\.\ds later", out)
     assert "the service answers with the monolith's payment, field for field: True" in out
     assert out.count("reconcile passed: drift 0") == 2
     assert "cutover gate │ ready" in out

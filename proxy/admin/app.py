@@ -29,7 +29,8 @@ from proxy.errors import PROBLEM_TYPE
 from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.diff import diff_tables
 from proxy.table.edit import flip
-from proxy.table.loader import TableInvalid
+from proxy.table.gates import check_gates
+from proxy.table.loader import TableInvalid, load_text
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -57,11 +58,13 @@ class FlipIn(BaseModel):
     to: str | None = None
     split: dict[str, int] | None = None
     reason: str = Field(min_length=1, max_length=500)
+    force: bool = Field(False, description="Commit even if a cutover gate is closed.")
 
 
 class RollbackIn(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=500)
+    force: bool = Field(False, description="Commit even if a cutover gate is closed.")
 
 
 def _writer(
@@ -106,9 +109,15 @@ def create_admin_app(
 
     app.state.token = token
 
-    def commit(text: str, author: str, reason: str, expected: int) -> dict[str, Any]:
+    def commit(
+        text: str, author: str, reason: str, expected: int, force: bool = False
+    ) -> dict[str, Any]:
         before = store.current()
         try:
+            if force:
+                reason = f"{reason} [gates overridden]"
+            else:
+                check_gates(before.table, load_text(text, "routes.yaml"))
             after = store.commit(text, author=author, reason=reason, expected_version=expected)
         except TableInvalid as exc:
             raise AdminError(
@@ -200,6 +209,9 @@ def create_admin_app(
         text: Annotated[str, Body(media_type="application/yaml")],
         reason: Annotated[str, Query(min_length=1, max_length=500)],
         if_match: Annotated[str | None, Header()] = None,
+        force: Annotated[
+            bool, Query(description="Commit even if a cutover gate is closed.")
+        ] = False,
     ) -> dict[str, Any]:
         if not if_match or not if_match.strip('"').isdigit():
             raise AdminError(
@@ -207,7 +219,7 @@ def create_admin_app(
                 "precondition-required",
                 'If-Match: "N" names the version this change is based on',
             )
-        return commit(text, author, reason, int(if_match.strip('"')))
+        return commit(text, author, reason, int(if_match.strip('"')), force)
 
     @app.post("/api/v1/routes/flip")
     def flip_route(author: Writer, body: FlipIn) -> dict[str, Any]:
@@ -218,7 +230,7 @@ def create_admin_app(
             text = flip(current.text, body.route, to=body.to, split=body.split)
         except KeyError:
             raise AdminError(404, "unknown-route", f"no route {body.route!r}") from None
-        return commit(text, author, body.reason, current.info.version)
+        return commit(text, author, body.reason, current.info.version, body.force)
 
     @app.post("/api/v1/routes/rollback")
     def rollback(author: Writer, body: RollbackIn) -> dict[str, Any]:
@@ -229,6 +241,7 @@ def create_admin_app(
             author,
             f"rollback to version {body.version}: {body.reason}",
             current.info.version,
+            body.force,
         )
 
     return app

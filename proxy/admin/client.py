@@ -46,11 +46,14 @@ class AdminClient:
         result: dict[str, Any] = self.call("GET", "/api/v1/routes")
         return result
 
-    def put(self, text: str, reason: str, expect: int) -> dict[str, Any]:
+    def put(self, text: str, reason: str, expect: int, force: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = (
+            {"reason": reason, "force": "true"} if force else {"reason": reason}
+        )
         result: dict[str, Any] = self.call(
             "PUT",
             "/api/v1/routes",
-            params={"reason": reason},
+            params=params,
             content=text.encode(),
             headers={"Content-Type": "application/yaml", "If-Match": f'"{expect}"'},
         )

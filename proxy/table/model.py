@@ -51,6 +51,11 @@ class Upstream(Strict):
     timeout: Duration = Field(DEFAULT_TIMEOUT, description="time to wait between bytes")
     connect_timeout: Duration = DEFAULT_CONNECT_TIMEOUT
     max_connections: int = Field(256, ge=1, le=100_000)
+    gate: str | None = Field(
+        None,
+        description="a URL the control plane asks before a change sends this upstream more "
+        "traffic: a 2xx answer lets the change through (e.g. the service's data cutover gate)",
+    )
 
 
 class Match(Strict):

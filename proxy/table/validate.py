@@ -120,6 +120,19 @@ def covers(first: Match, second: Match) -> bool:
     return True
 
 
+def check_gate_url(url: str) -> str | None:
+    """Why `url` cannot be a gate (an http(s) URL the control plane GETs), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return f"{url!r}: a gate is an http:// or https:// URL"
+    if parts.username or parts.password:
+        return f"{url!r}: credentials do not belong in a gate URL"
+    return None
+
+
 def specificity(route: Route) -> tuple[int, int, int]:
     """Rank among routes on the same path: exact first, then the more conditions the better."""
     m = route.match
@@ -141,6 +154,8 @@ def validate(table: RouteTable, positions: list[int] | None = None) -> list[Prob
     for name, upstream in table.upstreams.items():
         if (why := check_upstream_url(upstream.url)) is not None:
             problems.append(Problem(("upstreams", name, "url"), why))
+        if upstream.gate is not None and (why := check_gate_url(upstream.gate)) is not None:
+            problems.append(Problem(("upstreams", name, "gate"), why))
     if table.default not in names:
         problems.append(Problem(("default",), f"unknown upstream {table.default!r}"))
     seen: dict[str, int] = {}

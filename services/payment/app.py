@@ -120,6 +120,22 @@ def create_app(
         """The process is up (no dependency checked)."""
         return {"status": "ok", "version": __version__}
 
+    @app.get("/cutover", tags=["health"], response_model=None)
+    def cutover(request: Request) -> Any:
+        """Whether the data allows moving payment traffic here: 200 when the backfill is done,
+        follow is alive within its lag budget and two fresh reconciles found drift 0; else 503
+        with the reasons. The route table's `gate:` for this service points here."""
+        from services.payment.sync.status import cutover_check
+
+        try:
+            check = cutover_check(read_only(engine))
+        except SQLAlchemyError:
+            return problem(
+                503, "service-unavailable", "The database is unreachable", request.url.path
+            )
+        body = {"ready": check.ready, "reasons": list(check.reasons), "checks": list(check.checks)}
+        return JSONResponse(body, status_code=200 if check.ready else 503)
+
     @app.get("/readyz", tags=["health"], response_model=None)
     def readyz(request: Request) -> Any:
         """The database answers; also how many events wait for the relay."""

@@ -1,0 +1,90 @@
+"""Cutover gates: an upstream may name a URL (`gate:`) that the control plane asks before a
+change sends that upstream more traffic than it had. A 2xx answer lets the change through;
+anything else (or no answer) refuses it, with the gate's reasons. Moving traffic *away* from an
+upstream is never gated, so a rollback always works.
+
+This is how the route table refuses to move the payments route to the payment service while its
+data is not ready: the service's `GET /cutover` answers 503 until the backfill is done, follow
+is alive with its lag in budget, and two fresh reconciles found zero drift (Flagger's
+pre-rollout webhooks are the precedent: a check outside the proxy decides).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.store.base import StoreError
+from proxy.table.model import RouteTable
+
+GATE_TIMEOUT = 5.0
+
+
+class GateClosed(StoreError):
+    """A gate refused the change (or could not be asked): nothing was committed."""
+
+    status = 409
+    kind = "gate-closed"
+
+
+def _shares(table: RouteTable) -> dict[str, dict[str, float]]:
+    """Per route (and 'default'), each upstream's share of its traffic in percent."""
+    out: dict[str, dict[str, float]] = {"default": {table.default: 100.0}}
+    for route in table.routes:
+        if route.split is not None:
+            out[route.name] = {name: float(weight) for name, weight in route.split.items()}
+        else:
+            out[route.name] = {route.to or table.default: 100.0}
+    return out
+
+
+def traffic_gains(before: RouteTable, after: RouteTable) -> dict[str, list[str]]:
+    """Upstream → the routes on which `after` gives it a larger share than `before` did (a
+    route new in `after` took its traffic from `before`'s default upstream)."""
+    old, new = _shares(before), _shares(after)
+    gains: dict[str, list[str]] = {}
+    for route, shares in new.items():
+        previous = old.get(route, {before.default: 100.0})
+        for upstream, share in shares.items():
+            if share > previous.get(upstream, 0.0):
+                gains.setdefault(upstream, []).append(route)
+    return gains
+
+
+def _reasons(answer: Any) -> str:
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.text.strip()[:500] or f"HTTP {answer.status_code}"
+    if isinstance(body, dict):
+        reasons = body.get("reasons") or body.get("detail") or body.get("title")
+        if isinstance(reasons, list):
+            return "; ".join(str(r) for r in reasons)[:1000]
+        if reasons:
+            return str(reasons)[:1000]
+    return f"HTTP {answer.status_code}"
+
+
+def check_gates(before: RouteTable, after: RouteTable) -> list[str]:
+    """Ask the gate of every upstream that `after` sends more traffic; raise GateClosed when
+    one refuses. Returns the gates that were asked and opened (for the record)."""
+    import httpx
+
+    opened = []
+    for upstream, routes in sorted(traffic_gains(before, after).items()):
+        spec = after.upstreams.get(upstream)
+        if spec is None or spec.gate is None:
+            continue
+        where = f"upstream {upstream!r} (routes {', '.join(routes)})"
+        try:
+            answer = httpx.get(spec.gate, timeout=GATE_TIMEOUT, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise GateClosed(
+                f"the gate of {where} at {spec.gate} did not answer ({exc}); nothing changed"
+            ) from None
+        if not 200 <= answer.status_code < 300:
+            raise GateClosed(
+                f"the gate of {where} is closed ({answer.status_code}): {_reasons(answer)}; "
+                "nothing changed"
+            )
+        opened.append(upstream)
+    return opened
