@@ -17,6 +17,9 @@ from proxy.store.base import StoreError
 from proxy.table.model import RouteTable
 
 GATE_TIMEOUT = 5.0
+# The default upstream's key among the routes: not a route name (those start alphanumeric), so a
+# route named "default" cannot hide a change of the default.
+DEFAULT = "(default)"
 
 
 class GateClosed(StoreError):
@@ -27,8 +30,8 @@ class GateClosed(StoreError):
 
 
 def _shares(table: RouteTable) -> dict[str, dict[str, float]]:
-    """Per route (and 'default'), each upstream's share of its traffic in percent."""
-    out: dict[str, dict[str, float]] = {"default": {table.default: 100.0}}
+    """Per route (and DEFAULT), each upstream's share of its traffic in percent."""
+    out: dict[str, dict[str, float]] = {DEFAULT: {table.default: 100.0}}
     for route in table.routes:
         if route.split is not None:
             out[route.name] = {name: float(weight) for name, weight in route.split.items()}
@@ -39,11 +42,13 @@ def _shares(table: RouteTable) -> dict[str, dict[str, float]]:
 
 def traffic_gains(before: RouteTable, after: RouteTable) -> dict[str, list[str]]:
     """Upstream → the routes on which `after` gives it a larger share than `before` did (a
-    route new in `after` took its traffic from `before`'s default upstream)."""
+    route new in `after` took its traffic from `before`'s default upstream, and a route gone
+    from `after` gives its traffic to `after`'s default upstream)."""
     old, new = _shares(before), _shares(after)
     gains: dict[str, list[str]] = {}
-    for route, shares in new.items():
+    for route in [*new, *(name for name in old if name not in new)]:
         previous = old.get(route, {before.default: 100.0})
+        shares = new.get(route, {after.default: 100.0})
         for upstream, share in shares.items():
             if share > previous.get(upstream, 0.0):
                 gains.setdefault(upstream, []).append(route)
@@ -66,25 +71,32 @@ def _reasons(answer: Any) -> str:
 
 def check_gates(before: RouteTable, after: RouteTable) -> list[str]:
     """Ask the gate of every upstream that `after` sends more traffic; raise GateClosed when
-    one refuses. Returns the gates that were asked and opened (for the record)."""
+    one refuses. The gate `before` names is asked too when `after` changes or drops it (a
+    change cannot remove the gate it would be refused by). Returns the gates that were asked
+    and opened (for the record)."""
     import httpx
 
     opened = []
     for upstream, routes in sorted(traffic_gains(before, after).items()):
-        spec = after.upstreams.get(upstream)
-        if spec is None or spec.gate is None:
+        gates = []
+        for table in (before, after):
+            spec = table.upstreams.get(upstream)
+            if spec is not None and spec.gate is not None and spec.gate not in gates:
+                gates.append(spec.gate)
+        if not gates:
             continue
         where = f"upstream {upstream!r} (routes {', '.join(routes)})"
-        try:
-            answer = httpx.get(spec.gate, timeout=GATE_TIMEOUT, follow_redirects=False)
-        except httpx.HTTPError as exc:
-            raise GateClosed(
-                f"the gate of {where} at {spec.gate} did not answer ({exc}); nothing changed"
-            ) from None
-        if not 200 <= answer.status_code < 300:
-            raise GateClosed(
-                f"the gate of {where} is closed ({answer.status_code}): {_reasons(answer)}; "
-                "nothing changed"
-            )
+        for gate in gates:
+            try:
+                answer = httpx.get(gate, timeout=GATE_TIMEOUT, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                raise GateClosed(
+                    f"the gate of {where} at {gate} did not answer ({exc}); nothing changed"
+                ) from None
+            if not 200 <= answer.status_code < 300:
+                raise GateClosed(
+                    f"the gate of {where} is closed ({answer.status_code}): {_reasons(answer)}; "
+                    "nothing changed"
+                )
         opened.append(upstream)
     return opened

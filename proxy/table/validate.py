@@ -124,13 +124,19 @@ def check_gate_url(url: str) -> str | None:
     """Why `url` cannot be a gate (an http(s) URL the control plane GETs), or None."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError as exc:
         return f"{url!r} is not a URL: {exc}"
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         return f"{url!r}: a gate is an http:// or https:// URL"
+    if port == 0:
+        return f"{url!r}: port 0 is not a port"
     if parts.username or parts.password:
         return f"{url!r}: credentials do not belong in a gate URL"
-    return None
+    # The same address rules as upstreams (no metadata or link-local hosts): the control plane
+    # fetches this URL and shows what it answers.
+    why = check_upstream_url(f"{parts.scheme}://{parts.netloc}")
+    return None if why is None else why.replace("upstream", "gate")
 
 
 def specificity(route: Route) -> tuple[int, int, int]:
