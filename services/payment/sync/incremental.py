@@ -55,7 +55,6 @@ from services.payment.sync.state import (
     POLLING,
     STOPPED,
     Checkpoint,
-    interval_note,
     load_checkpoint,
     record_lag,
     save_checkpoint,
@@ -274,7 +273,7 @@ def _finish(
         rows_per_second=result.rows_per_second,
         source_at=newest,
         finished_at=now,
-        message=interval_note(interval),  # read by the cutover gate (`status.py`)
+        poll_interval=interval,  # read by the cutover gate (`status.py`)
     )
     with service.begin() as conn:
         save_checkpoint(conn, checkpoint)

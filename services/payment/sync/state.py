@@ -5,9 +5,9 @@
   last copied id and the id it runs up to; follow: the (updated_at, id) high-water mark; to-legacy:
   the stream entry id or outbox id), counters, last lag and rows/s, timestamps, last error.
   Each batch writes it in the same transaction as the batch's rows, so a crash resumes exactly
-  after the last committed batch. Follow's `message` holds its poll interval
-  (`poll interval=1.0s`, `interval_note`; absent after a `--once` poll): the cutover gate
-  judges whether the follower is alive by it (the table has no column of its own for it).
+  after the last committed batch. Follow's `poll_interval` is the seconds between its polls
+  (NULL after a `--once` poll): the cutover gate judges whether the follower is alive by it.
+  `message` is a free human note, never parsed.
 - `sync_lag_samples`: one row per follow poll (lag, rows, rows/s), pruned to a day.
 - `sync_events_done`: every event id the to-legacy consumer has handled, with its payment id,
   row version and outcome: delivery is at-least-once, so a redelivered id is skipped, and an
@@ -66,6 +66,7 @@ class SyncCheckpoint(Base):
     rows_written: Mapped[int] = mapped_column(BigInteger)
     lag_seconds: Mapped[float | None] = mapped_column(Float)
     rows_per_second: Mapped[float | None] = mapped_column(Float)
+    poll_interval: Mapped[float | None] = mapped_column(Float)  # follow's; NULL: --once
     source_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -139,6 +140,7 @@ class Checkpoint:
     rows_written: int = 0
     lag_seconds: float | None = None
     rows_per_second: float | None = None
+    poll_interval: float | None = None
     source_at: datetime | None = None
     started_at: datetime | None = None
     updated_at: datetime | None = None
@@ -147,24 +149,6 @@ class Checkpoint:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-INTERVAL_NOTE = "poll interval="
-
-
-def interval_note(seconds: float | None) -> str | None:
-    """Follow's checkpoint message recording its poll interval (None: a single poll)."""
-    return None if seconds is None else f"{INTERVAL_NOTE}{seconds:g}s"
-
-
-def noted_interval(message: str | None) -> float | None:
-    """The poll interval `interval_note` wrote into a checkpoint message, if any."""
-    if not message or not message.startswith(INTERVAL_NOTE):
-        return None
-    try:
-        return float(message[len(INTERVAL_NOTE) :].split("s", 1)[0])
-    except ValueError:
-        return None
 
 
 def load_checkpoint(conn: Connection, job: str) -> Checkpoint | None:

@@ -22,7 +22,6 @@ from services.payment.sync.state import (
     Checkpoint,
     lag_percentiles,
     load_checkpoint,
-    noted_interval,
     processed_count,
     reconciles,
 )
@@ -288,7 +287,7 @@ def _follow_dead(follow: Checkpoint | None, now: datetime) -> str | None:
         return "follow has not run"
     if follow.status == STOPPED:
         return f"follow is stopped (since {_iso(follow.updated_at)}): start it again"
-    limit = follow_deadline(noted_interval(follow.message))
+    limit = follow_deadline(follow.poll_interval)
     age = (now - follow.updated_at).total_seconds()
     if age > limit:
         kind = "a single follow poll (--once)" if follow.status == ONCE else "follow"

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("rows_written", sa.BigInteger(), nullable=False),
         sa.Column("lag_seconds", sa.Float(), nullable=True),
         sa.Column("rows_per_second", sa.Float(), nullable=True),
+        sa.Column("poll_interval", sa.Float(), nullable=True),
         sa.Column("source_at", UTCDateTime(), nullable=True),
         sa.Column("started_at", UTCDateTime(), nullable=True),
         sa.Column("updated_at", UTCDateTime(), nullable=False),

@@ -57,7 +57,11 @@ def test_stopping_follow_then_paying_in_the_monolith_closes_the_gate(pair: Pair)
 
 def test_a_follower_counts_as_alive_within_three_intervals_or_ten_seconds(pair: Pair) -> None:
     ready(pair)
-    # A single poll (--once) counts only while it is recent: 10 s.
+    # A single poll (--once) records no interval and counts only while it is recent: 10 s.
+    with pair.service.connect() as conn:
+        checkpoint = load_checkpoint(conn, JOB_FOLLOW)
+    assert checkpoint is not None
+    assert (checkpoint.status, checkpoint.poll_interval) == ("once", None)
     assert cutover_check(pair.service, now=utcnow() + timedelta(seconds=8)).ready
     problems = unmet(pair, now=utcnow() + timedelta(seconds=11))
     assert list(problems) == ["follow_alive"]
@@ -76,7 +80,8 @@ def test_a_follower_counts_as_alive_within_three_intervals_or_ten_seconds(pair: 
         with pair.service.connect() as conn:
             checkpoint = load_checkpoint(conn, JOB_FOLLOW)
         assert checkpoint is not None
-        assert (checkpoint.status, checkpoint.message) == ("polling", "poll interval=5s")
+        assert (checkpoint.status, checkpoint.poll_interval) == ("polling", 5.0)
+        assert checkpoint.message is None  # a free human note: follow keeps nothing in it
         assert cutover_check(pair.service, now=utcnow() + timedelta(seconds=13)).ready
         problems = unmet(pair, now=utcnow() + timedelta(seconds=16))
         assert "over 15s" in problems["follow_alive"]

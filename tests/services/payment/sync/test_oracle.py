@@ -77,6 +77,7 @@ def test_the_migration_renders_for_oracle() -> None:
     sql = config.output_buffer.getvalue()
     for name in STATE_TABLES:
         assert f"CREATE TABLE {name}" in sql
+    assert "poll_interval FLOAT, " in sql  # follow's, nullable: NULL after a --once poll
     assert "UPDATE alembic_version SET version_num='0002_sync_state'" in sql
 
 

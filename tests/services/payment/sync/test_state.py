@@ -8,7 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Table, inspect
+from sqlalchemy import Float, Table, inspect
 
 from services.payment.db import Base, alembic_config, current_revision
 from services.payment.sync.state import STATE_TABLES
@@ -36,6 +36,9 @@ def test_the_migration_builds_the_declared_state_tables_and_undoes_them(pair: Pa
             d for d in compare_metadata(context, Base.metadata) if _table_of(d) in STATE_TABLES
         ]
     assert diffs == []
+    columns = {c["name"]: c for c in inspect(pair.service).get_columns("sync_checkpoints")}
+    assert isinstance(columns["poll_interval"]["type"], Float)  # follow's, not in `message`
+    assert columns["poll_interval"]["nullable"] is True
 
     config = alembic_config()
     with pair.service.begin() as conn:
