@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -250,8 +251,10 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
     listeners = bind_all(settings)
     if not any(listener.role == "external" for listener in listeners):
         raise ValueError("the external listener cannot be off")
+    made_metrics_dir = None
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="strangler-metrics-")
+        made_metrics_dir = tempfile.mkdtemp(prefix="strangler-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_metrics_dir
     config = uvicorn_config(settings, listeners)
     source = settings.routes or settings.default_upstream
     if settings.store != "file":
@@ -266,7 +269,11 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
     )
     sockets = [listener.sock for listener in listeners]
     server = ProxyServer(config)
-    if settings.workers > 1:
-        Multiprocess(config, sockets=sockets).run()
-    else:
-        server.run(sockets=sockets)
+    try:
+        if settings.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    finally:
+        if made_metrics_dir is not None:  # the workers' metric files die with the proxy
+            shutil.rmtree(made_metrics_dir, ignore_errors=True)
