@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,11 @@ def initial_table(settings: ProxySettings) -> Snapshot:
 
 
 def _initial_from_store(settings: ProxySettings) -> Snapshot:
-    """Redis's current version; when Redis is down, the last-known-good copy on disk (then the
-    routes file, the seed of an empty store), so a replica can start during an outage."""
-    from proxy.store.redis import RedisStore, describe
+    """Redis's current version; when Redis is down (or its current version does not load
+    here), the last-known-good copy on disk, so a replica can start during an outage. Never the
+    seed routes file: a new replica serving the day-0 table during an outage would undo every
+    flip for its share of the traffic. Wrong credentials stop the start."""
+    from proxy.store.redis import RedisStore, StoreUnavailable, describe
 
     try:
         store = RedisStore(settings.store, settings.store_prefix, seed=settings.routes)
@@ -53,21 +58,22 @@ def _initial_from_store(settings: ProxySettings) -> Snapshot:
             version = store.current()
         finally:
             store.close()
-    except StoreError as exc:
-        for fallback in (settings.store_cache, settings.routes):
-            if fallback is not None and fallback.exists():
-                table = load_file(fallback)
-                log.warning(
-                    "route store %s unavailable (%s); serving version %s from %s until it answers",
-                    describe(settings.store),
-                    exc,
-                    table.version,
-                    fallback,
-                )
-                return compile_table(table)
-        raise StoreError(
-            f"{exc}; and there is no last-known-good table at {settings.store_cache} to start from"
-        ) from None
+    except (StoreUnavailable, TableInvalid) as exc:
+        why = exc.describe() if isinstance(exc, TableInvalid) else str(exc)
+        cache = settings.store_cache
+        if not cache.exists():
+            raise StoreError(
+                f"{why}; and there is no last-known-good table at {cache} to start from"
+            ) from None
+        table = load_file(cache)
+        log.warning(
+            "route store %s: %s; serving version %s from %s until it answers",
+            describe(settings.store),
+            why,
+            table.version,
+            cache,
+        )
+        return compile_table(table)
     _write_cache(settings.store_cache, version.text)
     return compile_table(version.table)
 
@@ -94,6 +100,7 @@ class Runtime:
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_hops]
         self._trusted_cache: dict[str, bool] = {}
         self.traffic = TrafficWindow(self.metrics)
+        self._missing: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.table_version.set(snapshot.version)
 
@@ -249,17 +256,29 @@ class Runtime:
             return
         if number < served:
             refused.add(number)
+            restored = await self._restore_store(client, prefix, served)
             log.warning(
-                "route store says version %s, older than the served version %s (was its data "
-                "lost?); keeping version %s",
+                "route store says version %s, older than the served version %s (its data was "
+                "lost?); keeping version %s%s",
                 number,
                 served,
                 served,
+                " and restoring it to the store" if restored else "",
             )
             return
         text, compiled = await client.hmget(f"{prefix}v:{number}", "text", "table")
         if text is None:
-            return  # the pointer moved before the version was readable: the next tick gets it
+            # Not readable yet (the next tick gets it) or gone (evicted: Redis must run with
+            # maxmemory-policy noeviction); said once per version.
+            if number not in self._missing:
+                self._missing.add(number)
+                log.warning(
+                    "route store points at version %s but it cannot be read; still serving "
+                    "version %s",
+                    number,
+                    served,
+                )
+            return
         try:
             snapshot = await asyncio.to_thread(self._compile_text, text.decode(), compiled, number)
         except TableInvalid as exc:
@@ -278,6 +297,25 @@ class Runtime:
             "route table version %s loaded from the store (%d routes)", number, len(snapshot.routes)
         )
         await asyncio.to_thread(_write_cache, self.settings.store_cache, text.decode())
+
+    async def _restore_store(self, client: Any, prefix: str, served: int) -> bool:
+        """Put the served version back in a store that went behind it (its data was lost and
+        it was re-seeded lower), so every replica and every later commit continue from the
+        newest version any replica serves, instead of a split fleet whose commits are ignored.
+        The text is the last-known-good file, which holds the served version."""
+        from proxy.store.redis import RESTORE
+
+        try:
+            text = self.settings.store_cache.read_text(encoding="utf-8")
+        except OSError:
+            return False
+        found = re.search(r"^version:[ \t]*(\d+)", text, re.MULTILINE)
+        if found is None or int(found.group(1)) != served:
+            return False
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        keys = [prefix + "current", f"{prefix}v:{served}", prefix + "changes"]
+        args = [served, text, "replica", round(time.time(), 3), "restored by a replica", sha]
+        return bool(await client.eval(RESTORE, 3, *keys, *args))
 
     @staticmethod
     def _compile_text(text: str, compiled: bytes | None, number: int) -> Snapshot:

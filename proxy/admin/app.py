@@ -143,6 +143,19 @@ def create_admin_app(
             response.headers["Retry-After"] = "5"
         return response
 
+    @app.exception_handler(TableInvalid)
+    async def on_stored_table_invalid(_: Request, exc: TableInvalid) -> JSONResponse:
+        # A stored version this proxy cannot load (written by a newer control plane?); a
+        # table sent by the client is caught in commit() and answered 422.
+        return _problem(
+            500,
+            "stored-table-invalid",
+            "a stored version does not load here",
+            problems=[
+                {"line": p.line, "field": p.where(), "message": p.message} for p in exc.problems
+            ],
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _problem(

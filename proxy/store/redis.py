@@ -74,11 +74,36 @@ def table_of(compiled: str | bytes | None, text: str, version: int) -> RouteTabl
     return load_text(text, f"version {version}")
 
 
+# A replica puts the version it serves back into a store that went behind it (lost its data).
+# KEYS: current pointer, the version's hash, channel. ARGV: version, text, author, time, reason,
+# sha256. Returns 1 when it restored, 0 when the store had caught up meanwhile.
+RESTORE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'text', ARGV[2], 'author', ARGV[3], 'time', ARGV[4],
+           'reason', ARGV[5], 'sha256', ARGV[6])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return 1
+"""
+
+
 class StoreUnavailable(StoreError):
     """The shared store cannot be reached: nothing was changed."""
 
     status = 503
     kind = "store-unavailable"
+
+
+class StoreMisconfigured(StoreError):
+    """The shared store answers but refuses this client (credentials, ACL): a configuration
+    error, never waited out like an outage."""
+
+    status = 500
+    kind = "store-misconfigured"
 
 
 def redis_client(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -122,9 +147,23 @@ class RedisStore:
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         import redis as redis_module
+        from redis.exceptions import AuthorizationError
 
         try:
             return fn(*args)
+        except (redis_module.AuthenticationError, AuthorizationError) as exc:
+            raise StoreMisconfigured(
+                f"the route store at {describe(self.url)} refused this client ({what}): {exc}; "
+                "check the credentials in the store URL"
+            ) from None
+        except redis_module.ResponseError as exc:
+            if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+                raise StoreMisconfigured(
+                    f"the route store at {describe(self.url)} refused this client ({what}): "
+                    f"{exc}; check the credentials in the store URL"
+                ) from None
+            where = describe(self.url)
+            raise StoreError(f"the route store at {where} failed ({what}): {exc}") from None
         except (redis_module.ConnectionError, redis_module.TimeoutError, OSError) as exc:
             raise StoreUnavailable(
                 f"the route store at {describe(self.url)} is unreachable ({what}): {exc}; "
@@ -212,7 +251,13 @@ class RedisStore:
         sha = hashlib.sha256(text.encode()).hexdigest()
         keys = [self.prefix + "current", self._key(version), self.channel]
         args = [expected, version, text, author, at, reason, sha, table.model_dump_json()]
-        current = int(self._call("commit", self._commit, keys, args))
+        try:
+            current = int(self._call("commit", self._commit, keys, args))
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"{exc} (if the connection was lost after the commit was sent, it may have "
+                "landed: check `strangler routes history`)"
+            ) from None
         if current != -1:
             raise VersionConflict(expected, current)
         return Version(VersionInfo(version, author, at, reason, sha), text, table)

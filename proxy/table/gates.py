@@ -45,14 +45,36 @@ def traffic_gains(before: RouteTable, after: RouteTable) -> dict[str, list[str]]
     route new in `after` took its traffic from `before`'s default upstream, and a route gone
     from `after` gives its traffic to `after`'s default upstream)."""
     old, new = _shares(before), _shares(after)
+    # An upstream whose URL changed is a new destination: all its traffic counts as gained.
+    moved = {
+        name
+        for name, spec in after.upstreams.items()
+        if name in before.upstreams and before.upstreams[name].url != spec.url
+    }
     gains: dict[str, list[str]] = {}
     for route in [*new, *(name for name in old if name not in new)]:
         previous = old.get(route, {before.default: 100.0})
         shares = new.get(route, {after.default: 100.0})
         for upstream, share in shares.items():
-            if share > previous.get(upstream, 0.0):
+            if share > 0 and (upstream in moved or share > previous.get(upstream, 0.0)):
                 gains.setdefault(upstream, []).append(route)
     return gains
+
+
+def _gates_for(upstream: str, before: RouteTable, after: RouteTable) -> list[str]:
+    """The gates guarding `upstream`'s destination: its own in either table, and that of any
+    upstream of `before` at the same URL (a gate cannot be dodged by a new name or a moved
+    URL for the same service)."""
+    gates: list[str] = []
+    spec = after.upstreams.get(upstream)
+    url = spec.url if spec is not None else None
+    for table in (before, after):
+        for name, candidate in table.upstreams.items():
+            if (name == upstream or (url is not None and candidate.url == url)) and (
+                candidate.gate is not None and candidate.gate not in gates
+            ):
+                gates.append(candidate.gate)
+    return gates
 
 
 def _reasons(answer: Any) -> str:
@@ -78,11 +100,7 @@ def check_gates(before: RouteTable, after: RouteTable) -> list[str]:
 
     opened = []
     for upstream, routes in sorted(traffic_gains(before, after).items()):
-        gates = []
-        for table in (before, after):
-            spec = table.upstreams.get(upstream)
-            if spec is not None and spec.gate is not None and spec.gate not in gates:
-                gates.append(spec.gate)
+        gates = _gates_for(upstream, before, after)
         if not gates:
             continue
         where = f"upstream {upstream!r} (routes {', '.join(routes)})"

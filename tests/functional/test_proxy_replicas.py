@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import redis
 
 from proxy.store.redis import RedisStore
 from tests.functional.proxy_support import (
+    STRANGLER,
     ProxyProcess,
     Recorder,
     echo,
@@ -276,14 +278,17 @@ def test_a_replica_started_while_redis_is_down_serves_its_last_known_good_table(
                 assert replica.readyz()["table_version"] == 2
                 answer = get(replica.internal, "/api/orders")
                 assert (answer.status, answer.body, route_version(answer)) == (200, b"b", 2)
+                # ... and to put the version it serves back, so the fleet and the next commits
+                # continue from it instead of splitting
+                wait_until(lambda: store.current_number() == 2, CONVERGE, "the store restored")
+                restored = store.get(2)
+                assert restored.info.author == "replica"
+                assert restored.table.routes[0].to == "b"
+                assert logged(replica, "restoring it to the store")
 
-                for expected in (1, 2):  # the store moves past the served version
-                    store.commit(
-                        api_table(a, b, {"to": "a"}),
-                        author="t",
-                        reason="a",
-                        expected_version=expected,
-                    )
+                store.commit(  # the next commit continues from the restored version
+                    api_table(a, b, {"to": "a"}), author="t", reason="a", expected_version=2
+                )
                 wait_until(lambda: replica.readyz()["table_version"] == 3, CONVERGE, "version 3")
                 answer = get(replica.internal, "/api/orders")
                 assert (answer.status, answer.body, route_version(answer)) == (200, b"a", 3)
@@ -293,37 +298,69 @@ def test_a_replica_started_while_redis_is_down_serves_its_last_known_good_table(
             store.close()
 
 
-def test_a_replica_started_from_its_routes_file_during_an_outage_follows_the_store_later(
+def test_a_replica_with_no_last_known_good_table_does_not_start_during_an_outage(
     tmp_path: Path,
 ) -> None:
+    """Serving the day-0 seed file instead would undo every flip for its share of traffic."""
     with redis_process() as server, recorder() as a, recorder() as b:
-        a.reset(echo("a"))
-        b.reset(echo("b"))
         seed = tmp_path / "routes.yaml"
         seed.write_text(api_table(a, b, {"to": "a"}).replace("version: 1", "version: 4"))
         server.stop()
-        args = ["--routes", str(seed), *store_args(server.url, PREFIX, tmp_path / "lkg.yaml")]
+        cache = tmp_path / "lkg.yaml"
+        args = ["--routes", str(seed), *store_args(server.url, PREFIX, cache)]
+        done = subprocess.run(
+            [
+                STRANGLER,
+                "serve",
+                *args,
+                "--listen",
+                "127.0.0.1:0",
+                "--internal-listen",
+                "off",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert "is unreachable" in done.stderr
+        assert f"no last-known-good table at {cache} to start from" in done.stderr
+        server.start()  # empty: the replica seeds it from its routes file, at that version
         with running(args, ENV) as replica:
             assert replica.readyz()["table_version"] == 4
-            assert logged(replica, f"serving version 4 from {seed}")
-            server.start()  # empty: the first store operation seeds it from the same file
-            done = strangler_routes(
-                "flip",
-                "api",
-                "--to",
-                "b",
-                "--reason",
-                "cut over",
-                "--routes",
-                str(seed),
-                "--store",
-                server.url,
-                "--store-prefix",
-                PREFIX,
-                cwd=tmp_path,
-            )
-            assert done.returncode == 0, done.stderr
-            assert "version 5 committed (ops: cut over)" in done.stdout
-            wait_until(lambda: replica.readyz()["table_version"] == 5, CONVERGE, "version 5")
-            answer = get(replica.internal, "/api/orders")
-            assert (answer.status, answer.body, route_version(answer)) == (200, b"b", 5)
+            assert "version: 4" in cache.read_text()
+
+
+def test_wrong_store_credentials_stop_the_start_even_with_a_last_known_good_table(
+    tmp_path: Path,
+) -> None:
+    with redis_process() as server, recorder() as a, recorder() as b:
+        cache = tmp_path / "lkg.yaml"
+        cache.write_text(api_table(a, b, {"to": "a"}))
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("requirepass", "right-password")
+        admin.close()
+        wrong = server.url.replace("redis://", "redis://:wrong-password@")
+        done = subprocess.run(
+            [
+                STRANGLER,
+                "serve",
+                *store_args(wrong, PREFIX, cache),
+                "--listen",
+                "127.0.0.1:0",
+                "--internal-listen",
+                "off",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "refused this client" in done.stderr
+        assert "wrong-password" not in done.stderr

@@ -349,3 +349,43 @@ def test_a_redirect_does_not_open_a_gate(gate: Gate) -> None:
     after = table(to("payments", "payment"), gate=gate.url)
     with pytest.raises(GateClosed, match=r"is closed \(302\)"):
         check_gates(before, after)
+
+
+def test_a_new_name_for_a_gated_service_asks_its_gate(gate: Gate) -> None:
+    gate.refuses("backfill not done")
+    before = table(to("payments", "monolith"), gate=gate.url)
+    alias = load_text(
+        before_text(before).replace(
+            "  catalog:", '  payment2: {url: "http://127.0.0.1:8002"}\n  catalog:'
+        )
+    )
+    after = load_text(before_text(alias).replace("to: monolith", "to: payment2"))
+    with pytest.raises(GateClosed, match="backfill not done"):
+        check_gates(before, after)
+    assert gate.asked == 1
+
+
+def test_repointing_an_upstream_at_a_gated_service_asks_its_gate(gate: Gate) -> None:
+    gate.refuses("lag over budget")
+    before = table(to("payments", "monolith"), gate=gate.url)
+    after = load_text(
+        before_text(before).replace(
+            'monolith: {url: "http://127.0.0.1:8001"}', 'monolith: {url: "http://127.0.0.1:8002"}'
+        )
+    )
+    assert "monolith" in traffic_gains(before, after)
+    with pytest.raises(GateClosed, match="lag over budget"):
+        check_gates(before, after)
+
+
+def before_text(model: RouteTable) -> str:
+    """The YAML of a table built by `table()` (rebuilt from the model, flow style)."""
+    lines = [f"version: {model.version}", "upstreams:"]
+    for name, spec in model.upstreams.items():
+        gate = f', gate: "{spec.gate}"' if spec.gate else ""
+        lines.append(f'  {name}: {{url: "{spec.url}"{gate}}}')
+    lines += [f"default: {model.default}", "routes:"]
+    lines += [
+        f"  - {{name: {r.name}, match: {{path: {r.match.path}}}, to: {r.to}}}" for r in model.routes
+    ]
+    return "\n".join(lines) + "\n"
