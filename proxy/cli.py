@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -182,21 +182,26 @@ AdminUrl = Annotated[
 
 def _report(result: dict[str, object], json_output: bool) -> None:
     """Print a committed version and what changed (file store and admin API alike)."""
-    from proxy.table.diff import Change
-
     changes = result.get("changes") or []
     assert isinstance(changes, list)
     if json_output:
         typer.echo(json.dumps({k: v for k, v in result.items() if k not in {"text", "table"}}))
         return
     typer.echo(f"version {result['version']} committed ({result['author']}: {result['reason']})")
+    _print_changes(changes, "  (no change to the table)")
+
+
+def _print_changes(changes: list[dict[str, Any]], when_none: str) -> None:
+    """One line per changed route or upstream (changes as the store and the API give them)."""
+    from proxy.table.diff import Change
+
     for change in changes:
         fields = {k: (f["old"], f["new"]) for k, f in change["fields"].items()}
         typer.echo(
             f"  {Change(change['kind'], change['name'], change['action'], fields).describe()}"
         )
     if not changes:
-        typer.echo("  (no change to the table)")
+        typer.echo(when_none)
 
 
 def _remote(
@@ -245,20 +250,19 @@ def _commit(
     upstreams it sends more traffic, unless `force`) and say what changed."""
     from proxy.store.base import StoreError
     from proxy.table.diff import diff_tables
-    from proxy.table.gates import check_gates
-    from proxy.table.loader import TableInvalid, load_text
+    from proxy.table.gates import commit_through_gates
+    from proxy.table.loader import TableInvalid
 
     try:
         before = store.current()
-        if force:
-            reason = f"{reason} [gates overridden]"
-        else:
-            check_gates(before.table, load_text(text, "routes.yaml"))
-        after = store.commit(
+        after = commit_through_gates(
+            store,
             text,
+            before=before.table,
             author=_author(author),
             reason=reason,
             expected_version=before.info.version if expect is None else expect,
+            force=force,
         )
     except TableInvalid as exc:
         for line in exc.describe().splitlines():
@@ -494,7 +498,7 @@ def routes_diff(
     """What changed between two versions, route by route."""
     from proxy.admin.client import AdminClient, AdminRefused
     from proxy.store.base import StoreError
-    from proxy.table.diff import Change, diff_tables
+    from proxy.table.diff import diff_tables
 
     if admin:
         params: dict[str, int] = {"from": old} if new is None else {"from": old, "to": new}
@@ -516,13 +520,7 @@ def routes_diff(
         typer.echo(json.dumps(changes))
         return
     typer.echo(f"version {old} → {newest}")
-    for change in changes:
-        fields = {k: (f["old"], f["new"]) for k, f in change["fields"].items()}
-        typer.echo(
-            f"  {Change(change['kind'], change['name'], change['action'], fields).describe()}"
-        )
-    if not changes:
-        typer.echo("  (the same table)")
+    _print_changes(changes, "  (the same table)")
 
 
 @app.command()

@@ -20,7 +20,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ from proxy.dataplane.forward import Forwarder
 from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
 from proxy.store.base import StoreError
+from proxy.store.file import atomic_write
 from proxy.table.compile import Snapshot, compile_table
+from proxy.table.edit import stated_version
 from proxy.table.loader import TableInvalid, load_file, single_upstream
 
 log = logging.getLogger("strangler")
@@ -81,9 +82,7 @@ def _initial_from_store(settings: ProxySettings) -> Snapshot:
 def _write_cache(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        atomic_write(path, text)
     except OSError as exc:  # serving matters more than the cache
         log.warning("could not write the last-known-good table to %s: %s", path, exc)
 
@@ -309,8 +308,7 @@ class Runtime:
             text = self.settings.store_cache.read_text(encoding="utf-8")
         except OSError:
             return False
-        found = re.search(r"^version:[ \t]*(\d+)", text, re.MULTILINE)
-        if found is None or int(found.group(1)) != served:
+        if stated_version(text) != served:
             return False
         sha = hashlib.sha256(text.encode()).hexdigest()
         keys = [prefix + "current", f"{prefix}v:{served}", prefix + "changes"]

@@ -29,8 +29,8 @@ from proxy.errors import PROBLEM_TYPE
 from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.diff import diff_tables
 from proxy.table.edit import flip
-from proxy.table.gates import check_gates
-from proxy.table.loader import TableInvalid, load_text
+from proxy.table.gates import commit_through_gates
+from proxy.table.loader import TableInvalid
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -65,6 +65,13 @@ class RollbackIn(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=500)
     force: bool = Field(False, description="Commit even if a cutover gate is closed.")
+
+
+def _problem_lines(exc: TableInvalid) -> list[dict[str, Any]]:
+    return [
+        {"line": p.line, "field": p.where(), "message": p.message}
+        for p in sorted(exc.problems, key=lambda p: p.line or 0)
+    ]
 
 
 def _writer(
@@ -114,20 +121,21 @@ def create_admin_app(
     ) -> dict[str, Any]:
         before = store.current()
         try:
-            if force:
-                reason = f"{reason} [gates overridden]"
-            else:
-                check_gates(before.table, load_text(text, "routes.yaml"))
-            after = store.commit(text, author=author, reason=reason, expected_version=expected)
+            after = commit_through_gates(
+                store,
+                text,
+                before=before.table,
+                author=author,
+                reason=reason,
+                expected_version=expected,
+                force=force,
+            )
         except TableInvalid as exc:
             raise AdminError(
                 422,
                 "invalid-table",
                 "the table is invalid; nothing changed",
-                problems=[
-                    {"line": p.line, "field": p.where(), "message": p.message}
-                    for p in sorted(exc.problems, key=lambda p: p.line or 0)
-                ],
+                problems=_problem_lines(exc),
             ) from None
         changes = diff_tables(before.table, after.table)
         return {**_version(after), "changes": [c.as_dict() for c in changes]}
@@ -151,9 +159,7 @@ def create_admin_app(
             500,
             "stored-table-invalid",
             "a stored version does not load here",
-            problems=[
-                {"line": p.line, "field": p.where(), "message": p.message} for p in exc.problems
-            ],
+            problems=_problem_lines(exc),
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -44,6 +44,7 @@ class DataPlane:
         mode = runtime.settings.version_header
         # Responses say which route-table version served them (on by default internally).
         self.version_header = mode == "all" or (mode == "internal" and role == "internal")
+        self._version_field: tuple[int, list[tuple[bytes, bytes]]] = (-1, [])
         self.in_flight = 0
         metrics = runtime.metrics
         self.in_flight_gauge = metrics.in_flight.labels(role) if metrics.multiprocess else None
@@ -210,9 +211,13 @@ class DataPlane:
         )
 
     def _version(self, version: int) -> list[tuple[bytes, bytes]] | None:
+        """The version header's field (made once per table version, not per request)."""
         if not self.version_header:
             return None
-        return [(VERSION_HEADER, str(version).encode())]
+        cached = self._version_field
+        if cached[0] != version:
+            cached = self._version_field = (version, [(VERSION_HEADER, str(version).encode())])
+        return cached[1]
 
     @staticmethod
     async def _problem(

@@ -3,6 +3,7 @@ by replicas), and what they return."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -60,8 +61,20 @@ class Version:
     table: RouteTable
 
 
+# Called with the parsed new table just before a commit writes it; raising refuses the commit.
+Check = Callable[[RouteTable], None]
+
+
 class RouteStore(Protocol):
     def current(self) -> Version: ...
     def get(self, version: int) -> Version: ...
     def history(self, limit: int = 50) -> list[VersionInfo]: ...
-    def commit(self, text: str, *, author: str, reason: str, expected_version: int) -> Version: ...
+    def commit(
+        self,
+        text: str,
+        *,
+        author: str,
+        reason: str,
+        expected_version: int,
+        check: Check | None = None,
+    ) -> Version: ...

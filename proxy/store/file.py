@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxy.store.base import UnknownVersion, Version, VersionConflict, VersionInfo
-from proxy.table.edit import set_version
+from proxy.store.base import Check, UnknownVersion, Version, VersionConflict, VersionInfo
+from proxy.table.edit import set_version, stamp_and_load
 from proxy.table.loader import TableInvalid, load_text
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -89,7 +89,7 @@ class FileStore:
 
     def _record(self, text: str, version: int, author: str, reason: str) -> VersionInfo:
         info = VersionInfo(version, author, round(time.time(), 3), reason, _sha(text))
-        _atomic_write(self.dir / f"v{version:06d}.yaml", text)
+        atomic_write(self.dir / f"v{version:06d}.yaml", text)
         with open(self.log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(info.as_dict()) + "\n")
             handle.flush()
@@ -119,30 +119,34 @@ class FileStore:
             text = on_disk if table.version else set_version(on_disk, version)
             info = self._record(text, version, "store", f"first version, from {self.routes.name}")
             if text != on_disk:
-                _atomic_write(self.routes, text)
+                atomic_write(self.routes, text)
             return info
         version = infos[-1].version + 1
         text = set_version(on_disk, version)
         info = self._record(text, version, "file", f"{self.routes.name} edited by hand")
-        _atomic_write(self.routes, text)
+        atomic_write(self.routes, text)
         return info
 
-    def commit(self, text: str, *, author: str, reason: str, expected_version: int) -> Version:
+    def commit(
+        self,
+        text: str,
+        *,
+        author: str,
+        reason: str,
+        expected_version: int,
+        check: Check | None = None,
+    ) -> Version:
         """Store `text` as the next version if `expected_version` is still current (else
-        VersionConflict) and it is a valid table (else TableInvalid); then serve it."""
+        VersionConflict), it is a valid table (else TableInvalid) and `check` accepts it; then
+        serve it."""
         with self._locked():
             current = self._sync()
             if expected_version != current.version:
                 raise VersionConflict(expected_version, current.version)
             version = current.version + 1
-            given, text = text, set_version(text, version, str(self.routes))
-            try:
-                table = load_text(text, str(self.routes))
-            except TableInvalid:
-                # Report the lines its author wrote (set_version adds one to a text without
-                # `version:`).
-                load_text(given, str(self.routes))
-                raise
+            text, table = stamp_and_load(text, version, str(self.routes))
+            if check is not None:
+                check(table)
             info = self._record(text, version, author, reason)
-            _atomic_write(self.routes, text)
+            atomic_write(self.routes, text)
             return Version(info, text, table)

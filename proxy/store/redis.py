@@ -30,14 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.store.base import (
     DEFAULT_PREFIX,
+    Check,
     StoreError,
     UnknownVersion,
     Version,
     VersionConflict,
     VersionInfo,
 )
-from proxy.table.edit import set_version
-from proxy.table.loader import TableInvalid, load_text
+from proxy.table.edit import stamp_and_load
+from proxy.table.loader import load_text
 from proxy.table.model import RouteTable
 from proxy.table.validate import validate
 
@@ -233,20 +234,31 @@ class RedisStore:
         with contextlib.suppress(VersionConflict):  # another replica seeded it first
             self._write(text, "store", f"first version, from {self.seed.name}", 0, first)
 
-    def commit(self, text: str, *, author: str, reason: str, expected_version: int) -> Version:
+    def commit(
+        self,
+        text: str,
+        *,
+        author: str,
+        reason: str,
+        expected_version: int,
+        check: Check | None = None,
+    ) -> Version:
         """Store `text` as version expected+1 if `expected_version` is still current (else
-        VersionConflict) and it is a valid table (else TableInvalid)."""
-        return self._write(text, author, reason, expected_version, expected_version + 1)
+        VersionConflict), it is a valid table (else TableInvalid) and `check` accepts it."""
+        return self._write(text, author, reason, expected_version, expected_version + 1, check)
 
-    def _write(self, text: str, author: str, reason: str, expected: int, version: int) -> Version:
-        given, text = text, set_version(text, version, "routes.yaml")
-        try:
-            table = load_text(text, "routes.yaml")
-        except TableInvalid:
-            # Report the lines its author wrote (set_version adds one to a text without
-            # `version:`).
-            load_text(given, "routes.yaml")
-            raise
+    def _write(
+        self,
+        text: str,
+        author: str,
+        reason: str,
+        expected: int,
+        version: int,
+        check: Check | None = None,
+    ) -> Version:
+        text, table = stamp_and_load(text, version, "routes.yaml")
+        if check is not None:
+            check(table)
         at = round(time.time(), 3)
         sha = hashlib.sha256(text.encode()).hexdigest()
         keys = [self.prefix + "current", self._key(version), self.channel]

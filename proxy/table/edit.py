@@ -11,7 +11,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from proxy.table.loader import parse_yaml
+from proxy.table.loader import TableInvalid, load_text, parse_yaml
+from proxy.table.model import RouteTable
 
 
 def _dump(document: Any) -> str:
@@ -25,7 +26,24 @@ def _dump(document: Any) -> str:
 
 # A top-level `version: N` line (what every stored version has): replaced in place, which keeps
 # a large table's commit from paying for a YAML round trip. Anything else goes through ruamel.
-_VERSION_LINE = re.compile(r"^(version:[ \t]*)\d+(?=[ \t]*(?:#|$))", re.MULTILINE)
+_VERSION_LINE = re.compile(r"^(version:[ \t]*)(\d+)(?=[ \t]*(?:#|$))", re.MULTILINE)
+
+
+def stated_version(text: str) -> int | None:
+    """The number on a table text's top-level `version:` line, if it has exactly one."""
+    found = list(_VERSION_LINE.finditer(text))
+    return int(found[0].group(2)) if len(found) == 1 else None
+
+
+def stamp_and_load(text: str, version: int, source: str) -> tuple[str, RouteTable]:
+    """`text` stamped as `version`, and its table; TableInvalid names the lines its author
+    wrote (stamping adds a line to a text without `version:`)."""
+    stamped = set_version(text, version, source)
+    try:
+        return stamped, load_text(stamped, source)
+    except TableInvalid:
+        load_text(text, source)
+        raise
 
 
 def set_version(text: str, version: int, source: str = "routes.yaml") -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.store.base import StoreError
+from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.model import RouteTable
 
 GATE_TIMEOUT = 5.0
@@ -118,3 +118,28 @@ def check_gates(before: RouteTable, after: RouteTable) -> list[str]:
                 )
         opened.append(upstream)
     return opened
+
+
+def commit_through_gates(
+    store: RouteStore,
+    text: str,
+    *,
+    before: RouteTable,
+    author: str,
+    reason: str,
+    expected_version: int,
+    force: bool = False,
+) -> Version:
+    """Commit `text` on top of `before` once the gates it concerns opened (asked on the table
+    the store parses, so it is parsed once); `force` skips them and says so in the reason."""
+
+    def gated(table: RouteTable) -> None:
+        check_gates(before, table)
+
+    return store.commit(
+        text,
+        author=author,
+        reason=f"{reason} [gates overridden]" if force else reason,
+        expected_version=expected_version,
+        check=None if force else gated,
+    )
