@@ -63,21 +63,15 @@ def _migrate(settings: Settings) -> int:
 
 
 def _relay(settings: Settings) -> int:
-    from services.payment.app import make_publisher
+    from services.payment.app import make_publisher, make_relay
     from services.payment.db import make_engine
-    from services.payment.relay import OutboxRelay
 
     if not settings.redis_url:
         print("relay: --redis-url (PAYMENT_REDIS_URL) is required", file=sys.stderr)
         return 2
     engine = make_engine(settings.database_url)
     publisher = make_publisher(settings)
-    relay = OutboxRelay(
-        engine,
-        publisher,
-        batch_size=settings.relay_batch_size,
-        interval=settings.relay_interval_seconds,
-    )
+    relay = make_relay(engine, publisher, settings)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -15,6 +15,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.payment import __version__
@@ -43,6 +44,16 @@ def make_publisher(settings: Settings) -> Publisher:
     return InProcessBus()
 
 
+def make_relay(engine: Engine, publisher: Publisher, settings: Settings) -> OutboxRelay:
+    """The outbox relay as the settings configure it (in the app, or `relay` on its own)."""
+    return OutboxRelay(
+        engine,
+        publisher,
+        batch_size=settings.relay_batch_size,
+        interval=settings.relay_interval_seconds,
+    )
+
+
 def create_app(
     settings: Settings | None = None, *, legacy_transport: httpx.BaseTransport | None = None
 ) -> FastAPI:
@@ -59,12 +70,7 @@ def create_app(
         transport=legacy_transport,
     )
     publisher = make_publisher(settings)
-    relay = OutboxRelay(
-        engine,
-        publisher,
-        batch_size=settings.relay_batch_size,
-        interval=settings.relay_interval_seconds,
-    )
+    relay = make_relay(engine, publisher, settings)
     services = Services(
         settings=settings,
         engine=engine,
