@@ -9,6 +9,8 @@ dataplane/forward.py.
     ├── 413 body-too-large              over the route's max_body (before connecting if known)
     ├── 414 uri-too-long / 431 headers-too-large (raised in the protocol, before the app)
     ├── 503 overloaded                  concurrency limit reached; Retry-After
+    ├── 503 upstream-ejected            the upstream's circuit is open (outlier ejection)
+    ├── 503 upstream-saturated          no free slot at the upstream in time; Retry-After
     ├── 508 loop-detected               the request already passed this proxy (Via)
     ├── 502 upstream-unreachable, upstream-disconnected, bad-upstream-response
     └── 504 upstream-timeout, upstream-connect-timeout
@@ -42,7 +44,14 @@ TITLES = {
 
 class ProxyError(Exception):
     def __init__(
-        self, status: int, kind: str, detail: str, *, close: bool = False, retry_after: int = 0
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        *,
+        close: bool = False,
+        retry_after: int = 0,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -50,6 +59,7 @@ class ProxyError(Exception):
         self.detail = detail
         self.close = close
         self.retry_after = retry_after
+        self.headers = headers or []
 
 
 class ResponseAborted(Exception):

@@ -88,6 +88,33 @@ class Metrics:
             (*labels, "kind"),
             registry=self.registry,
         )
+        self.retries = Counter(
+            "strangler_retries",
+            "Requests sent again to the same upstream, by step (stale: a reused connection that "
+            "closed; retry: the route's policy) and the failure that caused it.",
+            (*labels, "step", "reason"),
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "strangler_fallbacks",
+            "Requests served by a route's fallback upstream instead of the chosen one.",
+            (*labels, "to", "reason"),
+            registry=self.registry,
+        )
+        self.ejections = Counter(
+            "strangler_upstream_ejections",
+            "Times an upstream was taken out of the path by outlier ejection (per worker).",
+            ("upstream",),
+            registry=self.registry,
+        )
+        self.upstream_state = Gauge(
+            "strangler_upstream_state",
+            "Outlier state of an upstream: 0 closed (serving), 1 ejected, 2 probing; with "
+            "several workers, the worst worker's.",
+            ("upstream",),
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.in_flight = Gauge(
             "strangler_requests_in_flight",
             "Requests being proxied now.",
@@ -115,14 +142,37 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
+    def ejected(self, upstream: str) -> None:
+        self.ejections.labels(upstream).inc()
+
+    def upstream_changed(self, upstream: str, state: int) -> None:
+        self.upstream_state.labels(upstream).set(state)
+
+    def upstream_states(self) -> dict[str, tuple[int, float]]:
+        """upstream -> (state code, ejections), over every worker (the worst state)."""
+        out: dict[str, list[float]] = {}
+        for family in self._registry().collect():
+            if family.name == "strangler_upstream_state":
+                for sample in family.samples:
+                    row = out.setdefault(sample.labels["upstream"], [0.0, 0.0])
+                    row[0] = max(row[0], sample.value)
+            elif family.name == "strangler_upstream_ejections":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        out.setdefault(sample.labels["upstream"], [0.0, 0.0])[1] += sample.value
+        return {name: (int(row[0]), row[1]) for name, row in out.items()}
+
+    def _registry(self) -> CollectorRegistry:
+        if not self.multiprocess:
+            return self.registry
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+
     def totals(self) -> dict[tuple[str, str], tuple[float, float, float]]:
         """(route, upstream) -> (requests, 5xx answers, seconds spent), over every worker."""
-        registry = self.registry
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         out: dict[tuple[str, str], list[float]] = {}
-        for family in registry.collect():
+        for family in self._registry().collect():
             if family.name == "strangler_requests":
                 for sample in family.samples:
                     if not sample.name.endswith("_total"):
@@ -146,11 +196,7 @@ class Metrics:
         if not self.multiprocess:
             for listener, read in self.in_flight_sources.items():
                 self.in_flight.labels(listener).set(read())
-        registry = self.registry
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        text: bytes = generate_latest(registry)
+        text: bytes = generate_latest(self._registry())
         return text
 
 

@@ -73,6 +73,14 @@ class ProxySettings(BaseSettings):
     max_in_flight: int = Field(1_024, ge=1)
     # One client address may hold at most this many at once (nginx limit_conn, set by hand).
     max_in_flight_per_client: int = Field(256, ge=1)
+    # Request bodies up to this size are read whole before an upstream connection is taken
+    # (nginx's proxy_request_buffering): a slow upload holds no upstream connection, and a
+    # retry or a fallback can send the body again. Larger bodies stream and are never re-sent.
+    request_buffer: int = Field(65_536, ge=0, le=64 * 1024 * 1024)
+    # One client address may hold at most this share of an upstream's request slots (its
+    # max_requests), so one client's slow downloads cannot take every connection to the
+    # monolith (nginx's limit_conn, per upstream).
+    upstream_share_per_client: float = Field(0.5, gt=0, le=1)
     # HTTP/1.1 pipelined requests queued on one connection before it is refused.
     max_pipelined: int = Field(16, ge=1)
     # Kubernetes' default termination grace period.

@@ -1,7 +1,11 @@
-"""The data plane's ASGI callable: one request, from head to access-log line.
+"""The data plane's ASGI callable: one request, in four named steps.
 
-    read the snapshot once → refuse what must be refused (method, headers, Host, loop, path,
-    exposure, size, load) → match → choose the upstream → forward (streaming) → log + metrics
+    admit    concurrency accounting (global and per client), method, headers, Host, loop
+    resolve  pure: path, route, exposure, upstream, limits, safety nets → a Plan (plan.py)
+    forward  read the body (buffered up to a bound), then try the plan's upstream: ejected or
+             saturated upstreams are not tried; a failed try may be re-sent (stale connection,
+             retry) or served by the fallback (plan.next_step); the answer streams back
+    record   metrics, one access-log line
 
 No framework routing, no per-request objects beyond locals; errors before the response starts
 become problem+json answers, after it starts the connection is closed (see errors.py).
@@ -9,14 +13,26 @@ become problem+json answers, after it starts the connection is closed (see error
 
 from __future__ import annotations
 
+import asyncio
+import math
+import random
 import time
 from json.encoder import encode_basestring_ascii as _json_str
 
-from proxy.dataplane.forward import ClientGone, Outcome
-from proxy.dataplane.headers import BadHeaders, prepare_request, request_id_of
-from proxy.dataplane.match import find_route
-from proxy.dataplane.normalize import AmbiguousPath, match_key
-from proxy.dataplane.split import choose
+from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated
+from proxy.dataplane.forward import Body, ClientGone, Outcome, TryFailed, read_body
+from proxy.dataplane.headers import BadHeaders, RequestFacts, prepare_request, request_id_of
+from proxy.dataplane.plan import (
+    FALLBACK,
+    GIVE_UP,
+    RETRY,
+    STALE,
+    Plan,
+    Tries,
+    next_step,
+    reacts_to,
+    resolve,
+)
 from proxy.errors import (
     ProxyError,
     ResponseAborted,
@@ -28,9 +44,11 @@ from proxy.runtime import Runtime
 from proxy.types import Receive, Scope, Send
 
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
-
-
+# What the proxy's own 405 offers instead (RFC 9110 §15.5.6): the methods it forwards.
+ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 VERSION_HEADER = b"strangler-route-version"
+FALLBACK_HEADER = b"strangler-fallback"
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 class DataPlane:
@@ -42,8 +60,9 @@ class DataPlane:
         self.external = role == "external"
         self.via = runtime.settings.via_name.encode()
         mode = runtime.settings.version_header
-        # Responses say which route-table version served them (on by default internally).
-        self.version_header = mode == "all" or (mode == "internal" and role == "internal")
+        # Responses say which route-table version served them, and whether a fallback served
+        # them (on by default on the internal listener only).
+        self.show_headers = mode == "all" or (mode == "internal" and role == "internal")
         self._version_field: tuple[int, list[tuple[bytes, bytes]]] = (-1, [])
         self.in_flight = 0
         metrics = runtime.metrics
@@ -56,131 +75,305 @@ class DataPlane:
         started = time.perf_counter()
         client = scope["client"][0] if scope.get("client") else ""
         outcome = Outcome()
-        route_name = upstream_name = "-"
+        plan: Plan | None = None
         request_id = ""
-        runtime.in_flight += 1
         holder = None  # the client address counted against the per-client limit
-        self.in_flight += 1
-        if self.in_flight_gauge is not None:
-            self.in_flight_gauge.inc()
+        self._enter()
         try:
-            if runtime.in_flight > runtime.settings.max_in_flight:
-                raise ProxyError(
-                    503, "overloaded", "the proxy is at its concurrency limit", retry_after=1
-                )
-            method = scope["method"]
-            if method in REFUSED_METHODS:
-                raise ProxyError(405, "method-not-allowed", f"{method} is not proxied")
-            trusted = runtime.trusted(client)
-            try:
-                facts = prepare_request(
-                    scope["headers"],
-                    client=client,
-                    scheme=scope["scheme"],
-                    trusted=trusted,
-                    via=self.via,
-                )
-            except BadHeaders as exc:
-                raise ProxyError(exc.status, exc.kind, str(exc)) from None
+            facts, holder = self._admit(scope, client)
             request_id = facts.request_id
-            # Behind a trusted hop (a load balancer) the client is the right-most address it
-            # did not add itself: sticky client-ip splits and the per-client limit use that.
-            holder = (runtime.origin(facts.forwarded_for) if trusted else "") or client
-            held = runtime.per_client.get(holder, 0) + 1
-            runtime.per_client[holder] = held
-            if held > runtime.settings.max_in_flight_per_client:
-                raise ProxyError(
-                    503,
-                    "overloaded",
-                    "too many concurrent requests from this client",
-                    retry_after=1,
-                )
-            if facts.loop:
-                raise ProxyError(508, "loop-detected", "this request has already passed this proxy")
-            try:
-                key = match_key(scope["raw_path"])
-            except AmbiguousPath as exc:
-                raise ProxyError(400, "bad-target", str(exc)) from None
-            route = find_route(snapshot, key, method, facts.host, scope["headers"])
-            if route is not None:
-                route_name = route.name
-                if not (route.external if self.external else route.internal):
-                    raise ProxyError(
-                        404, "not-found", f"no route for this path on the {self.role} listener"
-                    )
-                upstream = choose(route, scope["headers"], holder)
-                max_body = route.max_body
-                read_timeout = route.timeout or upstream.timeout
-            else:
-                route_name = "default"
-                upstream = snapshot.default
-                max_body = snapshot.max_body
-                read_timeout = upstream.timeout
-            upstream_name = upstream.name
-            if facts.content_length is not None and facts.content_length > max_body:
-                raise ProxyError(
-                    413,
-                    "body-too-large",
-                    f"the body is {facts.content_length} bytes; this route takes {max_body}",
-                    close=True,
-                )
-            await runtime.forwarder.forward(
-                scope,
-                receive,
-                send,
-                upstream,
-                facts.headers,
-                has_body=bool(facts.content_length) or facts.chunked,
-                read_timeout=read_timeout,
-                max_body=max_body,
-                body_idle=runtime.settings.body_idle_timeout,
-                send_timeout=runtime.settings.send_timeout,
-                outcome=outcome,
+            plan = resolve(
+                snapshot,
+                external=self.external,
+                role=self.role,
+                method=scope["method"],
+                raw_path=scope["raw_path"],
+                host=facts.host,
+                headers=scope["headers"],
+                client=holder,
                 content_length=facts.content_length,
-                extra_headers=self._version(snapshot.version),
             )
+            await self._forward(scope, receive, send, plan, facts, holder, outcome)
         except ProxyError as exc:
+            route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
             if exc.status >= 502:
-                runtime.metrics.upstream_errors.labels(route_name, upstream_name, exc.kind).inc()
+                runtime.metrics.upstream_errors.labels(route, upstream, exc.kind).inc()
             outcome.error = exc.kind
             if outcome.started:
                 raise UpstreamAborted(exc.kind) from exc
             outcome.status = exc.status
             request_id = request_id or request_id_of(scope["headers"])
-            await self._problem(send, exc, request_id, self._version(snapshot.version))
+            await self._problem(send, exc, request_id, self._headers(snapshot.version, outcome))
         except ClientGone:
             outcome.status, outcome.error = 499, "client-gone"
         except ResponseAborted as exc:
-            if isinstance(exc, UpstreamAborted):
-                runtime.metrics.upstream_errors.labels(route_name, upstream_name, exc.kind).inc()
+            if isinstance(exc, UpstreamAborted) and plan is not None:
+                runtime.metrics.upstream_errors.labels(
+                    plan.route_name, plan.upstream.name, exc.kind
+                ).inc()
             outcome.error = exc.kind
             raise
         finally:
-            runtime.in_flight -= 1
-            if holder is not None:
-                left = runtime.per_client.get(holder, 1) - 1
-                if left:
-                    runtime.per_client[holder] = left
-                else:
-                    del runtime.per_client[holder]
-            self.in_flight -= 1
-            if self.in_flight_gauge is not None:
-                self.in_flight_gauge.dec()
-            elapsed = time.perf_counter() - started
-            runtime.metrics.observe(route_name, upstream_name, outcome.status, elapsed)
-            if runtime.access_log.enabled:
-                runtime.access_log.write_line(
-                    self._log_line(
-                        scope,
-                        client,
-                        request_id,
-                        route_name,
-                        upstream_name,
-                        outcome,
-                        elapsed,
-                        snapshot.version,
-                    )
+            self._leave(holder)
+            self._record(scope, client, request_id, plan, outcome, started, snapshot.version)
+
+    # --- admit --------------------------------------------------------------------------------
+    def _enter(self) -> None:
+        self.runtime.in_flight += 1
+        self.in_flight += 1
+        if self.in_flight_gauge is not None:
+            self.in_flight_gauge.inc()
+
+    def _admit(self, scope: Scope, client: str) -> tuple[RequestFacts, str]:
+        """The request's header facts and the client it counts against; refusals raise."""
+        runtime = self.runtime
+        settings = runtime.settings
+        if runtime.in_flight > settings.max_in_flight:
+            raise ProxyError(
+                503, "overloaded", "the proxy is at its concurrency limit", retry_after=1
+            )
+        method = scope["method"]
+        if method in REFUSED_METHODS:
+            raise ProxyError(
+                405, "method-not-allowed", f"{method} is not proxied", headers=[(b"allow", ALLOW)]
+            )
+        trusted = runtime.trusted(client)
+        try:
+            facts = prepare_request(
+                scope["headers"],
+                client=client,
+                scheme=scope["scheme"],
+                trusted=trusted,
+                via=self.via,
+            )
+        except BadHeaders as exc:
+            raise ProxyError(exc.status, exc.kind, str(exc)) from None
+        if facts.loop:
+            raise ProxyError(508, "loop-detected", "this request has already passed this proxy")
+        # Behind a trusted hop (a load balancer) the client is the right-most address it did not
+        # add itself: sticky client-ip splits and the per-client limits use that.
+        holder = (runtime.origin(facts.forwarded_for) if trusted else "") or client
+        held = runtime.per_client.get(holder, 0) + 1
+        runtime.per_client[holder] = held
+        if held > settings.max_in_flight_per_client:
+            self._release_client(holder)
+            raise ProxyError(
+                503, "overloaded", "too many concurrent requests from this client", retry_after=1
+            )
+        return facts, holder
+
+    def _leave(self, holder: str | None) -> None:
+        self.runtime.in_flight -= 1
+        if holder is not None:
+            self._release_client(holder)
+        self.in_flight -= 1
+        if self.in_flight_gauge is not None:
+            self.in_flight_gauge.dec()
+
+    def _release_client(self, holder: str) -> None:
+        per_client = self.runtime.per_client
+        left = per_client.get(holder, 1) - 1
+        if left:
+            per_client[holder] = left
+        else:
+            del per_client[holder]
+
+    # --- forward ------------------------------------------------------------------------------
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        plan: Plan,
+        facts: RequestFacts,
+        holder: str,
+        outcome: Outcome,
+    ) -> None:
+        """Read the body, then try the plan until an answer is sent or nothing more may be
+        tried (plan.next_step decides; see plan.py for when a request may be repeated)."""
+        settings = self.runtime.settings
+        body: Body = None
+        if facts.content_length or facts.chunked:
+            body = await read_body(
+                receive,
+                buffer=settings.request_buffer,
+                max_body=plan.max_body,
+                content_length=facts.content_length,
+                body_idle=settings.body_idle_timeout,
+                outcome=outcome,
+            )
+        tries = Tries(replayable=not callable(body))
+        guards = self.runtime.guards
+        guards.get(plan.upstream).deposit()
+        fresh = False
+        while True:
+            guard = guards.get(plan.upstream)
+            outcome.tries += 1
+            step = await self._try(
+                scope, receive, send, plan, facts, body, holder, guard, tries, fresh, outcome
+            )
+            if step is None:
+                return
+            fresh = step == STALE
+            if step == STALE:
+                tries.stale_used = True
+            elif step == RETRY:
+                guard.withdraw()
+                retry = plan.retry
+                assert retry is not None
+                delay = min(retry.max_backoff, retry.backoff * 2 ** (tries.tries - 1))
+                tries.tries += 1
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - full jitter
+            elif step == FALLBACK:
+                fallback = plan.fallback
+                assert fallback is not None
+                outcome.fallback_from = plan.upstream.name
+                tries.fallen_back = True
+                plan.upstream = fallback.upstream
+                route_timeout = plan.route.timeout if plan.route is not None else None
+                plan.read_timeout = route_timeout or fallback.upstream.timeout
+
+    async def _try(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        plan: Plan,
+        facts: RequestFacts,
+        body: Body,
+        holder: str,
+        guard: Guard,
+        tries: Tries,
+        fresh: bool,
+        outcome: Outcome,
+    ) -> str | None:
+        """One try of `plan.upstream`: None once answered, else the next step to take. Raises
+        the failure as a ProxyError when nothing more may be tried."""
+        upstream = plan.upstream
+        blocked = guard.blocked_for(time.monotonic()) if guard.state != CLOSED else 0.0
+        if blocked:
+            error = ProxyError(
+                503,
+                "upstream-ejected",
+                f"the upstream {upstream.name} is failing and out of the path for now",
+                retry_after=math.ceil(blocked),
+            )
+            return self._next(plan, "ejected", error, tries, False, guard, outcome)
+        probe = guard.state == PROBING
+        recorded = False
+        try:
+            await guard.acquire(holder, self.runtime.settings.upstream_share_per_client)
+        except Saturated as exc:
+            if probe:
+                guard.probing -= 1
+            error = ProxyError(
+                503,
+                "upstream-saturated",
+                f"the upstream {upstream.name} has no free slot ({exc.reason})",
+                retry_after=1,
+            )
+            return self._next(plan, "saturated", error, tries, False, guard, outcome)
+        pool = self.runtime.forwarder.enter(upstream)
+        try:
+            try:
+                response = await self.runtime.forwarder.open(
+                    pool,
+                    upstream,
+                    scope,
+                    facts.headers,
+                    body,
+                    read_timeout=plan.read_timeout,
+                    head_timeout=plan.retry.per_try_timeout
+                    if plan.retry is not None and not tries.fallen_back
+                    else None,
+                    fresh=fresh,
                 )
+            except TryFailed as failed:
+                recorded = self._outlier(guard, True, probe)
+                return self._next(
+                    plan, failed.kind, failed.error, tries, failed.reused, guard, outcome
+                )
+            status = response.status
+            if reacts_to(plan, status):
+                step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
+                if step != GIVE_UP:
+                    response.close()  # its body is not wanted: the connection is not reused
+                    recorded = self._outlier(guard, status in GATEWAY_STATUSES, probe)
+                    self._count(plan, step, str(status), outcome)
+                    return step
+            recorded = self._outlier(guard, status in GATEWAY_STATUSES, probe)
+            await self.runtime.forwarder.reply(
+                response,
+                scope,
+                receive,
+                send,
+                streamed_body=callable(body),
+                read_timeout=plan.read_timeout,
+                send_timeout=self.runtime.settings.send_timeout,
+                outcome=outcome,
+                extra_headers=self._headers(plan.version, outcome),
+            )
+            return None
+        finally:
+            self.runtime.forwarder.leave(pool)
+            guard.release(holder)
+            if probe and not recorded:
+                guard.probing = max(0, guard.probing - 1)  # no verdict: another probe may go
+
+    def _outlier(self, guard: Guard, failed: bool, probe: bool) -> bool:
+        """Count an answer for the upstream's outlier rule; say when it ejected it."""
+        if guard.record(failed, time.monotonic(), probe):
+            self.runtime.metrics.ejected(guard.upstream.name)
+        return True
+
+    def _next(
+        self,
+        plan: Plan,
+        failure: str,
+        error: ProxyError,
+        tries: Tries,
+        reused: bool,
+        guard: Guard,
+        outcome: Outcome,
+    ) -> str:
+        step = next_step(plan, failure, tries, reused=reused, budget=guard.budget >= 1)
+        if step == GIVE_UP:
+            raise error
+        self._count(plan, step, failure, outcome)
+        return step
+
+    def _count(self, plan: Plan, step: str, reason: str, outcome: Outcome) -> None:
+        metrics = self.runtime.metrics
+        if step == FALLBACK:
+            assert plan.fallback is not None
+            outcome.fallback_reason = reason
+            metrics.fallbacks.labels(
+                plan.route_name, plan.upstream.name, plan.fallback.upstream.name, reason
+            ).inc()
+        else:
+            metrics.retries.labels(plan.route_name, plan.upstream.name, step, reason).inc()
+
+    # --- record -------------------------------------------------------------------------------
+    def _record(
+        self,
+        scope: Scope,
+        client: str,
+        request_id: str,
+        plan: Plan | None,
+        outcome: Outcome,
+        started: float,
+        version: int,
+    ) -> None:
+        runtime = self.runtime
+        route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
+        elapsed = time.perf_counter() - started
+        runtime.metrics.observe(route, upstream, outcome.status, elapsed)
+        if runtime.access_log.enabled:
+            runtime.access_log.write_line(
+                self._log_line(
+                    scope, client, request_id, route, upstream, outcome, elapsed, version
+                )
+            )
 
     def _log_line(
         self,
@@ -201,23 +394,33 @@ class DataPlane:
         if query:
             target += "?" + query.decode("latin-1")
         error = f'"{outcome.error}"' if outcome.error else "null"
+        fallback = (
+            f'{{"from":"{outcome.fallback_from}","reason":"{outcome.fallback_reason}"}}'
+            if outcome.fallback_from
+            else "null"
+        )
         return (
             f'{{"ts":{time.time():.6f},"request_id":"{request_id}","listener":"{self.role}",'
             f'"client":"{client}","method":{_json_str(scope["method"])},'
             f'"target":{_json_str(target)},"route":"{route}","upstream":"{upstream}",'
             f'"status":{outcome.status},"bytes_in":{outcome.bytes_in},'
             f'"bytes_out":{outcome.bytes_out},"duration_ms":{elapsed * 1000:.3f},'
-            f'"table_version":{version},"error":{error}}}'
+            f'"table_version":{version},"tries":{outcome.tries},"fallback":{fallback},'
+            f'"error":{error}}}'
         )
 
-    def _version(self, version: int) -> list[tuple[bytes, bytes]] | None:
-        """The version header's field (made once per table version, not per request)."""
-        if not self.version_header:
+    def _headers(self, version: int, outcome: Outcome) -> list[tuple[bytes, bytes]] | None:
+        """The version header's field (made once per table version, not per request), and the
+        fallback's when one served the request."""
+        if not self.show_headers:
             return None
         cached = self._version_field
         if cached[0] != version:
             cached = self._version_field = (version, [(VERSION_HEADER, str(version).encode())])
-        return cached[1]
+        if not outcome.fallback_from:
+            return cached[1]
+        fallback = f"{outcome.fallback_from}; reason={outcome.fallback_reason}".encode()
+        return [*cached[1], (FALLBACK_HEADER, fallback)]
 
     @staticmethod
     async def _problem(
@@ -227,6 +430,7 @@ class DataPlane:
         headers = problem_headers(
             body, request_id=request_id, close=exc.close, retry_after=exc.retry_after
         )
+        headers.extend(exc.headers)
         if extra:
             headers.extend(extra)
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -22,7 +23,7 @@ from yarl import URL
 from proxy.dataplane.headers import headers_sendable, prepare_response
 from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
-from proxy.types import Receive, Scope, Send
+from proxy.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -40,7 +41,7 @@ LIVENESS_PROBE_SECONDS = 1.0
 
 
 class ClientGone(Exception):
-    """The client disconnected while its body was being sent upstream."""
+    """The client disconnected while its body was being read or sent upstream."""
 
 
 class BodyTooLarge(Exception):
@@ -51,6 +52,16 @@ class BodyIdle(Exception):
     pass
 
 
+class TryFailed(Exception):
+    """One try got no response head. `kind`: connect-failure (nothing was sent), reset, timeout
+    or bad-response; `error` is the answer if nothing else is tried; `reused`: the try ran on a
+    pooled connection (the stale keep-alive race is possible)."""
+
+    def __init__(self, kind: str, error: ProxyError, reused: bool) -> None:
+        super().__init__(kind)
+        self.kind, self.error, self.reused = kind, error, reused
+
+
 @dataclass(slots=True)
 class Outcome:
     status: int = 0
@@ -58,6 +69,98 @@ class Outcome:
     bytes_out: int = 0
     error: str = ""
     started: bool = False
+    tries: int = 0
+    fallback_from: str = ""
+    fallback_reason: str = ""
+
+
+Body = bytes | Callable[[], AsyncIterator[bytes]] | None
+
+
+async def read_body(
+    receive: Receive,
+    *,
+    buffer: int,
+    max_body: int,
+    content_length: int | None,
+    body_idle: float,
+    outcome: Outcome,
+) -> Body:
+    """Read a request body before any upstream connection is taken (nginx's
+    proxy_request_buffering): up to `buffer` bytes whole, so a slow upload holds no upstream
+    connection and a retry can send it again. A larger body streams: the result is then a
+    factory of the stream (the bytes read so far first), which can be started only once."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            message = await _receive(receive, body_idle)
+        except BodyIdle:
+            raise ProxyError(
+                408, "request-timeout", "the request body stalled", close=True
+            ) from None
+        chunk = message.get("body", b"")
+        assert isinstance(chunk, bytes)
+        outcome.bytes_in += len(chunk)
+        if outcome.bytes_in > max_body:
+            raise ProxyError(
+                413, "body-too-large", "the request body exceeds this route's limit", close=True
+            )
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            if content_length is not None and outcome.bytes_in != content_length:
+                raise ClientGone  # ended short
+            return b"".join(chunks)
+        if outcome.bytes_in > buffer:
+            break
+    prefix = b"".join(chunks)
+    started = False
+
+    def stream() -> AsyncIterator[bytes]:
+        nonlocal started
+        if started:
+            raise RuntimeError("a streamed request body can be sent once")  # never re-sent
+        started = True
+        return _stream_rest(receive, prefix, max_body, content_length, body_idle, outcome)
+
+    return stream
+
+
+async def _receive(receive: Receive, body_idle: float) -> Message:
+    try:
+        async with asyncio.timeout(body_idle):
+            message = await receive()
+    except TimeoutError:
+        raise BodyIdle from None
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    return message
+
+
+async def _stream_rest(
+    receive: Receive,
+    prefix: bytes,
+    max_body: int,
+    content_length: int | None,
+    body_idle: float,
+    outcome: Outcome,
+) -> AsyncIterator[bytes]:
+    """The body past the buffer, as it arrives. It *raises* when the client goes or the body
+    ends short: returning would let aiohttp reuse a half-written connection."""
+    yield prefix
+    while True:
+        message = await _receive(receive, body_idle)
+        chunk = message.get("body", b"")
+        assert isinstance(chunk, bytes)
+        outcome.bytes_in += len(chunk)
+        if outcome.bytes_in > max_body:
+            raise BodyTooLarge
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            if content_length is not None and outcome.bytes_in != content_length:
+                raise ClientGone
+            return
 
 
 def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -71,15 +174,55 @@ def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
     return None
 
 
+class _Connector(aiohttp.TCPConnector):
+    """Counts the connections it opens: a try that failed while the count stayed the same ran
+    on a pooled (reused) connection."""
+
+    opened = 0
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.opened += 1
+        return await super()._create_connection(*args, **kwargs)
+
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+        max_field_size=MAX_FIELD_SIZE,
+        max_headers=MAX_HEADERS,
+    )
+    # aiohttp silently re-sends an idempotent request once when the connection drops before
+    # the answer (even on a fresh connection, and whatever the route says): the data plane
+    # decides every repeat itself. The only switch is this private flag; a test guards it.
+    session._retry_connection = False
+    return session
+
+
 class _Pool:
-    """One upstream's session and how many requests are using it right now."""
+    """One upstream's session and how many requests are using it right now; a second session
+    that never reuses a connection, for the re-send after a stale keep-alive connection."""
 
-    __slots__ = ("active", "retired", "session")
+    __slots__ = ("active", "connector", "fresh", "retired", "session")
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    def __init__(self, connector: _Connector) -> None:
+        self.connector = connector
+        self.session = _session(connector)
+        self.fresh: aiohttp.ClientSession | None = None
         self.active = 0
         self.retired = False
+
+    def fresh_session(self) -> aiohttp.ClientSession:
+        if self.fresh is None:
+            self.fresh = _session(aiohttp.TCPConnector(force_close=True, limit=0))
+        return self.fresh
+
+    async def close(self) -> None:
+        await self.session.close()
+        if self.fresh is not None:
+            await self.fresh.close()
 
 
 class Forwarder:
@@ -99,26 +242,25 @@ class Forwarder:
         key = (upstream.url, upstream.max_connections)
         pool = self._pools.get(key)
         if pool is None:
-            connector = aiohttp.TCPConnector(
+            connector = _Connector(
                 limit=upstream.max_connections,
                 limit_per_host=0,
                 keepalive_timeout=KEEPALIVE_SECONDS,
                 force_close=False,
             )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                trust_env=False,
-                max_field_size=MAX_FIELD_SIZE,
-                max_headers=MAX_HEADERS,
-            )
-            # aiohttp silently re-sends an idempotent request once when the connection drops
-            # before the answer (FORWARDING.md item 6): the upstream would see one client
-            # request twice. The only switch is this private flag; a test guards it.
-            session._retry_connection = False
-            pool = self._pools[key] = _Pool(session)
+            pool = self._pools[key] = _Pool(connector)
         return pool
+
+    def enter(self, upstream: Upstream) -> _Pool:
+        """The upstream's pool, counted as in use until `leave`."""
+        pool = self.pool(upstream)
+        pool.active += 1  # a retired upstream's pool is closed when this reaches 0
+        return pool
+
+    def leave(self, pool: _Pool) -> None:
+        pool.active -= 1
+        if pool.retired and pool.active == 0:
+            self._close(pool)
 
     @property
     def open_sessions(self) -> int:
@@ -138,7 +280,7 @@ class Forwarder:
     def _close(self, pool: _Pool) -> None:
         self._retired.discard(pool)
         try:
-            task = asyncio.get_running_loop().create_task(pool.session.close())
+            task = asyncio.get_running_loop().create_task(pool.close())
         except RuntimeError:  # no loop (a table swapped outside the server): nothing is open
             return
         self._closing.add(task)
@@ -159,124 +301,111 @@ class Forwarder:
         pools = [*self._pools.values(), *self._retired]
         self._pools, self._retired = {}, set()
         for pool in pools:
-            await pool.session.close()
+            await pool.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def forward(
+    async def open(
         self,
+        pool: _Pool,
+        upstream: Upstream,
+        scope: Scope,
+        headers: list[tuple[str, str]],
+        body: Body,
+        *,
+        read_timeout: float,
+        head_timeout: float | None = None,
+        fresh: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response head. Raises TryFailed (the upstream
+        failed), ClientGone or a ProxyError about the client's body."""
+        url = URL.build(
+            scheme=upstream.scheme,
+            host=upstream.host,
+            port=upstream.port,
+            path=scope["raw_path"].decode("ascii"),
+            query_string=scope["query_string"].decode("ascii"),
+            encoded=True,
+        )
+        session = pool.fresh_session() if fresh else pool.session
+        opened = pool.connector.opened
+        try:
+            request = session.request(
+                scope["method"],
+                url,
+                headers=headers,
+                data=body() if callable(body) else body,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                allow_redirects=False,
+                timeout=self.timeout(upstream.connect_timeout, read_timeout),
+            )
+            if head_timeout is None:
+                return await request
+            async with asyncio.timeout(head_timeout):
+                return await request
+        except Exception as exc:
+            raise _failed(exc, reused=not fresh and pool.connector.opened == opened) from exc
+
+    async def reply(
+        self,
+        response: aiohttp.ClientResponse,
         scope: Scope,
         receive: Receive,
         send: Send,
-        upstream: Upstream,
-        headers: list[tuple[str, str]],
         *,
-        has_body: bool,
+        streamed_body: bool,
         read_timeout: float,
-        max_body: int,
-        body_idle: float,
         send_timeout: float,
         outcome: Outcome,
-        content_length: int | None = None,
-        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        extra_headers: list[tuple[bytes, bytes]] | None,
     ) -> None:
-        """Send the request upstream and stream the answer back (see the module rules)."""
-
-        async def body() -> AsyncIterator[bytes]:
-            while True:
-                try:
-                    async with asyncio.timeout(body_idle):
-                        message = await receive()
-                except TimeoutError:
-                    raise BodyIdle from None
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk = message.get("body", b"")
-                assert isinstance(chunk, bytes)
-                outcome.bytes_in += len(chunk)
-                if outcome.bytes_in > max_body:
-                    raise BodyTooLarge
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    if content_length is not None and outcome.bytes_in != content_length:
-                        raise ClientGone  # ended short: never let aiohttp reuse a half-sent request
-                    return
-
-        pool = self.pool(upstream)
-        session = pool.session
-        pool.active += 1  # a retired upstream's pool is closed when this reaches 0
+        """Stream the answer to the client (see the module rules)."""
         try:
-            url = URL.build(
-                scheme=upstream.scheme,
-                host=upstream.host,
-                port=upstream.port,
-                path=scope["raw_path"].decode("ascii"),
-                query_string=scope["query_string"].decode("ascii"),
-                encoded=True,
-            )
-            try:
-                response = await session.request(
-                    scope["method"],
-                    url,
-                    headers=headers,
-                    data=body() if has_body else None,
-                    skip_auto_headers=SKIP_AUTO_HEADERS,
-                    allow_redirects=False,
-                    timeout=self.timeout(upstream.connect_timeout, read_timeout),
-                )
-            except Exception as exc:
-                raise _before_start(exc) from exc
-            try:
-                outcome.status = response.status
-                length = response.content_length
-                bodiless = scope["method"] == "HEAD" or response.status in (204, 304)
-                if bodiless or (length is not None and length <= BUFFER_BYTES):
-                    # Small answers are read whole and the upstream connection goes back to the
-                    # pool before the client is written to: a slow client holds no upstream
-                    # connection (nginx's proxy_buffering, in memory). Read errors here come before
-                    # the response starts, so they are still a clean 502/504.
-                    whole = b"" if bodiless else await _read_body(response, read_timeout)
-                    response.release()
-                    outcome.bytes_out = len(whole)
-                    await _start(send, response, extra_headers)
-                    outcome.started = True
-                    await send({"type": "http.response.body", "body": whole, "more_body": False})
-                    return
+            outcome.status = response.status
+            length = response.content_length
+            bodiless = scope["method"] == "HEAD" or response.status in (204, 304)
+            if bodiless or (length is not None and length <= BUFFER_BYTES):
+                # Small answers are read whole and the upstream connection goes back to the
+                # pool before the client is written to: a slow client holds no upstream
+                # connection (nginx's proxy_buffering, in memory). Read errors here come before
+                # the response starts, so they are still a clean 502/504.
+                whole = b"" if bodiless else await _read_body(response, read_timeout)
+                response.release()
+                outcome.bytes_out = len(whole)
                 await _start(send, response, extra_headers)
                 outcome.started = True
-                content = response.content
-                # uvicorn's send() returns quietly once the client has gone: watch for it, or a
-                # long stream would hold its upstream connection to the end.
-                gone = asyncio.ensure_future(_disconnect(receive)) if not has_body else None
-                try:
-                    while True:
-                        chunk = await _read_some(response, content, read_timeout, gone)
-                        if not chunk:
-                            break
-                        outcome.bytes_out += len(chunk)
-                        try:
-                            async with asyncio.timeout(send_timeout):
-                                await send(
-                                    {"type": "http.response.body", "body": chunk, "more_body": True}
-                                )
-                        except TimeoutError:
-                            raise ClientTooSlow("client-send-timeout") from None
-                        if gone is not None and gone.done():
-                            raise ClientGone
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise UpstreamAborted(_body_failure(exc)) from exc
-                finally:
-                    if gone is not None:
-                        gone.cancel()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
+                return
+            await _start(send, response, extra_headers)
+            outcome.started = True
+            content = response.content
+            # uvicorn's send() returns quietly once the client has gone: watch for it, or a
+            # long stream would hold its upstream connection to the end. (A streamed request
+            # body still owns receive(): its end is watched by the body stream.)
+            gone = None if streamed_body else asyncio.ensure_future(_disconnect(receive))
+            try:
+                while True:
+                    chunk = await _read_some(response, content, read_timeout, gone)
+                    if not chunk:
+                        break
+                    outcome.bytes_out += len(chunk)
+                    try:
+                        async with asyncio.timeout(send_timeout):
+                            await send(
+                                {"type": "http.response.body", "body": chunk, "more_body": True}
+                            )
+                    except TimeoutError:
+                        raise ClientTooSlow("client-send-timeout") from None
+                    if gone is not None and gone.done():
+                        raise ClientGone
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamAborted(_body_failure(exc)) from exc
             finally:
-                response.release()
-
+                if gone is not None:
+                    gone.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            pool.active -= 1
-            if pool.retired and pool.active == 0:
-                self._close(pool)
+            response.release()
 
 
 async def _disconnect(receive: Receive) -> None:
@@ -359,8 +488,9 @@ async def _read_some(
                 raise UpstreamAborted("upstream-timeout") from None
 
 
-def _before_start(exc: Exception) -> Exception:
-    """aiohttp's (or our body generator's) failure before any response byte, as a ProxyError."""
+def _failed(exc: Exception, *, reused: bool) -> Exception:
+    """aiohttp's (or the body stream's) failure before any response byte: a TryFailed with its
+    kind, or the client's own failure (gone, body too large, body stalled)."""
     if _cause(exc, ClientGone) is not None:
         return ClientGone()
     if _cause(exc, BodyTooLarge) is not None:
@@ -370,18 +500,24 @@ def _before_start(exc: Exception) -> Exception:
     if _cause(exc, BodyIdle) is not None:
         return ProxyError(408, "request-timeout", "the request body stalled", close=True)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ProxyError(504, "upstream-connect-timeout", "the upstream did not accept in time")
+        error = ProxyError(504, "upstream-connect-timeout", "the upstream did not accept in time")
+        return TryFailed("connect-failure", error, reused=False)
     if isinstance(exc, aiohttp.ClientConnectorError):
         # The cause (address, errno) is for the operator's log, not for clients.
         log.warning("upstream unreachable: %s", exc)
-        return ProxyError(502, "upstream-unreachable", "the upstream is unreachable")
+        error = ProxyError(502, "upstream-unreachable", "the upstream is unreachable")
+        return TryFailed("connect-failure", error, reused=False)
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return ProxyError(504, "upstream-timeout", "the upstream did not answer in time")
+        error = ProxyError(504, "upstream-timeout", "the upstream did not answer in time")
+        return TryFailed("timeout", error, reused)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return ProxyError(502, "upstream-disconnected", "the upstream closed without answering")
+        error = ProxyError(502, "upstream-disconnected", "the upstream closed without answering")
+        return TryFailed("reset", error, reused)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return ProxyError(502, "bad-upstream-response", "the upstream's answer is malformed")
+        error = ProxyError(502, "bad-upstream-response", "the upstream's answer is malformed")
+        return TryFailed("bad-response", error, reused)
     if isinstance(exc, aiohttp.ClientError):
         log.warning("upstream failed: %s", exc)
-        return ProxyError(502, "upstream-disconnected", "the upstream failed")
+        error = ProxyError(502, "upstream-disconnected", "the upstream failed")
+        return TryFailed("reset", error, reused)
     return exc

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
-from proxy.table.model import Route, RouteTable
+from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable
 from proxy.table.model import Upstream as UpstreamSpec
 from proxy.table.validate import specificity
 
@@ -31,6 +31,37 @@ class Upstream:
     timeout: float
     connect_timeout: float
     max_connections: int
+    max_requests: int
+    max_pending: int
+    queue_timeout: float
+    idempotent_writes: bool
+    outlier: Outlier | None
+    retry_budget: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """Which failures a retry or a fallback reacts to: kinds (connect-failure, reset, timeout)
+    and response statuses (`gateway-error` is 502, 503 and 504)."""
+
+    kinds: frozenset[str]
+    statuses: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int
+    on: Failures
+    per_try_timeout: float | None
+    backoff: float
+    max_backoff: float
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackPolicy:
+    upstream: Upstream
+    on: Failures
+    methods: frozenset[str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +94,8 @@ class CompiledRoute:
     max_body: int
     external: bool
     internal: bool
+    retry: RetryPolicy | None = None
+    fallback: FallbackPolicy | None = None
 
 
 class Node:
@@ -101,7 +134,42 @@ def _upstream(name: str, spec: UpstreamSpec) -> Upstream:
         timeout=spec.timeout,
         connect_timeout=spec.connect_timeout,
         max_connections=spec.max_connections,
+        max_requests=spec.max_requests or spec.max_connections,
+        max_pending=spec.max_pending,
+        queue_timeout=spec.queue_timeout,
+        idempotent_writes=spec.idempotent_writes,
+        outlier=spec.outlier,
+        retry_budget=spec.retry_budget,
     )
+
+
+def _failures(on: tuple[str | int, ...]) -> Failures:
+    statuses = {item for item in on if isinstance(item, int)}
+    if "gateway-error" in on:
+        statuses |= {502, 503, 504}
+    kinds = {item for item in on if isinstance(item, str) and item != "gateway-error"}
+    return Failures(frozenset(kinds), frozenset(statuses))
+
+
+def _methods(methods: tuple[str, ...] | None) -> frozenset[str] | None:
+    """GET implies HEAD (nginx's limit_except GET does the same)."""
+    if not methods:
+        return None
+    return frozenset({*methods, *(("HEAD",) if "GET" in methods else ())})
+
+
+def _retry(spec: Retry | None) -> RetryPolicy | None:
+    if spec is None:
+        return None
+    return RetryPolicy(
+        spec.attempts, _failures(spec.on), spec.per_try_timeout, spec.backoff, spec.max_backoff
+    )
+
+
+def _fallback(spec: Fallback | None, upstreams: dict[str, Upstream]) -> FallbackPolicy | None:
+    if spec is None:
+        return None
+    return FallbackPolicy(upstreams[spec.to], _failures(spec.on), _methods(spec.methods))
 
 
 def _split(route: Route, upstreams: dict[str, Upstream]) -> Split | None:
@@ -137,10 +205,7 @@ def compile_table(table: RouteTable) -> Snapshot:
                 name=route.name,
                 path=m.path,
                 exact=m.exact,
-                # GET implies HEAD (nginx's limit_except GET does the same).
-                methods=frozenset({*m.methods, *(("HEAD",) if "GET" in m.methods else ())})
-                if m.methods
-                else None,
+                methods=_methods(m.methods),
                 host=m.host.encode("ascii") if m.host else None,
                 headers=tuple(
                     (k.encode("latin-1"), v.encode("latin-1")) for k, v in (m.headers or {}).items()
@@ -151,6 +216,8 @@ def compile_table(table: RouteTable) -> Snapshot:
                 max_body=route.max_body if route.max_body is not None else table.max_body,
                 external=route.expose in {"external", "both"},
                 internal=route.expose in {"internal", "both"},
+                retry=_retry(route.retry),
+                fallback=_fallback(route.fallback, upstreams),
             )
         )
     exact: dict[str, list[CompiledRoute]] = {}

@@ -40,10 +40,83 @@ DEFAULT_TIMEOUT = 60.0
 # should fail fast, so Envoy's.
 DEFAULT_CONNECT_TIMEOUT = 5.0
 UNSAFE_METHODS = frozenset({"CONNECT", "TRACE"})
+# What a retry or a fallback may react to. `connect-failure`: the request never reached the
+# upstream (refused, connect timeout, no free connection in time, ejected); `reset`: the
+# connection closed before any response byte; `timeout`: no response head in time;
+# `gateway-error`: 502, 503 or 504 (Envoy's retry_on names; nginx's proxy_next_upstream
+# `error timeout http_502 http_503 http_504`). A number names one status (500-599).
+FAILURE_NAMES = frozenset({"connect-failure", "reset", "timeout", "gateway-error"})
+DEFAULT_FAILURES: tuple[str | int, ...] = ("connect-failure", "reset", "timeout", "gateway-error")
+
+
+def _on_off(value: object) -> object:
+    """`outlier: on` switches a block on with its defaults, `off` switches it off (YAML reads
+    both as booleans)."""
+    if value is True or value == "on":
+        return {}
+    return None if value is False or value == "off" else value
+
+
+def _failures(value: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    if not value:
+        raise ValueError("name at least one failure (connect-failure, reset, timeout, ...)")
+    for item in value:
+        if isinstance(item, int):
+            if not 500 <= item <= 599:
+                raise ValueError(f"{item} is not a 5xx status")
+        elif item not in FAILURE_NAMES:
+            raise ValueError(
+                f"{item!r} is not one of {', '.join(sorted(FAILURE_NAMES))} or a 5xx status"
+            )
+    if len(set(value)) != len(value):
+        raise ValueError("a failure is listed twice")
+    return value
+
+
+def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("methods: leave it out to match every method")
+    upper = tuple(m.upper() for m in value)
+    for method in upper:
+        if not TOKEN.match(method):
+            raise ValueError(f"{method!r} is not an HTTP method")
+        if method in UNSAFE_METHODS:
+            raise ValueError(f"{method} is never proxied")
+    if len(set(upper)) != len(upper):
+        raise ValueError("a method is listed twice")
+    return tuple(sorted(upper))
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Outlier(Strict):
+    """Outlier ejection (a circuit breaker per upstream and worker), Envoy's outlier detection:
+    `consecutive_failures` gateway failures in a row (Envoy's consecutive_gateway_failure, 5)
+    eject the upstream for `base_ejection` (Envoy's base_ejection_time, 30s) times the number
+    of ejections so far, at most `max_ejection` (Envoy's max_ejection_time, 300s). Then
+    `probes` requests are let through; all must succeed to close it again, one failure ejects
+    it again. Optionally a failure ratio over a window ejects too (Envoy's
+    failure_percentage_threshold 85 % with failure_percentage_request_volume 50, over its
+    10s interval). Only gateway failures count (connect failures, resets, timeouts, 502/503/504):
+    a 500 from one buggy endpoint must not take a whole monolith out of the path."""
+
+    consecutive_failures: int = Field(5, ge=1, le=10_000)
+    base_ejection: Duration = 30.0
+    max_ejection: Duration = 300.0
+    probes: int = Field(3, ge=1, le=100)
+    failure_ratio: float | None = Field(None, gt=0, le=1)
+    window: Duration = 10.0
+    min_requests: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Outlier:
+        if self.max_ejection < self.base_ejection:
+            raise ValueError("max_ejection is shorter than base_ejection")
+        return self
 
 
 class Upstream(Strict):
@@ -51,6 +124,21 @@ class Upstream(Strict):
     timeout: Duration = Field(DEFAULT_TIMEOUT, description="time to wait between bytes")
     connect_timeout: Duration = DEFAULT_CONNECT_TIMEOUT
     max_connections: int = Field(256, ge=1, le=100_000)
+    # Concurrency cap per worker (Envoy's circuit-breaker max_requests): requests over it wait
+    # for a slot, at most `max_pending` of them (Envoy's max_pending_requests) and at most
+    # `queue_timeout` (HAProxy's `timeout queue`); the rest get a fast 503. Defaults to
+    # max_connections, so no request ever waits inside the connection pool.
+    max_requests: int | None = Field(None, ge=1, le=100_000)
+    max_pending: int = Field(128, ge=0, le=100_000)
+    queue_timeout: Duration = 1.0
+    # The upstream honours Idempotency-Key: a POST or PATCH carrying one may be re-sent.
+    idempotent_writes: bool = False
+    # Off unless set (as in Envoy): ejecting the only upstream of a route with no fallback turns
+    # a blip into an outage of base_ejection; `outlier: on` takes Envoy's numbers.
+    outlier: Annotated[Outlier | None, BeforeValidator(_on_off)] = None
+    # Retries (of every route) to this upstream are at most this share of its requests, plus a
+    # small reserve (Envoy's retry_budget budget_percent 20 %; Finagle's RetryBudget).
+    retry_budget: float = Field(0.2, ge=0, le=1)
     gate: str | None = Field(
         None,
         description="a URL the control plane asks before a change sends this upstream more "
@@ -80,19 +168,7 @@ class Match(Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("methods: leave it out to match every method")
-        upper = tuple(m.upper() for m in value)
-        for method in upper:
-            if not TOKEN.match(method):
-                raise ValueError(f"{method!r} is not an HTTP method")
-            if method in UNSAFE_METHODS:
-                raise ValueError(f"{method} is never proxied")
-        if len(set(upper)) != len(upper):
-            raise ValueError("a method is listed twice")
-        return tuple(sorted(upper))
+        return _check_methods(value)
 
     @field_validator("host")
     @classmethod
@@ -119,6 +195,58 @@ class Match(Strict):
 Expose = Literal["external", "internal", "both"]
 
 
+class Retry(Strict):
+    """Re-send a failed request to the same upstream (Envoy's retry policy). Only a request that
+    may be repeated is re-sent: an idempotent method (RFC 9110 §9.2.2), or a POST/PATCH with an
+    Idempotency-Key to an upstream with `idempotent_writes`, whose body was buffered; a request
+    that never reached the upstream (connect-failure) may be re-sent whatever its method."""
+
+    attempts: int = Field(2, ge=1, le=10, description="tries in all (Envoy's num_retries 1 + 1)")
+    on: tuple[str | int, ...] = DEFAULT_FAILURES
+    per_try_timeout: Duration | None = Field(None, description="time to the response head")
+    # Envoy's base_interval (25ms) and max_interval (10 times base); full jitter.
+    backoff: Duration = 0.025
+    max_backoff: Duration = 0.25
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        return _failures(value)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Retry:
+        if self.max_backoff < self.backoff:
+            raise ValueError("max_backoff is shorter than backoff")
+        return self
+
+
+class Fallback(Strict):
+    """Serve a request from another upstream (the monolith) when the chosen one fails before
+    the first response byte, or is ejected. Same repeat rule as retries; a request that never
+    reached the chosen upstream may fall back whatever its method (nothing was sent)."""
+
+    to: str
+    on: tuple[str | int, ...] = DEFAULT_FAILURES
+    methods: tuple[str, ...] | None = Field(
+        None, description="only these methods fall back (default: every one that may)"
+    )
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        return _failures(value)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_methods(value)
+
+
+def _fallback_shorthand(value: object) -> object:
+    """`fallback: monolith` is `fallback: {to: monolith}`."""
+    return {"to": value} if isinstance(value, str) else value
+
+
 class Route(Strict):
     name: str
     match: Match
@@ -130,6 +258,8 @@ class Route(Strict):
     timeout: Duration | None = None
     max_body: Size | None = None
     expose: Expose = "both"
+    retry: Retry | None = None
+    fallback: Annotated[Fallback | None, BeforeValidator(_fallback_shorthand)] = None
 
     @field_validator("name")
     @classmethod
@@ -169,9 +299,12 @@ class Route(Strict):
             raise ValueError("a route has exactly one of `to` and `split`")
         if self.sticky is not None and self.split is None:
             raise ValueError("sticky applies to a split only")
+        if self.fallback is not None and self.fallback.to == self.to:
+            raise ValueError(f"route falls back to {self.to!r}, its own upstream")
         return self
 
     def upstream_names(self) -> tuple[str, ...]:
+        """The upstreams the route sends traffic to (its fallback is not one of them)."""
         return (self.to,) if self.to is not None else tuple(self.split or ())
 
 

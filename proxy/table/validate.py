@@ -182,6 +182,13 @@ def validate(table: RouteTable, positions: list[int] | None = None) -> list[Prob
                 problems.append(
                     Problem(("routes", index, "split", target), f"unknown upstream {target!r}")
                 )
+        if route.fallback is not None and route.fallback.to not in names:
+            problems.append(
+                Problem(
+                    ("routes", index, "fallback", "to"),
+                    f"unknown upstream {route.fallback.to!r}",
+                )
+            )
     problems.extend(_overlaps(table.routes, at))
     return problems
 

@@ -249,15 +249,28 @@ def test_a_client_leaving_mid_upload_cuts_the_upstream_request(
     proxy: ProxyProcess, upstream: Recorder
 ) -> None:
     """The upstream must see a cut connection, never a short request that looks complete (the
-    rest of it would be read as the next request on a reused connection)."""
+    rest of it would be read as the next request on a reused connection). A body larger than
+    the request buffer (64 KiB) streams, so the upstream has seen its start."""
     with Conn(proxy.external) as conn:
-        conn.sendall(build("POST", "/upload", [("Content-Length", "100000")]) + b"x" * 50_000)
+        conn.sendall(build("POST", "/upload", [("Content-Length", "200000")]) + b"x" * 80_000)
         wait_until(lambda: len(upstream.seen) == 1, what="the upload upstream")
     wait_until(lambda: not upstream.seen[0].complete, 5, "the upstream connection cut")
-    assert upstream.seen[0].body_size < 100_000
+    assert upstream.seen[0].body_size < 200_000
     upstream.reset()
     assert send(proxy.external, "POST", "/next", body=b"abc").status == 200
     assert upstream.only().body == b"abc"
+
+
+def test_a_small_upload_the_client_abandons_never_reaches_the_upstream(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """A body within the request buffer is read whole before an upstream connection is taken:
+    a client that leaves half-way costs the upstream nothing."""
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("POST", "/upload", [("Content-Length", "40000")]) + b"x" * 20_000)
+        time.sleep(0.3)
+    assert send(proxy.external, "POST", "/next", body=b"abc").status == 200
+    assert [seen.target for seen in upstream.seen] == [b"/next"]
 
 
 def test_an_early_upstream_answer_keeps_the_client_connection_in_sync(

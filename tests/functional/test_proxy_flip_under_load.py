@@ -269,21 +269,24 @@ async def _forward_once(
 
     scope = {"type": "http", "method": "GET", "raw_path": path.encode(), "query_string": b""}
     outcome = Outcome()
+    pool = forwarder.enter(upstream)
     try:
-        await forwarder.forward(
+        response = await forwarder.open(
+            pool, upstream, scope, [("host", "upstream.test")], None, read_timeout=10
+        )
+        await forwarder.reply(
+            response,
             scope,
             receive,
             send,
-            upstream,
-            [("host", "upstream.test")],
-            has_body=False,
+            streamed_body=False,
             read_timeout=10,
-            max_body=1_000,
-            body_idle=10,
             send_timeout=10,
             outcome=outcome,
+            extra_headers=None,
         )
     finally:
+        forwarder.leave(pool)
         done.set()
     return outcome
 

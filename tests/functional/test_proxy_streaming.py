@@ -117,7 +117,8 @@ def test_a_client_that_stops_reading_frees_its_upstream_connection(tmp_path: Pat
         routes.write_text(
             f'upstreams:\n  main: {{url: "{upstream.url}", max_connections: 1}}\ndefault: main\n'
         )
-        env = {"STRANGLER_SEND_TIMEOUT": "1"}
+        # One client address here plays both clients: let it hold the whole pool.
+        env = {"STRANGLER_SEND_TIMEOUT": "1", "STRANGLER_UPSTREAM_SHARE_PER_CLIENT": "1"}
         with (
             running(["--routes", str(routes), "--no-access-log"], env) as proxy,
             Conn(proxy.external, timeout=30) as stalled,

@@ -1,0 +1,193 @@
+"""The request path's pure middle: what to do with a request (`resolve`), and what to do after
+a try failed (`next_step`). No I/O; tested without sockets.
+
+resolve: target → match key → route (or the default) → listener exposure → upstream (its `to`
+or a bucket of its split) → limits and the safety nets that apply → a Plan.
+
+next_step, after a try failed before any response byte reached the client:
+- **stale**: a request sent on a *reused* connection that closed before any response byte (the
+  keep-alive race: the upstream closed an idle connection as we wrote) is re-sent once on a new
+  connection, if it may be repeated. Always on; no budget spent (it is the pool's fault).
+- **retry**: the route's retry policy, on the same upstream, if it may be repeated.
+- **fallback**: the route's fallback upstream, once, if it may be repeated there.
+- otherwise give up: the failure becomes the answer.
+
+May a request be repeated? A request that never reached the upstream (refused, connect timeout,
+no free slot, ejected) may, whatever its method: nothing was sent. Else its body must be buffered
+(never a streamed one) and its method idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, PUT,
+DELETE); a POST or PATCH only with an Idempotency-Key, re-sent to the same upstream, and that
+upstream declares `idempotent_writes` (another upstream would not know the key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.dataplane.match import find_route
+from proxy.dataplane.normalize import AmbiguousPath, match_key
+from proxy.dataplane.split import choose
+from proxy.errors import ProxyError
+from proxy.table.compile import (
+    CompiledRoute,
+    Failures,
+    FallbackPolicy,
+    RetryPolicy,
+    Snapshot,
+    Upstream,
+)
+
+Headers = Sequence[tuple[bytes, bytes]]
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Failures that happen before anything was sent.
+UNREACHED = frozenset({"connect-failure", "ejected", "saturated"})
+STALE, RETRY, FALLBACK, GIVE_UP = "stale", "retry", "fallback", ""
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the data plane does with one request; `upstream` changes on a fallback."""
+
+    version: int  # of the route table the request is served from
+    route: CompiledRoute | None
+    route_name: str
+    upstream: Upstream
+    method: str
+    keyed: bool  # carries an Idempotency-Key
+    max_body: int
+    read_timeout: float
+    retry: RetryPolicy | None
+    fallback: FallbackPolicy | None
+
+
+def resolve(
+    snapshot: Snapshot,
+    *,
+    external: bool,
+    role: str,
+    method: str,
+    raw_path: bytes,
+    host: bytes,
+    headers: Headers,
+    client: str,
+    content_length: int | None,
+) -> Plan:
+    """The plan for one request, or a ProxyError (400 ambiguous target, 404 not exposed on
+    this listener, 413 a declared body over the route's limit)."""
+    try:
+        key = match_key(raw_path)
+    except AmbiguousPath as exc:
+        raise ProxyError(400, "bad-target", str(exc)) from None
+    route = find_route(snapshot, key, method, host, headers)
+    if route is None:
+        upstream = snapshot.default
+        plan = Plan(
+            snapshot.version,
+            None,
+            "default",
+            upstream,
+            method,
+            False,
+            snapshot.max_body,
+            upstream.timeout,
+            None,
+            None,
+        )
+    else:
+        if not (route.external if external else route.internal):
+            raise ProxyError(404, "not-found", f"no route for this path on the {role} listener")
+        upstream = choose(route, headers, client)
+        plan = Plan(
+            snapshot.version,
+            route,
+            route.name,
+            upstream,
+            method,
+            False,
+            route.max_body,
+            route.timeout or upstream.timeout,
+            route.retry,
+            route.fallback,
+        )
+    if content_length is not None and content_length > plan.max_body:
+        raise ProxyError(
+            413,
+            "body-too-large",
+            f"the body is {content_length} bytes; this route takes {plan.max_body}",
+            close=True,
+        )
+    if method not in IDEMPOTENT and (plan.retry is not None or plan.fallback is not None):
+        plan.keyed = any(name == b"idempotency-key" for name, _ in headers)
+    return plan
+
+
+@dataclass(slots=True)
+class Tries:
+    """What one request has tried so far."""
+
+    replayable: bool  # the body is buffered (or there is none)
+    tries: int = 1  # on the plan's first upstream
+    stale_used: bool = False
+    fallen_back: bool = False
+
+
+def _listed(failures: Failures, failure: str | int) -> bool:
+    if isinstance(failure, int):
+        return failure in failures.statuses
+    kind = "connect-failure" if failure in UNREACHED else failure
+    return kind in failures.kinds
+
+
+def may_repeat(plan: Plan, target: Upstream, failure: str | int, tries: Tries) -> bool:
+    """Whether the request may be sent (again) to `target` after `failure` (module rules)."""
+    if failure in UNREACHED:
+        return True
+    if not tries.replayable:
+        return False
+    if plan.method in IDEMPOTENT:
+        return True
+    return plan.keyed and target is plan.upstream and target.idempotent_writes
+
+
+def next_step(plan: Plan, failure: str | int, tries: Tries, *, reused: bool, budget: bool) -> str:
+    """STALE, RETRY, FALLBACK or GIVE_UP after a try of `plan.upstream` failed with `failure`
+    (a kind or a response status). `budget`: the upstream's retry budget has a retry left."""
+    upstream = plan.upstream
+    if (
+        failure == "reset"
+        and reused
+        and not tries.stale_used
+        and may_repeat(plan, upstream, failure, tries)
+    ):
+        return STALE
+    retry = plan.retry
+    if (
+        retry is not None
+        and budget
+        and not tries.fallen_back
+        and failure not in {"ejected", "saturated"}  # the same upstream would refuse again
+        and tries.tries < retry.attempts
+        and _listed(retry.on, failure)
+        and may_repeat(plan, upstream, failure, tries)
+    ):
+        return RETRY
+    fallback = plan.fallback
+    if (
+        fallback is not None
+        and not tries.fallen_back
+        and fallback.upstream is not upstream
+        and _listed(fallback.on, failure)
+        and (fallback.methods is None or plan.method in fallback.methods)
+        and may_repeat(plan, fallback.upstream, failure, tries)
+    ):
+        return FALLBACK
+    return GIVE_UP
+
+
+def reacts_to(plan: Plan, status: int) -> bool:
+    """Whether a response status may make this request retry or fall back (cheap pre-check
+    before the response is held back from the client)."""
+    retry, fallback = plan.retry, plan.fallback
+    return (retry is not None and status in retry.on.statuses) or (
+        fallback is not None and status in fallback.on.statuses
+    )
