@@ -1,8 +1,18 @@
 """uvicorn's httptools protocol with the limits it lacks, enforced while the head is parsed:
 a request head that is too slow (408, slowloris), a target that is too long (414), too many or
 too large header fields (431), a target that is not origin-form (absolute-form or '*': 400),
-and too many pipelined requests queued on one connection (503). Each answer is a problem+json
-body and closes the connection: the rest of a refused request is never read.
+a transfer coding it cannot frame (400) or forward (501, RFC 9112 §6.1), and too many pipelined
+requests queued on one connection (the connection closes after the accepted ones). Each answer
+is a problem+json body and closes the connection: the rest of a refused request is never read.
+
+Framing rules beyond the head:
+- Trailer fields of a chunked request are discarded, never merged into the header fields
+  (RFC 9110 §6.5.1); their size counts against the header limit (431).
+- A request whose body framing is malformed (a bad chunk size) is answered 400 if its response
+  has not started; the application then sees the client as gone. After the start, the
+  connection is closed (a truncated answer never looks complete).
+- A refusal never overtakes the answers to earlier pipelined requests: it is written once they
+  are complete, in order, then the connection closes (RFC 9112 §9.3.2).
 """
 
 from __future__ import annotations
@@ -11,9 +21,10 @@ import asyncio
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from proxy.dataplane.headers import request_id_of
+from proxy.dataplane.headers import ALLOW, request_id_of, transfer_coding_problem
 from proxy.errors import problem_body, problem_headers
 from proxy.settings import ProxySettings
 
@@ -23,6 +34,7 @@ _REASONS = {
     408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
 }
 
@@ -57,9 +69,12 @@ class StopReading(Exception):
 
 
 class Refused(Exception):
-    def __init__(self, status: int, kind: str, detail: str) -> None:
+    def __init__(
+        self, status: int, kind: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.kind, self.detail = status, kind, detail
+        self.headers = headers or []
 
 
 class HardenedProtocol(HttpToolsProtocol):
@@ -72,6 +87,15 @@ class HardenedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._raw_head = 0  # bytes received while a head is open (see data_received)
         self._stopped = False
+        self._in_body = False  # past the head: header fields now are trailer fields
+        # From a chunk-size line until its data begins: after the last chunk's line, the trailer
+        # section; httptools grows an unfinished trailer field as it does a header one.
+        self._chunk_head = False
+        self._raw_trailer = 0
+        # The cycle whose application runs (uvicorn's `cycle` is the last one parsed).
+        self._running: RequestResponseCycle | None = None
+        # A refusal written once the earlier pipelined requests are answered.
+        self._deferred: bytes | None = None
         # When the request head now being read began (None between requests). A sweep once a
         # second refuses heads older than the limit: one timer per worker instead of a timer
         # armed and cancelled for every request.
@@ -94,6 +118,8 @@ class HardenedProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._head_since is not None:
             self._raw_head += len(data)  # reset by on_headers_complete if the head ends here
+        if self._chunk_head:
+            self._raw_trailer += len(data)  # reset when chunk data or the message's end comes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -111,9 +137,12 @@ class HardenedProtocol(HttpToolsProtocol):
                 self._refuse(Refused(400, "bad-request", "the request is not valid HTTP/1.1"))
             return
         # httptools grows an unfinished header value without bound before on_header runs:
-        # a head still open after this many raw bytes is refused (memory stays bounded).
+        # a head (or trailer section) still open after this many raw bytes is refused (memory
+        # stays bounded).
         if self._head_since is not None and self._raw_head > self._raw_limit:
             self._refuse(Refused(431, "headers-too-large", "the request head is too large"))
+        elif self._chunk_head and self._raw_trailer > self._raw_limit:
+            self._refuse(Refused(431, "headers-too-large", "the trailer section is too large"))
 
     @property
     def _raw_limit(self) -> int:
@@ -132,6 +161,7 @@ class HardenedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._in_body = self._chunk_head = False
         if self._head_since is None:
             self._head_since = self.loop.time()
 
@@ -148,8 +178,14 @@ class HardenedProtocol(HttpToolsProtocol):
             raise Refused(
                 431,
                 "headers-too-large",
-                f"the header fields exceed {self.limits.max_header_bytes} bytes",
+                f"the {'trailer' if self._in_body else 'header'} fields exceed "
+                f"{self.limits.max_header_bytes} bytes",
             )
+        if self._in_body:
+            # A trailer field. uvicorn would append it to the list that is already the
+            # request's header fields (scope["headers"]): an `Authorization` sent as a trailer
+            # would reach the upstream as a header. Trailers are discarded (RFC 9110 §6.5.1).
+            return
         super().on_header(name, value)
         if len(self.headers) > self.limits.max_headers:
             raise Refused(
@@ -160,9 +196,14 @@ class HardenedProtocol(HttpToolsProtocol):
         self._head_since = None
         self._raw_head = 0
         if self.parser.get_method() == b"CONNECT":
-            raise Refused(405, "method-not-allowed", "CONNECT is not proxied")
+            raise Refused(405, "method-not-allowed", "CONNECT is not proxied", [(b"allow", ALLOW)])
         if not self.url.startswith(b"/"):
             raise Refused(400, "bad-target", "only origin-form request targets are proxied")
+        codings = [value for name, value in self.headers if name == b"transfer-encoding"]
+        if codings and (problem := transfer_coding_problem(codings)) is not None:
+            # Refused before the application starts: the parser itself rejects a final coding
+            # other than chunked only after this callback, when the request is already handed on.
+            raise Refused(problem.status, problem.kind, str(problem))
         if len(self.pipeline) >= self.limits.max_pipelined:
             raise StopReading
         upgrade = self.parser.should_upgrade()
@@ -171,24 +212,80 @@ class HardenedProtocol(HttpToolsProtocol):
             # protocol: its body would be parsed as a request of its own (smuggling).
             raise Refused(400, "bad-request", "an Upgrade request with a body is not proxied")
         super().on_headers_complete()
+        self._in_body = True
+        self._head_bytes = 0  # from here on, the trailer section's size
         if upgrade:
             self.cycle.keep_alive = False
 
-    def _refuse(self, refused: Refused) -> None:
-        if self.transport.is_closing():
-            return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # An earlier (pipelined) request is still being answered: a refusal written now
-            # would arrive first, out of order. Close instead; HTTP/1.1 clients retry the
-            # unanswered requests on a new connection (RFC 9112 §9.3.2).
+    def on_chunk_header(self) -> None:
+        self._chunk_head = True
+        self._raw_trailer = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._chunk_head = False
+        super().on_body(body)
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_head = False
+
+    # --- answers ----------------------------------------------------------------------------
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        last = not self.pipeline
+        super().on_response_complete()  # starts the next pipelined request, if any
+        if last and self._deferred is not None and not self.transport.is_closing():
+            # Every request before the refused one is answered (and none asked to close).
+            self.transport.write(self._deferred)
             self.transport.close()
+
+    def _refuse(self, refused: Refused) -> None:
+        if self.transport.is_closing() or self._deferred is not None:
             return
         request_id = request_id_of(self.headers or ())
+        answer = self._answer(refused, request_id)
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body:
+            # The malformed part is in the body of the last request parsed.
+            if self.pipeline and self.pipeline[0][0] is cycle:
+                # A queued pipelined request: it never runs; the refusal waits for the others.
+                self.pipeline.popleft()
+                previous = self.pipeline[0][0] if self.pipeline else self._running
+                if previous is not None:
+                    self.cycle = cycle = previous
+            elif cycle.response_started:
+                self.transport.close()  # its answer cannot be finished
+                return
+            else:
+                # The request being answered: answered here. The application's receive() now
+                # says the client is gone, and whatever it sends is not written; the scope says
+                # what the client was answered instead.
+                cycle.disconnected = True
+                cycle.message_event.set()
+                cycle.scope.setdefault("extensions", {})["strangler.refused"] = {
+                    "status": refused.status,
+                    "kind": refused.kind,
+                    "request_id": request_id,
+                }
+                cycle = None
+        if cycle is not None and not cycle.response_complete:
+            # An earlier (pipelined) request is still being answered: a refusal written now
+            # would arrive first, out of order. It is written after the last answer.
+            self._deferred = answer
+            self._stopped = True
+            self._head_since = None
+            self.flow.pause_reading()
+            return
+        self.transport.write(answer)
+        self.transport.close()
+
+    @staticmethod
+    def _answer(refused: Refused, request_id: str) -> bytes:
+        """The refusal's bytes: a problem+json answer that closes the connection."""
         body = problem_body(refused.status, refused.kind, refused.detail, request_id)
         head = [b"HTTP/1.1 %d %s\r\n" % (refused.status, _REASONS.get(refused.status, b""))]
-        head += [
-            name + b": " + value + b"\r\n"
-            for name, value in problem_headers(body, request_id=request_id, close=True)
-        ]
-        self.transport.write(b"".join(head) + b"\r\n" + body)
-        self.transport.close()
+        fields = problem_headers(body, request_id=request_id, close=True) + refused.headers
+        head += [name + b": " + value + b"\r\n" for name, value in fields]
+        return b"".join(head) + b"\r\n" + body

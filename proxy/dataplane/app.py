@@ -21,7 +21,13 @@ from json.encoder import encode_basestring_ascii as _json_str
 
 from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated
 from proxy.dataplane.forward import Body, ClientGone, Outcome, TryFailed, read_body
-from proxy.dataplane.headers import BadHeaders, RequestFacts, prepare_request, request_id_of
+from proxy.dataplane.headers import (
+    ALLOW,
+    BadHeaders,
+    RequestFacts,
+    prepare_request,
+    request_id_of,
+)
 from proxy.dataplane.plan import (
     FALLBACK,
     GIVE_UP,
@@ -44,8 +50,6 @@ from proxy.runtime import Runtime
 from proxy.types import Receive, Scope, Send
 
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
-# What the proxy's own 405 offers instead (RFC 9110 §15.5.6): the methods it forwards.
-ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
@@ -105,7 +109,13 @@ class DataPlane:
             request_id = request_id or request_id_of(scope["headers"])
             await self._problem(send, exc, request_id, self._headers(snapshot.version, outcome))
         except ClientGone:
-            outcome.status, outcome.error = 499, "client-gone"
+            # The protocol may have answered a malformed body itself (the client was told).
+            refused = scope.get("extensions", {}).get("strangler.refused")
+            if refused is None:
+                outcome.status, outcome.error = 499, "client-gone"
+            else:
+                outcome.status, outcome.error = refused["status"], refused["kind"]
+                request_id = refused["request_id"]
         except ResponseAborted as exc:
             if isinstance(exc, UpstreamAborted) and plan is not None:
                 runtime.metrics.upstream_errors.labels(
@@ -145,6 +155,7 @@ class DataPlane:
                 scheme=scope["scheme"],
                 trusted=trusted,
                 via=self.via,
+                http_version=scope["http_version"],
             )
         except BadHeaders as exc:
             raise ProxyError(exc.status, exc.kind, str(exc)) from None

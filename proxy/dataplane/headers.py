@@ -7,6 +7,12 @@ the peer is a trusted hop), Via, X-Request-ID (the client's if valid) and tracep
 client's trace continued with a new span, or a new trace). Header names with an underscore are
 dropped, as nginx does by default (`underscores_in_headers off`): behind a CGI-style upstream
 `X_User` and `X-User` would collide.
+
+Framing: Content-Length goes upstream as the number it was read as (`010` is sent as `10`), so
+the upstream can never read a spelling differently from the proxy. Transfer-Encoding must be
+`chunked`, once and last: chunked not final is a 400 (RFC 9112 §6.3: the length cannot be
+determined), another coding before it a 501 (RFC 9112 §6.1). Host is required in HTTP/1.1 only
+(RFC 9112 §3.2); without one, aiohttp sends the upstream's own host:port.
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ FRAMING = frozenset({b"host", b"content-length"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _HOST = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
+# A request without Host is valid before HTTP/1.1 (RFC 9112 §3.2).
+_HOST_OPTIONAL = frozenset({"0.9", "1.0"})
+# The Allow field of the proxy's 405 answers (RFC 9110 §15.5.6): the standard methods it proxies
+# (extension methods pass too; CONNECT and TRACE are refused).
+ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 class BadHeaders(ValueError):
@@ -76,6 +87,23 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(tokens - HOP_BY_HOP - FRAMING)
 
 
+def transfer_coding_problem(values: Sequence[bytes]) -> BadHeaders | None:
+    """Why the Transfer-Encoding field values cannot be framed or forwarded (None: no field, or
+    plain chunked). Empty list elements are ignored (RFC 9110 §5.6.1), as the parser does."""
+    if not values:
+        return None
+    codings = [c.strip().lower() for value in values for c in value.split(b",") if c.strip()]
+    if codings == [b"chunked"]:
+        return None
+    if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        return BadHeaders("bad-request", "chunked must be the one and final transfer coding")
+    return BadHeaders(
+        "transfer-coding-not-implemented",
+        "only Transfer-Encoding: chunked is supported",
+        status=501,
+    )
+
+
 def request_id_of(headers: Sequence[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID if valid, else a new one (for answers made before or without
     prepare_request, such as refusals)."""
@@ -98,26 +126,21 @@ def prepare_request(
     scheme: str,
     trusted: bool,
     via: bytes,
+    http_version: str = "1.1",
 ) -> RequestFacts:
     """Headers to send upstream, plus the facts the data plane checks. Raises BadHeaders."""
     facts = RequestFacts()
     out = facts.headers
     hosts = 0
     lengths: list[bytes] = []
+    codings: list[bytes] = []
     named = connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else ()
     forwarded_for = b""
     trace: re.Match[bytes] | None = None
     for name, value in headers:
         if name in HOP_BY_HOP or name in named:
             if name == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    # Forwarded re-chunked, a coding like gzip would be lost (RFC 9112 §6.1).
-                    raise BadHeaders(
-                        "transfer-coding-not-implemented",
-                        "only Transfer-Encoding: chunked is supported",
-                        status=501,
-                    )
-                facts.chunked = True
+                codings.append(value)
             continue
         if b"_" in name:
             facts.dropped += 1
@@ -152,12 +175,18 @@ def prepare_request(
             raise BadHeaders(
                 "bad-header", f"the {name.decode('ascii', 'replace')} header is not UTF-8"
             ) from None
-    if hosts != 1:
+    if codings:
+        # Forwarded re-chunked, a coding like gzip would be lost (RFC 9112 §6.1).
+        problem = transfer_coding_problem(codings)
+        if problem is not None:
+            raise problem
+        facts.chunked = True
+    if hosts > 1 or (not hosts and http_version not in _HOST_OPTIONAL):
         raise BadHeaders(
             "bad-host",
             "exactly one Host header is required" if hosts else "a Host header is required",
         )
-    if not facts.host or not _HOST.match(facts.host):
+    if hosts and (not facts.host or not _HOST.match(facts.host)):
         raise BadHeaders("bad-host", "the Host header is not a valid host[:port]")
     if lengths:
         if len(set(lengths)) > 1 or not lengths[0].isdigit():
@@ -167,6 +196,9 @@ def prepare_request(
             out[:] = [(n, v) for n, v in out if n != "content-length"]
         else:
             facts.content_length = int(lengths[0])
+            if lengths[0] != b"%d" % facts.content_length:  # leading zeros: send the number
+                number = str(facts.content_length)
+                out[:] = [(n, number if n == "content-length" else v) for n, v in out]
     if not facts.request_id:
         facts.request_id = new_request_id()
     if forwarded_for:
@@ -183,7 +215,7 @@ def prepare_request(
     )
     if not trusted or not any(n == "x-forwarded-proto" for n, _ in out):
         out.append(("x-forwarded-proto", scheme))
-    if not trusted or not any(n == "x-forwarded-host" for n, _ in out):
+    if hosts and (not trusted or not any(n == "x-forwarded-host" for n, _ in out)):
         out.append(("x-forwarded-host", facts.host.decode("latin-1")))
     out.append(("via", "1.1 " + via.decode()))
     out.append(("x-request-id", facts.request_id))

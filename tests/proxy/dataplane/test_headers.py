@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from proxy.dataplane.headers import BadHeaders, RequestFacts, prepare_request, prepare_response
+from proxy.dataplane.headers import (
+    BadHeaders,
+    RequestFacts,
+    prepare_request,
+    prepare_response,
+    transfer_coding_problem,
+)
 
 HOST = (b"host", b"shop.example")
 PEER = "203.0.113.7"
@@ -16,9 +22,19 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def prepare(
-    *headers: tuple[bytes, bytes], trusted: bool = False, scheme: str = "https"
+    *headers: tuple[bytes, bytes],
+    trusted: bool = False,
+    scheme: str = "https",
+    http_version: str = "1.1",
 ) -> RequestFacts:
-    return prepare_request(headers, client=PEER, scheme=scheme, trusted=trusted, via=b"strangler")
+    return prepare_request(
+        headers,
+        client=PEER,
+        scheme=scheme,
+        trusted=trusted,
+        via=b"strangler",
+        http_version=http_version,
+    )
 
 
 def values(facts: RequestFacts, name: str) -> list[str]:
@@ -51,11 +67,43 @@ def test_hop_by_hop_fields_are_not_forwarded(name: bytes) -> None:
     assert values(facts, "x-kept") == ["1"]
 
 
-@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip", b"identity"])
-def test_transfer_codings_other_than_chunked_are_not_implemented(coding: bytes) -> None:
+@pytest.mark.parametrize(
+    "codings",
+    [[b"gzip, chunked"], [b"gzip", b"chunked"], [b"deflate,chunked"], [b"x-custom, chunked"]],
+)
+def test_a_coding_before_chunked_is_not_implemented(codings: list[bytes]) -> None:
     with pytest.raises(BadHeaders) as refused:
-        prepare(HOST, (b"transfer-encoding", coding))
+        prepare(HOST, *[(b"transfer-encoding", coding) for coding in codings])
     assert (refused.value.status, refused.value.kind) == (501, "transfer-coding-not-implemented")
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [
+        pytest.param([b"gzip"], id="gzip"),
+        pytest.param([b"identity"], id="identity"),
+        pytest.param([b"chunked, gzip"], id="chunked-not-final"),
+        pytest.param([b"chunked", b"gzip"], id="chunked-not-final-fields"),
+        pytest.param([b"chunked, chunked"], id="chunked-twice"),
+        pytest.param([b"chunked", b"chunked"], id="chunked-twice-fields"),
+        pytest.param([b""], id="empty"),
+        pytest.param([b" , "], id="only-commas"),
+    ],
+)
+def test_chunked_not_once_and_final_is_400(codings: list[bytes]) -> None:
+    """RFC 9112 §6.3: without chunked as the final coding the body length is unknown."""
+    with pytest.raises(BadHeaders) as refused:
+        prepare(HOST, *[(b"transfer-encoding", coding) for coding in codings])
+    assert (refused.value.status, refused.value.kind) == (400, "bad-request")
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [[], [b"chunked"], [b"Chunked"], [b" chunked "], [b", chunked"], [b"chunked,"]],
+)
+def test_plain_chunked_is_accepted(codings: list[bytes]) -> None:
+    """Empty list elements are ignored (RFC 9110 §5.6.1)."""
+    assert transfer_coding_problem(codings) is None
 
 
 def test_every_field_named_in_connection_is_not_forwarded() -> None:
@@ -131,6 +179,53 @@ def test_content_length_is_read() -> None:
     assert facts.content_length == 42
     assert values(facts, "content-length") == ["42"]
     assert prepare(HOST).content_length is None
+
+
+@pytest.mark.parametrize(
+    ("length", "number"), [(b"010", 10), (b"0", 0), (b"000", 0), (b"0042", 42), (b"7", 7)]
+)
+def test_content_length_is_forwarded_as_the_number_read(length: bytes, number: int) -> None:
+    facts = prepare(HOST, (b"x-before", b"1"), (b"content-length", length), (b"x-after", b"2"))
+    assert facts.content_length == number
+    assert facts.headers[:4] == [
+        ("host", "shop.example"),
+        ("x-before", "1"),
+        ("content-length", str(number)),  # in its place
+        ("x-after", "2"),
+    ]
+
+
+def test_an_http10_request_needs_no_host() -> None:
+    facts = prepare((b"accept", b"*/*"), http_version="1.0")
+    assert facts.host == b""
+    assert "host" not in names(facts)
+    assert values(facts, "x-forwarded-host") == []  # nothing to forward; the upstream's own Host
+
+
+def test_an_http10_request_without_host_keeps_a_trusted_hops_forwarded_host() -> None:
+    facts = prepare((b"x-forwarded-host", b"shop.example"), http_version="1.0", trusted=True)
+    assert values(facts, "x-forwarded-host") == ["shop.example"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        pytest.param([HOST, HOST], "exactly one Host", id="twice"),
+        pytest.param([(b"host", b"")], "not a valid host", id="empty"),
+        pytest.param([(b"host", b"a b")], "not a valid host", id="space"),
+    ],
+)
+def test_an_http10_host_that_is_sent_is_checked(
+    headers: list[tuple[bytes, bytes]], reason: str
+) -> None:
+    with pytest.raises(BadHeaders, match=reason):
+        prepare(*headers, http_version="1.0")
+
+
+def test_an_http10_request_with_host_forwards_it() -> None:
+    facts = prepare(HOST, http_version="1.0")
+    assert facts.host == b"shop.example"
+    assert values(facts, "x-forwarded-host") == ["shop.example"]
 
 
 @pytest.mark.parametrize(
