@@ -482,6 +482,19 @@ def routes_status(
             f"  {row['name']:<20} {row['state']:<7} {spread:<32} "
             f"{traffic['requests']:>7} req  {traffic['errors_5xx']:>5} 5xx  "
             f"{traffic['mean_ms']:>8.1f} ms  (last {traffic['window_seconds']:.0f}s)"
+            + (f"  fallback {row['fallback']['to']}" if row.get("fallback") else "")
+            + (f"  retry x{row['retry']['attempts']}" if row.get("retry") else "")
+        )
+    if status.get("upstreams"):
+        typer.echo("upstreams:")
+    for upstream in status.get("upstreams", []):
+        state = upstream["state"]
+        if state == "ejected" and upstream["ejected_for_s"]:
+            state += f" ({upstream['ejected_for_s']:.0f}s left here)"
+        typer.echo(
+            f"  {upstream['name']:<20} {state:<24} {upstream['ejections']:>3} ejections  "
+            f"{upstream['active']}/{upstream['max_requests']} busy, {upstream['waiting']} waiting"
+            + ("" if upstream["outlier_detection"] else "  (outlier detection off)")
         )
 
 

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proxy.admin.status import route_status
+from proxy.admin.status import route_status, upstream_health
 from proxy.errors import PROBLEM_TYPE
 from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.diff import diff_tables
@@ -193,7 +193,11 @@ def create_admin_app(
         last five minutes' traffic; plus the version this replica serves and the store's."""
         if runtime is None:
             raise AdminError(404, "not-found", "route status is only served by a running proxy")
-        out = route_status(runtime.snapshot, runtime.traffic)
+        snapshot = runtime.snapshot
+        health = upstream_health(
+            snapshot, runtime.metrics.upstream_states(), runtime.guards.states()
+        )
+        out = route_status(snapshot, runtime.traffic, health)
         try:
             out["store_version"] = store.current().info.version
         except StoreError as exc:

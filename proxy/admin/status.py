@@ -4,6 +4,9 @@ state   legacy   every request goes to the default upstream (the monolith)
         moved    every request goes to another upstream
         canary   a weighted split that still sends some traffic to the default upstream
         split    a weighted split between upstreams other than the default
+
+Each upstream's health: closed (serving), ejected (outlier ejection: out of the path) or probing
+(a few requests decide whether it is back); with several workers, the worst worker's state.
 """
 
 from __future__ import annotations
@@ -31,7 +34,56 @@ def _state(weights: list[tuple[Upstream, float]], default: Upstream) -> str:
     return "canary" if default.name in live else "split"
 
 
-def route_status(snapshot: Snapshot, traffic: TrafficWindow) -> dict[str, Any]:
+STATES = ("closed", "ejected", "probing")
+
+
+def _policy(route: CompiledRoute) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if route.retry is not None:
+        out["retry"] = {
+            "attempts": route.retry.attempts,
+            "per_try_timeout_s": route.retry.per_try_timeout,
+        }
+    if route.fallback is not None:
+        out["fallback"] = {
+            "to": route.fallback.upstream.name,
+            "methods": sorted(route.fallback.methods) if route.fallback.methods else None,
+        }
+    return out
+
+
+def upstream_health(
+    snapshot: Snapshot,
+    merged: dict[str, tuple[int, float]],
+    local: dict[str, dict[str, object]],
+) -> list[dict[str, Any]]:
+    """Each upstream of the table: its outlier state over every worker (`merged`, from the
+    metrics) and this worker's queue (`local`, from its guards)."""
+    out = []
+    for name, upstream in snapshot.upstreams.items():
+        code, ejections = merged.get(name, (0, 0.0))
+        here = local.get(name, {})
+        out.append(
+            {
+                "name": name,
+                "url": upstream.url,
+                "state": STATES[code] if 0 <= code < len(STATES) else "closed",
+                "outlier_detection": upstream.outlier is not None,
+                "ejections": int(ejections),
+                "ejected_for_s": here.get("ejected_for_s", 0.0),
+                "active": here.get("active", 0),
+                "waiting": here.get("waiting", 0),
+                "max_requests": upstream.max_requests,
+            }
+        )
+    return out
+
+
+def route_status(
+    snapshot: Snapshot,
+    traffic: TrafficWindow,
+    upstreams: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     window, recent = traffic.recent()
 
     def usage(route: str, upstreams: list[str]) -> dict[str, Any]:
@@ -73,6 +125,7 @@ def route_status(snapshot: Snapshot, traffic: TrafficWindow) -> dict[str, Any]:
                 if route.external and route.internal
                 else ("external" if route.external else "internal"),
                 "traffic": usage(route.name, [*names, *sorted(seen - set(names))]),
+                **_policy(route),
             }
         )
     default = snapshot.default
@@ -83,4 +136,5 @@ def route_status(snapshot: Snapshot, traffic: TrafficWindow) -> dict[str, Any]:
             "traffic": usage("default", [default.name]),
         },
         "routes": routes,
+        "upstreams": upstreams or [],
     }

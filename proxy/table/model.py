@@ -223,7 +223,11 @@ class Retry(Strict):
 class Fallback(Strict):
     """Serve a request from another upstream (the monolith) when the chosen one fails before
     the first response byte, or is ejected. Same repeat rule as retries; a request that never
-    reached the chosen upstream may fall back whatever its method (nothing was sent)."""
+    reached the chosen upstream may fall back whatever its method (nothing was sent).
+
+    A fallback naming the upstream that failed does nothing (it is never tried twice), so a
+    route may keep `fallback: monolith` while it is flipped back to the monolith: an emergency
+    flip never has to edit the fallback first."""
 
     to: str
     on: tuple[str | int, ...] = DEFAULT_FAILURES
@@ -299,8 +303,6 @@ class Route(Strict):
             raise ValueError("a route has exactly one of `to` and `split`")
         if self.sticky is not None and self.split is None:
             raise ValueError("sticky applies to a split only")
-        if self.fallback is not None and self.fallback.to == self.to:
-            raise ValueError(f"route falls back to {self.to!r}, its own upstream")
         return self
 
     def upstream_names(self) -> tuple[str, ...]:

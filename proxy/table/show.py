@@ -21,6 +21,17 @@ def _action(route: CompiledRoute) -> str:
     return ", ".join(parts) + sticky
 
 
+def _nets(route: CompiledRoute) -> str:
+    parts = []
+    if route.retry is not None:
+        parts.append(f"retry x{route.retry.attempts}")
+    if route.fallback is not None:
+        methods = route.fallback.methods
+        only = f" ({','.join(sorted(methods))})" if methods else ""
+        parts.append(f"fallback {route.fallback.upstream.name}{only}")
+    return ", ".join(parts) or "-"
+
+
 def _match(route: CompiledRoute) -> str:
     text = route.path + ("" if route.exact else "/**" if route.path != "/" else "**")
     if route.methods:
@@ -54,6 +65,7 @@ def rows(snapshot: Snapshot) -> list[dict[str, Any]]:
             if route.external
             else "internal",
             "max_body": route.max_body,
+            "safety": _nets(route),
         }
         for route in trial_order(snapshot)
     ]
@@ -64,6 +76,7 @@ def rows(snapshot: Snapshot) -> list[dict[str, Any]]:
             "to": snapshot.default.name,
             "expose": "both",
             "max_body": snapshot.max_body,
+            "safety": "-",
         }
     )
     return out
@@ -71,7 +84,13 @@ def rows(snapshot: Snapshot) -> list[dict[str, Any]]:
 
 def describe(snapshot: Snapshot) -> str:
     table = rows(snapshot)
-    header = {"route": "ROUTE", "match": "MATCH", "to": "GOES TO", "expose": "EXPOSED"}
+    header = {
+        "route": "ROUTE",
+        "match": "MATCH",
+        "to": "GOES TO",
+        "expose": "EXPOSED",
+        "safety": "SAFETY NETS",
+    }
     widths = {k: max(len(header[k]), *(len(str(r[k])) for r in table)) for k in header}
     lines = [f"route table version {snapshot.version}"]
     for row in [header, *table]:
@@ -82,5 +101,7 @@ def describe(snapshot: Snapshot) -> str:
         lines.append(
             f"  {upstream.name:<12} {upstream.url}  timeout {upstream.timeout:g}s, "
             f"connect {upstream.connect_timeout:g}s, {upstream.max_connections} connections"
+            + (", outlier ejection" if upstream.outlier is not None else "")
+            + (", idempotent writes" if upstream.idempotent_writes else "")
         )
     return "\n".join(lines)

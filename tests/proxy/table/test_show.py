@@ -34,6 +34,7 @@ def test_rows_say_what_goes_where() -> None:
             "to": "payment",
             "expose": "internal",
             "max_body": 1024,
+            "safety": "-",
         },
         {
             "route": "payments",
@@ -41,6 +42,7 @@ def test_rows_say_what_goes_where() -> None:
             "to": "monolith 90%, payment 10% sticky header:x-user-id",
             "expose": "both",
             "max_body": 1_000_000,
+            "safety": "-",
         },
         {
             "route": "(default)",
@@ -48,6 +50,7 @@ def test_rows_say_what_goes_where() -> None:
             "to": "monolith",
             "expose": "both",
             "max_body": 1_000_000,
+            "safety": "-",
         },
     ]
 
@@ -115,3 +118,16 @@ def test_describe_prints_an_aligned_table_and_the_upstreams() -> None:
     assert (
         catalog == "  catalog      http://127.0.0.1:8003  timeout 60s, connect 5s, 256 connections"
     )
+
+
+def test_rows_name_each_routes_safety_nets() -> None:
+    snapshot = make_snapshot(
+        [
+            {
+                **route("payments", "/api/v1/payments", to="payment"),
+                "retry": {"attempts": 3},
+                "fallback": {"to": "monolith", "methods": ["GET"]},
+            }
+        ]
+    )
+    assert rows(snapshot)[0]["safety"] == "retry x3, fallback monolith (GET,HEAD)"
