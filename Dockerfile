@@ -1,15 +1,16 @@
 # One image for every part of the stack: the proxy (`strangler serve`), the legacy monolith
 # (`python -m legacy_monolith`), the payment service (`python -m services.payment`) and the sync
-# (`strangler sync ...`). docker-compose.yml picks the command.
+# (`strangler sync ...`). docker-compose.yml picks the command. The packages are the versions
+# the tests passed with (constraints.txt).
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY proxy ./proxy
 COPY legacy_monolith ./legacy_monolith
 COPY services ./services
-RUN pip install '.[redis,oracle,postgres]' \
+RUN pip install -c constraints.txt '.[redis,oracle,postgres]' \
     && useradd --system --uid 10001 --home-dir /app strangler \
     && mkdir -p /app/var && chown strangler /app/var
 COPY deploy/routes.compose.yaml /app/routes.yaml

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy.dataplane.breaker import Guards
 from proxy.dataplane.forward import Forwarder
 from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
@@ -93,6 +94,7 @@ class Runtime:
         self.snapshot = snapshot
         self.forwarder = Forwarder()
         self.metrics = Metrics()
+        self.guards = Guards(self.metrics.upstream_changed)
         self.access_log = AccessLog(None, enabled=settings.access_log)
         self.in_flight = 0
         self.per_client: dict[str, int] = {}
@@ -130,6 +132,7 @@ class Runtime:
         self.snapshot = snapshot
         self.metrics.table_version.set(snapshot.version)
         self.forwarder.retire_unused(snapshot.upstreams.values())
+        self.guards.keep_only(snapshot.upstreams.values())
 
     def reload(self, path: Path) -> bool:
         """Load `path`; swap it in if valid. Returns whether the served table changed."""
@@ -243,7 +246,7 @@ class Runtime:
                     await asyncio.sleep(settings.store_poll_interval)
                 finally:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()
         finally:
             await client.aclose()
 
