@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
-UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT = 18181, 18182, 18183, 18184
+UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT = 18181, 18182, 18183, 18184, 18185
 WORKLOADS = {
     "small": ("/small", None),
     "big": ("/big", None),
@@ -88,6 +88,20 @@ routes:
     to: payment
     max_body: 1MiB
 """
+# The same table with every safety net on: outlier ejection on both upstreams, and a retry
+# policy and a fallback on every route (the `strangler+nets` target).
+NETS = {
+    "timeout: 30s}}": "timeout: 30s, outlier: on}}",
+    "timeout: 5s}}": "timeout: 5s, outlier: on, idempotent_writes: true}}",
+    "    to: monolith\n": "    to: monolith\n    retry: {{attempts: 2}}\n    fallback: payment\n",
+    "    to: payment\n": "    to: payment\n    retry: {{attempts: 2}}\n    fallback: monolith\n",
+}
+
+
+def with_nets(table: str) -> str:
+    for old, new in NETS.items():
+        table = table.replace(old, new)
+    return table
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -227,27 +241,20 @@ def main() -> int:
     (work / "up.conf").write_text(NGINX_UPSTREAM.format(dir=work, port=UPSTREAM_PORT))
     (work / "px.conf").write_text(NGINX_PROXY.format(dir=work, port=NGINX_PORT, up=UPSTREAM_PORT))
     (work / "routes.yaml").write_text(ROUTES.format(up=UPSTREAM_PORT))
+    (work / "routes-nets.yaml").write_text(with_nets(ROUTES).format(up=UPSTREAM_PORT))
     python = sys.executable
     upstream = Target(
         "upstream", UPSTREAM_PORT, [nginx, "-c", str(work / "up.conf"), "-p", str(work)]
     )
+
+    def strangler(name: str, port: int, table: str) -> Target:
+        command = [str(Path(python).parent / "strangler"), "serve", "--routes", str(work / table)]
+        listeners = ["--listen", f"127.0.0.1:{port}", "--internal-listen", "off"]
+        return Target(name, port, [*command, *listeners, "--admin-listen", "127.0.0.1:0"])
+
     targets = [
-        Target(
-            "strangler",
-            PROXY_PORT,
-            [
-                str(Path(python).parent / "strangler"),
-                "serve",
-                "--routes",
-                str(work / "routes.yaml"),
-                "--listen",
-                f"127.0.0.1:{PROXY_PORT}",
-                "--internal-listen",
-                "off",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ],
-        ),
+        strangler("strangler", PROXY_PORT, "routes.yaml"),
+        strangler("strangler+nets", NETS_PORT, "routes-nets.yaml"),
         Target(
             "raw-aiohttp",
             RAW_PORT,

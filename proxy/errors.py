@@ -3,14 +3,16 @@
 dataplane/forward.py.
 
     ProxyError(status, kind, detail)
-    ├── 400 bad-request, bad-target, bad-host, bad-header, bad-content-length
-    ├── 405 method-not-allowed          CONNECT, TRACE
+    ├── 400 bad-request, bad-target, bad-host, bad-header, bad-content-length (also malformed
+    │       chunked bodies and a Transfer-Encoding not ending in chunked, from the protocol)
+    ├── 405 method-not-allowed          CONNECT, TRACE (with Allow)
     ├── 408 request-timeout             body idle too long
     ├── 413 body-too-large              over the route's max_body (before connecting if known)
     ├── 414 uri-too-long / 431 headers-too-large (raised in the protocol, before the app)
     ├── 503 overloaded                  concurrency limit reached; Retry-After
     ├── 503 upstream-ejected            the upstream's circuit is open (outlier ejection)
     ├── 503 upstream-saturated          no free slot at the upstream in time; Retry-After
+    ├── 501 transfer-coding-not-implemented   a coding other than chunked
     ├── 508 loop-detected               the request already passed this proxy (Via)
     ├── 502 upstream-unreachable, upstream-disconnected, bad-upstream-response
     └── 504 upstream-timeout, upstream-connect-timeout

@@ -6,7 +6,12 @@ no environment proxies, no decompression, the client's target bytes sent as they
 (`URL.build(..., encoded=True)`), response headers from `raw_headers`, and a request body
 generator that *raises* when the client goes away (returning would let aiohttp reuse a
 half-written connection). This is the only module that sees aiohttp's exceptions; it turns them
-into ProxyError (before the response starts) or UpstreamAborted (after).
+into TryFailed (no response head: the data plane decides whether to try again, see plan.py),
+ProxyError (the client's body) or UpstreamAborted (after the response started).
+
+Request bodies up to a bound are read whole first (`read_body`), so a slow upload holds no
+upstream connection and a retry can send the same bytes again; larger bodies stream once.
+aiohttp's own silent re-send is switched off: every repeat is the data plane's decision.
 """
 
 from __future__ import annotations
