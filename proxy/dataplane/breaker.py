@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -86,13 +87,15 @@ class Guard:
         """0 when a request may go to the upstream now; else the seconds until it may."""
         if self.state == CLOSED:
             return 0.0
+        outlier = self.upstream.outlier
+        if outlier is None:  # switched off while ejected: back in the path at once
+            self._set(CLOSED)
+            return 0.0
         if self.state == EJECTED:
             if now < self.ejected_until:
                 return self.ejected_until - now
             self._set(PROBING)
-        outlier = self.upstream.outlier
-        probes = outlier.probes if outlier is not None else 1
-        if self.probing + self.probe_ok >= probes:
+        if self.probing + self.probe_ok >= outlier.probes:
             return 1.0  # the probes are out: the others wait for their verdict
         self.probing += 1
         return 0.0
@@ -158,11 +161,15 @@ class Guard:
         held = self.per_client.get(holder, 0)
         if share < 1 and held >= max(1, int(self.upstream.max_requests * share)):
             raise Saturated("client-share")
-        if self.active >= self.upstream.max_requests or self.waiters:
-            await self._wait()
-        else:
+        self.per_client[holder] = held + 1  # counted while it waits: queueing cannot beat it
+        if self.active < self.upstream.max_requests and not self.waiters:
             self.active += 1
-        self.per_client[holder] = held + 1
+            return
+        try:
+            await self._wait()
+        except BaseException:
+            self._forget(holder)
+            raise
 
     async def _wait(self) -> None:
         if len(self.waiters) >= self.upstream.max_pending:
@@ -177,18 +184,22 @@ class Guard:
                 self.release_slot()  # the slot came just as we gave up: pass it on
             else:
                 waiter.cancel()
-                self.waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # release_slot() may have dropped it
+                    self.waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 raise Saturated("queue-timeout") from None
             raise
 
     def release(self, holder: str) -> None:
+        self._forget(holder)
+        self.release_slot()
+
+    def _forget(self, holder: str) -> None:
         left = self.per_client.get(holder, 1) - 1
         if left > 0:
             self.per_client[holder] = left
         else:
             self.per_client.pop(holder, None)
-        self.release_slot()
 
     def release_slot(self) -> None:
         while self.waiters:

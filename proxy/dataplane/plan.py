@@ -116,7 +116,7 @@ def resolve(
             f"the body is {content_length} bytes; this route takes {plan.max_body}",
             close=True,
         )
-    if method not in IDEMPOTENT and (plan.retry is not None or plan.fallback is not None):
+    if method not in IDEMPOTENT:  # a keyed write may be re-sent after a stale connection
         plan.keyed = any(name == b"idempotency-key" for name, _ in headers)
     return plan
 

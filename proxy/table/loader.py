@@ -93,6 +93,11 @@ def _unknown_references(spec: Any, index: int, names: set[str]) -> list[Problem]
             if upstream not in names:
                 loc = ("routes", index, "split", str(upstream))
                 found.append(Problem(loc, f"unknown upstream {upstream!r}"))
+    fallback = spec.get("fallback")
+    target = fallback.get("to") if isinstance(fallback, dict) else fallback
+    if isinstance(target, str) and target not in names:
+        loc = ("routes", index, "fallback", "to")
+        found.append(Problem(loc, f"unknown upstream {target!r}"))
     return found
 
 

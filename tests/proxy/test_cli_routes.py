@@ -150,8 +150,8 @@ def test_show_prints_what_goes_where(valid: Path) -> None:
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == "route table version 3"
-    assert lines[1].split() == ["ROUTE", "MATCH", "GOES", "TO", "EXPOSED"]
-    assert lines[2].split() == ["health", "/healthz", "payment", "both"]
+    assert lines[1].split() == ["ROUTE", "MATCH", "GOES", "TO", "EXPOSED", "SAFETY", "NETS"]
+    assert lines[2].split() == ["health", "/healthz", "payment", "both", "-"]
     assert lines[3].split() == [
         "payments",
         "GET,HEAD,POST",
@@ -163,8 +163,9 @@ def test_show_prints_what_goes_where(valid: Path) -> None:
         "sticky",
         "header:x-user-id",
         "both",
+        "-",
     ]
-    assert lines[4].split() == ["(default)", "anything", "else", "monolith", "both"]
+    assert lines[4].split() == ["(default)", "anything", "else", "monolith", "both", "-"]
     assert "upstreams:" in lines
     assert any(line.split()[:2] == ["payment", "http://127.0.0.1:8002"] for line in lines)
 
