@@ -5,6 +5,9 @@ Act 2: the proxy in front of it, transparent, refusing what it must.
 Act 3: the payment service gets its data: backfill, follow, reconcile.
 Act 4: the payments route flips to the service; its payments reach the monolith's orders; the
 flip is diffed, listed and rolled back.
+Act 5: payments move to the service again with safety nets, and the service goes down: GETs are
+served by the monolith (fallback), a POST gets a fast 503 once the service is ejected, and the
+service is back by itself when it returns.
 Everything runs as child processes started with the same commands the README gives, and is
 reached over HTTP only.
 """
@@ -56,6 +59,9 @@ class Narrator:
         meta = answer.headers.get("content-type", "")
         if "etag" in answer.headers:
             meta += f"; ETag {answer.headers['etag']}"
+        for name in ("retry-after", "strangler-fallback"):  # the proxy's safety nets at work
+            if name in answer.headers:
+                meta += f"; {name}: {answer.headers[name]}"
         self.echo(typer.style(f"← {answer.status_code} {meta}", fg=colour))
         if answer.content and "json" in answer.headers.get("content-type", ""):
             self.echo(f"  {_short(answer.json())}")
@@ -260,16 +266,21 @@ def act_data(n: Narrator, sh: Shell, service: httpx.Client, follower: Callable[[
     sh.sync("status")
 
 
-def act_flip(n: Narrator, sh: Shell, admin: str) -> None:
-    """The route-table life-cycle: a flip, what changed, who did it, and a rollback."""
+def _served(n: Narrator, admin: str, version: int) -> None:
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{admin}/readyz", timeout=5).json()["table_version"] != version:
+        if time.monotonic() > deadline:
+            raise typer.Exit(1)
+        time.sleep(0.1)
+    n.echo(f"  (the proxy now serves version {version}, without a restart)")
+
+
+def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
+    """The route-table life-cycle: a flip, what changed, who did it, and a rollback. Returns the
+    id of the payment the service took."""
 
     def served(version: int) -> None:
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{admin}/readyz", timeout=5).json()["table_version"] != version:
-            if time.monotonic() > deadline:
-                raise typer.Exit(1)
-            time.sleep(0.1)
-        n.echo(f"  (the proxy now serves version {version}, without a restart)")
+        _served(n, admin, version)
 
     def requests_by_upstream() -> None:
         for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
@@ -284,7 +295,7 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> None:
     auth = _login(n.client)
     n.say("Alice pays a new order: the service takes the payment (an id from its own range)")
     order = _new_order(n.client, auth)
-    n.call(
+    paid = n.call(
         "POST",
         "/api/v1/payments",
         json={"order_id": order, "method": "card", "card_token": "tok_visa"},
@@ -302,6 +313,80 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> None:
     served(3)
     n.call("GET", "/api/v1/payments?per_page=1")
     requests_by_upstream()
+    return int(paid.json()["id"])
+
+
+SAFETY_ROUTES = """\
+# Payments on the payment service, with safety nets for the day it fails.
+version: 4
+upstreams:
+  monolith: {{url: "{monolith}"}}
+  payment:
+    url: "{payment}"
+    gate: "{payment}/cutover"
+    # Outlier ejection: 2 gateway failures in a row take the service out of the path for 2s
+    # (longer each time in a row), then one probe request decides whether it is back.
+    outlier: {{consecutive_failures: 2, base_ejection: 2s, probes: 1}}
+default: monolith
+routes:
+  - name: payments
+    match: {{path: /api/v1/payments}}
+    to: payment
+    # A GET the service cannot answer is served by the monolith, whose table to-legacy keeps
+    # up to date; a POST is not (the monolith knows nothing of Idempotency-Key).
+    fallback: {{to: monolith, methods: [GET]}}
+    max_body: 64KiB
+    timeout: 10s
+"""
+
+
+def _ejected_for(admin: str, upstream: str) -> float:
+    """Seconds the proxy keeps `upstream` out of the path (its admin API's route status)."""
+    status = httpx.get(f"{admin}/api/v1/routes/status", timeout=5).json()
+    found = [u for u in status.get("upstreams", []) if u["name"] == upstream]
+    return float(found[0]["ejected_for_s"]) if found else 0.0
+
+
+def act_outage(
+    n: Narrator,
+    sh: Shell,
+    admin: str,
+    safety_table: Path,
+    payment: int,
+    stop_service: Callable[[], None],
+    start_service: Callable[[], None],
+) -> None:
+    """The payment service goes down and comes back; the proxy's safety nets carry the shop."""
+    n.say("Payments move to the service again, this time with safety nets")
+    sh.routes_cli("set", str(safety_table), "--reason", "payment service live, with fallback")
+    _served(n, admin, 4)
+    n.say("Through the internal listener, which says when a fallback served an answer")
+    auth = _login(n.client)
+    order = _new_order(n.client, auth)
+    n.call("GET", f"/api/v1/payments/{payment}", headers=auth)
+    stop_service()
+    n.say("The payment service has stopped: catalog and payment reads keep answering")
+    n.call("GET", "/api/v1/categories")
+    n.call("GET", f"/api/v1/payments/{payment}", headers=auth)
+    n.call("GET", f"/api/v1/payments/{payment}", headers=auth)
+    n.say("Two failures in a row: the service is ejected, a read no longer even tries it")
+    n.call("GET", f"/api/v1/payments/{payment}", headers=auth)
+    n.say("Alice pays: a POST does not fall back, so it gets a fast 503 while the service is out")
+    pay = {"order_id": order, "method": "card", "card_token": "tok_visa"}
+    key = {**auth, "Idempotency-Key": f"demo-{order}"}
+    refused = n.call("POST", "/api/v1/payments", json=pay, headers=key)
+    n.echo(f"  answered in {refused.elapsed.total_seconds() * 1000:.0f} ms, the service untried")
+    sh.run("routes", "status", "--admin", admin)
+    n.say("The payment service starts again on its port ...")
+    start_service()
+    deadline = time.monotonic() + 10
+    while _ejected_for(admin, "payment") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    n.say("... its ejection runs out, the next request probes it, and it is back by itself")
+    n.call("GET", f"/api/v1/payments/{payment}", headers=auth)
+    n.say("Alice's app sends her payment again with the same Idempotency-Key: paid once")
+    n.call("POST", "/api/v1/payments", json=pay, headers=key)
+    sh.run("routes", "status", "--admin", admin)
 
 
 def _strangler(*args: str) -> list[str]:
@@ -342,14 +427,28 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
         service += ["--database-url", service_db, "--legacy-url", monolith.url]
         echo("$ " + shlex.join(["python", *service[1:]]))
         payment = Child("payment", service).start()
-        stack.callback(payment.stop)
+        stack.callback(lambda: payment.stop())  # the one running at the end
         echo(f"  payment service listening on {payment.url} (pid {payment.pid})")
+
+        def stop_service() -> None:
+            echo(f"$ kill {payment.pid}  (the payment service)")
+            payment.stop()
+
+        def start_service() -> None:
+            nonlocal payment
+            again = [*service[:3], "--port", payment.url.rsplit(":", 1)[1], *service[5:]]
+            echo("$ " + shlex.join(["python", *again[1:]]))
+            payment = Child("payment", again).start()
+            echo(f"  payment service listening on {payment.url} (pid {payment.pid})")
+
         routes = workdir / "routes.yaml"
         for old in (workdir / "var").glob("routes-history/*"):
             old.unlink()
         routes.write_text(DAY_ZERO_ROUTES.format(monolith=monolith.url, payment=payment.url))
         broken = workdir / "routes-broken.yaml"
         broken.write_text(BROKEN_ROUTES.format(monolith=monolith.url))
+        safety = workdir / "routes-safety-nets.yaml"
+        safety.write_text(SAFETY_ROUTES.format(monolith=monolith.url, payment=payment.url))
         echo(
             typer.style("\n# The route table: checked, then shown", fg=typer.colors.CYAN, bold=True)
         )
@@ -378,6 +477,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                 echo(f"  {role} listener on {url}")
             with (
                 httpx.Client(base_url=proxy.url, timeout=10) as through,
+                httpx.Client(base_url=proxy.listeners["internal"], timeout=10) as inside,
                 httpx.Client(base_url=monolith.url, timeout=10) as direct,
                 httpx.Client(base_url=payment.url, timeout=10) as to_service,
             ):
@@ -395,7 +495,16 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                     return child
 
                 act_data(n, sh, to_service, follower)
-                act_flip(n, sh, proxy.listeners["admin"])
+                taken = act_flip(n, sh, proxy.listeners["admin"])
+                act_outage(
+                    Narrator(inside, echo),
+                    sh,
+                    proxy.listeners["admin"],
+                    safety,
+                    taken,
+                    stop_service,
+                    start_service,
+                )
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:
                 echo(

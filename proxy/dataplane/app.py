@@ -300,7 +300,10 @@ class DataPlane:
                     fresh=fresh,
                 )
             except TryFailed as failed:
-                recorded = self._outlier(guard, True, probe)
+                # A pooled connection the upstream had closed is the pool's fault, not a sign
+                # of a failing upstream: several die at once after an upstream restart.
+                if not (failed.reused and failed.kind == "reset"):
+                    recorded = self._outlier(guard, True, probe)
                 return self._next(
                     plan, failed.kind, failed.error, tries, failed.reused, guard, outcome
                 )

@@ -17,6 +17,7 @@ aiohttp's own silent re-send is switched off: every repeat is the data plane's d
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -119,14 +120,13 @@ async def read_body(
         if outcome.bytes_in > buffer:
             break
     prefix = b"".join(chunks)
-    started = False
+    started = [False]  # set by the stream's first read, not when aiohttp is handed it
 
     def stream() -> AsyncIterator[bytes]:
-        nonlocal started
-        if started:
-            raise RuntimeError("a streamed request body can be sent once")  # never re-sent
-        started = True
-        return _stream_rest(receive, prefix, max_body, content_length, body_idle, outcome)
+        if started[0]:
+            # plan.may_repeat never repeats a request whose streamed body was read.
+            raise RuntimeError("a streamed request body can be sent once")
+        return _stream_rest(receive, prefix, max_body, content_length, body_idle, outcome, started)
 
     return stream
 
@@ -149,9 +149,11 @@ async def _stream_rest(
     content_length: int | None,
     body_idle: float,
     outcome: Outcome,
+    started: list[bool],
 ) -> AsyncIterator[bytes]:
     """The body past the buffer, as it arrives. It *raises* when the client goes or the body
     ends short: returning would let aiohttp reuse a half-written connection."""
+    started[0] = True
     yield prefix
     while True:
         message = await _receive(receive, body_idle)
@@ -179,14 +181,17 @@ def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
     return None
 
 
+# Set when the try running in this task opened a new connection: aiohttp opens it in the
+# caller's task, so the flag is the try's own, whatever other requests do meanwhile.
+_OPENED: contextvars.ContextVar[bool] = contextvars.ContextVar("strangler_opened", default=False)
+
+
 class _Connector(aiohttp.TCPConnector):
-    """Counts the connections it opens: a try that failed while the count stayed the same ran
+    """Marks the tries that open a new connection: a try that failed without opening one ran
     on a pooled (reused) connection."""
 
-    opened = 0
-
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        self.opened += 1
+        _OPENED.set(True)
         return await super()._create_connection(*args, **kwargs)
 
 
@@ -333,7 +338,7 @@ class Forwarder:
             encoded=True,
         )
         session = pool.fresh_session() if fresh else pool.session
-        opened = pool.connector.opened
+        _OPENED.set(False)
         try:
             request = session.request(
                 scope["method"],
@@ -349,7 +354,7 @@ class Forwarder:
             async with asyncio.timeout(head_timeout):
                 return await request
         except Exception as exc:
-            raise _failed(exc, reused=not fresh and pool.connector.opened == opened) from exc
+            raise _failed(exc, reused=not fresh and not _OPENED.get()) from exc
 
     async def reply(
         self,

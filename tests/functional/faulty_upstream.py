@@ -683,15 +683,16 @@ class FaultyUpstream:
     ) -> bool:
         """Apply `behaviour`; False when the connection must close afterwards."""
         kind = behaviour.kind
+        args = behaviour.args
         close = not head.keep_alive
         bodiless = head.method == "HEAD"
         if kind == "stall":
-            if not behaviour.args:
+            if not args:
                 while await reader.read(PIECE):  # until the client closes (or we are cancelled)
                     pass
                 return False
-            await asyncio.sleep(behaviour.args[0])
-            kind = "ok"
+            await asyncio.sleep(args[0])
+            kind, args = "ok", ()  # the delay is not a body size
         if kind == "drop_reused":
             if request.reused:
                 if behaviour.args:
@@ -699,7 +700,7 @@ class FaultyUpstream:
                 else:
                     writer.close()
                 return False
-            kind = "ok"
+            kind, args = "ok", ()
         if kind == "reset_before":
             _reset(writer)
             return False
@@ -726,8 +727,8 @@ class FaultyUpstream:
             return not close
         if kind == "ok":
             body = self._echo(request, 200)
-            if behaviour.args:
-                body = _sized(body, int(behaviour.args[0]))
+            if args:
+                body = _sized(body, int(args[0]))
             status = 200
         else:
             status = int(behaviour.args[0])
