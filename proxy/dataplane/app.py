@@ -20,7 +20,7 @@ import time
 from json.encoder import encode_basestring_ascii as _json_str
 
 from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated
-from proxy.dataplane.forward import Body, ClientGone, Outcome, TryFailed, read_body
+from proxy.dataplane.forward import Body, ClientGone, Outcome, Pool, TryFailed, read_body
 from proxy.dataplane.headers import (
     ALLOW,
     BadHeaders,
@@ -53,6 +53,24 @@ REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+
+def _ejected(plan: Plan, blocked: float) -> ProxyError:
+    return ProxyError(
+        503,
+        "upstream-ejected",
+        f"the upstream {plan.upstream.name} is failing and out of the path for now",
+        retry_after=math.ceil(blocked),
+    )
+
+
+def _saturated(plan: Plan, reason: str) -> ProxyError:
+    return ProxyError(
+        503,
+        "upstream-saturated",
+        f"the upstream {plan.upstream.name} has no free slot ({reason})",
+        retry_after=1,
+    )
 
 
 class DataPlane:
@@ -259,63 +277,78 @@ class DataPlane:
         outcome: Outcome,
     ) -> str | None:
         """One try of `plan.upstream`: None once answered, else the next step to take. Raises
-        the failure as a ProxyError when nothing more may be tried."""
-        upstream = plan.upstream
+        the failure as a ProxyError when nothing more may be tried. An ejected upstream, or one
+        with no free slot in time, is not tried at all."""
         blocked = guard.blocked_for(time.monotonic()) if guard.state != CLOSED else 0.0
         if blocked:
-            error = ProxyError(
-                503,
-                "upstream-ejected",
-                f"the upstream {upstream.name} is failing and out of the path for now",
-                retry_after=math.ceil(blocked),
+            return self._next(
+                plan, "ejected", _ejected(plan, blocked), tries, False, guard, outcome
             )
-            return self._next(plan, "ejected", error, tries, False, guard, outcome)
         probe = guard.state == PROBING
-        recorded = False
         try:
             await guard.acquire(holder, self.runtime.settings.upstream_share_per_client)
         except Saturated as exc:
             if probe:
-                guard.probing -= 1
-            error = ProxyError(
-                503,
-                "upstream-saturated",
-                f"the upstream {upstream.name} has no free slot ({exc.reason})",
-                retry_after=1,
-            )
+                guard.unprobe()
+            error = _saturated(plan, exc.reason)
             return self._next(plan, "saturated", error, tries, False, guard, outcome)
-        pool = self.runtime.forwarder.enter(upstream)
+        forwarder = self.runtime.forwarder
+        pool = forwarder.enter(plan.upstream)
+        try:
+            return await self._exchange(
+                scope, receive, send, plan, facts, body, pool, guard, probe, tries, fresh, outcome
+            )
+        finally:
+            forwarder.leave(pool)
+            guard.release(holder)
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        plan: Plan,
+        facts: RequestFacts,
+        body: Body,
+        pool: Pool,
+        guard: Guard,
+        probe: bool,
+        tries: Tries,
+        fresh: bool,
+        outcome: Outcome,
+    ) -> str | None:
+        """Send the request, judge the response head (a status may retry or fall back), then
+        stream the answer. Every try's verdict goes to the upstream's outlier rule."""
+        retry = plan.retry
+        judged = False
         try:
             try:
                 response = await self.runtime.forwarder.open(
                     pool,
-                    upstream,
+                    plan.upstream,
                     scope,
                     facts.headers,
                     body,
                     read_timeout=plan.read_timeout,
-                    head_timeout=plan.retry.per_try_timeout
-                    if plan.retry is not None and not tries.fallen_back
-                    else None,
+                    head_timeout=retry.per_try_timeout if retry and not tries.fallen_back else None,
                     fresh=fresh,
                 )
             except TryFailed as failed:
                 # A pooled connection the upstream had closed is the pool's fault, not a sign
                 # of a failing upstream: several die at once after an upstream restart.
                 if not (failed.reused and failed.kind == "reset"):
-                    recorded = self._outlier(guard, True, probe)
+                    judged = self._judge(guard, True, probe)
                 return self._next(
                     plan, failed.kind, failed.error, tries, failed.reused, guard, outcome
                 )
             status = response.status
+            judged = self._judge(guard, status in GATEWAY_STATUSES, probe)
             if reacts_to(plan, status):
                 step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
                 if step != GIVE_UP:
                     response.close()  # its body is not wanted: the connection is not reused
-                    recorded = self._outlier(guard, status in GATEWAY_STATUSES, probe)
                     self._count(plan, step, str(status), outcome)
                     return step
-            recorded = self._outlier(guard, status in GATEWAY_STATUSES, probe)
             await self.runtime.forwarder.reply(
                 response,
                 scope,
@@ -329,13 +362,11 @@ class DataPlane:
             )
             return None
         finally:
-            self.runtime.forwarder.leave(pool)
-            guard.release(holder)
-            if probe and not recorded:
-                guard.probing = max(0, guard.probing - 1)  # no verdict: another probe may go
+            if probe and not judged:
+                guard.unprobe()  # no verdict (the client left): another probe may go
 
-    def _outlier(self, guard: Guard, failed: bool, probe: bool) -> bool:
-        """Count an answer for the upstream's outlier rule; say when it ejected it."""
+    def _judge(self, guard: Guard, failed: bool, probe: bool) -> bool:
+        """Count an answer for the upstream's outlier rule (and the ejection it causes)."""
         if guard.record(failed, time.monotonic(), probe):
             self.runtime.metrics.ejected(guard.upstream.name)
         return True

@@ -100,13 +100,17 @@ class Guard:
         self.probing += 1
         return 0.0
 
+    def unprobe(self) -> None:
+        """A probe ended without a verdict (the client left, or no slot was free)."""
+        self.probing = max(0, self.probing - 1)
+
     def record(self, failed: bool, now: float, probe: bool) -> bool:
         """Count one answer (`failed`: a gateway failure). Returns True when it ejected."""
         outlier = self.upstream.outlier
         if outlier is None:
             return False
         if probe and self.state == PROBING:
-            self.probing = max(0, self.probing - 1)
+            self.unprobe()
             if failed:
                 return self._eject(now)
             self.probe_ok += 1

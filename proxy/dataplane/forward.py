@@ -211,7 +211,7 @@ def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
     return session
 
 
-class _Pool:
+class Pool:
     """One upstream's session and how many requests are using it right now; a second session
     that never reuses a connection, for the re-send after a stale keep-alive connection."""
 
@@ -243,12 +243,12 @@ class Forwarder:
     """
 
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, int], _Pool] = {}
-        self._retired: set[_Pool] = set()
+        self._pools: dict[tuple[str, int], Pool] = {}
+        self._retired: set[Pool] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
 
-    def pool(self, upstream: Upstream) -> _Pool:
+    def pool(self, upstream: Upstream) -> Pool:
         key = (upstream.url, upstream.max_connections)
         pool = self._pools.get(key)
         if pool is None:
@@ -258,16 +258,16 @@ class Forwarder:
                 keepalive_timeout=KEEPALIVE_SECONDS,
                 force_close=False,
             )
-            pool = self._pools[key] = _Pool(connector)
+            pool = self._pools[key] = Pool(connector)
         return pool
 
-    def enter(self, upstream: Upstream) -> _Pool:
+    def enter(self, upstream: Upstream) -> Pool:
         """The upstream's pool, counted as in use until `leave`."""
         pool = self.pool(upstream)
         pool.active += 1  # a retired upstream's pool is closed when this reaches 0
         return pool
 
-    def leave(self, pool: _Pool) -> None:
+    def leave(self, pool: Pool) -> None:
         pool.active -= 1
         if pool.retired and pool.active == 0:
             self._close(pool)
@@ -287,7 +287,7 @@ class Forwarder:
             if pool.active == 0:
                 self._close(pool)
 
-    def _close(self, pool: _Pool) -> None:
+    def _close(self, pool: Pool) -> None:
         self._retired.discard(pool)
         try:
             task = asyncio.get_running_loop().create_task(pool.close())
@@ -317,7 +317,7 @@ class Forwarder:
 
     async def open(
         self,
-        pool: _Pool,
+        pool: Pool,
         upstream: Upstream,
         scope: Scope,
         headers: list[tuple[str, str]],
