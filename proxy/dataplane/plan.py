@@ -129,6 +129,7 @@ class Tries:
     tries: int = 1  # on the plan's first upstream
     stale_used: bool = False
     fallen_back: bool = False
+    sent: bool = False  # an earlier try may have reached an upstream
 
 
 def _listed(failures: Failures, failure: str | int) -> bool:
@@ -139,8 +140,10 @@ def _listed(failures: Failures, failure: str | int) -> bool:
 
 
 def may_repeat(plan: Plan, target: Upstream, failure: str | int, tries: Tries) -> bool:
-    """Whether the request may be sent (again) to `target` after `failure` (module rules)."""
-    if failure in UNREACHED:
+    """Whether the request may be sent (again) to `target` after `failure` (module rules).
+    "Never reached" counts only while no earlier try may have: a keyed POST that reached the
+    service, then found it refusing on the re-send, must not fall back to the monolith."""
+    if failure in UNREACHED and not tries.sent:
         return True
     if not tries.replayable:
         return False
@@ -151,7 +154,10 @@ def may_repeat(plan: Plan, target: Upstream, failure: str | int, tries: Tries) -
 
 def next_step(plan: Plan, failure: str | int, tries: Tries, *, reused: bool, budget: bool) -> str:
     """STALE, RETRY, FALLBACK or GIVE_UP after a try of `plan.upstream` failed with `failure`
-    (a kind or a response status). `budget`: the upstream's retry budget has a retry left."""
+    (a kind or a response status). `budget`: the upstream's retry budget has a retry left.
+    Remembers in `tries` whether this try may have reached the upstream."""
+    if failure not in UNREACHED:
+        tries.sent = True
     upstream = plan.upstream
     if (
         failure == "reset"

@@ -50,6 +50,7 @@ NAMES = (
     "capped",  # concurrency cap and queue
     "uploads",  # slow uploads
     "shared",  # per-client share
+    "keyedpay",  # idempotent_writes, ejected at its first failure, falls back to the monolith
 )
 
 
@@ -64,6 +65,9 @@ def upstream_specs(ups: dict[str, FaultyUpstream]) -> dict[str, dict[str, object
     )
     specs["uploads"]["max_connections"] = 8
     specs["shared"]["max_requests"] = 4
+    specs["keyedpay"].update(
+        idempotent_writes=True, outlier={"consecutive_failures": 1, "base_ejection": "1s"}
+    )
     return specs
 
 
@@ -95,6 +99,7 @@ def routes() -> list[dict[str, object]]:
         to("capped", "/capped", to="capped"),
         to("uploads", "/uploads", to="uploads"),
         to("shared", "/shared", to="shared"),
+        to("keyedpay", "/keyedpay", to="keyedpay", retry={"attempts": 2}, fallback="monolith"),
     ]
 
 
@@ -673,3 +678,16 @@ def test_requests_that_queue_for_a_slot_do_not_exceed_the_clients_share(
     # Each takes 1 s at the upstream: no more than two of them may have been there at once.
     at_once = max(sum(1 for other in starts if 0 <= other - start < 0.8) for start in starts)
     assert at_once <= 2, starts
+
+
+def test_a_keyed_post_that_reached_its_upstream_is_never_sent_to_the_fallback(
+    proxy: ProxyProcess, ups: dict[str, FaultyUpstream]
+) -> None:
+    """The POST reaches the service and its connection drops; the re-send (allowed: the
+    service honours the key) finds it ejected. The monolith must not take it too: it does not
+    know the key, and the customer would pay twice."""
+    ups["keyedpay"].script(["reset_before"])
+    answer = send(proxy.external, "POST", "/keyedpay", [("Idempotency-Key", "k-1")], b"{}")
+    problem(answer, 503, "upstream-ejected")
+    assert ups["keyedpay"].count("POST") == 1
+    assert ups["monolith"].count("POST") == 0

@@ -514,3 +514,27 @@ def test_reacts_to_the_statuses_a_retry_or_fallback_lists(
     path: str, status: int, reacts: bool
 ) -> None:
     assert reacts_to(plan(path), status) is reacts
+
+
+def test_a_keyed_write_that_may_have_reached_its_upstream_never_falls_back() -> None:
+    """The POST reached the service and the connection dropped; its re-send finds the service
+    refusing. Falling back now would make the monolith take a payment the service may have
+    taken too (a double charge): give up instead."""
+    keyed = plan("/orders", "POST", key=True)
+    assert keyed.upstream.idempotent_writes
+    tries = Tries(replayable=True)
+    assert next_step(keyed, "reset", tries, reused=False, budget=True) == RETRY
+    # The same upstream may take it again (it honours the key) ...
+    tries.tries += 1
+    assert next_step(keyed, "connect-failure", tries, reused=False, budget=True) == RETRY
+    # ... but once the tries are spent, or the upstream is ejected, nothing else may.
+    tries.tries = 3
+    assert next_step(keyed, "connect-failure", tries, reused=False, budget=True) == GIVE_UP
+    assert next_step(keyed, "ejected", tries, reused=False, budget=True) == GIVE_UP
+
+
+def test_a_write_that_never_reached_anything_may_still_fall_back() -> None:
+    tries = Tries(replayable=True)
+    post = plan("/orders", "POST")
+    assert next_step(post, "connect-failure", tries, reused=False, budget=False) == FALLBACK
+    assert not tries.sent
