@@ -244,6 +244,18 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "(the proxy now serves version 3, without a restart)" in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="payment"} 1.0' in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="monolith"} 1.0' in out
+    # act 5: the payment service goes down; reads fall back, a POST gets a fast 503, it comes back
+    outage = out[out.index("this time with safety nets") :]
+    assert "version 4 committed (platform-team: payment service live, with fallback)" in outage
+    assert "strangler-fallback: payment; reason=connect-failure" in outage
+    assert "← 200 application/json; strangler-fallback: payment; reason=ejected" in outage
+    assert re.search(r"← 503 application/problem\+json; retry-after: \d", outage)
+    assert '"type": "urn:strangler:problem:upstream-ejected"' in outage
+    assert re.search(r"payment\s+ejected \(\ds left here\)\s+1 ejections", outage)
+    back = outage[outage.index("it is back by itself") :]
+    assert back.count("← 200 application/json\n") == 1  # no fallback: the service answered
+    assert "← 201 application/json" in back
+    assert re.search(r"payment\s+closed\s+1 ejections", back)
     assert "Traceback" not in out + done.stderr
 
 
