@@ -446,6 +446,11 @@ def routes_history(
         typer.echo(f"{info['version']:>5}  {when}  {info['author']:<12} {info['reason']}")
 
 
+def _fallback_text(fallback: dict[str, Any]) -> str:
+    methods = fallback.get("methods")
+    return str(fallback["to"]) + (f" ({','.join(methods)})" if methods else "")
+
+
 @routes_app.command("status")
 def routes_status(
     admin: Annotated[
@@ -482,7 +487,7 @@ def routes_status(
             f"  {row['name']:<20} {row['state']:<7} {spread:<32} "
             f"{traffic['requests']:>7} req  {traffic['errors_5xx']:>5} 5xx  "
             f"{traffic['mean_ms']:>8.1f} ms  (last {traffic['window_seconds']:.0f}s)"
-            + (f"  fallback {row['fallback']['to']}" if row.get("fallback") else "")
+            + (f"  fallback {_fallback_text(row['fallback'])}" if row.get("fallback") else "")
             + (f"  retry x{row['retry']['attempts']}" if row.get("retry") else "")
         )
     if status.get("upstreams"):
