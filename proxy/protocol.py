@@ -28,6 +28,7 @@ from proxy.dataplane.headers import ALLOW, request_id_of, transfer_coding_proble
 from proxy.errors import problem_body, problem_headers
 from proxy.settings import ProxySettings
 
+WRITE_BUFFER_HIGH = 16_384
 _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
@@ -104,6 +105,10 @@ class HardenedProtocol(HttpToolsProtocol):
     # --- the request head clock -----------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # A streamed answer waits for the client to drain this much before the next upstream
+        # read (uvloop's own low-water mark is 16 bytes: a paused writer waited for the whole
+        # buffer): what a slow reader holds stays bounded (see dataplane/forward.py).
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self._head_since = self.loop.time()  # a connection that never sends a head is timed too
         _Sweeper.watch(self.loop, self.connections)
 
