@@ -326,7 +326,7 @@ def render(
     ]
     for workload in args.workloads.split(","):
         raw_by_round = {r["round"]: r["rps"] for r in results.get((workload, "raw-aiohttp"), [])}
-        for name in ("strangler", "raw-aiohttp", "nginx"):
+        for name in ("strangler", "strangler+nets", "raw-aiohttp", "nginx"):
             runs = results.get((workload, name), [])
             if not runs:
                 continue

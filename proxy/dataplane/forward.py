@@ -30,7 +30,7 @@ from yarl import URL
 from proxy.dataplane.headers import headers_sendable, prepare_response
 from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
-from proxy.types import Message, Receive, Scope, Send
+from proxy.types import Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -116,28 +116,19 @@ async def read_body(
     connection and a retry can send it again. A larger body streams: the result is then a
     factory of the stream (the bytes read so far first), which can be started only once."""
     chunks: list[bytes] = []
-    while True:
-        try:
-            message = await _receive(receive, body_idle)
-        except BodyIdle:
-            raise ProxyError(
-                408, "request-timeout", "the request body stalled", close=True
-            ) from None
-        chunk = message.get("body", b"")
-        assert isinstance(chunk, bytes)
-        outcome.bytes_in += len(chunk)
-        if outcome.bytes_in > max_body:
-            raise ProxyError(
-                413, "body-too-large", "the request body exceeds this route's limit", close=True
-            )
-        if chunk:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            if content_length is not None and outcome.bytes_in != content_length:
-                raise ClientGone  # ended short
-            return b"".join(chunks)
-        if outcome.bytes_in > buffer:
-            break
+    try:
+        while True:
+            chunk, more = await _next_chunk(receive, body_idle, max_body, content_length, outcome)
+            if chunk:
+                chunks.append(chunk)
+            if not more:
+                return b"".join(chunks)
+            if outcome.bytes_in > buffer:
+                break
+    except BodyIdle:
+        raise _stalled() from None
+    except BodyTooLarge:
+        raise _too_large() from None
     prefix = b"".join(chunks)
     started = [False]  # set by the stream's first read, not when aiohttp is handed it
 
@@ -150,7 +141,15 @@ async def read_body(
     return stream
 
 
-async def _receive(receive: Receive, body_idle: float) -> Message:
+async def _next_chunk(
+    receive: Receive,
+    body_idle: float,
+    max_body: int,
+    content_length: int | None,
+    outcome: Outcome,
+) -> tuple[bytes, bool]:
+    """The next piece of the request body and whether more follows. Raises BodyIdle, ClientGone
+    (gone, or the body ended short of its Content-Length) or BodyTooLarge."""
     try:
         async with asyncio.timeout(body_idle):
             message = await receive()
@@ -158,7 +157,15 @@ async def _receive(receive: Receive, body_idle: float) -> Message:
         raise BodyIdle from None
     if message["type"] == "http.disconnect":
         raise ClientGone
-    return message
+    chunk = message.get("body", b"")
+    assert isinstance(chunk, bytes)
+    outcome.bytes_in += len(chunk)
+    if outcome.bytes_in > max_body:
+        raise BodyTooLarge
+    more = bool(message.get("more_body", False))
+    if not more and content_length is not None and outcome.bytes_in != content_length:
+        raise ClientGone
+    return chunk, more
 
 
 async def _stream_rest(
@@ -175,18 +182,21 @@ async def _stream_rest(
     started[0] = True
     yield prefix
     while True:
-        message = await _receive(receive, body_idle)
-        chunk = message.get("body", b"")
-        assert isinstance(chunk, bytes)
-        outcome.bytes_in += len(chunk)
-        if outcome.bytes_in > max_body:
-            raise BodyTooLarge
+        chunk, more = await _next_chunk(receive, body_idle, max_body, content_length, outcome)
         if chunk:
             yield chunk
-        if not message.get("more_body", False):
-            if content_length is not None and outcome.bytes_in != content_length:
-                raise ClientGone
+        if not more:
             return
+
+
+def _too_large() -> ProxyError:
+    return ProxyError(
+        413, "body-too-large", "the request body exceeds this route's limit", close=True
+    )
+
+
+def _stalled() -> ProxyError:
+    return ProxyError(408, "request-timeout", "the request body stalled", close=True)
 
 
 def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -535,11 +545,9 @@ def _failed(exc: Exception, *, reused: bool) -> Exception:
     if _cause(exc, ClientGone) is not None:
         return ClientGone()
     if _cause(exc, BodyTooLarge) is not None:
-        return ProxyError(
-            413, "body-too-large", "the request body exceeds this route's limit", close=True
-        )
+        return _too_large()
     if _cause(exc, BodyIdle) is not None:
-        return ProxyError(408, "request-timeout", "the request body stalled", close=True)
+        return _stalled()
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         error = ProxyError(504, "upstream-connect-timeout", "the upstream did not accept in time")
         return TryFailed("connect-failure", error, reused=False)
