@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
-UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT = 18181, 18182, 18183, 18184, 18185
+UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT, BASE_PORT = range(18181, 18187)
 WORKLOADS = {
     "small": ("/small", None),
     "big": ("/big", None),
@@ -154,6 +154,7 @@ class Target:
     port: int
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, logdir: Path) -> None:
@@ -164,7 +165,7 @@ class Target:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            cwd=ROOT,
+            cwd=self.cwd,
         )
         wait_port(self.port)
 
@@ -223,6 +224,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workloads", default="small,big,post")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit, run as one more target (strangler@base) for an A/B",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is needed (apt-get install wrk)", file=sys.stderr)
@@ -279,6 +285,11 @@ def main() -> int:
         ),
         Target("nginx", NGINX_PORT, [nginx, "-c", str(work / "px.conf"), "-p", str(work)]),
     ]
+    if args.baseline is not None:
+        base = strangler("strangler@base", BASE_PORT, "routes.yaml")
+        base.command = [python, "-m", "proxy", *base.command[1:]]
+        base.cwd = args.baseline.resolve()  # `python -m` puts the working directory first
+        targets.append(base)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
         upstream.start(work)
@@ -326,7 +337,7 @@ def render(
     ]
     for workload in args.workloads.split(","):
         raw_by_round = {r["round"]: r["rps"] for r in results.get((workload, "raw-aiohttp"), [])}
-        for name in ("strangler", "strangler+nets", "raw-aiohttp", "nginx"):
+        for name in ("strangler", "strangler+nets", "strangler@base", "raw-aiohttp", "nginx"):
             runs = results.get((workload, name), [])
             if not runs:
                 continue

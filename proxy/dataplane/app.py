@@ -286,7 +286,8 @@ class DataPlane:
             )
         probe = guard.state == PROBING
         try:
-            await guard.acquire(holder, self.runtime.settings.upstream_share_per_client)
+            if not guard.take(holder, self.runtime.settings.upstream_share_per_client):
+                await guard.queue(holder)
         except Saturated as exc:
             if probe:
                 guard.unprobe()
@@ -367,7 +368,7 @@ class DataPlane:
 
     def _judge(self, guard: Guard, failed: bool, probe: bool) -> bool:
         """Count an answer for the upstream's outlier rule (and the ejection it causes)."""
-        if guard.record(failed, time.monotonic(), probe):
+        if guard.upstream.outlier is not None and guard.record(failed, time.monotonic(), probe):
             self.runtime.metrics.ejected(guard.upstream.name)
         return True
 

@@ -162,13 +162,22 @@ class Guard:
         """Take a slot for `holder` (a client address), waiting a bounded time. Raises
         Saturated when none comes free or the client already holds `share` of the slots (a
         share of 1 leaves the client to the queue like everyone else)."""
+        if not self.take(holder, share):
+            await self.queue(holder)
+
+    def take(self, holder: str, share: float) -> bool:
+        """acquire()'s common case without a coroutine: True when a slot was free; False when
+        the caller must `await queue(holder)`. Raises Saturated("client-share")."""
         held = self.per_client.get(holder, 0)
         if share < 1 and held >= max(1, int(self.upstream.max_requests * share)):
             raise Saturated("client-share")
         self.per_client[holder] = held + 1  # counted while it waits: queueing cannot beat it
         if self.active < self.upstream.max_requests and not self.waiters:
             self.active += 1
-            return
+            return True
+        return False
+
+    async def queue(self, holder: str) -> None:
         try:
             await self._wait()
         except BaseException:
