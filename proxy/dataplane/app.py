@@ -17,7 +17,7 @@ import asyncio
 import math
 import random
 import time
-from json.encoder import encode_basestring_ascii as _json_str
+from dataclasses import dataclass
 
 from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated
 from proxy.dataplane.forward import Body, ClientGone, Outcome, Pool, TryFailed, read_body
@@ -39,6 +39,7 @@ from proxy.dataplane.plan import (
     reacts_to,
     resolve,
 )
+from proxy.dataplane.record import access_line
 from proxy.errors import (
     ProxyError,
     ResponseAborted,
@@ -53,6 +54,22 @@ REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way to an answer: its ASGI channel, header facts and body, the client
+    it counts against, what it has tried, and whether the next try needs a new connection."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    facts: RequestFacts
+    body: Body
+    holder: str
+    tries: Tries
+    outcome: Outcome
+    fresh: bool = False
 
 
 def _ejected(plan: Plan, blocked: float) -> ProxyError:
@@ -231,135 +248,106 @@ class DataPlane:
                 body_idle=settings.body_idle_timeout,
                 outcome=outcome,
             )
-        tries = Tries(replayable=not callable(body))
+        call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
         guards = self.runtime.guards
         guards.get(plan.upstream).deposit()
-        fresh = False
         while True:
             guard = guards.get(plan.upstream)
             outcome.tries += 1
-            step = await self._try(
-                scope, receive, send, plan, facts, body, holder, guard, tries, fresh, outcome
-            )
+            step = await self._try(call, plan, guard)
             if step is None:
                 return
-            fresh = step == STALE
-            if step == STALE:
-                tries.stale_used = True
-            elif step == RETRY:
-                guard.withdraw()
-                retry = plan.retry
-                assert retry is not None
-                delay = min(retry.max_backoff, retry.backoff * 2 ** (tries.tries - 1))
-                tries.tries += 1
-                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - full jitter
-            elif step == FALLBACK:
-                fallback = plan.fallback
-                assert fallback is not None
-                outcome.fallback_from = plan.upstream.name
-                tries.fallen_back = True
-                plan.upstream = fallback.upstream
-                route_timeout = plan.route.timeout if plan.route is not None else None
-                plan.read_timeout = route_timeout or fallback.upstream.timeout
+            await self._prepare(step, call, plan, guard)
 
-    async def _try(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        plan: Plan,
-        facts: RequestFacts,
-        body: Body,
-        holder: str,
-        guard: Guard,
-        tries: Tries,
-        fresh: bool,
-        outcome: Outcome,
-    ) -> str | None:
+    async def _prepare(self, step: str, call: Call, plan: Plan, guard: Guard) -> None:
+        """Set up the next try: a new connection, a retry after its backoff, or the fallback."""
+        tries = call.tries
+        call.fresh = step == STALE
+        if step == STALE:
+            tries.stale_used = True
+        elif step == RETRY:
+            guard.withdraw()
+            retry = plan.retry
+            assert retry is not None
+            delay = min(retry.max_backoff, retry.backoff * 2 ** (tries.tries - 1))
+            tries.tries += 1
+            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - full jitter
+        elif step == FALLBACK:
+            fallback = plan.fallback
+            assert fallback is not None
+            call.outcome.fallback_from = plan.upstream.name
+            tries.fallen_back = True
+            plan.upstream = fallback.upstream
+            route_timeout = plan.route.timeout if plan.route is not None else None
+            plan.read_timeout = route_timeout or fallback.upstream.timeout
+
+    async def _try(self, call: Call, plan: Plan, guard: Guard) -> str | None:
         """One try of `plan.upstream`: None once answered, else the next step to take. Raises
         the failure as a ProxyError when nothing more may be tried. An ejected upstream, or one
         with no free slot in time, is not tried at all."""
         blocked = guard.blocked_for(time.monotonic()) if guard.state != CLOSED else 0.0
         if blocked:
-            return self._next(
-                plan, "ejected", _ejected(plan, blocked), tries, False, guard, outcome
-            )
+            return self._next(call, plan, "ejected", _ejected(plan, blocked), False, guard)
         probe = guard.state == PROBING
+        holder = call.holder
         try:
             if not guard.take(holder, self.runtime.settings.upstream_share_per_client):
                 await guard.queue(holder)
         except Saturated as exc:
             if probe:
                 guard.unprobe()
-            error = _saturated(plan, exc.reason)
-            return self._next(plan, "saturated", error, tries, False, guard, outcome)
+            return self._next(call, plan, "saturated", _saturated(plan, exc.reason), False, guard)
         forwarder = self.runtime.forwarder
         pool = forwarder.enter(plan.upstream)
         try:
-            return await self._exchange(
-                scope, receive, send, plan, facts, body, pool, guard, probe, tries, fresh, outcome
-            )
+            return await self._exchange(call, plan, pool, guard, probe)
         finally:
             forwarder.leave(pool)
             guard.release(holder)
 
     async def _exchange(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        plan: Plan,
-        facts: RequestFacts,
-        body: Body,
-        pool: Pool,
-        guard: Guard,
-        probe: bool,
-        tries: Tries,
-        fresh: bool,
-        outcome: Outcome,
+        self, call: Call, plan: Plan, pool: Pool, guard: Guard, probe: bool
     ) -> str | None:
         """Send the request, judge the response head (a status may retry or fall back), then
         stream the answer. Every try's verdict goes to the upstream's outlier rule."""
-        retry = plan.retry
+        retry, tries, forwarder = plan.retry, call.tries, self.runtime.forwarder
         judged = False
         try:
             try:
-                response = await self.runtime.forwarder.open(
+                response = await forwarder.open(
                     pool,
                     plan.upstream,
-                    scope,
-                    facts.headers,
-                    body,
+                    call.scope,
+                    call.facts.headers,
+                    call.body,
                     read_timeout=plan.read_timeout,
                     head_timeout=retry.per_try_timeout if retry and not tries.fallen_back else None,
-                    fresh=fresh,
+                    fresh=call.fresh,
                 )
             except TryFailed as failed:
                 # A pooled connection the upstream had closed is the pool's fault, not a sign
                 # of a failing upstream: several die at once after an upstream restart.
                 if not (failed.reused and failed.kind == "reset"):
                     judged = self._judge(guard, True, probe)
-                return self._next(
-                    plan, failed.kind, failed.error, tries, failed.reused, guard, outcome
-                )
+                return self._next(call, plan, failed.kind, failed.error, failed.reused, guard)
             status = response.status
             judged = self._judge(guard, status in GATEWAY_STATUSES, probe)
             if reacts_to(plan, status):
                 step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
                 if step != GIVE_UP:
                     response.close()  # its body is not wanted: the connection is not reused
-                    self._count(plan, step, str(status), outcome)
+                    self._count(plan, step, str(status), call.outcome)
                     return step
-            await self.runtime.forwarder.reply(
+            await forwarder.reply(
                 response,
-                scope,
-                receive,
-                send,
-                streamed_body=callable(body),
+                call.scope,
+                call.receive,
+                call.send,
+                streamed_body=callable(call.body),
                 read_timeout=plan.read_timeout,
                 send_timeout=self.runtime.settings.send_timeout,
-                outcome=outcome,
-                extra_headers=self._headers(plan.version, outcome),
+                outcome=call.outcome,
+                extra_headers=self._headers(plan.version, call.outcome),
             )
             return None
         finally:
@@ -373,19 +361,12 @@ class DataPlane:
         return True
 
     def _next(
-        self,
-        plan: Plan,
-        failure: str,
-        error: ProxyError,
-        tries: Tries,
-        reused: bool,
-        guard: Guard,
-        outcome: Outcome,
+        self, call: Call, plan: Plan, failure: str, error: ProxyError, reused: bool, guard: Guard
     ) -> str:
-        step = next_step(plan, failure, tries, reused=reused, budget=guard.budget >= 1)
+        step = next_step(plan, failure, call.tries, reused=reused, budget=guard.budget >= 1)
         if step == GIVE_UP:
             raise error
-        self._count(plan, step, failure, outcome)
+        self._count(plan, step, failure, call.outcome)
         return step
 
     def _count(self, plan: Plan, step: str, reason: str, outcome: Outcome) -> None:
@@ -416,44 +397,10 @@ class DataPlane:
         runtime.metrics.observe(route, upstream, outcome.status, elapsed)
         if runtime.access_log.enabled:
             runtime.access_log.write_line(
-                self._log_line(
-                    scope, client, request_id, route, upstream, outcome, elapsed, version
+                access_line(
+                    scope, self.role, client, request_id, route, upstream, outcome, elapsed, version
                 )
             )
-
-    def _log_line(
-        self,
-        scope: Scope,
-        client: str,
-        request_id: str,
-        route: str,
-        upstream: str,
-        outcome: Outcome,
-        elapsed: float,
-        version: int,
-    ) -> str:
-        """The access-log record as one JSON line. Only the target and the method come from the
-        client unchecked, so only they go through the JSON string encoder (which escapes control
-        characters); every other field is a number or a name the proxy validated."""
-        query = scope["query_string"]
-        target = scope["raw_path"].decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        error = f'"{outcome.error}"' if outcome.error else "null"
-        fallback = (
-            f'{{"from":"{outcome.fallback_from}","reason":"{outcome.fallback_reason}"}}'
-            if outcome.fallback_from
-            else "null"
-        )
-        return (
-            f'{{"ts":{time.time():.6f},"request_id":"{request_id}","listener":"{self.role}",'
-            f'"client":"{client}","method":{_json_str(scope["method"])},'
-            f'"target":{_json_str(target)},"route":"{route}","upstream":"{upstream}",'
-            f'"status":{outcome.status},"bytes_in":{outcome.bytes_in},'
-            f'"bytes_out":{outcome.bytes_out},"duration_ms":{elapsed * 1000:.3f},'
-            f'"table_version":{version},"tries":{outcome.tries},"fallback":{fallback},'
-            f'"error":{error}}}'
-        )
 
     def _headers(self, version: int, outcome: Outcome) -> list[tuple[bytes, bytes]] | None:
         """The version header's field (made once per table version, not per request), and the

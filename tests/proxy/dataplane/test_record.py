@@ -1,0 +1,41 @@
+"""The access-log line: valid JSON whatever the client sent, with the safety nets' fields."""
+
+from __future__ import annotations
+
+import json
+
+from proxy.dataplane.forward import Outcome
+from proxy.dataplane.record import access_line
+
+
+def line(scope: dict[str, object], outcome: Outcome) -> dict[str, object]:
+    text = access_line(
+        scope, "internal", "10.0.0.7", "rid-1", "pay", "monolith", outcome, 0.0123, 9
+    )
+    assert "\n" not in text
+    parsed: dict[str, object] = json.loads(text)
+    return parsed
+
+
+def test_a_fallback_is_recorded_with_its_origin_and_reason() -> None:
+    outcome = Outcome(status=201, bytes_in=12, bytes_out=40, tries=2)
+    outcome.fallback_from, outcome.fallback_reason = "payment", "connect-failure"
+    record = line({"method": "POST", "raw_path": b"/pay", "query_string": b"a=1"}, outcome)
+    assert record["fallback"] == {"from": "payment", "reason": "connect-failure"}
+    assert (record["tries"], record["status"], record["upstream"]) == (2, 201, "monolith")
+    assert (record["target"], record["listener"], record["table_version"]) == (
+        "/pay?a=1",
+        "internal",
+        9,
+    )
+    assert record["duration_ms"] == 12.3
+    assert record["error"] is None
+
+
+def test_control_characters_from_the_client_cannot_forge_a_line() -> None:
+    outcome = Outcome(status=400, error="bad-target")
+    scope = {"method": "GET", "raw_path": b'/x"\n{"forged":1}\x1b', "query_string": b""}
+    record = line(scope, outcome)
+    assert record["target"] == '/x"\n{"forged":1}\x1b'
+    assert record["fallback"] is None
+    assert record["error"] == "bad-target"
