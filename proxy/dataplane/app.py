@@ -7,7 +7,8 @@
              retry) or served by the fallback (plan.next_step); the answer streams back
     record   metrics, one access-log line
 
-No framework routing, no per-request objects beyond locals; errors before the response starts
+No framework routing; per request only a few slotted objects (the Plan, the Call that carries
+it through its tries, the Outcome the record step reads); errors before the response starts
 become problem+json answers, after it starts the connection is closed (see errors.py).
 """
 
