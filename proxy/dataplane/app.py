@@ -289,13 +289,13 @@ class DataPlane:
         blocked = guard.blocked_for(time.monotonic()) if guard.state != CLOSED else 0.0
         if blocked:
             return self._next(call, plan, "ejected", _ejected(plan, blocked), False, guard)
-        probe = guard.state == PROBING
+        probe = guard.rounds if guard.state == PROBING else 0  # the probing round, if a probe
         holder = call.holder
         try:
             if not guard.take(holder, self.runtime.settings.upstream_share_per_client):
                 await guard.queue(holder)
         except Saturated as exc:
-            if probe:
+            if probe and probe == guard.rounds:
                 guard.unprobe()
             return self._next(call, plan, "saturated", _saturated(plan, exc.reason), False, guard)
         forwarder = self.runtime.forwarder
@@ -307,7 +307,7 @@ class DataPlane:
             guard.release(holder)
 
     async def _exchange(
-        self, call: Call, plan: Plan, pool: Pool, guard: Guard, probe: bool
+        self, call: Call, plan: Plan, pool: Pool, guard: Guard, probe: int
     ) -> str | None:
         """Send the request, judge the response head (a status may retry or fall back), then
         stream the answer. Every try's verdict goes to the upstream's outlier rule."""
@@ -352,12 +352,17 @@ class DataPlane:
             )
             return None
         finally:
-            if probe and not judged:
+            if probe and probe == guard.rounds and not judged:
                 guard.unprobe()  # no verdict (the client left): another probe may go
 
-    def _judge(self, guard: Guard, failed: bool, probe: bool) -> bool:
-        """Count an answer for the upstream's outlier rule (and the ejection it causes)."""
-        if guard.upstream.outlier is not None and guard.record(failed, time.monotonic(), probe):
+    def _judge(self, guard: Guard, failed: bool, probe: int) -> bool:
+        """Count an answer for the upstream's outlier rule (and the ejection it causes). A
+        probe's answer counts as one only in its own probing round: a probe slower than the
+        next ejection must not decide the next round."""
+        if guard.upstream.outlier is None:
+            return True
+        probing = probe != 0 and probe == guard.rounds
+        if guard.record(failed, time.monotonic(), probing):
             self.runtime.metrics.ejected(guard.upstream.name)
         return True
 

@@ -58,6 +58,7 @@ class Guard:
         "per_client",
         "probe_ok",
         "probing",
+        "rounds",
         "state",
         "upstream",
         "waiters",
@@ -79,6 +80,7 @@ class Guard:
         self.closed_at = 0.0
         self.probing = 0  # probe requests in flight
         self.probe_ok = 0
+        self.rounds = 0  # probing rounds so far: a probe's answer counts only in its own round
         self.window = [0.0, 0, 0]  # start, requests, failures (the ratio rule)
         self.budget = BUDGET_RESERVE
 
@@ -154,6 +156,8 @@ class Guard:
 
     def _set(self, state: str) -> None:
         self.state, self.probing, self.probe_ok = state, 0, 0
+        if state == PROBING:
+            self.rounds += 1
         if self.notify is not None:
             self.notify(self.upstream.name, STATE_CODES[state])
 

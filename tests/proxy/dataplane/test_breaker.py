@@ -198,6 +198,18 @@ def test_one_probe_failing_ejects_again_for_longer() -> None:
     assert g.state == EJECTED
 
 
+def test_each_probing_round_is_numbered_so_a_late_probe_can_be_told_apart() -> None:
+    """The data plane notes the round a probe went out in; an answer arriving after the next
+    ejection ended (a new round) must not count there (app.py checks the number)."""
+    g = guard(outlier={"base_ejection": "10s", "probes": 1})
+    eject(g, T0)
+    assert g.blocked_for(T0 + 10) == 0.0
+    first = g.rounds
+    assert g.record(True, T0 + 10.1, True) is True  # the probe failed: ejected for 20 s
+    assert g.blocked_for(T0 + 31) == 0.0
+    assert g.rounds == first + 1
+
+
 @pytest.mark.parametrize(
     ("answers", "ejected_at"),
     [
