@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.dataplane.breaker import STATE_CODES
 from proxy.observability import TrafficWindow
 from proxy.table.compile import BUCKETS, CompiledRoute, Snapshot, Upstream
 
@@ -34,7 +35,7 @@ def _state(weights: list[tuple[Upstream, float]], default: Upstream) -> str:
     return "canary" if default.name in live else "split"
 
 
-STATES = ("closed", "ejected", "probing")
+STATES = tuple(sorted(STATE_CODES, key=STATE_CODES.__getitem__))  # by the gauge's codes
 
 
 def _policy(route: CompiledRoute) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated
+from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated, drop_one
 from proxy.dataplane.forward import Body, ClientGone, Outcome, Pool, TryFailed, read_body
 from proxy.dataplane.headers import (
     ALLOW,
@@ -203,7 +203,7 @@ class DataPlane:
         held = runtime.per_client.get(holder, 0) + 1
         runtime.per_client[holder] = held
         if held > settings.max_in_flight_per_client:
-            self._release_client(holder)
+            drop_one(self.runtime.per_client, holder)
             raise ProxyError(
                 503, "overloaded", "too many concurrent requests from this client", retry_after=1
             )
@@ -212,18 +212,10 @@ class DataPlane:
     def _leave(self, holder: str | None) -> None:
         self.runtime.in_flight -= 1
         if holder is not None:
-            self._release_client(holder)
+            drop_one(self.runtime.per_client, holder)
         self.in_flight -= 1
         if self.in_flight_gauge is not None:
             self.in_flight_gauge.dec()
-
-    def _release_client(self, holder: str) -> None:
-        per_client = self.runtime.per_client
-        left = per_client.get(holder, 1) - 1
-        if left:
-            per_client[holder] = left
-        else:
-            del per_client[holder]
 
     # --- forward ------------------------------------------------------------------------------
     async def _forward(
@@ -250,15 +242,16 @@ class DataPlane:
                 outcome=outcome,
             )
         call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
-        guards = self.runtime.guards
-        guards.get(plan.upstream).deposit()
+        guard = self.runtime.guards.get(plan.upstream)
+        guard.deposit()
         while True:
-            guard = guards.get(plan.upstream)
             outcome.tries += 1
             step = await self._try(call, plan, guard)
             if step is None:
                 return
             await self._prepare(step, call, plan, guard)
+            if step == FALLBACK:
+                guard = self.runtime.guards.get(plan.upstream)
 
     async def _prepare(self, step: str, call: Call, plan: Plan, guard: Guard) -> None:
         """Set up the next try: a new connection, a retry after its backoff, or the fallback."""

@@ -36,6 +36,15 @@ BUDGET_RESERVE = 3.0
 BUDGET_CAP = 50.0
 
 
+def drop_one(counts: dict[str, int], key: str) -> None:
+    """One fewer for `key` in a per-client count; a client at zero leaves the dict."""
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class Saturated(Exception):
     """No slot came free in time: the request never reached the upstream."""
 
@@ -212,11 +221,7 @@ class Guard:
         self.release_slot()
 
     def _forget(self, holder: str) -> None:
-        left = self.per_client.get(holder, 1) - 1
-        if left > 0:
-            self.per_client[holder] = left
-        else:
-            self.per_client.pop(holder, None)
+        drop_one(self.per_client, holder)
 
     def release_slot(self) -> None:
         while self.waiters:

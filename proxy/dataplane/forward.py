@@ -245,10 +245,9 @@ class Pool:
     """One upstream's session and how many requests are using it right now; a second session
     that never reuses a connection, for the re-send after a stale keep-alive connection."""
 
-    __slots__ = ("active", "connector", "fresh", "retired", "session")
+    __slots__ = ("active", "fresh", "retired", "session")
 
     def __init__(self, connector: _Connector) -> None:
-        self.connector = connector
         self.session = _session(connector)
         self.fresh: aiohttp.ClientSession | None = None
         self.active = 0

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable
 from proxy.table.model import Upstream as UpstreamSpec
-from proxy.table.validate import specificity
+from proxy.table.validate import methods_taken, specificity
 
 BUCKETS = 10_000  # split resolution: 0.01 %
 StickyKind = Literal["header", "cookie", "client-ip"]
@@ -152,10 +152,7 @@ def _failures(on: tuple[str | int, ...]) -> Failures:
 
 
 def _methods(methods: tuple[str, ...] | None) -> frozenset[str] | None:
-    """GET implies HEAD (nginx's limit_except GET does the same)."""
-    if not methods:
-        return None
-    return frozenset({*methods, *(("HEAD",) if "GET" in methods else ())})
+    return methods_taken(methods) if methods else None
 
 
 def _retry(spec: Retry | None) -> RetryPolicy | None:

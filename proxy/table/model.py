@@ -22,7 +22,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from proxy.table.units import parse_duration, parse_size
 
@@ -71,6 +79,9 @@ def _failures(value: tuple[str | int, ...]) -> tuple[str | int, ...]:
     if len(set(value)) != len(value):
         raise ValueError("a failure is listed twice")
     return value
+
+
+FailureList = Annotated[tuple[str | int, ...], AfterValidator(_failures)]
 
 
 def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -202,16 +213,11 @@ class Retry(Strict):
     that never reached the upstream (connect-failure) may be re-sent whatever its method."""
 
     attempts: int = Field(2, ge=1, le=10, description="tries in all (Envoy's num_retries 1 + 1)")
-    on: tuple[str | int, ...] = DEFAULT_FAILURES
+    on: FailureList = DEFAULT_FAILURES
     per_try_timeout: Duration | None = Field(None, description="time to the response head")
     # Envoy's base_interval (25ms) and max_interval (10 times base); full jitter.
     backoff: Duration = 0.025
     max_backoff: Duration = 0.25
-
-    @field_validator("on")
-    @classmethod
-    def _on(cls, value: tuple[str | int, ...]) -> tuple[str | int, ...]:
-        return _failures(value)
 
     @model_validator(mode="after")
     def _bounds(self) -> Retry:
@@ -230,15 +236,10 @@ class Fallback(Strict):
     flip never has to edit the fallback first."""
 
     to: str
-    on: tuple[str | int, ...] = DEFAULT_FAILURES
+    on: FailureList = DEFAULT_FAILURES
     methods: tuple[str, ...] | None = Field(
         None, description="only these methods fall back (default: every one that may)"
     )
-
-    @field_validator("on")
-    @classmethod
-    def _on(cls, value: tuple[str | int, ...]) -> tuple[str | int, ...]:
-        return _failures(value)
 
     @field_validator("methods")
     @classmethod

@@ -90,9 +90,10 @@ def check_upstream_url(url: str) -> str | None:
     return None
 
 
-def _methods(methods: tuple[str, ...]) -> set[str]:
-    """The methods a route takes: GET implies HEAD (as in compile.py)."""
-    return {*methods, "HEAD"} if "GET" in methods else set(methods)
+def methods_taken(methods: tuple[str, ...]) -> frozenset[str]:
+    """The methods a route (or a fallback) takes: GET implies HEAD (nginx's limit_except GET
+    does the same). The matcher and the overlap check both use this."""
+    return frozenset({*methods, "HEAD"} if "GET" in methods else methods)
 
 
 def _without_port(host: str) -> str:
@@ -106,7 +107,7 @@ def covers(first: Match, second: Match) -> bool:
     if first.path != second.path or first.exact != second.exact:
         return False
     if first.methods is not None and (
-        second.methods is None or not _methods(second.methods) <= _methods(first.methods)
+        second.methods is None or not methods_taken(second.methods) <= methods_taken(first.methods)
     ):
         return False
     if first.host is not None and (
