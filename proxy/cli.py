@@ -334,6 +334,14 @@ def routes_flip(
     split: Annotated[
         str | None, typer.Option("--split", help="Or split it: monolith=90,payment=10.")
     ] = None,
+    sticky: Annotated[
+        str | None,
+        typer.Option(
+            "--sticky",
+            help="Set who stays on one upstream: header:NAME, cookie:NAME or client-ip "
+            "(the route's own sticky is kept otherwise).",
+        ),
+    ] = None,
     routes: RoutesFile = Path("routes.yaml"),
     store: StoreUrl = "file",
     store_prefix: StorePrefix = DEFAULT_PREFIX,
@@ -353,6 +361,7 @@ def routes_flip(
             "route": route,
             "to": to,
             "split": _parse_split(split) if split else None,
+            "sticky": sticky,
             "reason": reason,
             "force": force,
         }
@@ -369,7 +378,8 @@ def routes_flip(
     except StoreError as exc:
         raise _fail(str(exc)) from None
     try:
-        text = flip(current.text, route, to=to, split=_parse_split(split) if split else None)
+        weights = _parse_split(split) if split else None
+        text = flip(current.text, route, to=to, split=weights, sticky=sticky)
     except KeyError:
         raise _fail(f"version {current.info.version} has no route {route!r}") from None
     _commit(target, text, author, reason, json_output, current.info.version, force)

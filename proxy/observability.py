@@ -125,6 +125,33 @@ class Metrics:
         # Single process: read the data plane's own counters when scraped instead of taking
         # the gauge's lock twice per request. Several workers: each writes its value through.
         self.in_flight_sources: dict[str, Any] = {}
+        self.shadow = Counter(
+            "strangler_shadow",
+            "Shadow copies, by outcome: match, differ (the answers differ; noise fields "
+            "learned later still count here, `strangler shadow report` leaves them out), "
+            "failed (the shadow did not answer) or dropped (the queue was full).",
+            ("route", "shadow", "outcome"),
+            registry=self.registry,
+        )
+        self.pins = Counter(
+            "strangler_pins",
+            "Read-your-writes pins set: a write by a sticky key keeps that key on this upstream "
+            "for the route's pin window.",
+            labels,
+            registry=self.registry,
+        )
+        self.pinned = Counter(
+            "strangler_pinned",
+            "Requests a pin sent to another upstream than the weights would have.",
+            labels,
+            registry=self.registry,
+        )
+        self.overrides = Counter(
+            "strangler_overrides",
+            "Requests an override header or cookie sent to a forced arm.",
+            labels,
+            registry=self.registry,
+        )
         self.table_version = Gauge(
             "strangler_route_table_version",
             "Version of the route table being served.",
@@ -132,6 +159,9 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._children: dict[tuple[str, ...], Any] = {}
+
+    def shadowed(self, route: str, shadow: str, outcome: str) -> None:
+        self.shadow.labels(route, shadow, outcome).inc()
 
     def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
         key = (route, upstream, str(status))

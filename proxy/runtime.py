@@ -26,6 +26,7 @@ from typing import Any
 
 from proxy.dataplane.breaker import Guards
 from proxy.dataplane.forward import Forwarder
+from proxy.dataplane.pins import Pins
 from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
 from proxy.store.base import StoreError
@@ -35,6 +36,7 @@ from proxy.table.edit import stated_version
 from proxy.table.loader import TableInvalid, load_file, single_upstream
 
 log = logging.getLogger("strangler")
+SHARE_INTERVAL = 1.0
 
 
 def initial_table(settings: ProxySettings) -> Snapshot:
@@ -101,9 +103,40 @@ class Runtime:
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_hops]
         self._trusted_cache: dict[str, bool] = {}
         self.traffic = TrafficWindow(self.metrics)
+        self._init_shadow(settings)
         self._missing: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.table_version.set(snapshot.version)
+
+    def _init_shadow(self, settings: ProxySettings) -> None:
+        """Read-your-writes pins, the shadow dispatcher and the recorder; what they share with
+        other workers goes through the route store's Redis, or files and sockets beside it."""
+        from proxy.shadow.dispatch import Mirror
+        from proxy.shadow.recording import Recorder
+        from proxy.shadow.sink import open_sink, worker_id
+        from proxy.store.pins import open_wire
+
+        self.pins = Pins()
+        self.pin_wire = open_wire(self.pins, settings.store, settings.store_prefix)
+        self.mirror = Mirror(self.metrics)
+        self.worker = worker_id()
+        self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
+        self.recorder = Recorder(self.sink, self.worker)
+
+    async def _share(self) -> None:
+        """Once a second: this worker's shadow tallies to the sink, the recorder's turn, and
+        expired pins out."""
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL)
+            try:
+                self.pins.prune(time.time())
+                await self.recorder.tick()
+                if self.mirror.tallies:
+                    tallies = {r: t.to_dict() for r, t in self.mirror.tallies.items()}
+                    for route in await self.sink.put_tallies(self.worker, tallies):
+                        self.mirror.tallies.pop(route, None)  # a report reset: count again
+            except Exception:  # the sink is down: serving goes on, the next turn retries
+                log.debug("shadow sharing failed", exc_info=True)
 
     def trusted(self, client: str) -> bool:
         if not self._trusted:
@@ -160,6 +193,8 @@ class Runtime:
         elif self.settings.routes is not None:
             self._tasks.append(asyncio.create_task(self._watch_file(self.settings.routes)))
         self._tasks.append(asyncio.create_task(self._sample_traffic()))
+        await self.pin_wire.start()
+        self._tasks.append(asyncio.create_task(self._share()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -168,6 +203,14 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.mirror.stop()
+        if self.mirror.tallies:
+            with contextlib.suppress(Exception):
+                tallies = {r: t.to_dict() for r, t in self.mirror.tallies.items()}
+                await self.sink.put_tallies(self.worker, tallies)
+        await self.pin_wire.stop()
+        with contextlib.suppress(Exception):
+            await self.sink.close()
         await self.forwarder.close()
         self.access_log.flush()
 

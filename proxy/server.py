@@ -28,6 +28,7 @@ from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
+from proxy.store.pins import PIN_DIR_ENV
 from proxy.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
@@ -251,10 +252,14 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
     listeners = bind_all(settings)
     if not any(listener.role == "external" for listener in listeners):
         raise ValueError("the external listener cannot be off")
-    made_metrics_dir = None
+    made_metrics_dir = made_pin_dir = None
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         made_metrics_dir = tempfile.mkdtemp(prefix="strangler-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_metrics_dir
+    if settings.workers > 1 and settings.store == "file":
+        # The workers tell each other of read-your-writes pins through sockets here.
+        made_pin_dir = tempfile.mkdtemp(prefix="strangler-pins-")
+        os.environ[PIN_DIR_ENV] = made_pin_dir
     config = uvicorn_config(settings, listeners)
     source = settings.routes or settings.default_upstream
     if settings.store != "file":
@@ -277,3 +282,6 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
     finally:
         if made_metrics_dir is not None:  # the workers' metric files die with the proxy
             shutil.rmtree(made_metrics_dir, ignore_errors=True)
+        if made_pin_dir is not None:
+            os.environ.pop(PIN_DIR_ENV, None)
+            shutil.rmtree(made_pin_dir, ignore_errors=True)

@@ -52,6 +52,9 @@ class ProxySettings(BaseSettings):
     store_poll_interval: float = Field(1.0, gt=0, le=60)
     # With a Redis store: the last table this replica served, to start from when Redis is down.
     store_cache: Path = Path("var/routes-last-known-good.yaml")
+    # Where a replica keeps its local state with the file store: shadow reports and recordings
+    # (shadow/), shared by its workers and read by `strangler shadow report` and `record`.
+    state_dir: Path = Path("var")
     # Which listeners' responses carry the route-table version that served them.
     version_header: Literal["internal", "all", "off"] = "internal"
 

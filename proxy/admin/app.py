@@ -57,6 +57,9 @@ class FlipIn(BaseModel):
     route: str
     to: str | None = None
     split: dict[str, int] | None = None
+    sticky: str | None = Field(
+        None, description="Set the route's sticky key (header:NAME, cookie:NAME, client-ip)."
+    )
     reason: str = Field(min_length=1, max_length=500)
     force: bool = Field(False, description="Commit even if a cutover gate is closed.")
 
@@ -250,7 +253,7 @@ def create_admin_app(
             raise AdminError(422, "validation-failed", "give exactly one of `to` and `split`")
         current = store.current()
         try:
-            text = flip(current.text, body.route, to=body.to, split=body.split)
+            text = flip(current.text, body.route, to=body.to, split=body.split, sticky=body.sticky)
         except KeyError:
             raise AdminError(404, "unknown-route", f"no route {body.route!r}") from None
         return commit(text, author, body.reason, current.info.version, body.force)

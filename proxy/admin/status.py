@@ -15,17 +15,14 @@ from typing import Any
 
 from proxy.dataplane.breaker import STATE_CODES
 from proxy.observability import TrafficWindow
-from proxy.table.compile import BUCKETS, CompiledRoute, Snapshot, Upstream
+from proxy.table.compile import CompiledRoute, Snapshot, Upstream
 
 
 def _weights(route: CompiledRoute, default: Upstream) -> list[tuple[Upstream, float]]:
     if route.split is None:
         return [(route.upstream or default, 100.0)]
-    out, low = [], 0
-    for bound, upstream in zip(route.split.bounds, route.split.upstreams, strict=True):
-        out.append((upstream, round((bound - low) * 100 / BUCKETS, 2)))
-        low = bound
-    return out
+    split = route.split
+    return [(u, float(w)) for u, w in zip(split.upstreams, split.weights, strict=True)]
 
 
 def _state(weights: list[tuple[Upstream, float]], default: Upstream) -> str:

@@ -1,11 +1,14 @@
 """The data plane's ASGI callable: one request, in four named steps.
 
     admit    concurrency accounting (global and per client), method, headers, Host, loop
-    resolve  pure: path, route, exposure, upstream, limits, safety nets → a Plan (plan.py)
+    resolve  pure: path, route, exposure, key, upstream (override, read-your-writes pin,
+             weights), limits, safety nets, shadow sampling → a Plan (plan.py)
     forward  read the body (buffered up to a bound), then try the plan's upstream: ejected or
              saturated upstreams are not tried; a failed try may be re-sent (stale connection,
-             retry) or served by the fallback (plan.next_step); the answer streams back
-    record   metrics, one access-log line
+             retry) or served by the fallback (plan.next_step); a write's pin is shared before
+             its answer goes back; the answer streams back (a copy kept if shadowed/recorded)
+    record   metrics, one access-log line; a kept copy goes to the shadow dispatcher and the
+             recorder, off the request's path
 
 No framework routing; per request only a few slotted objects (the Plan, the Call that carries
 it through its tries, the Outcome the record step reads); errors before the response starts
@@ -21,7 +24,15 @@ import time
 from dataclasses import dataclass
 
 from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated, drop_one
-from proxy.dataplane.forward import Body, ClientGone, Outcome, Pool, TryFailed, read_body
+from proxy.dataplane.forward import (
+    Body,
+    Capture,
+    ClientGone,
+    Outcome,
+    Pool,
+    TryFailed,
+    read_body,
+)
 from proxy.dataplane.headers import (
     ALLOW,
     BadHeaders,
@@ -30,9 +41,12 @@ from proxy.dataplane.headers import (
     request_id_of,
 )
 from proxy.dataplane.plan import (
+    BY_OVERRIDE,
+    BY_PIN,
     FALLBACK,
     GIVE_UP,
     RETRY,
+    SAFE,
     STALE,
     Plan,
     Tries,
@@ -49,12 +63,14 @@ from proxy.errors import (
     problem_headers,
 )
 from proxy.runtime import Runtime
+from proxy.shadow.exchange import Exchange
 from proxy.types import Receive, Scope, Send
 
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
+RECORD_LIMIT = 1 << 20  # answer bytes a recording keeps per pair
 
 
 @dataclass(slots=True)
@@ -71,6 +87,7 @@ class Call:
     tries: Tries
     outcome: Outcome
     fresh: bool = False
+    capture: Capture | None = None  # a copy of the answer, for a shadow or a recording
 
 
 def _ejected(plan: Plan, blocked: float) -> ProxyError:
@@ -132,6 +149,8 @@ class DataPlane:
                 headers=scope["headers"],
                 client=holder,
                 content_length=facts.content_length,
+                pins=runtime.pins,
+                https=scope["scheme"] == "https",
             )
             await self._forward(scope, receive, send, plan, facts, holder, outcome)
         except ProxyError as exc:
@@ -143,7 +162,8 @@ class DataPlane:
                 raise UpstreamAborted(exc.kind) from exc
             outcome.status = exc.status
             request_id = request_id or request_id_of(scope["headers"])
-            await self._problem(send, exc, request_id, self._headers(snapshot.version, outcome))
+            extra = self._headers(snapshot.version, outcome, plan)
+            await self._problem(send, exc, request_id, extra)
         except ClientGone:
             # The protocol may have answered a malformed body itself (the client was told).
             refused = scope.get("extensions", {}).get("strangler.refused")
@@ -242,12 +262,16 @@ class DataPlane:
                 outcome=outcome,
             )
         call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
+        if not callable(body):
+            call.capture = self._capture(plan)
         guard = self.runtime.guards.get(plan.upstream)
         guard.deposit()
         while True:
             outcome.tries += 1
             step = await self._try(call, plan, guard)
             if step is None:
+                if call.capture is not None:
+                    self._hand_off(call, plan)
                 return
             await self._prepare(step, call, plan, guard)
             if step == FALLBACK:
@@ -332,6 +356,8 @@ class DataPlane:
                     response.close()  # its body is not wanted: the connection is not reused
                     self._count(plan, step, str(status), call.outcome)
                     return step
+            if plan.key is not None and plan.method not in SAFE and plan.route is not None:
+                await self._pin(plan)
             await forwarder.reply(
                 response,
                 call.scope,
@@ -341,7 +367,8 @@ class DataPlane:
                 read_timeout=plan.read_timeout,
                 send_timeout=self.runtime.settings.send_timeout,
                 outcome=call.outcome,
-                extra_headers=self._headers(plan.version, call.outcome),
+                extra_headers=self._headers(plan.version, call.outcome, plan),
+                capture=call.capture,
             )
             return None
         finally:
@@ -379,6 +406,57 @@ class DataPlane:
         else:
             metrics.retries.labels(plan.route_name, plan.upstream.name, step, reason).inc()
 
+    def _capture(self, plan: Plan) -> Capture | None:
+        """A copy of the answer is kept when the request is shadowed or recorded."""
+        recorder = self.runtime.recorder
+        recording = plan.route is not None and recorder.wants(plan.route_name, plan.method)
+        if plan.shadow is None and not recording:
+            return None
+        limit = plan.shadow.max_body if plan.shadow is not None else 0
+        return Capture(max(limit, RECORD_LIMIT if recording else 0))
+
+    async def _pin(self, plan: Plan) -> None:
+        """After a write by a key: keep the key on the upstream that took it, here at once and
+        on every other worker and replica before the answer goes back (store/pins.py)."""
+        route, key = plan.route, plan.key
+        assert route is not None
+        assert key is not None
+        now = time.time()
+        until = now + route.pin
+        runtime = self.runtime
+        if runtime.pins.put(route.name, key, plan.upstream.name, until, now):
+            runtime.metrics.pins.labels(route.name, plan.upstream.name).inc()
+            await runtime.pin_wire.publish(route.name, key, plan.upstream.name, until)
+
+    def _hand_off(self, call: Call, plan: Plan) -> None:
+        """The answer has been sent: its copy goes to the shadow and the recorder."""
+        capture = call.capture
+        assert capture is not None
+        assert plan.route is not None
+        scope = call.scope
+        target = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        exchange = Exchange(
+            plan.route_name,
+            plan.upstream.name,
+            plan.method,
+            target,
+            tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in call.facts.headers),
+            call.body if isinstance(call.body, bytes) else b"",
+            capture.status,
+            capture.headers,
+            capture.body(),
+            capture.truncated,
+            time.time(),
+        )
+        runtime = self.runtime
+        if plan.shadow is not None and plan.shadow.upstream is not plan.upstream:
+            runtime.mirror.offer(exchange, plan.shadow, plan.upstream)
+        if runtime.recorder.wants(plan.route_name, plan.method):
+            rules = plan.route.rules
+            runtime.recorder.offer(exchange, secret=rules.secret if rules else ())
+
     # --- record -------------------------------------------------------------------------------
     def _record(
         self,
@@ -394,25 +472,48 @@ class DataPlane:
         route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
         elapsed = time.perf_counter() - started
         runtime.metrics.observe(route, upstream, outcome.status, elapsed)
+        choice = plan.choice if plan else "-"
+        if choice == BY_PIN:
+            runtime.metrics.pinned.labels(route, upstream).inc()
+        elif choice == BY_OVERRIDE:
+            runtime.metrics.overrides.labels(route, upstream).inc()
         if runtime.access_log.enabled:
             runtime.access_log.write_line(
                 access_line(
-                    scope, self.role, client, request_id, route, upstream, outcome, elapsed, version
+                    scope,
+                    self.role,
+                    client,
+                    request_id,
+                    route,
+                    upstream,
+                    outcome,
+                    elapsed,
+                    version,
+                    choice,
                 )
             )
 
-    def _headers(self, version: int, outcome: Outcome) -> list[tuple[bytes, bytes]] | None:
-        """The version header's field (made once per table version, not per request), and the
-        fallback's when one served the request."""
+    def _headers(
+        self, version: int, outcome: Outcome, plan: Plan | None
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The proxy's own response fields: the key cookie a new client is given (on every
+        answer, whichever arm gives it), the version field (made once per table version, not
+        per request), and the fallback's when one served the request."""
+        cookie = plan.set_cookie if plan is not None else None
         if not self.show_headers:
-            return None
+            return [(b"set-cookie", cookie)] if cookie else None
         cached = self._version_field
         if cached[0] != version:
             cached = self._version_field = (version, [(VERSION_HEADER, str(version).encode())])
-        if not outcome.fallback_from:
+        if not outcome.fallback_from and not cookie:
             return cached[1]
-        fallback = f"{outcome.fallback_from}; reason={outcome.fallback_reason}".encode()
-        return [*cached[1], (FALLBACK_HEADER, fallback)]
+        fields = list(cached[1])
+        if outcome.fallback_from:
+            reason = f"{outcome.fallback_from}; reason={outcome.fallback_reason}".encode()
+            fields.append((FALLBACK_HEADER, reason))
+        if cookie:
+            fields.append((b"set-cookie", cookie))
+        return fields
 
     @staticmethod
     async def _problem(

@@ -21,7 +21,7 @@ import contextvars
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -100,6 +100,32 @@ class Outcome:
 
 
 Body = bytes | Callable[[], AsyncIterator[bytes]] | None
+
+
+@dataclass(slots=True)
+class Capture:
+    """A copy of an answer as the client got it, kept for a shadow comparison or a recording
+    (up to `limit` body bytes; a longer body is dropped and marked truncated)."""
+
+    limit: int
+    status: int = 0
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.truncated or not chunk:
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.truncated = True
+            self.parts.clear()
+            return
+        self.parts.append(chunk)
+
+    def body(self) -> bytes:
+        return b"".join(self.parts)
 
 
 async def read_body(
@@ -224,7 +250,7 @@ class _Connector(aiohttp.TCPConnector):
         return await super()._create_connection(*args, **kwargs)
 
 
-def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+def client_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
     session = aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -248,14 +274,14 @@ class Pool:
     __slots__ = ("active", "fresh", "retired", "session")
 
     def __init__(self, connector: _Connector) -> None:
-        self.session = _session(connector)
+        self.session = client_session(connector)
         self.fresh: aiohttp.ClientSession | None = None
         self.active = 0
         self.retired = False
 
     def fresh_session(self) -> aiohttp.ClientSession:
         if self.fresh is None:
-            self.fresh = _session(
+            self.fresh = client_session(
                 aiohttp.TCPConnector(force_close=True, limit=0, socket_factory=_upstream_socket)
             )
         return self.fresh
@@ -400,8 +426,9 @@ class Forwarder:
         send_timeout: float,
         outcome: Outcome,
         extra_headers: list[tuple[bytes, bytes]] | None,
+        capture: Capture | None = None,
     ) -> None:
-        """Stream the answer to the client (see the module rules)."""
+        """Stream the answer to the client (see the module rules); `capture` keeps a copy."""
         try:
             outcome.status = response.status
             length = response.content_length
@@ -414,11 +441,13 @@ class Forwarder:
                 whole = b"" if bodiless else await _read_body(response, read_timeout)
                 response.release()
                 outcome.bytes_out = len(whole)
-                await _start(send, response, extra_headers)
+                await _start(send, response, extra_headers, capture)
                 outcome.started = True
+                if capture is not None:
+                    capture.add(whole)
                 await send({"type": "http.response.body", "body": whole, "more_body": False})
                 return
-            await _start(send, response, extra_headers)
+            await _start(send, response, extra_headers, capture)
             outcome.started = True
             content = response.content
             # uvicorn's send() returns quietly once the client has gone: watch for it, or a
@@ -439,6 +468,8 @@ class Forwarder:
                     if not chunk:
                         break
                     outcome.bytes_out += len(chunk)
+                    if capture is not None:
+                        capture.add(chunk)
                     try:
                         async with asyncio.timeout(send_timeout):
                             await send(
@@ -465,7 +496,10 @@ async def _disconnect(receive: Receive) -> None:
 
 
 async def _start(
-    send: Send, response: aiohttp.ClientResponse, extra: list[tuple[bytes, bytes]] | None
+    send: Send,
+    response: aiohttp.ClientResponse,
+    extra: list[tuple[bytes, bytes]] | None,
+    capture: Capture | None = None,
 ) -> None:
     headers = prepare_response(response.raw_headers)
     if not headers_sendable(headers):
@@ -474,6 +508,8 @@ async def _start(
     if response.status in (204, 304):
         # No body follows; a forwarded Content-Length would make uvicorn wait for one.
         headers = [(n, v) for n, v in headers if n != b"content-length"]
+    if capture is not None:
+        capture.status, capture.headers = response.status, tuple(headers)
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})

@@ -1,8 +1,9 @@
 """The request path's pure middle: what to do with a request (`resolve`), and what to do after
 a try failed (`next_step`). No I/O; tested without sockets.
 
-resolve: target → match key → route (or the default) → listener exposure → upstream (its `to`
-or a bucket of its split) → limits and the safety nets that apply → a Plan.
+resolve: target → match key → route (or the default) → listener exposure → the request's key
+→ upstream (an override, else a live read-your-writes pin, else its `to` or its split; see
+split.py and pins.py) → limits, safety nets and whether a copy is shadowed → a Plan.
 
 next_step, after a try failed before any response byte reached the client:
 - **stale**: a request sent on a *reused* connection that closed before any response byte (the
@@ -21,24 +22,31 @@ upstream declares `idempotent_writes` (another upstream would not know the key).
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.dataplane.match import find_route
 from proxy.dataplane.normalize import AmbiguousPath, match_key
-from proxy.dataplane.split import choose
+from proxy.dataplane.pins import Pins, digest
+from proxy.dataplane.split import key_cookie, new_key, overridden, sticky_key, weighted
 from proxy.errors import ProxyError
 from proxy.table.compile import (
     CompiledRoute,
     Failures,
     FallbackPolicy,
     RetryPolicy,
+    ShadowPolicy,
     Snapshot,
     Upstream,
 )
 
 Headers = Sequence[tuple[bytes, bytes]]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 §9.2.1; anything else is a write
+# How the upstream was chosen (the access log's "choice").
+BY_DEFAULT, BY_TO, BY_SPLIT, BY_OVERRIDE, BY_PIN = "default", "to", "split", "override", "pin"
 # Failures that happen before anything was sent.
 UNREACHED = frozenset({"connect-failure", "ejected", "saturated"})
 STALE, RETRY, FALLBACK, GIVE_UP = "stale", "retry", "fallback", ""
@@ -58,6 +66,62 @@ class Plan:
     read_timeout: float
     retry: RetryPolicy | None
     fallback: FallbackPolicy | None
+    choice: str = BY_DEFAULT
+    key: bytes | None = None  # digest of the request's sticky key (pins are kept by it)
+    set_cookie: bytes | None = None  # the key cookie a keyless client is given
+    shadow: ShadowPolicy | None = None  # a copy goes to this shadow after the answer
+
+
+def _arm(
+    snapshot: Snapshot,
+    route: CompiledRoute,
+    headers: Headers,
+    client: str,
+    https: bool,
+    pins: Pins,
+    plan: Plan,
+) -> Upstream:
+    """The upstream for a request on `route` (module header's order), noting in `plan` how it
+    was chosen and the request's key."""
+    key: bytes | None = None
+    if route.keyed:
+        key = sticky_key(route, headers, client)
+        if key is None:
+            key = new_key()
+            plan.set_cookie = key_cookie(key, https)
+    if route.override is not None and (forced := overridden(route.override, headers)):
+        plan.choice = BY_OVERRIDE
+        if key is not None:
+            plan.key = digest(key)
+        return forced
+    if route.upstream is not None:
+        chosen, plan.choice = route.upstream, BY_TO
+    else:
+        assert route.split is not None  # the model guarantees exactly one action
+        assert key is not None  # splits are always keyed
+        chosen, plan.choice = weighted(route.split, key, route.salt), BY_SPLIT
+    if key is not None and route.pin:
+        plan.key = digest(key)
+        if pins:
+            pinned = pins.get(route.name, plan.key, time.time())
+            if pinned is not None and pinned != chosen.name and pinned in snapshot.upstreams:
+                plan.choice = BY_PIN
+                return snapshot.upstreams[pinned]
+    return chosen
+
+
+def _shadow(route: CompiledRoute, plan: Plan) -> ShadowPolicy | None:
+    """The route's shadow, if this request is sampled for a copy: a safe method, an answer
+    not already from the shadow's upstream, and the sample's draw."""
+    shadow = route.shadow
+    if (
+        shadow is None
+        or plan.method not in shadow.methods
+        or shadow.upstream is plan.upstream
+        or (shadow.sample < 1.0 and random.random() >= shadow.sample)  # noqa: S311 - sampling
+    ):
+        return None
+    return shadow
 
 
 def resolve(
@@ -71,6 +135,8 @@ def resolve(
     headers: Headers,
     client: str,
     content_length: int | None,
+    pins: Pins | None = None,
+    https: bool = False,
 ) -> Plan:
     """The plan for one request, or a ProxyError (400 ambiguous target, 404 not exposed on
     this listener, 413 a declared body over the route's limit)."""
@@ -96,19 +162,23 @@ def resolve(
     else:
         if not (route.external if external else route.internal):
             raise ProxyError(404, "not-found", f"no route for this path on the {role} listener")
-        upstream = choose(route, headers, client)
         plan = Plan(
             snapshot.version,
             route,
             route.name,
-            upstream,
+            snapshot.default,
             method,
             False,
             route.max_body,
-            route.timeout or upstream.timeout,
+            0.0,
             route.retry,
             route.fallback,
         )
+        upstream = _arm(snapshot, route, headers, client, https, pins or _NO_PINS, plan)
+        plan.upstream = upstream
+        plan.read_timeout = route.timeout or upstream.timeout
+        if route.shadow is not None:
+            plan.shadow = _shadow(route, plan)
     if content_length is not None and content_length > plan.max_body:
         raise ProxyError(
             413,
@@ -119,6 +189,9 @@ def resolve(
     if method not in IDEMPOTENT:  # a keyed write may be re-sent after a stale connection
         plan.keyed = any(name == b"idempotency-key" for name, _ in headers)
     return plan
+
+
+_NO_PINS = Pins(limit=1)
 
 
 @dataclass(slots=True)

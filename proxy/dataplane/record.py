@@ -3,7 +3,8 @@
 json.dumps of a whole dict per request is a measurable share of the hot path; here only the
 target and the method, the two fields a client controls, go through the JSON string encoder
 (which escapes control characters, so a client cannot forge log lines). Every other field is a
-number or a name the proxy validated.
+number or a name the proxy validated. `choice` says how the upstream was chosen: default, to,
+split, override or pin (a read-your-writes pin overrode the weights).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def access_line(
     outcome: Outcome,
     elapsed: float,
     version: int,
+    choice: str = "-",
 ) -> str:
     """The access-log record of one request, as one JSON line (no newline)."""
     query = scope["query_string"]
@@ -43,6 +45,6 @@ def access_line(
         f'"target":{_json_str(target)},"route":"{route}","upstream":"{upstream}",'
         f'"status":{outcome.status},"bytes_in":{outcome.bytes_in},'
         f'"bytes_out":{outcome.bytes_out},"duration_ms":{elapsed * 1000:.3f},'
-        f'"table_version":{version},"tries":{outcome.tries},"fallback":{fallback},'
-        f'"error":{error}}}'
+        f'"table_version":{version},"choice":"{choice}","tries":{outcome.tries},'
+        f'"fallback":{fallback},"error":{error}}}'
     )

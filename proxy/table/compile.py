@@ -13,11 +13,11 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
+from proxy.shadow.compare import Rules
 from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable
 from proxy.table.model import Upstream as UpstreamSpec
-from proxy.table.validate import methods_taken, specificity
+from proxy.table.validate import methods_taken, override_always, specificity
 
-BUCKETS = 10_000  # split resolution: 0.01 %
 StickyKind = Literal["header", "cookie", "client-ip"]
 
 
@@ -66,18 +66,29 @@ class FallbackPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """Weights as fixed bucket ranges, upstreams in name order: raising one upstream's weight
-    only moves buckets toward it, so sticky users never bounce back and forth (two-way splits)."""
+    """Weights over upstreams (in name order); which one a key goes to is dataplane/split.py's
+    weighted rendezvous hash."""
 
-    bounds: tuple[int, ...]  # exclusive upper bucket of each upstream, ascending
     upstreams: tuple[Upstream, ...]
-    sticky: tuple[StickyKind, bytes] | None
+    weights: tuple[int, ...]
 
-    def pick(self, bucket: int) -> Upstream:
-        for bound, upstream in zip(self.bounds, self.upstreams, strict=True):
-            if bucket < bound:
-                return upstream
-        return self.upstreams[-1]
+
+@dataclass(frozen=True, slots=True)
+class OverridePolicy:
+    header: bytes | None  # lower-case
+    cookie: bytes | None
+    always: Upstream | None
+    never: Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPolicy:
+    upstream: Upstream
+    sample: float
+    methods: frozenset[str]
+    max_body: int
+    noise: float
+    rules: Rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +107,15 @@ class CompiledRoute:
     internal: bool
     retry: RetryPolicy | None = None
     fallback: FallbackPolicy | None = None
+    # Who stays on one upstream: the declared key (header, cookie or client address) or, when
+    # the request has none, the proxy's own cookie. Routes with a split are always keyed.
+    sticky: tuple[StickyKind, bytes] | None = None
+    keyed: bool = False
+    salt: bytes = b""
+    pin: float = 0.0  # read-your-writes window after a write by a key (0: off)
+    override: OverridePolicy | None = None
+    shadow: ShadowPolicy | None = None
+    rules: Rules | None = None  # how answers are compared (shadow, contract replays)
 
 
 class Node:
@@ -173,17 +193,51 @@ def _split(route: Route, upstreams: dict[str, Upstream]) -> Split | None:
     if route.split is None:
         return None
     names = sorted(route.split)
-    bounds, total = [], 0
-    for name in names:
-        total += route.split[name] * BUCKETS // 100
-        bounds.append(total)
-    sticky: tuple[StickyKind, bytes] | None = None
+    weights = tuple(route.split[n] for n in names)
+    return Split(tuple(upstreams[n] for n in names), weights)
+
+
+def _sticky(route: Route) -> tuple[StickyKind, bytes] | None:
     if route.sticky == "client-ip":
-        sticky = ("client-ip", b"")
-    elif route.sticky is not None:
-        kind, _, key = route.sticky.partition(":")
-        sticky = ("header" if kind == "header" else "cookie", key.encode("latin-1"))
-    return Split(tuple(bounds), tuple(upstreams[n] for n in names), sticky)
+        return ("client-ip", b"")
+    if route.sticky is None:
+        return None
+    kind, _, key = route.sticky.partition(":")
+    return ("header" if kind == "header" else "cookie", key.encode("latin-1"))
+
+
+def _rules(route: Route) -> Rules:
+    spec = route.compare
+    if spec is None:
+        return Rules()
+    return Rules(spec.headers, spec.ignore, spec.unordered, spec.tolerance, spec.secret)
+
+
+def _shadow(route: Route, upstreams: dict[str, Upstream]) -> ShadowPolicy | None:
+    spec = route.shadow
+    if spec is None:
+        return None
+    return ShadowPolicy(
+        upstreams[spec.to],
+        spec.sample,
+        methods_taken(spec.methods),
+        spec.max_body,
+        spec.noise,
+        _rules(route),
+    )
+
+
+def _override(route: Route, upstreams: dict[str, Upstream], default: str) -> OverridePolicy | None:
+    spec = route.override
+    if spec is None:
+        return None
+    always = override_always(route, default)
+    return OverridePolicy(
+        spec.header.lower().encode("latin-1") if spec.header else None,
+        spec.cookie.encode("latin-1") if spec.cookie else None,
+        upstreams[always] if always is not None else None,
+        upstreams[spec.never or default],
+    )
 
 
 def compile_table(table: RouteTable) -> Snapshot:
@@ -215,6 +269,13 @@ def compile_table(table: RouteTable) -> Snapshot:
                 internal=route.expose in {"internal", "both"},
                 retry=_retry(route.retry),
                 fallback=_fallback(route.fallback, upstreams),
+                sticky=_sticky(route),
+                keyed=route.sticky is not None or route.split is not None,
+                salt=(route.salt or "").encode(),
+                pin=route.pin,
+                override=_override(route, upstreams, table.default),
+                shadow=_shadow(route, upstreams),
+                rules=_rules(route) if route.compare is not None else None,
             )
         )
     exact: dict[str, list[CompiledRoute]] = {}

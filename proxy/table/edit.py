@@ -65,10 +65,13 @@ def flip(
     *,
     to: str | None = None,
     split: dict[str, int] | None = None,
+    sticky: str | None = None,
     source: str = "routes.yaml",
 ) -> str:
-    """`route` sent to one upstream (`to`) or a split instead of what it had. KeyError when the
-    table has no such route; the result still has to be validated by the caller."""
+    """`route` sent to one upstream (`to`) or a split instead of what it had; its `sticky` is
+    kept (a route flipped back and forth keeps its users' arms), or replaced by `sticky`.
+    KeyError when the table has no such route; the result still has to be validated by the
+    caller."""
     if (to is None) == (split is None):
         raise ValueError("flip to one upstream or to a split")
     document = parse_yaml(text, source)
@@ -79,7 +82,7 @@ def flip(
     if entry is None:
         raise KeyError(route)
     position = next((i for i, key in enumerate(entry) if key in {"to", "split"}), len(entry))
-    for key in ("to", "split", "sticky") if to is not None else ("to", "split"):
+    for key in ("to", "split"):
         if key in entry:
             del entry[key]
     if to is not None:
@@ -88,4 +91,9 @@ def flip(
         weights = CommentedMap(split)
         weights.fa.set_flow_style()
         entry.insert(min(position, len(entry)), "split", weights)
+    if sticky is not None:
+        if "sticky" in entry:
+            entry["sticky"] = sticky
+        else:
+            entry.insert(min(position + 1, len(entry)), "sticky", sticky)
     return _dump(document)

@@ -48,6 +48,11 @@ DEFAULT_TIMEOUT = 60.0
 # should fail fast, so Envoy's.
 DEFAULT_CONNECT_TIMEOUT = 5.0
 UNSAFE_METHODS = frozenset({"CONNECT", "TRACE"})
+# RFC 9110 §9.2.1: the methods a client expects to change nothing. Only these may be shadowed.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Read-your-writes pins last at least the sync's lag budget (the payment sync's gate allows a
+# follow lag of 5s); twice that by default.
+DEFAULT_PIN = 10.0
 # What a retry or a fallback may react to. `connect-failure`: the request never reached the
 # upstream (refused, connect timeout, no free connection in time, ejected); `reset`: the
 # connection closed before any response byte; `timeout`: no response head in time;
@@ -247,6 +252,92 @@ class Fallback(Strict):
         return _check_methods(value)
 
 
+class Shadow(Strict):
+    """A sampled copy of a safe request, sent to `to` after the primary answer was sent (Envoy's
+    request_mirror_policies, Traefik's mirroring), then compared with it (Diffy). `noise` is the
+    share of compared requests also sent to the primary a second time, to learn which fields
+    differ between two primary answers (timestamps, request ids) and not report them."""
+
+    to: str
+    sample: float = Field(1.0, gt=0, le=1, description="share of matching requests copied")
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    max_body: Size = Field(1 << 20, ge=0, le=64 << 20, description="larger answers: no copy")
+    noise: float = Field(0.1, ge=0, le=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _safe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        checked = _check_methods(value) or ()
+        unsafe = [m for m in checked if m not in SAFE_METHODS]
+        if unsafe:
+            raise ValueError(
+                f"a shadow never carries a write: {', '.join(unsafe)} is not a safe method "
+                "(GET, HEAD, OPTIONS; RFC 9110 §9.2.1)"
+            )
+        return checked
+
+
+class Compare(Strict):
+    """How a shadow's (or a contract replay's) answer is compared with the primary's: status
+    always, these headers, and bodies (JSON field by field, other bodies by hash). Paths are
+    JSON paths: `$.updated_at`, `$.items[*].id`, `$.meta.*`."""
+
+    headers: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    unordered: tuple[str, ...] = Field((), description="arrays compared without order")
+    tolerance: float = Field(0.0, ge=0, description="numbers this close are equal")
+    secret: tuple[str, ...] = Field((), description="fields never kept in example pairs")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return tuple(name.lower() for name in value)
+
+    @field_validator("ignore", "unordered", "secret")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from proxy.shadow.compare import Rules
+
+        for path in value:
+            if (why := Rules.check_path(path)) is not None:
+                raise ValueError(f"{path!r}: {why}")
+        return value
+
+
+class Override(Strict):
+    """Force a user onto one arm whatever the weights (ingress-nginx's canary-by-header and
+    canary-by-cookie, checked in that order): the value `always` sends the request to `always`
+    (default: the route's one upstream other than the table's default, or its shadow's), `never`
+    to `never` (default: the table's default upstream). Other values change nothing."""
+
+    header: str | None = None
+    cookie: str | None = None
+    always: str | None = None
+    never: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> Override:
+        if self.header is None and self.cookie is None:
+            raise ValueError("name a header, a cookie or both")
+        if self.header is not None and not TOKEN.match(self.header):
+            raise ValueError(f"{self.header!r} is not a header name")
+        if self.cookie is not None and not TOKEN.match(self.cookie):
+            raise ValueError(f"{self.cookie!r} is not a cookie name")
+        return self
+
+
+def _pin(value: object) -> object:
+    """`pin: off` (or false) switches read-your-writes pins off; `pin: 30s` sets the window."""
+    if value is False or value == "off":
+        return 0.0
+    if value is True or value == "on":
+        return DEFAULT_PIN
+    return value
+
+
 def _fallback_shorthand(value: object) -> object:
     """`fallback: monolith` is `fallback: {to: monolith}`."""
     return {"to": value} if isinstance(value, str) else value
@@ -265,6 +356,17 @@ class Route(Strict):
     expose: Expose = "both"
     retry: Retry | None = None
     fallback: Annotated[Fallback | None, BeforeValidator(_fallback_shorthand)] = None
+    shadow: Shadow | None = None
+    compare: Compare | None = None
+    override: Override | None = None
+    # After a write by a sticky key, that key's requests stay on the arm that took it this long
+    # (0 = off): longer than the data sync's lag, so a user always sees their own writes.
+    pin: Annotated[Duration, BeforeValidator(_pin)] = Field(DEFAULT_PIN, ge=0, le=86_400)
+    salt: str | None = Field(
+        None,
+        max_length=64,
+        description="mixed into the sticky hash: this route's canary users differ from others'",
+    )
 
     @field_validator("name")
     @classmethod
@@ -302,8 +404,6 @@ class Route(Strict):
     def _one_action(self) -> Route:
         if (self.to is None) == (self.split is None):
             raise ValueError("a route has exactly one of `to` and `split`")
-        if self.sticky is not None and self.split is None:
-            raise ValueError("sticky applies to a split only")
         return self
 
     def upstream_names(self) -> tuple[str, ...]:

@@ -9,16 +9,23 @@ from proxy.table.compile import CompiledRoute, Snapshot
 
 def _action(route: CompiledRoute) -> str:
     if route.upstream is not None:
-        return route.upstream.name
-    assert route.split is not None
-    previous, parts = 0, []
-    for bound, upstream in zip(route.split.bounds, route.split.upstreams, strict=True):
-        parts.append(f"{upstream.name} {(bound - previous) / 100:g}%")
-        previous = bound
-    sticky = f" sticky {route.split.sticky[0]}" if route.split.sticky else ""
-    if route.split.sticky and route.split.sticky[1]:
-        sticky += f":{route.split.sticky[1].decode()}"
-    return ", ".join(parts) + sticky
+        text = route.upstream.name
+    else:
+        assert route.split is not None
+        text = ", ".join(
+            f"{upstream.name} {weight}%"
+            for upstream, weight in zip(route.split.upstreams, route.split.weights, strict=True)
+        )
+    if route.sticky:
+        kind, name = route.sticky
+        text += f" sticky {kind}" + (f":{name.decode()}" if name else "")
+    if route.override is not None:
+        text += " override " + "/".join(
+            f"{what}:{name.decode()}"
+            for what, name in (("header", route.override.header), ("cookie", route.override.cookie))
+            if name
+        )
+    return text
 
 
 def _nets(route: CompiledRoute) -> str:
@@ -29,6 +36,10 @@ def _nets(route: CompiledRoute) -> str:
         methods = route.fallback.methods
         only = f" ({','.join(sorted(methods))})" if methods else ""
         parts.append(f"fallback {route.fallback.upstream.name}{only}")
+    if route.shadow is not None:
+        parts.append(f"shadow {route.shadow.upstream.name} {route.shadow.sample:.0%}")
+    if route.keyed and route.pin:
+        parts.append(f"pin {route.pin:g}s")
     return ", ".join(parts) or "-"
 
 

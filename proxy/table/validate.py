@@ -183,6 +183,9 @@ def validate(table: RouteTable, positions: list[int] | None = None) -> list[Prob
                 problems.append(
                     Problem(("routes", index, "split", target), f"unknown upstream {target!r}")
                 )
+        for loc, target in _named_upstreams(route):
+            if target not in names:
+                problems.append(Problem(("routes", index, *loc), f"unknown upstream {target!r}"))
         if route.fallback is not None and route.fallback.to not in names:
             problems.append(
                 Problem(
@@ -192,6 +195,34 @@ def validate(table: RouteTable, positions: list[int] | None = None) -> list[Prob
             )
     problems.extend(_overlaps(table.routes, at))
     return problems
+
+
+def _named_upstreams(route: Route) -> list[tuple[Loc, str]]:
+    """The upstreams a route's shadow and override name, with where they are named."""
+    named: list[tuple[Loc, str]] = []
+    if route.shadow is not None:
+        named.append((("shadow", "to"), route.shadow.to))
+    if route.override is not None:
+        for side in ("always", "never"):
+            if (target := getattr(route.override, side)) is not None:
+                named.append((("override", side), target))
+    return named
+
+
+def override_always(route: Route, default: str) -> str | None:
+    """The arm an override's `always` forces: the one named, else the route's only upstream
+    other than the table's default, else its shadow's (the service being prepared); None when
+    there is none (a route rolled back to the monolith: `always` then changes nothing, and the
+    rollback is never refused for it)."""
+    assert route.override is not None
+    if route.override.always is not None:
+        return route.override.always
+    others = [name for name in route.upstream_names() if name != default]
+    if len(others) == 1:
+        return others[0]
+    if not others and route.shadow is not None and route.shadow.to != default:
+        return route.shadow.to
+    return None
 
 
 def _overlaps(routes: tuple[Route, ...], at: list[int]) -> list[Problem]:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from proxy.table.compile import BUCKETS, compile_table
+from proxy.table.compile import compile_table
 from proxy.table.model import DEFAULT_MAX_BODY
 from tests.proxy.tables import make_snapshot, make_table, route
 
@@ -112,15 +112,16 @@ def test_expose(expose: str, external: bool, internal: bool) -> None:
     assert (entry.external, entry.internal) == (external, internal)
 
 
-def test_split_weights_become_bucket_ranges_in_upstream_name_order() -> None:
+def test_split_weights_are_kept_in_upstream_name_order_and_a_split_is_always_keyed() -> None:
     (entry,) = make_snapshot(
         [{"name": "s", "match": {"path": "/s"}, "split": {"payment": 10, "monolith": 90}}]
     ).routes
     assert entry.upstream is None
     assert entry.split is not None
     assert [u.name for u in entry.split.upstreams] == ["monolith", "payment"]
-    assert entry.split.bounds == (9_000, BUCKETS)
-    assert entry.split.sticky is None
+    assert entry.split.weights == (90, 10)
+    assert entry.sticky is None
+    assert entry.keyed  # the proxy's own cookie keys it
 
 
 @pytest.mark.parametrize(
@@ -142,8 +143,7 @@ def test_sticky_keys(sticky: str, compiled: tuple[str, bytes]) -> None:
             }
         ]
     ).routes
-    assert entry.split is not None
-    assert entry.split.sticky == compiled
+    assert entry.sticky == compiled and entry.keyed
 
 
 def test_routes_on_one_path_are_ranked_most_specific_first_then_file_order() -> None:

@@ -40,15 +40,27 @@ def test_flip_to_a_split_keeps_comments_quotes_and_field_order() -> None:
     assert table.routes[0].split == {"monolith": 90, "payment": 10}
 
 
-def test_flip_back_to_one_upstream_drops_split_and_sticky() -> None:
+def test_flip_back_to_one_upstream_drops_the_split_and_keeps_sticky() -> None:
+    # A route flipped back and forth keeps its key: the next split is sticky from its first
+    # request, and users return to the arm they had.
     split = flip(TABLE, "payments", split={"monolith": 50, "payment": 50})
     split = split.replace(
         "    max_body: 64KiB\n", "    sticky: header:X-User-Id\n    max_body: 64KiB\n"
     )
     back = flip(split, "payments", to="payment")
     route = load_text(back).routes[0]
-    assert (route.to, route.split, route.sticky) == ("payment", None, None)
+    assert (route.to, route.split, route.sticky) == ("payment", None, "header:x-user-id")
     assert "# owned by the payments team" in back
+
+
+def test_flip_with_sticky_sets_or_replaces_the_key() -> None:
+    first = flip(TABLE, "payments", split={"monolith": 99, "payment": 1}, sticky="cookie:uid")
+    assert load_text(first).routes[0].sticky == "cookie:uid"
+    second = flip(first, "payments", split={"monolith": 90, "payment": 10})
+    assert load_text(second).routes[0].sticky == "cookie:uid"  # kept
+    third = flip(second, "payments", to="payment", sticky="header:Authorization")
+    assert load_text(third).routes[0].sticky == "header:authorization"
+    assert third.count("sticky:") == 1
 
 
 def test_flip_of_an_unknown_route_is_a_key_error() -> None:

@@ -169,11 +169,25 @@ ONE_PROBLEM = [
         id="connect-method",
     ),
     pytest.param(
-        HEADER + "  - name: pay  # @here\n    match: {path: /pay}\n    to: monolith\n"
-        "    sticky: client-ip\n",
-        "routes[0]",
-        "sticky applies to a split only",
-        id="sticky-without-split",
+        HEADER + "  - name: pay\n    match: {path: /pay}\n    to: monolith\n"
+        "    shadow: {to: monolith, methods: [GET, POST]}  # @here\n",
+        "routes[0].shadow.methods",
+        "a shadow never carries a write: POST is not a safe method",
+        id="shadow-of-a-write",
+    ),
+    pytest.param(
+        HEADER + "  - name: pay\n    match: {path: /pay}\n    to: monolith\n"
+        "    shadow: {to: nowhere}  # @here\n",
+        "routes[0].shadow.to",
+        "unknown upstream 'nowhere'",
+        id="shadow-to-unknown-upstream",
+    ),
+    pytest.param(
+        HEADER + "  - name: pay\n    match: {path: /pay}\n    to: monolith\n"
+        "    override: {always: monolith}  # @here\n",
+        "routes[0].override",
+        "name a header, a cookie or both",
+        id="override-without-header-or-cookie",
     ),
 ]
 

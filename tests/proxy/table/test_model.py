@@ -83,7 +83,16 @@ def test_route_timeout_and_body_cap_default_to_unset() -> None:
             "not within 0-100",
             id="weight-out-of-range",
         ),
-        pytest.param({"sticky": "header:x-user"}, "split only", id="sticky-without-split"),
+        pytest.param({"sticky": "header x-user"}, "sticky is header:NAME", id="bad-sticky"),
+        pytest.param({"pin": "soon"}, "duration", id="bad-pin-window"),
+        pytest.param(
+            {"shadow": {"to": "payment", "methods": ["DELETE"]}},
+            "never carries a write",
+            id="shadow-of-a-write",
+        ),
+        pytest.param(
+            {"compare": {"ignore": ["updated_at"]}}, "'updated_at'", id="compare-path-without-$"
+        ),
         pytest.param({"name": "Payments"}, "a name is", id="uppercase-name"),
         pytest.param({"name": "-payments"}, "a name is", id="name-starts-with-dash"),
         pytest.param({"name": ""}, "a name is", id="empty-name"),

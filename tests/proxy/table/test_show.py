@@ -42,7 +42,7 @@ def test_rows_say_what_goes_where() -> None:
             "to": "monolith 90%, payment 10% sticky header:x-user-id",
             "expose": "both",
             "max_body": 1_000_000,
-            "safety": "-",
+            "safety": "pin 10s",
         },
         {
             "route": "(default)",

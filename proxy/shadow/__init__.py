@@ -1,0 +1,1 @@
+"""Shadow traffic, answer comparison, recorded corpora and contract replays."""

@@ -1,0 +1,190 @@
+"""Shadow copies, off the hot path (Envoy's request mirroring; Diffy's comparison).
+
+The data plane offers a copy once the primary answer has been sent to the client: a sampled,
+safe request (GET, HEAD, OPTIONS: validation refuses a shadow of anything else) with its
+buffered body and the primary's captured answer. The copy goes into a bounded queue; when it
+is full the copy is dropped and counted, never waited for. A fixed pool of tasks sends each
+copy to the shadow upstream over this dispatcher's own connection pool (never the client's
+connection, never the primary's pool), reads its answer up to the shadow's `max_body`, and
+compares the two (compare.py; large bodies in a thread). A slow or dead shadow costs its own
+tasks' time only: the primary's answer has already gone.
+
+Noise (Diffy's idea without a second monolith): a `noise` share of the copies is also sent to
+the primary's upstream a second time; the fields that differ between the primary's two answers
+are noise (report.py decides, per field, by comparing rates).
+
+The copy carries the request's headers as forwarded (identity included, so the service answers
+as for that user) plus `Strangler-Shadow: 1`, so a service can tell copies from real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+from yarl import URL
+
+from proxy.dataplane.forward import SKIP_AUTO_HEADERS, client_session
+from proxy.observability import Metrics
+from proxy.shadow.compare import Answer, Rules, compare, differing_fields
+from proxy.shadow.exchange import Exchange
+from proxy.shadow.report import Tally
+from proxy.table.compile import ShadowPolicy, Upstream
+
+log = logging.getLogger("strangler")
+T = TypeVar("T")
+MARKER = ("strangler-shadow", "1")
+QUEUE_SIZE = 1_000  # copies waiting; more are dropped (Envoy mirrors fire and forget)
+WORKERS = 16  # copies in flight per worker process
+
+
+# Comparing large JSON bodies takes milliseconds of pure Python (about 10 ms for 10,000
+# values): past this size it runs in a thread, so the worker's loop keeps serving meanwhile.
+INLINE_COMPARE = 16_384
+
+
+async def _off_loop(
+    fn: Callable[[Answer, Answer, Rules], T], a: Answer, b: Answer, rules: Rules
+) -> T:
+    if len(a.body) + len(b.body) <= INLINE_COMPARE:
+        return fn(a, b, rules)
+    return await asyncio.to_thread(fn, a, b, rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    exchange: Exchange
+    policy: ShadowPolicy
+    primary: Upstream
+
+
+class Mirror:
+    def __init__(
+        self, metrics: Metrics, *, queue_size: int = QUEUE_SIZE, workers: int = WORKERS
+    ) -> None:
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Copy] = asyncio.Queue(queue_size)
+        self.workers = workers
+        self.tallies: dict[str, Tally] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def tally(self, route: str) -> Tally:
+        found = self.tallies.get(route)
+        if found is None:
+            found = self.tallies[route] = Tally()
+        return found
+
+    def offer(self, exchange: Exchange, policy: ShadowPolicy, primary: Upstream) -> bool:
+        """Queue a copy; False (and counted) when the queue is full."""
+        try:
+            self.queue.put_nowait(Copy(exchange, policy, primary))
+        except asyncio.QueueFull:
+            self.tally(exchange.route).add_dropped()
+            self.metrics.shadowed(exchange.route, policy.upstream.name, "dropped")
+            return False
+        if not self._tasks:
+            self._start()
+        return True
+
+    def _start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.workers, enable_cleanup_closed=True)
+        self.session = client_session(connector)
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def _work(self) -> None:
+        while True:
+            copy = await self.queue.get()
+            try:
+                await self._one(copy)
+            except Exception:  # one bad copy must not stop the pool
+                log.exception("shadow copy of %s failed", copy.exchange.route)
+
+    async def _one(self, copy: Copy) -> None:
+        exchange, policy = copy.exchange, copy.policy
+        primary = Answer(
+            exchange.status,
+            exchange.response_headers,
+            exchange.response_body,
+            exchange.truncated,
+        )
+        tally = self.tally(exchange.route)
+        shadow = policy.upstream.name
+        candidate = await self._send(policy.upstream, exchange, policy.max_body)
+        if isinstance(candidate, str):
+            tally.add_failure(candidate)
+            self.metrics.shadowed(exchange.route, shadow, "failed")
+        else:
+            verdict = await _off_loop(compare, primary, candidate, policy.rules)
+            tally.add(verdict)
+            self.metrics.shadowed(
+                exchange.route, shadow, "differ" if verdict.differences else "match"
+            )
+        if policy.noise and random.random() < policy.noise:  # noqa: S311 - sampling
+            again = await self._send(copy.primary, exchange, policy.max_body)
+            if not isinstance(again, str):
+                tally.add_noise(await _off_loop(differing_fields, primary, again, policy.rules))
+
+    async def _send(self, upstream: Upstream, exchange: Exchange, limit: int) -> Answer | str:
+        """The upstream's answer to a copy, or the kind of failure."""
+        assert self.session is not None
+        path, _, query = exchange.target.partition(b"?")
+        url = URL.build(
+            scheme=upstream.scheme,
+            host=upstream.host,
+            port=upstream.port,
+            path=path.decode("ascii"),
+            query_string=query.decode("ascii"),
+            encoded=True,
+        )
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in exchange.headers]
+        headers.append(MARKER)
+        timeout = aiohttp.ClientTimeout(
+            total=upstream.timeout, sock_connect=upstream.connect_timeout
+        )
+        try:
+            async with self.session.request(
+                exchange.method,
+                url,
+                headers=headers,
+                data=exchange.body or None,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as response:
+                chunks, size, truncated = [], 0, False
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        truncated = True
+                        break
+                    chunks.append(chunk)
+                return Answer(
+                    response.status,
+                    tuple((n.lower(), v) for n, v in response.raw_headers),
+                    b"" if truncated else b"".join(chunks),
+                    truncated,
+                )
+        except TimeoutError:
+            return "timeout"
+        except aiohttp.ClientConnectorError:
+            return "connect-failure"
+        except (aiohttp.ClientError, OSError):
+            return "reset"
