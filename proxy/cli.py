@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from proxy import __version__
+from proxy.shadow.cli import contract_app, record_command, shadow_app
 from proxy.store.base import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ def sync(ctx: typer.Context) -> None:
 
 routes_app = typer.Typer(no_args_is_help=True, help="Check and read route tables.")
 app.add_typer(routes_app, name="routes")
+app.add_typer(shadow_app, name="shadow", help="What shadowed services answered differently.")
+app.command("record")(record_command)
+app.add_typer(contract_app, name="contract", help="Replay a recorded corpus against a service.")
 
 
 def _load_or_exit(path: Path) -> RouteTable:

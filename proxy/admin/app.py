@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy.admin.status import route_status, upstream_health
 from proxy.errors import PROBLEM_TYPE
+from proxy.shadow.report import Tally, merge_snapshots, summarise
 from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.diff import diff_tables
 from proxy.table.edit import flip
@@ -207,6 +208,31 @@ def create_admin_app(
             out["store_version"], out["store_error"] = None, str(exc)
         out["in_sync"] = out["store_version"] == out["served_version"]
         return out
+
+    @app.get("/api/v1/shadow")
+    async def shadow_report(
+        route: Annotated[str | None, Query(description="One route only.")] = None,
+        top: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> list[dict[str, Any]]:
+        """Per shadowed route, every worker and replica together: copies compared, the share
+        that differed (noise fields left out), the top differing fields with an example pair
+        each, the noise fields, failed and dropped copies (`strangler shadow report`)."""
+        if runtime is None:
+            raise AdminError(404, "not-found", "shadow reports are only served by a running proxy")
+        merged = merge_snapshots(await runtime.sink.tallies())
+        names = [route] if route is not None else sorted(merged)
+        return [summarise(name, merged.get(name) or Tally(), top) for name in names]
+
+    @app.delete("/api/v1/shadow", status_code=204)
+    async def shadow_reset(
+        author: Writer,
+        route: Annotated[str | None, Query(description="One route only.")] = None,
+    ) -> Response:
+        """Start the shadow numbers again (after a fix in the service), for one route or all."""
+        if runtime is None:
+            raise AdminError(404, "not-found", "shadow reports are only served by a running proxy")
+        await runtime.sink.clear_tallies(route)
+        return Response(status_code=204)
 
     @app.get("/api/v1/routes/history")
     def history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:

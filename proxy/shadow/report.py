@@ -268,3 +268,17 @@ def _block(summary: Mapping[str, Any]) -> Iterable[str]:
     if samples:
         names = ", ".join(printable(str(e.get("field", "?"))) for e in summary.get("noise", ()))
         yield f"  noise (ignored): {names or 'none'} (learned from {samples} requests sent twice)"
+
+
+def merge_snapshots(snapshots: list[dict[str, dict[str, Any]]]) -> dict[str, Tally]:
+    """Every worker's snapshot (route → Tally.to_dict()) merged per route; a snapshot another
+    version of strangler wrote, that does not read, is skipped."""
+    merged: dict[str, Tally] = {}
+    for snapshot in snapshots:
+        for route, data in snapshot.items():
+            try:
+                tally = Tally.from_dict(data)
+            except (ValueError, TypeError, AttributeError, KeyError):
+                continue
+            merged.setdefault(route, Tally()).merge(tally)
+    return merged
