@@ -584,6 +584,10 @@ def serve(
         str | None,
         typer.Option(help="Strangler-Route-Version on: internal [default], all or off."),
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Shadow reports and recordings with the file store [default var]."),
+    ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
@@ -606,6 +610,7 @@ def serve(
         "store_prefix": store_prefix,
         "store_cache": store_cache,
         "version_header": version_header,
+        "state_dir": state_dir,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:

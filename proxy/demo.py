@@ -3,9 +3,14 @@
 Act 1 (day 0): the legacy monolith, seeded, answering a mobile app's requests.
 Act 2: the proxy in front of it, transparent, refusing what it must.
 Act 3: the payment service gets its data: backfill, follow, reconcile.
-Act 4: the payments route flips to the service; its payments reach the monolith's orders; the
-flip is diffed, listed and rolled back.
-Act 5: payments move to the service again with safety nets, and the service goes down: GETs are
+Act 4: see before serving: payment reads are shadowed to the service and compared; a drifted
+payment in the service's database shows in `strangler shadow report` and in a contract corpus
+recorded from real traffic and replayed against the service, until it is fixed; a tester forces
+the service with `X-Canary: always`.
+Act 5: the payments route flips to the service, and a user who just paid on the monolith keeps
+reading from it (a read-your-writes pin); the service's payments reach the monolith's orders;
+the flip is diffed, listed and rolled back.
+Act 6: payments move to the service again with safety nets, and the service goes down: GETs are
 served by the monolith (fallback), a POST gets a fast 503 once the service is ejected, and the
 service is back by itself when it returns.
 Everything runs as child processes started with the same commands the README gives, and is
@@ -18,9 +23,11 @@ import contextlib
 import json
 import re
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +139,30 @@ routes:
   - name: payments
     match: {{path: /api/v1/payments}}
     to: monolith
+    # One user, one arm (keyed by the app's bearer token); after a write, the user's reads stay
+    # on the arm that took it for 10s, longer than the data sync's lag.
+    sticky: header:Authorization
+    pin: 10s
+    max_body: 64KiB
+    timeout: 10s
+"""
+SHADOW_ROUTES = """\
+# Before the canary: every payment read is also sent to the service, after the monolith's
+# answer went back, and the two answers are compared.
+version: 2
+upstreams:
+  monolith: {{url: "{monolith}"}}
+  payment: {{url: "{payment}", gate: "{payment}/cutover"}}
+default: monolith
+routes:
+  - name: payments
+    match: {{path: /api/v1/payments}}
+    to: monolith
+    sticky: header:Authorization
+    pin: 10s
+    shadow: {{to: payment, sample: 1.0, noise: 0.5}}
+    compare: {{headers: [content-type], secret: ["$.card_last4", "$.items[*].card_last4"]}}
+    override: {{header: X-Canary, cookie: canary}}
     max_body: 64KiB
     timeout: 10s
 """
@@ -225,6 +256,10 @@ class Shell:
     def sync(self, *args: str) -> int:
         return self.run("sync", *args, extra=self.databases)
 
+    def state(self, *args: str) -> int:
+        """A shadow command, reading the proxy's state directory."""
+        return self.run(*args, extra=("--state-dir", str(self.routes.parent / "var")))
+
 
 def act_data(n: Narrator, sh: Shell, service: httpx.Client, follower: Callable[[], Child]) -> None:
     """The payment service gets the monolith's payments, keeps up with them, and proves it."""
@@ -266,6 +301,93 @@ def act_data(n: Narrator, sh: Shell, service: httpx.Client, follower: Callable[[
     sh.sync("status")
 
 
+def _counted(n: Narrator, admin: str, metric: str) -> None:
+    """The proxy's metric lines for the payments route."""
+    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
+        if line.startswith(metric) and 'route="payments"' in line:
+            n.echo(f"  {line}")
+
+
+def _drift(service_db: str, payment: int, currency: str) -> None:
+    """Set one payment's currency in the service's own database (the planted difference)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(service_db)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE payments SET currency = :c WHERE id = :id"),
+                {"c": currency, "id": payment},
+            )
+    finally:
+        engine.dispose()
+
+
+def act_shadow(
+    n: Narrator, sh: Shell, admin: str, shadow_table: Path, service: str, service_db: str
+) -> None:
+    """See before serving: shadow, report, a recorded contract, a forced canary user."""
+    n.say("Before any user is served by it, the service answers a copy of every payment read")
+    sh.routes_cli("set", str(shadow_table), "--reason", "shadow payment reads")
+    _served(n, admin, 2)
+    auth = _login(n.client)
+    listed = n.client.get("/api/v1/payments", params={"per_page": 100}, headers=auth).json()
+    payment = int(listed["items"][-1]["id"])  # Alice's oldest: follow's look-back is done with it
+    n.say(f"A bad script lower-cases payment {payment}'s currency in the service's database")
+    statement = f"UPDATE payments SET currency = 'usd' WHERE id = {payment}"  # noqa: S608 - shown
+    n.echo(f'$ sqlite3 payment.db "{statement}"')
+    _drift(service_db, payment, "usd")
+
+    def reads(count: int) -> None:
+        for _ in range(count):
+            n.client.get(f"/api/v1/payments/{payment}", headers=auth)
+            n.client.get("/api/v1/payments", params={"per_page": 100}, headers=auth)
+        n.echo(f"  ({2 * count} payment reads by Alice's app, answered by the monolith)")
+        time.sleep(1.5)  # the workers share their numbers once a second
+
+    n.say("Alice's app reads her payments; the monolith answers, the service gets a copy")
+    n.call("GET", f"/api/v1/payments/{payment}", headers=auth)
+    reads(5)
+    n.say("What the service answered differently (noise fields learned, not reported)")
+    sh.state("shadow", "report", "payments")
+    n.say("The same reads, recorded as a contract corpus (no credentials kept) ...")
+    corpus = sh.routes.parent / "payments-corpus.jsonl"
+    recorder = Child(
+        "record",
+        _strangler(
+            *("record", "payments", "--count", "4", "--timeout", "20s", "--out", str(corpus)),
+            *("--state-dir", str(sh.routes.parent / "var")),
+        ),
+        env={"NO_COLOR": "1"},
+    )
+    n.echo(f"$ strangler record payments --count 4 --out {corpus.name}  (while the app reads)")
+    with ThreadPoolExecutor(1) as background:
+        recording = background.submit(recorder.run_to_end, 60)
+        time.sleep(1.5)  # armed, and seen by the proxy's next turn
+        reads(2)
+        code, output = recording.result()
+    for line in output.rstrip("\n").splitlines():
+        n.echo(f"  {line}")
+    replay = (
+        *("contract", "run", str(corpus), "--against", service),
+        *("--header", f"Authorization: {auth['Authorization']}"),
+    )
+    n.say("... replayed against the service, as its team's CI would: the drift fails it")
+    sh.run(*replay)
+    n.say("The service's team fixes the data; the report starts again")
+    _drift(service_db, payment, "USD")
+    sh.state("shadow", "report", "payments", "--reset")
+    time.sleep(1.5)  # every worker has heard of the reset
+    reads(5)
+    sh.state("shadow", "report", "payments")
+    sh.run(*replay)
+    if code != 0:
+        raise typer.Exit(code)
+    n.say("A tester opts in before anyone else: X-Canary: always goes to the service")
+    n.call("GET", f"/api/v1/payments/{payment}", headers={**auth, "X-Canary": "always"})
+    _counted(n, admin, "strangler_overrides_total")
+
+
 def _served(n: Narrator, admin: str, version: int) -> None:
     deadline = time.monotonic() + 10
     while httpx.get(f"{admin}/readyz", timeout=5).json()["table_version"] != version:
@@ -287,13 +409,24 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
             if line.startswith("strangler_requests_total") and 'route="payments"' in line:
                 n.echo(f"  {line}")
 
+    phone = _login(n.client)
+    n.say("Alice pays an order from her phone, on the monolith, a moment before the flip")
+    before = _new_order(n.client, phone)
+    early = n.call(
+        "POST", "/api/v1/payments", json={"order_id": before, "method": "wallet"}, headers=phone
+    )
     n.say("Move payments: flip the route to the payment service")
     sh.routes_cli("flip", "payments", "--to", "payment", "--reason", "payment service live")
-    served(2)
+    served(3)
+    n.say("Her phone reads that payment at once: it stays on the monolith, which took her write")
+    n.echo("  (a read-your-writes pin for 10s, longer than the sync's lag; every replica knows)")
+    n.call("GET", f"/api/v1/payments/{early.json()['id']}", headers=phone)
+    _counted(n, admin, "strangler_pinned_total")
+    n.say("Anyone else's payments go to the service now")
     n.call("GET", "/api/v1/payments?per_page=1")
     requests_by_upstream()
     auth = _login(n.client)
-    n.say("Alice pays a new order: the service takes the payment (an id from its own range)")
+    n.say("Alice pays a new order from her tablet: the service takes it (an id from its range)")
     order = _new_order(n.client, auth)
     paid = n.call(
         "POST",
@@ -307,10 +440,10 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
     shown = n.call("GET", f"/api/v1/orders/{order}", headers=auth)
     n.echo(f"  order {order} status: {shown.json().get('status')}")
     n.say("What changed, who did it, and the way back")
-    sh.routes_cli("diff", "1")
+    sh.routes_cli("diff", "2")
     sh.routes_cli("history")
-    sh.routes_cli("rollback", "1", "--reason", "error rate up")
-    served(3)
+    sh.routes_cli("rollback", "2", "--reason", "error rate up")
+    served(4)
     n.call("GET", "/api/v1/payments?per_page=1")
     requests_by_upstream()
     return int(paid.json()["id"])
@@ -318,7 +451,7 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
 
 SAFETY_ROUTES = """\
 # Payments on the payment service, with safety nets for the day it fails.
-version: 4
+version: 5
 upstreams:
   monolith: {{url: "{monolith}"}}
   payment:
@@ -359,7 +492,7 @@ def act_outage(
     """The payment service goes down and comes back; the proxy's safety nets carry the shop."""
     n.say("Payments move to the service again, this time with safety nets")
     sh.routes_cli("set", str(safety_table), "--reason", "payment service live, with fallback")
-    _served(n, admin, 4)
+    _served(n, admin, 5)
     n.say("Through the internal listener, which says when a fallback served an answer")
     auth = _login(n.client)
     order = _new_order(n.client, auth)
@@ -447,6 +580,9 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
         routes.write_text(DAY_ZERO_ROUTES.format(monolith=monolith.url, payment=payment.url))
         broken = workdir / "routes-broken.yaml"
         broken.write_text(BROKEN_ROUTES.format(monolith=monolith.url))
+        shutil.rmtree(workdir / "var" / "shadow", ignore_errors=True)  # an earlier demo's
+        shadowed = workdir / "routes-shadow.yaml"
+        shadowed.write_text(SHADOW_ROUTES.format(monolith=monolith.url, payment=payment.url))
         safety = workdir / "routes-safety-nets.yaml"
         safety.write_text(SAFETY_ROUTES.format(monolith=monolith.url, payment=payment.url))
         echo(
@@ -470,6 +606,8 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--state-dir",
+            str(workdir / "var"),
         )
         echo("$ strangler " + " ".join(serve))
         with Child("proxy", _strangler(*serve), ready=STRANGLER_READY) as proxy:
@@ -495,6 +633,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                     return child
 
                 act_data(n, sh, to_service, follower)
+                act_shadow(n, sh, proxy.listeners["admin"], shadowed, payment.url, service_db)
                 taken = act_flip(n, sh, proxy.listeners["admin"])
                 act_outage(
                     Narrator(inside, echo),

@@ -44,8 +44,11 @@ class Pins:
         return found[0]
 
     def put(self, route: str, key: bytes, upstream: str, until: float, now: float) -> bool:
-        """Pin `key` on `route` to `upstream` until `until`; False when a pin to the same
-        upstream lasting at least as long is already there (nothing to tell other replicas)."""
+        """Pin `key` on `route` to `upstream` until `until`; False when it has expired, or a pin
+        to the same upstream lasting at least as long is already there (nothing to tell other
+        replicas)."""
+        if until <= now:
+            return False  # expired on its way here
         found = self._pins.get((route, key))
         if found is not None and found[0] == upstream and found[1] >= until:
             return False

@@ -30,7 +30,15 @@ from dataclasses import dataclass
 from proxy.dataplane.match import find_route
 from proxy.dataplane.normalize import AmbiguousPath, match_key
 from proxy.dataplane.pins import Pins, digest
-from proxy.dataplane.split import key_cookie, new_key, overridden, sticky_key, weighted
+from proxy.dataplane.split import (
+    KEY_COOKIE,
+    cookie_value,
+    key_cookie,
+    new_key,
+    overridden,
+    sticky_key,
+    weighted,
+)
 from proxy.errors import ProxyError
 from proxy.table.compile import (
     CompiledRoute,
@@ -89,9 +97,13 @@ def _arm(
         if key is None:
             key = new_key()
             plan.set_cookie = key_cookie(key, https)
+    elif route.pin:
+        # A route rolled back from a cookie-keyed split to `to:` keeps no key of its own, but
+        # its users' pins must hold: their cookie still names them.
+        key = cookie_value(headers, KEY_COOKIE) or None
     if route.override is not None and (forced := overridden(route.override, headers)):
         plan.choice = BY_OVERRIDE
-        if key is not None:
+        if key is not None and route.pin:
             plan.key = digest(key)
         return forced
     if route.upstream is not None:

@@ -52,7 +52,8 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
 
 
 def sticky_key(route: CompiledRoute, headers: Headers, client: str | None) -> bytes | None:
-    """The request's key on a keyed route: the declared one, else the proxy's cookie."""
+    """The request's key on a keyed route: the declared one, else the proxy's cookie (an
+    empty value is no key)."""
     sticky = route.sticky
     if sticky is not None:
         kind, name = sticky
@@ -64,7 +65,7 @@ def sticky_key(route: CompiledRoute, headers: Headers, client: str | None) -> by
             found = header_value(headers, name)
         if found:
             return found
-    return cookie_value(headers, KEY_COOKIE)
+    return cookie_value(headers, KEY_COOKIE) or None
 
 
 def new_key() -> bytes:
@@ -83,10 +84,19 @@ def key_cookie(key: bytes, secure: bool) -> bytes:
 
 
 def overridden(override: OverridePolicy, headers: Headers) -> Upstream | None:
-    """The arm an override forces (header first, then cookie), or None."""
-    value = header_value(headers, override.header) if override.header is not None else None
-    if value is None and override.cookie is not None:
-        value = cookie_value(headers, override.cookie)
+    """The arm an override forces (header first, then cookie: a header with another value
+    defers to the cookie, as in ingress-nginx), or None."""
+    if override.header is not None:
+        forced = _forced(override, header_value(headers, override.header))
+        if forced is not None:
+            return forced
+    if override.cookie is not None:
+        return _forced(override, cookie_value(headers, override.cookie))
+    return None
+
+
+def _forced(override: OverridePolicy, value: bytes | None) -> Upstream | None:
+    """The arm `value` forces; any other value (or none) defers to the next source."""
     if value is None:
         return None
     value = value.strip().lower()

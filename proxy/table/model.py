@@ -330,12 +330,13 @@ class Override(Strict):
 
 
 def _pin(value: object) -> object:
-    """`pin: off` (or false) switches read-your-writes pins off; `pin: 30s` sets the window."""
-    if value is False or value == "off":
+    """`pin: off` (or false, or 0) switches read-your-writes pins off; `pin: 30s` sets the
+    window."""
+    if value is False or value == "off" or value == 0:
         return 0.0
     if value is True or value == "on":
         return DEFAULT_PIN
-    return value
+    return parse_duration(value)
 
 
 def _fallback_shorthand(value: object) -> object:
@@ -361,7 +362,7 @@ class Route(Strict):
     override: Override | None = None
     # After a write by a sticky key, that key's requests stay on the arm that took it this long
     # (0 = off): longer than the data sync's lag, so a user always sees their own writes.
-    pin: Annotated[Duration, BeforeValidator(_pin)] = Field(DEFAULT_PIN, ge=0, le=86_400)
+    pin: Annotated[float, BeforeValidator(_pin)] = Field(DEFAULT_PIN, ge=0, le=86_400)
     salt: str | None = Field(
         None,
         max_length=64,

@@ -1,4 +1,7 @@
-"""Which upstream a route sends a request to: `to`, or a sticky or random bucket of a split."""
+"""Which upstream a route sends a request to without pins (split.choose): `to`, or the split's
+weighted rendezvous hash of the request's key (a random key when it has none). Properties of the
+hash over random weights are in test_split_properties.py; keys, cookies, overrides and pins
+through `resolve` in test_plan_arms.py and test_pins.py."""
 
 from __future__ import annotations
 
@@ -149,6 +152,7 @@ def test_without_a_key_each_request_draws_within_the_split(
         pytest.param([b"uid=a=b"], b"a=b", id="equals-in-value"),
         pytest.param([b"UID=42"], None, id="name-is-case-sensitive"),
         pytest.param([b"uid"], None, id="no-value"),
+        pytest.param([b"uid="], b"", id="empty-value"),
         pytest.param([b"myuid=42"], None, id="longer-name"),
         pytest.param([], None, id="no-cookie"),
     ],

@@ -143,7 +143,8 @@ def test_sticky_keys(sticky: str, compiled: tuple[str, bytes]) -> None:
             }
         ]
     ).routes
-    assert entry.sticky == compiled and entry.keyed
+    assert entry.sticky == compiled
+    assert entry.keyed
 
 
 def test_routes_on_one_path_are_ranked_most_specific_first_then_file_order() -> None:
