@@ -332,17 +332,22 @@ def act_shadow(
     _served(n, admin, 2)
     auth = _login(n.client)
     listed = n.client.get("/api/v1/payments", params={"per_page": 100}, headers=auth).json()
-    payment = int(listed["items"][-1]["id"])  # Alice's oldest: follow's look-back is done with it
+    oldest = listed["items"][-1]  # Alice's oldest: follow's look-back is long done with it
+    payment, currency = int(oldest["id"]), str(oldest["currency"])
     n.say(f"A bad script lower-cases payment {payment}'s currency in the service's database")
     statement = f"UPDATE payments SET currency = 'usd' WHERE id = {payment}"  # noqa: S608 - shown
     n.echo(f'$ sqlite3 payment.db "{statement}"')
     _drift(service_db, payment, "usd")
 
-    def reads(count: int) -> None:
-        for _ in range(count):
+    def reads(count: int, until: Callable[[], bool] | None = None) -> None:
+        made = 0
+        while made < 2 * count or (until is not None and not until() and made < 400):
             n.client.get(f"/api/v1/payments/{payment}", headers=auth)
             n.client.get("/api/v1/payments", params={"per_page": 100}, headers=auth)
-        n.echo(f"  ({2 * count} payment reads by Alice's app, answered by the monolith)")
+            made += 2
+            if until is not None:
+                time.sleep(0.1)
+        n.echo(f"  ({made} payment reads by Alice's app, answered by the monolith)")
         time.sleep(1.5)  # the workers share their numbers once a second
 
     n.say("Alice's app reads her payments; the monolith answers, the service gets a copy")
@@ -363,8 +368,7 @@ def act_shadow(
     n.echo(f"$ strangler record payments --count 4 --out {corpus.name}  (while the app reads)")
     with ThreadPoolExecutor(1) as background:
         recording = background.submit(recorder.run_to_end, 60)
-        time.sleep(1.5)  # armed, and seen by the proxy's next turn
-        reads(2)
+        reads(2, until=recording.done)  # the app goes on reading until 4 pairs are recorded
         code, output = recording.result()
     for line in output.rstrip("\n").splitlines():
         n.echo(f"  {line}")
@@ -375,7 +379,7 @@ def act_shadow(
     n.say("... replayed against the service, as its team's CI would: the drift fails it")
     sh.run(*replay)
     n.say("The service's team fixes the data; the report starts again")
-    _drift(service_db, payment, "USD")
+    _drift(service_db, payment, currency)
     sh.state("shadow", "report", "payments", "--reset")
     time.sleep(1.5)  # every worker has heard of the reset
     reads(5)
@@ -415,6 +419,7 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
     early = n.call(
         "POST", "/api/v1/payments", json={"order_id": before, "method": "wallet"}, headers=phone
     )
+    time.sleep(2.5)  # follow's next poll: the gate asks for its lag within budget
     n.say("Move payments: flip the route to the payment service")
     sh.routes_cli("flip", "payments", "--to", "payment", "--reason", "payment service live")
     served(3)

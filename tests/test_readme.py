@@ -233,20 +233,34 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "the service answers with the monolith's payment, field for field: True" in out
     assert out.count("reconcile passed: drift 0") == 2
     assert "cutover gate │ ready" in out
-    # act 4: the payments route flipped to the service, its payment synced back to the monolith
+    # act 4: see before serving: shadow, report, a recorded contract, a forced canary user
+    shadow = out[out.index("Before any user is served by it") : out.index("a moment before the flip")]
+    assert "version 2 committed (platform-team: shadow payment reads)" in shadow
+    first, _, fixed = shadow.partition("The service's team fixes the data")
+    assert re.search(r"payments: \d+ compared, \d+\.\d % differ", first)
+    assert '$.currency' in first
+    assert 'candidate: "usd"' in first
+    assert "recorded 4 pairs of payments to" in first
+    assert "contract: 4 replayed, 100.0 % differ (threshold 0.0 %): failed" in first
+    assert "Bearer" not in (tmp_path / "demo" / "payments-corpus.jsonl").read_text()
+    assert re.search(r"payments: \d+ compared, 0\.0 % differ \(0\)", fixed)
+    assert "contract: 4 replayed, 0.0 % differ (threshold 0.0 %): passed" in fixed
+    assert 'strangler_overrides_total{route="payments",upstream="payment"} 1.0' in fixed
+    # act 5: the payments route flipped to the service, a pinned user, its payment synced back
+    assert 'strangler_pinned_total{route="payments",upstream="monolith"} 1.0' in out
     assert '"id": 4000000000000000' in out
     assert "1 applied" in out
     assert re.search(r"order \d+ status: paid", out)
     # and the flip diffed, listed and rolled back, served live
-    assert "version 2 committed (platform-team: payment service live)" in out
+    assert "version 3 committed (platform-team: payment service live)" in out
     assert "changed route payments: to: monolith → payment" in out
-    assert "version 3 committed (platform-team: rollback to version 1: error rate up)" in out
-    assert "(the proxy now serves version 3, without a restart)" in out
+    assert "version 4 committed (platform-team: rollback to version 2: error rate up)" in out
+    assert "(the proxy now serves version 4, without a restart)" in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="payment"} 1.0' in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="monolith"} 1.0' in out
-    # act 5: the payment service goes down; reads fall back, a POST gets a fast 503, it comes back
+    # act 6: the payment service goes down; reads fall back, a POST gets a fast 503, it comes back
     outage = out[out.index("this time with safety nets") :]
-    assert "version 4 committed (platform-team: payment service live, with fallback)" in outage
+    assert "version 5 committed (platform-team: payment service live, with fallback)" in outage
     assert "strangler-fallback: payment; reason=connect-failure" in outage
     assert "← 200 application/json; strangler-fallback: payment; reason=ejected" in outage
     assert re.search(r"← 503 application/problem\+json; retry-after: \d", outage)

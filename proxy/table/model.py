@@ -53,6 +53,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Read-your-writes pins last at least the sync's lag budget (the payment sync's gate allows a
 # follow lag of 5s); twice that by default.
 DEFAULT_PIN = 10.0
+ZERO_DURATIONS = frozenset({"0", "0s", "0ms", "0m", "0h"})
 # What a retry or a fallback may react to. `connect-failure`: the request never reached the
 # upstream (refused, connect timeout, no free connection in time, ejected); `reset`: the
 # connection closed before any response byte; `timeout`: no response head in time;
@@ -332,7 +333,7 @@ class Override(Strict):
 def _pin(value: object) -> object:
     """`pin: off` (or false, or 0) switches read-your-writes pins off; `pin: 30s` sets the
     window."""
-    if value is False or value == "off" or value == 0:
+    if value is False or value == "off" or value == 0 or str(value).strip() in ZERO_DURATIONS:
         return 0.0
     if value is True or value == "on":
         return DEFAULT_PIN
