@@ -234,7 +234,8 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert out.count("reconcile passed: drift 0") == 2
     assert "cutover gate │ ready" in out
     # act 4: see before serving: shadow, report, a recorded contract, a forced canary user
-    shadow = out[out.index("Before any user is served by it") : out.index("a moment before the flip")]
+    start, end = out.index("Before any user is served by it"), out.index("moment before the flip")
+    shadow = out[start:end]
     assert "version 2 committed (platform-team: shadow payment reads)" in shadow
     first, _, fixed = shadow.partition("The service's team fixes the data")
     assert re.search(r"payments: \d+ compared, \d+\.\d % differ", first)
