@@ -239,7 +239,7 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "version 2 committed (platform-team: shadow payment reads)" in shadow
     first, _, fixed = shadow.partition("The service's team fixes the data")
     assert re.search(r"payments: \d+ compared, \d+\.\d % differ", first)
-    assert '$.currency' in first
+    assert "$.currency" in first
     assert 'candidate: "usd"' in first
     assert "recorded 4 pairs of payments to" in first
     assert "contract: 4 replayed, 100.0 % differ (threshold 0.0 %): failed" in first
