@@ -25,10 +25,14 @@ def _weights(route: CompiledRoute, default: Upstream) -> list[tuple[Upstream, fl
     return [(u, float(w)) for u, w in zip(split.upstreams, split.weights, strict=True)]
 
 
-def _state(weights: list[tuple[Upstream, float]], default: Upstream) -> str:
+def _state(route: CompiledRoute, weights: list[tuple[Upstream, float]], default: Upstream) -> str:
+    """Where the route is in the migration: legacy → shadow (legacy, copies to a service) →
+    canary (a split that includes the default) → moved; `split` between other upstreams."""
     live = [u.name for u, w in weights if w > 0]
     if len(live) == 1:
-        return "legacy" if live[0] == default.name else "moved"
+        if live[0] != default.name:
+            return "moved"
+        return "shadow" if route.shadow is not None else "legacy"
     return "canary" if default.name in live else "split"
 
 
@@ -47,6 +51,13 @@ def _policy(route: CompiledRoute) -> dict[str, Any]:
             "to": route.fallback.upstream.name,
             "methods": sorted(route.fallback.methods) if route.fallback.methods else None,
         }
+    if route.shadow is not None:
+        out["shadow"] = {"to": route.shadow.upstream.name, "sample": route.shadow.sample}
+    if route.sticky is not None:
+        kind, name = route.sticky
+        out["sticky"] = f"{kind}:{name.decode()}" if name else kind
+    if route.keyed and route.pin:
+        out["pin_s"] = route.pin
     return out
 
 
@@ -115,7 +126,7 @@ def route_status(
                 "path": route.path,
                 "prefix": not route.exact,
                 "methods": sorted(route.methods) if route.methods else None,
-                "state": _state(weights, snapshot.default),
+                "state": _state(route, weights, snapshot.default),
                 "upstreams": [
                     {"name": u.name, "url": u.url, "weight": weight} for u, weight in weights
                 ],

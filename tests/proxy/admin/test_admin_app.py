@@ -138,6 +138,7 @@ def test_the_openapi_document_lists_every_operation(client: TestClient) -> None:
         "/api/v1/routes/diff",
         "/api/v1/routes/flip",
         "/api/v1/routes/rollback",
+        "/api/v1/shadow",
     }
 
 
