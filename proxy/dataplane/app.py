@@ -455,7 +455,7 @@ class DataPlane:
             runtime.mirror.offer(exchange, plan.shadow, plan.upstream)
         if runtime.recorder.wants(plan.route_name, plan.method):
             rules = plan.route.rules
-            runtime.recorder.offer(exchange, secret=rules.secret if rules else ())
+            runtime.recorder.offer(exchange, secret=rules.secret if rules else (), rules=rules)
 
     # --- record -------------------------------------------------------------------------------
     def _record(

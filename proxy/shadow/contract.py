@@ -122,16 +122,37 @@ async def _send(
     return Answer(response.status_code, headers, b"" if truncated else b"".join(chunks), truncated)
 
 
+def _entry_rules(rules: Rules, entry: dict[str, Any]) -> Rules:
+    """`rules` with the recorded route's own compare rules, not comparing (nor showing) the
+    fields a recording redacted."""
+    declared = entry.get("compare") or {}
+    secret = tuple(entry.get("secret") or ())
+    return _merged(
+        rules,
+        tuple(declared.get("headers") or ()),
+        tuple(declared.get("ignore") or ()),
+        tuple(declared.get("unordered") or ()),
+        float(declared.get("tolerance") or 0.0),
+        secret,
+    )
+
+
 @lru_cache(maxsize=64)
-def _with_secret(rules: Rules, secret: tuple[str, ...]) -> Rules:
-    """`rules`, not comparing (nor showing) the fields a recording redacted."""
-    if not secret:
+def _merged(
+    rules: Rules,
+    headers: tuple[str, ...],
+    ignore: tuple[str, ...],
+    unordered: tuple[str, ...],
+    tolerance: float,
+    secret: tuple[str, ...],
+) -> Rules:
+    if not (headers or ignore or unordered or tolerance or secret):
         return rules
     return Rules(
-        headers=rules.headers,
-        ignore=(*rules.ignore, *secret),
-        unordered=rules.unordered,
-        tolerance=rules.tolerance,
+        headers=(*rules.headers, *headers),
+        ignore=(*rules.ignore, *ignore, *secret),
+        unordered=(*rules.unordered, *unordered),
+        tolerance=max(rules.tolerance, tolerance),
         secret=(*rules.secret, *secret),
     )
 
@@ -172,7 +193,7 @@ async def run_contract(
     async def work(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             entry = queue.get_nowait()
-            checked = _with_secret(rules, tuple(entry.get("secret") or ()))
+            checked = _entry_rules(rules, entry)
             primary = recorded_answer(entry)
             first = await _send(client, url, entry, extra_headers)
             if isinstance(first, str):

@@ -23,7 +23,8 @@ Header names are lower-case, values as sent (latin-1). A body is text when it is
 otherwise `body` is null and `body_b64` holds it (`response_body_b64` likewise). `truncated`:
 the answer was longer than the capture limit and its body is cut. `secret` (when the route
 has secret patterns) lists them: a replay does not compare those fields, it has no value for
-them.
+them. `compare` (when the route declares compare rules) holds its headers, ignore, unordered
+and tolerance, so a replay compares as the route's shadow does.
 
 Never kept, in requests or answers:
 - credentials: Authorization, Proxy-Authorization, Cookie, Set-Cookie (RFC 9110 §11.6.2 and
@@ -162,8 +163,11 @@ def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def corpus_line(exchange: Exchange, secret: tuple[str, ...] = ()) -> str:
-    """One exchange as a corpus line, redacted."""
+def corpus_line(
+    exchange: Exchange, secret: tuple[str, ...] = (), rules: Rules | None = None
+) -> str:
+    """One exchange as a corpus line, redacted; with the route's compare rules, so a replay
+    compares as the shadow does."""
     target = exchange.target.decode("latin-1")
     if not target.startswith("/"):  # absolute-form: the path and query are what a replay sends
         parts = urlsplit(target)
@@ -184,6 +188,13 @@ def corpus_line(exchange: Exchange, secret: tuple[str, ...] = ()) -> str:
     entry.update(truncated=exchange.truncated, upstream=exchange.upstream, at=_when(exchange.at))
     if secret:
         entry["secret"] = list(secret)
+    if rules is not None:
+        entry["compare"] = {
+            "headers": list(rules.headers),
+            "ignore": list(rules.ignore),
+            "unordered": list(rules.unordered),
+            "tolerance": rules.tolerance,
+        }
     return json.dumps(entry, ensure_ascii=False)
 
 
@@ -317,12 +328,14 @@ class Recorder:
         captures = self._routes.get(route)
         return captures is not None and any(c.takes(method) for c in captures)
 
-    def offer(self, exchange: Exchange, secret: tuple[str, ...] = ()) -> None:
+    def offer(
+        self, exchange: Exchange, secret: tuple[str, ...] = (), rules: Rules | None = None
+    ) -> None:
         """Keep the exchange, redacted, for every recording of its route that has room."""
         captures = [c for c in self._routes.get(exchange.route, ()) if c.takes(exchange.method)]
         if not captures:
             return
-        line = corpus_line(exchange, secret)
+        line = corpus_line(exchange, secret, rules)
         for capture in captures:
             capture.buffer.append(line)
         if any(capture.room() <= 0 for capture in captures):

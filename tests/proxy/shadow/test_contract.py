@@ -165,6 +165,37 @@ def test_ignore_and_tolerance_make_a_difference_acceptable(
     assert contract(str(corpus), "--against", url, "--ignore", "$.total").exit_code == 0
 
 
+def test_the_routes_own_compare_rules_travel_in_the_corpus(
+    service: tuple[Service, str], tmp_path: Path
+) -> None:
+    """A corpus recorded on a route with `compare: {ignore: [$.total]}` replays with that rule:
+    the team's CI needs no flags to compare as the shadow did."""
+    from proxy.shadow.compare import Rules
+
+    app, url = service
+    app.totals[1] = 99.0
+    exchange = Exchange(
+        "orders",
+        "monolith",
+        "GET",
+        b"/orders/1",
+        ((b"accept", b"application/json"),),
+        b"",
+        200,
+        ((b"content-type", b"application/json"),),
+        json.dumps(order(1, 10.0, served_at=901)).encode(),
+        False,
+        1_738_324_798.0,
+    )
+    path = tmp_path / "ruled.jsonl"
+    write_corpus(path, "orders", [corpus_line(exchange, rules=Rules(ignore=("$.total",)))])
+    result = contract(str(path), "--against", url)
+    assert result.exit_code == 0, result.output
+    plain = tmp_path / "plain.jsonl"
+    write_corpus(plain, "orders", [corpus_line(exchange)])
+    assert contract(str(plain), "--against", url).exit_code == 1
+
+
 def test_json_output_is_one_object_for_ci(service: tuple[Service, str], corpus: Path) -> None:
     app, url = service
     app.totals[3] = 11.0
