@@ -124,6 +124,7 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^\.venv/bin/strangler routes status --admin "),
         re.compile(r"^\.venv/bin/python -m services\.payment --port 8002 "),
         re.compile(r"^\.venv/bin/strangler sync (backfill|follow|reconcile|status|to-legacy)"),
+        re.compile(r"^\.venv/bin/strangler (shadow report|record|contract run) "),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
     assert unchecked == [], "add a check for these README commands"
@@ -173,6 +174,75 @@ def test_the_life_cycle_commands_run_in_order(tmp_path: Path) -> None:
     assert [line.split()[0] for line in outputs[2].splitlines()] == ["2", "1"]
     assert "version 3 committed (readme: rollback to version 1: error rate up)" in outputs[3]
     assert "split" not in (tmp_path / "routes.yaml").read_text().split("name: payments")[1]
+
+
+def test_the_shadow_record_and_contract_commands_run(monolith: Child, tmp_path: Path) -> None:
+    """The repository's table served in front of the README's monolith (its shadow pointed at
+    the monolith too, every read copied): `shadow report` counts comparisons, `record` keeps
+    pairs of real traffic without the token, and `contract run` replays them as written."""
+    import json
+
+    import httpx
+
+    from proxy.procs import STRANGLER_READY
+
+    commands = [c for c in readme_commands() if re.search(r" (shadow report|record|contract) ", c)]
+    assert len(commands) == 3
+    report, record, replay = commands
+    table = (
+        (ROOT / "routes.yaml")
+        .read_text()
+        .replace("http://127.0.0.1:8001", monolith.url)
+        .replace("http://127.0.0.1:8002", monolith.url)
+        .replace("sample: 0.2", "sample: 1.0")
+    )
+    (tmp_path / "routes.yaml").write_text(table)
+    serve = [str(BIN / "strangler"), "serve", "--routes", "routes.yaml"]
+    serve += [
+        "--listen",
+        "127.0.0.1:0",
+        "--internal-listen",
+        "off",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    with Child("proxy", serve, cwd=str(tmp_path), ready=STRANGLER_READY) as proxy:
+        login = httpx.post(
+            f"{proxy.url}/api/v1/auth/login",
+            json={"email": "alice@example.com", "password": "password123"},
+        )
+        token = login.json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        recording = subprocess.Popen(
+            [*as_run_here(record.replace("--count 200", "--count 3")), "--timeout", "30s"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 40
+        while recording.poll() is None and time.monotonic() < deadline:
+            assert httpx.get(f"{proxy.url}/api/v1/payments", headers=auth).status_code == 200
+            time.sleep(0.1)
+        output = recording.communicate(timeout=10)[0]
+        assert recording.returncode == 0, output
+        assert "recorded 3 pairs of payments to payments-corpus.jsonl" in output
+        corpus = (tmp_path / "payments-corpus.jsonl").read_text()
+        assert token not in corpus
+        time.sleep(1.5)  # the workers share their numbers once a second
+        shown = subprocess.run(
+            as_run_here(report), cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"payments: [1-9]\d* compared, 0\.0 % differ", shown.stdout)
+    args = [
+        a.replace("http://127.0.0.1:8002", monolith.url).replace("$TEST_USER_TOKEN", token)
+        for a in as_run_here(replay)
+    ]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert (result["replayed"], result["differing"], result["passed"]) == (3, 0, True)
 
 
 def test_serve_commands_proxy_to_the_monolith(monolith: Child, tmp_path: Path) -> None:
