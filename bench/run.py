@@ -2,13 +2,17 @@
 vs nginx (when installed), one interleaved run, same upstream, loopback only.
 
 Workloads: small GET, 64 KiB GET and 4 KiB POST, each `wrk -t1 -c64 -d{seconds}s --latency` per
-target per round, targets rotated every round. strangler runs as users run it: a routes.yaml
-with routes, header rules, limits, the JSON access log (to a file) and metrics on. Reports req/s,
-p50/p99, proxy CPU µs per request (from /proc/PID/stat) and peak RSS (VmHWM), and each target's
-ratio to the raw forwarder in the same round.
+target per round, targets rotated every round; `paced` is the small GET with 20 ms of think time
+per connection (about 3,000 req/s offered, under every proxy's saturation), for the latency a
+feature adds at a load the proxy can carry rather than at its limit. strangler runs as users
+run it: a routes.yaml with routes, header rules, limits, the JSON access log (to a file) and
+metrics on. Reports req/s, p50/p99, proxy CPU µs per request (from /proc/PID/stat) and peak RSS
+(VmHWM), and each target's ratio to the raw forwarder in the same round.
 
     make bench                      # python -m bench.run --rounds 3 --seconds 10
     python -m bench.run --rounds 1 --seconds 5 --workloads small
+    python -m bench.run --workloads small,paced --targets strangler,strangler+shadow20,\
+        strangler+shadow100,raw-aiohttp        # what shadow copies cost the primary
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT, BASE_PORT = range(18181, 18187)
-WORKLOADS = {
-    "small": ("/small", None),
-    "big": ("/big", None),
-    "post": ("/post", 4096),
+SHADOW20_PORT, SHADOW100_PORT = 18187, 18188
+WORKLOADS = {  # path, POST body size, think time (ms) per request and connection
+    "small": ("/small", None, 0),
+    "big": ("/big", None, 0),
+    "post": ("/post", 4096, 0),
+    "paced": ("/small", None, 20),
 }
 
 NGINX_UPSTREAM = """
@@ -101,6 +107,17 @@ NETS = {
 def with_nets(table: str) -> str:
     for old, new in NETS.items():
         table = table.replace(old, new)
+    return table
+
+
+def with_shadow(table: str, sample: float) -> str:
+    """Every GET route's safe requests copied to a third upstream (the same server), compared
+    (the `strangler+shadowN` targets)."""
+    mirror = '  mirror: {{url: "http://127.0.0.1:{up}", timeout: 5s}}\ndefault:'
+    table = table.replace("default:", mirror, 1)
+    for name in ("small", "big"):
+        route = f"    match: {{{{path: /{name}}}}}\n    to: monolith\n"
+        table = table.replace(route, route + f"    shadow: {{{{to: mirror, sample: {sample}}}}}\n")
     return table
 
 
@@ -179,7 +196,7 @@ class Target:
 
 
 def wrk(port: int, workload: str, seconds: int, script_dir: Path) -> dict[str, float]:
-    path, body = WORKLOADS[workload]
+    path, body, think = WORKLOADS[workload]
     args = ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if body:
         script = script_dir / "post.lua"
@@ -188,6 +205,10 @@ def wrk(port: int, workload: str, seconds: int, script_dir: Path) -> dict[str, f
             f'wrk.body = string.rep("x", {body})\n'
             'wrk.headers["Content-Type"] = "application/octet-stream"\n'
         )
+        args += ["-s", str(script)]
+    elif think:
+        script = script_dir / "paced.lua"
+        script.write_text(f"function delay()\n  return {think}\nend\n")
         args += ["-s", str(script)]
     out = subprocess.run(
         [*args, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
@@ -223,6 +244,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workloads", default="small,big,post")
+    parser.add_argument(
+        "--targets",
+        help="comma-separated subset of: strangler, strangler+nets, strangler+shadow20, "
+        "strangler+shadow100, raw-aiohttp, nginx (default: all but the shadow ones)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
         "--baseline",
@@ -248,6 +274,9 @@ def main() -> int:
     (work / "px.conf").write_text(NGINX_PROXY.format(dir=work, port=NGINX_PORT, up=UPSTREAM_PORT))
     (work / "routes.yaml").write_text(ROUTES.format(up=UPSTREAM_PORT))
     (work / "routes-nets.yaml").write_text(with_nets(ROUTES).format(up=UPSTREAM_PORT))
+    for sample in (20, 100):
+        shadowed = with_shadow(ROUTES, sample / 100).format(up=UPSTREAM_PORT)
+        (work / f"routes-shadow{sample}.yaml").write_text(shadowed)
     python = sys.executable
     upstream = Target(
         "upstream", UPSTREAM_PORT, [nginx, "-c", str(work / "up.conf"), "-p", str(work)]
@@ -261,6 +290,8 @@ def main() -> int:
     targets = [
         strangler("strangler", PROXY_PORT, "routes.yaml"),
         strangler("strangler+nets", NETS_PORT, "routes-nets.yaml"),
+        strangler("strangler+shadow20", SHADOW20_PORT, "routes-shadow20.yaml"),
+        strangler("strangler+shadow100", SHADOW100_PORT, "routes-shadow100.yaml"),
         Target(
             "raw-aiohttp",
             RAW_PORT,
@@ -285,6 +316,8 @@ def main() -> int:
         ),
         Target("nginx", NGINX_PORT, [nginx, "-c", str(work / "px.conf"), "-p", str(work)]),
     ]
+    chosen = (args.targets or "strangler,strangler+nets,raw-aiohttp,nginx").split(",")
+    targets = [t for t in targets if t.name in chosen]
     if args.baseline is not None:
         base = strangler("strangler@base", BASE_PORT, "routes.yaml")
         base.command = [python, "-m", "proxy", *base.command[1:]]
@@ -337,7 +370,15 @@ def render(
     ]
     for workload in args.workloads.split(","):
         raw_by_round = {r["round"]: r["rps"] for r in results.get((workload, "raw-aiohttp"), [])}
-        for name in ("strangler", "strangler+nets", "strangler@base", "raw-aiohttp", "nginx"):
+        for name in (
+            "strangler",
+            "strangler+nets",
+            "strangler+shadow20",
+            "strangler+shadow100",
+            "strangler@base",
+            "raw-aiohttp",
+            "nginx",
+        ):
             runs = results.get((workload, name), [])
             if not runs:
                 continue

@@ -31,12 +31,14 @@ from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
 from proxy.store.base import StoreError
 from proxy.store.file import atomic_write
+from proxy.store.pins import RedisWire
 from proxy.table.compile import Snapshot, compile_table
 from proxy.table.edit import stated_version
 from proxy.table.loader import TableInvalid, load_file, single_upstream
 
 log = logging.getLogger("strangler")
 SHARE_INTERVAL = 1.0
+SUBSCRIBE_WAIT = 1.0  # seconds a starting worker waits for the store's channels and pins
 
 
 def initial_table(settings: ProxySettings) -> Snapshot:
@@ -118,6 +120,7 @@ class Runtime:
 
         self.pins = Pins()
         self.pin_wire = open_wire(self.pins, settings.store, settings.store_prefix)
+        self.subscribed = asyncio.Event()  # the store's channels (and the live pins) are read
         self.mirror = Mirror(self.metrics)
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
@@ -129,7 +132,7 @@ class Runtime:
         while True:
             await asyncio.sleep(SHARE_INTERVAL)
             try:
-                self.pins.prune(time.time())
+                self.pins.prune(time.monotonic())
                 await self.recorder.tick()
                 if self.mirror.tallies:
                     tallies = {r: t.to_dict() for r, t in self.mirror.tallies.items()}
@@ -195,6 +198,12 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._sample_traffic()))
         await self.pin_wire.start()
         self._tasks.append(asyncio.create_task(self._share()))
+        if self.settings.store != "file":
+            # Serve once the live pins are loaded (a replica started mid-canary honours them),
+            # but never wait long for a Redis that is down: the table is already served.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUBSCRIBE_WAIT):
+                    await self.subscribed.wait()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -258,11 +267,17 @@ class Runtime:
         )
         down = False
         refused: set[int] = set()
+        wire = self.pin_wire
+        pins = wire.channel if isinstance(wire, RedisWire) else None
+        channels = [prefix + "changes", *([pins] if pins else [])]
         try:
             while True:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 try:
-                    await pubsub.subscribe(prefix + "changes")
+                    await pubsub.subscribe(*channels)
+                    if isinstance(wire, RedisWire):
+                        await wire.load_live(client)
+                    self.subscribed.set()
                     while True:
                         await self._catch_up(client, prefix, refused)
                         if down:
@@ -272,7 +287,7 @@ class Runtime:
                                 where,
                                 self.snapshot.version,
                             )
-                        await pubsub.get_message(timeout=settings.store_poll_interval)
+                        await self._next_change(pubsub, pins)
                 except (RedisError, OSError) as exc:
                     if not down:
                         down = True
@@ -292,6 +307,21 @@ class Runtime:
                         await pubsub.aclose()
         finally:
             await client.aclose()
+
+    async def _next_change(self, pubsub: Any, pins: str | None) -> None:
+        """Wait for a table change, at most the poll interval; pins arriving meanwhile go on the
+        board as they come (and do not cut the wait short)."""
+        deadline = time.monotonic() + self.settings.store_poll_interval
+        while (left := deadline - time.monotonic()) > 0:
+            message = await pubsub.get_message(timeout=left)
+            if message is None:
+                return
+            channel = message.get("channel")
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if pins is None or channel != pins:
+                return
+            self.pin_wire.apply(message["data"])
 
     async def _catch_up(self, client: Any, prefix: str, refused: set[int]) -> None:
         raw = await client.get(prefix + "current")

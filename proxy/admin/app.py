@@ -96,6 +96,22 @@ def _writer(
 Writer = Annotated[str, Depends(_writer)]
 
 
+def _user_data_reader(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """Reads that show users' data (shadow example pairs) need the token when one is set; a
+    proxy without one keeps its admin listener on loopback."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise AdminError(401, "unauthorized", "a valid bearer token is required")
+
+
+UserDataReader = Annotated[None, Depends(_user_data_reader)]
+
+
 def _version(version: Version) -> dict[str, Any]:
     return {
         **version.info.as_dict(),
@@ -211,12 +227,14 @@ def create_admin_app(
 
     @app.get("/api/v1/shadow")
     async def shadow_report(
+        _: UserDataReader,
         route: Annotated[str | None, Query(description="One route only.")] = None,
         top: Annotated[int, Query(ge=1, le=100)] = 10,
     ) -> list[dict[str, Any]]:
         """Per shadowed route, every worker and replica together: copies compared, the share
         that differed (noise fields left out), the top differing fields with an example pair
-        each, the noise fields, failed and dropped copies (`strangler shadow report`)."""
+        each, the noise fields, failed and dropped copies (`strangler shadow report`). The
+        examples are users' data: with a token set, reading them needs it."""
         if runtime is None:
             raise AdminError(404, "not-found", "shadow reports are only served by a running proxy")
         merged = merge_snapshots(await runtime.sink.tallies())

@@ -18,6 +18,7 @@ become problem+json answers, after it starts the connection is closed (see error
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -66,6 +67,7 @@ from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
 from proxy.types import Receive, Scope, Send
 
+log = logging.getLogger("strangler")
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
@@ -150,7 +152,7 @@ class DataPlane:
                 client=holder,
                 content_length=facts.content_length,
                 pins=runtime.pins,
-                https=scope["scheme"] == "https",
+                https=facts.https,
             )
             await self._forward(scope, receive, send, plan, facts, holder, outcome)
         except ProxyError as exc:
@@ -271,7 +273,10 @@ class DataPlane:
             step = await self._try(call, plan, guard)
             if step is None:
                 if call.capture is not None:
-                    self._hand_off(call, plan)
+                    try:
+                        self._hand_off(call, plan)
+                    except Exception:  # the answer has gone: a lost copy is all it costs
+                        log.exception("copy of a %s answer not handed off", plan.route_name)
                 return
             await self._prepare(step, call, plan, guard)
             if step == FALLBACK:
@@ -356,7 +361,12 @@ class DataPlane:
                     response.close()  # its body is not wanted: the connection is not reused
                     self._count(plan, step, str(status), call.outcome)
                     return step
-            if plan.key is not None and plan.method not in SAFE and plan.route is not None:
+            if (
+                plan.key is not None
+                and plan.method not in SAFE
+                and status < 500  # a failed write changed nothing to read back
+                and plan.route is not None
+            ):
                 await self._pin(plan)
             await forwarder.reply(
                 response,
@@ -421,12 +431,14 @@ class DataPlane:
         route, key = plan.route, plan.key
         assert route is not None
         assert key is not None
-        now = time.time()
-        until = now + route.pin
+        now = time.monotonic()
         runtime = self.runtime
-        if runtime.pins.put(route.name, key, plan.upstream.name, until, now):
+        if runtime.pins.put(route.name, key, plan.upstream.name, now + route.pin, now):
             runtime.metrics.pins.labels(route.name, plan.upstream.name).inc()
-            await runtime.pin_wire.publish(route.name, key, plan.upstream.name, until)
+            try:
+                await runtime.pin_wire.publish(route.name, key, plan.upstream.name, route.pin)
+            except Exception:  # a write is never failed for its pin: it still holds here
+                log.warning("read-your-writes pin not shared", exc_info=True)
 
     def _hand_off(self, call: Call, plan: Plan) -> None:
         """The answer has been sent: its copy goes to the shadow and the recorder."""
@@ -442,7 +454,7 @@ class DataPlane:
             plan.upstream.name,
             plan.method,
             target,
-            tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in call.facts.headers),
+            tuple((n.encode(), v.encode()) for n, v in call.facts.headers),  # as decoded
             call.body if isinstance(call.body, bytes) else b"",
             capture.status,
             capture.headers,

@@ -40,6 +40,9 @@ HOP_BY_HOP = frozenset(
 SPOOFABLE = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
 )
+# The proxy's own request fields: a client cannot send them (a real write marked as a shadow
+# copy could skip the service's side effects).
+PROXY_OWN = frozenset({b"strangler-shadow"})
 # A client's `Connection: content-length` must not strip the framing: the upstream would read
 # the body as the next request (nginx and Envoy ignore such options too).
 FRAMING = frozenset({b"host", b"content-length"})
@@ -73,6 +76,7 @@ class RequestFacts:
     trace_id: str = ""
     # The X-Forwarded-For a trusted hop sent (empty otherwise), before the proxy's own entry.
     forwarded_for: str = ""
+    https: bool = False  # the client's connection is TLS (here, or at a trusted hop)
     loop: bool = False
     dropped: int = 0
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -152,6 +156,8 @@ def prepare_request(
             lengths.append(value)
             if len(lengths) > 1:
                 continue  # identical duplicates are sent once (RFC 9112 §6.3); others refused
+        elif name in PROXY_OWN:
+            continue
         elif name in SPOOFABLE:
             if not trusted:
                 continue
@@ -213,8 +219,10 @@ def prepare_request(
     out.append(
         ("x-forwarded-for", (forwarded_for + b", " + peer if forwarded_for else peer).decode())
     )
-    if not trusted or not any(n == "x-forwarded-proto" for n, _ in out):
+    proto = next((v for n, v in out if n == "x-forwarded-proto"), None) if trusted else None
+    if proto is None:
         out.append(("x-forwarded-proto", scheme))
+    facts.https = (proto or scheme).strip().lower() == "https"
     if hosts and (not trusted or not any(n == "x-forwarded-host" for n, _ in out)):
         out.append(("x-forwarded-host", facts.host.decode("latin-1")))
     out.append(("via", "1.1 " + via.decode()))

@@ -97,9 +97,10 @@ def _arm(
         if key is None:
             key = new_key()
             plan.set_cookie = key_cookie(key, https)
-    elif route.pin:
+    elif route.pin and pins.has(route.name):
         # A route rolled back from a cookie-keyed split to `to:` keeps no key of its own, but
-        # its users' pins must hold: their cookie still names them.
+        # its users' pins must hold: their cookie still names them. (A route that never had a
+        # pin costs nothing here.)
         key = cookie_value(headers, KEY_COOKIE) or None
     if route.override is not None and (forced := overridden(route.override, headers)):
         plan.choice = BY_OVERRIDE
@@ -115,7 +116,7 @@ def _arm(
     if key is not None and route.pin:
         plan.key = digest(key)
         if pins:
-            pinned = pins.get(route.name, plan.key, time.time())
+            pinned = pins.get(route.name, plan.key, time.monotonic())
             if pinned is not None and pinned != chosen.name and pinned in snapshot.upstreams:
                 plan.choice = BY_PIN
                 return snapshot.upstreams[pinned]

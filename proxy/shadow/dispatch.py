@@ -2,12 +2,14 @@
 
 The data plane offers a copy once the primary answer has been sent to the client: a sampled,
 safe request (GET, HEAD, OPTIONS: validation refuses a shadow of anything else) with its
-buffered body and the primary's captured answer. The copy goes into a bounded queue; when it
-is full the copy is dropped and counted, never waited for. A fixed pool of tasks sends each
-copy to the shadow upstream over this dispatcher's own connection pool (never the client's
-connection, never the primary's pool), reads its answer up to the shadow's `max_body`, and
-compares the two (compare.py; large bodies in a thread). A slow or dead shadow costs its own
-tasks' time only: the primary's answer has already gone.
+buffered body and the primary's captured answer. The copy goes into a bounded queue (in copies
+and in body bytes); when it is full the copy is dropped and counted, never waited for. A fixed
+pool of tasks sends each copy to the shadow upstream over this dispatcher's own connection
+pool (never the client's connection, never the primary's pool), reads its answer up to the
+shadow's `max_body`, decodes both answers' gzip or deflate (bounded), and compares the two
+(compare.py; large bodies in a thread). A slow or dead shadow costs its own tasks' time only:
+the primary's answer has already gone. A client cannot send `Strangler-Shadow` itself (the
+data plane drops it).
 
 Noise (Diffy's idea without a second monolith): a `noise` share of the copies is also sent to
 the primary's upstream a second time; the fields that differ between the primary's two answers
@@ -41,6 +43,7 @@ log = logging.getLogger("strangler")
 T = TypeVar("T")
 MARKER = ("strangler-shadow", "1")
 QUEUE_SIZE = 1_000  # copies waiting; more are dropped (Envoy mirrors fire and forget)
+QUEUE_BYTES = 64 << 20  # and the bodies they hold, per worker process
 WORKERS = 16  # copies in flight per worker process
 
 
@@ -57,6 +60,10 @@ async def _off_loop(
     return await asyncio.to_thread(fn, a, b, rules)
 
 
+def _size(exchange: Exchange) -> int:
+    return len(exchange.body) + len(exchange.response_body)
+
+
 @dataclass(frozen=True, slots=True)
 class Copy:
     exchange: Exchange
@@ -66,10 +73,17 @@ class Copy:
 
 class Mirror:
     def __init__(
-        self, metrics: Metrics, *, queue_size: int = QUEUE_SIZE, workers: int = WORKERS
+        self,
+        metrics: Metrics,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        queue_bytes: int = QUEUE_BYTES,
+        workers: int = WORKERS,
     ) -> None:
         self.metrics = metrics
         self.queue: asyncio.Queue[Copy] = asyncio.Queue(queue_size)
+        self.queue_bytes = queue_bytes
+        self.held = 0  # body bytes of the copies queued or in flight
         self.workers = workers
         self.tallies: dict[str, Tally] = {}
         self.session: aiohttp.ClientSession | None = None
@@ -82,13 +96,17 @@ class Mirror:
         return found
 
     def offer(self, exchange: Exchange, policy: ShadowPolicy, primary: Upstream) -> bool:
-        """Queue a copy; False (and counted) when the queue is full."""
+        """Queue a copy; False (and counted) when the queue is full, in copies or bytes."""
+        size = _size(exchange)
         try:
+            if self.held + size > self.queue_bytes:
+                raise asyncio.QueueFull
             self.queue.put_nowait(Copy(exchange, policy, primary))
         except asyncio.QueueFull:
             self.tally(exchange.route).add_dropped()
             self.metrics.shadowed(exchange.route, policy.upstream.name, "dropped")
             return False
+        self.held += size
         if not self._tasks:
             self._start()
         return True
@@ -116,6 +134,8 @@ class Mirror:
                 await self._one(copy)
             except Exception:  # one bad copy must not stop the pool
                 log.exception("shadow copy of %s failed", copy.exchange.route)
+            finally:
+                self.held -= _size(copy.exchange)
 
     async def _one(self, copy: Copy) -> None:
         exchange, policy = copy.exchange, copy.policy
@@ -154,7 +174,8 @@ class Mirror:
             query_string=query.decode("ascii"),
             encoded=True,
         )
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in exchange.headers]
+        # UTF-8 both ways, as the data plane decoded them.
+        headers = [(n.decode(), v.decode()) for n, v in exchange.headers]
         headers.append(MARKER)
         timeout = aiohttp.ClientTimeout(
             total=upstream.timeout, sock_connect=upstream.connect_timeout

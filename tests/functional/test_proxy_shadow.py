@@ -921,3 +921,62 @@ def test_with_pin_off_a_write_pins_nothing(
     metrics = proxy.metrics()
     assert counter(metrics, "strangler_pins_total", route="nopin") == 0
     assert counter(metrics, "strangler_pinned_total", route="nopin") == 0
+
+
+def test_a_failed_write_pins_nobody(
+    flipper: Flipper, pin_arms: tuple[JsonUpstream, JsonUpstream]
+) -> None:
+    """A write the upstream answered 5xx changed nothing to read back: a user retrying it must
+    not be held on a failing arm (through a rollback, say) by pins it keeps renewing."""
+    assert flipper.proxy is not None
+    proxy, port = flipper.proxy, flipper.proxy.external
+    monolith, _ = pin_arms
+    monolith.answer("/failpin", lambda seen: (503, [], {"error": "down"}))
+    try:
+        flipper.serve([pinned_route("failpin", split={"monolith": 100, "service": 0})])
+        answer = send(port, "POST", "/failpin/orders", user("U"), b'{"qty":1}')
+        assert answer.status == 503
+        flipper.serve([pinned_route("failpin", split={"monolith": 0, "service": 100})])
+        served(get(port, "/failpin/orders", headers=user("U", "failpin-u-1")), "service")
+        assert access_line(proxy, "failpin-u-1")["choice"] == "split"
+        assert counter(proxy.metrics(), "strangler_pins_total", route="failpin") == 0
+    finally:
+        monolith.rules.pop("/failpin", None)
+
+
+def test_a_route_that_was_never_keyed_never_pins_even_for_a_key_cookie(
+    flipper: Flipper, pin_arms: tuple[JsonUpstream, JsonUpstream]
+) -> None:
+    """The key cookie is sent on every path (Path=/): a plain `to:` route must not pay for it,
+    neither a cookie scan per read nor a pin (and a round trip to Redis) per write."""
+    assert flipper.proxy is not None
+    proxy, port = flipper.proxy, flipper.proxy.external
+    plain = {"name": "plainpin", "match": {"path": "/plainpin"}, "to": "monolith"}
+    flipper.serve([plain])
+    jar = [("Cookie", "strangler_key=abc123")]
+    answer = send(port, "POST", "/plainpin/orders", jar, b'{"qty":1}')
+    served(answer, "monolith")
+    assert key_cookie(answer) is None
+    assert counter(proxy.metrics(), "strangler_pins_total", route="plainpin") == 0
+
+
+def test_a_client_cannot_mark_a_request_as_a_copy_and_utf8_headers_are_copied(
+    shadowing: ProxyProcess, both: tuple[JsonUpstream, JsonUpstream]
+) -> None:
+    """`Strangler-Shadow: 1` from a client is dropped (a real write marked as a copy could skip
+    the service's side effects), and a UTF-8 header value reaches the shadow as sent, after
+    the client got its whole answer, with nothing logged as an error."""
+    monolith, service = both
+    logged = len(shadowing.stderr)
+    write = send(shadowing.external, "POST", "/writes/marked", [(MARKER, "1")], b'{"qty":1}')
+    served(write, "monolith")
+    (received,) = monolith.seen("POST", "/writes/marked")
+    assert received.value(MARKER) is None
+    answer = get(shadowing.external, "/writes/utf8", headers=[("X-Name", "日本")])
+    served(answer, "monolith")
+    (copy,) = wait_for(service, "GET", "/writes/utf8")
+    assert copy.value("x-name") == "日本".encode()
+    assert copy.value(MARKER) == b"1"
+    said = "".join(shadowing.stderr[logged:])
+    assert "Traceback" not in said
+    assert "Exception" not in said

@@ -163,7 +163,8 @@ def test_show_prints_what_goes_where(valid: Path) -> None:
         "sticky",
         "header:x-user-id",
         "both",
-        "-",
+        "pin",  # a keyed route keeps users' writes readable (10s by default)
+        "10s",
     ]
     assert lines[4].split() == ["(default)", "anything", "else", "monolith", "both", "-"]
     assert "upstreams:" in lines

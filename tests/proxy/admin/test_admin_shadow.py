@@ -69,18 +69,26 @@ def put(runtime: Runtime, worker: str, counted: Tally) -> None:
 def test_the_report_merges_every_worker(runtime: Runtime, client: TestClient) -> None:
     put(runtime, "host:1:1", tally(differing=2, same=3))
     put(runtime, "host:2:1", tally(differing=1, same=4))
-    (report,) = client.get("/api/v1/shadow").json()
+    (report,) = client.get("/api/v1/shadow", headers=AUTH).json()
     assert report["route"] == "payments"
     assert (report["compared"], report["mismatched"]) == (10, 3)
     assert report["mismatch_rate"] == 0.3
     (field,) = report["fields"]
     assert field["field"] == "$.amount"
     assert field["examples"][0] == {"primary": '"10.00"', "candidate": '"10.01"'}
-    assert client.get("/api/v1/shadow", params={"route": "payments"}).json() == [report]
+    assert client.get("/api/v1/shadow", params={"route": "payments"}, headers=AUTH).json() == [
+        report
+    ]
+
+
+def test_the_example_pairs_are_users_data_and_need_the_token(client: TestClient) -> None:
+    refused = client.get("/api/v1/shadow")
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/problem+json"
 
 
 def test_a_route_without_comparisons_reports_zero(client: TestClient) -> None:
-    (report,) = client.get("/api/v1/shadow", params={"route": "orders"}).json()
+    (report,) = client.get("/api/v1/shadow", params={"route": "orders"}, headers=AUTH).json()
     assert (report["route"], report["compared"], report["mismatch_rate"]) == ("orders", 0, 0)
 
 
@@ -91,16 +99,17 @@ def test_a_reset_needs_the_token_and_starts_the_numbers_again(
     refused = client.delete("/api/v1/shadow", params={"route": "payments"})
     assert refused.status_code in (401, 403)
     assert refused.headers["content-type"] == "application/problem+json"
-    assert client.get("/api/v1/shadow").json()[0]["compared"] == 5
+    assert client.get("/api/v1/shadow", headers=AUTH).json()[0]["compared"] == 5
     assert (
         client.delete("/api/v1/shadow", params={"route": "payments"}, headers=AUTH).status_code
         == 204
     )
-    assert client.get("/api/v1/shadow", params={"route": "payments"}).json()[0]["compared"] == 0
+    after = client.get("/api/v1/shadow", params={"route": "payments"}, headers=AUTH)
+    assert after.json()[0]["compared"] == 0
 
 
 def test_a_bad_query_is_a_problem_not_a_500(client: TestClient) -> None:
-    answer = client.get("/api/v1/shadow", params={"top": 0})
+    answer = client.get("/api/v1/shadow", params={"top": 0}, headers=AUTH)
     assert answer.status_code == 422
     assert answer.headers["content-type"] == "application/problem+json"
 

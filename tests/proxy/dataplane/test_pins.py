@@ -206,8 +206,9 @@ def arm(
 def pinned(route: str, users: list[bytes], upstream: str, ttl: float = 60.0) -> Pins:
     pins = Pins()
     for user in users:
-        # Put as of an hour ago, so a negative ttl makes a pin that expired since.
-        pins.put(route, digest(user), upstream, time.time() + ttl, time.time() - 3600)
+        # Put as of a while ago, so a negative ttl makes a pin that expired since.
+        now = time.monotonic()
+        pins.put(route, digest(user), upstream, now + ttl, now + min(ttl, 0.0) - 1.0)
     return pins
 
 
@@ -227,7 +228,7 @@ def test_every_pinned_user_goes_to_the_pinned_upstream() -> None:
     pins = Pins()
     for user in USERS[:100]:
         away = "payment" if home[user] == "monolith" else "monolith"
-        pins.put("payments", digest(user), away, time.time() + 60, time.time())
+        pins.put("payments", digest(user), away, time.monotonic() + 60, time.monotonic())
     for user in USERS:
         plan = arm("/payments", user, pins)
         if user in USERS[:100]:
@@ -318,7 +319,7 @@ def test_the_pins_of_one_route_do_not_move_another() -> None:
     for user in USERS:
         home = weighted(route.split, user, route.salt).name
         away = "payment" if home == "monolith" else "monolith"
-        pins.put("payments", digest(user), away, time.time() + 60, time.time())
+        pins.put("payments", digest(user), away, time.monotonic() + 60, time.monotonic())
         plan = arm("/invoices", user, pins)
         assert (plan.upstream.name, plan.choice) == (home, "split")
 
