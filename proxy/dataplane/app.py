@@ -65,6 +65,7 @@ from proxy.errors import (
 )
 from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
+from proxy.table.compile import CompiledRoute
 from proxy.types import Receive, Scope, Send
 
 log = logging.getLogger("strangler")
@@ -90,6 +91,17 @@ class Call:
     outcome: Outcome
     fresh: bool = False
     capture: Capture | None = None  # a copy of the answer, for a shadow or a recording
+
+
+def _keys_of(route: CompiledRoute) -> tuple[str, ...]:
+    """The headers that identify a user on `route` (its sticky key, its override): a recording
+    never keeps them (a key may be a bearer token or an API key)."""
+    names = []
+    if route.sticky is not None and route.sticky[0] == "header":
+        names.append(route.sticky[1].decode("latin-1"))
+    if route.override is not None and route.override.header is not None:
+        names.append(route.override.header.decode("latin-1"))
+    return tuple(names)
 
 
 def _ejected(plan: Plan, blocked: float) -> ProxyError:
@@ -466,8 +478,11 @@ class DataPlane:
         if plan.shadow is not None and plan.shadow.upstream is not plan.upstream:
             runtime.mirror.offer(exchange, plan.shadow, plan.upstream)
         if runtime.recorder.wants(plan.route_name, plan.method):
-            rules = plan.route.rules
-            runtime.recorder.offer(exchange, secret=rules.secret if rules else (), rules=rules)
+            route = plan.route
+            rules = route.rules
+            runtime.recorder.offer(
+                exchange, secret=rules.secret if rules else (), rules=rules, drop=_keys_of(route)
+            )
 
     # --- record -------------------------------------------------------------------------------
     def _record(

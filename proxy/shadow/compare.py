@@ -29,10 +29,24 @@ Rules:
   are compared as multisets of canonical JSON (sorted keys, ignored fields dropped, integral
   numbers as integers, nested arrays sorted; no tolerance): a difference is the array itself,
   its examples the elements found on one side only. A field covered by `secret` shows
-  `<redacted>` on both sides (a hidden element inside an unordered array too; `$` also hides
-  the SHA-256 of a non-JSON body, which could be brute-forced from a short secret).
-- **Examples** are JSON text, cut to EXAMPLE_CHARS with a trailing "…"; control characters
-  are escaped, so a report printed on a terminal cannot carry escape sequences.
+  `<redacted>` on both sides, and any value shown (a difference's, whatever its shape on either
+  side, or an unordered array's element) shows `"<redacted>"` for every part of it a `secret`
+  pattern covers: `$.card` null on one side shows `{"number": "<redacted>"}` on the other
+  when `$.card.number` is secret. `$` also hides the SHA-256 of a non-JSON body, and any
+  `secret` pattern the SHA-256 of a JSON body (either could be brute-forced from a short
+  secret).
+- **Examples** are JSON text, cut to EXAMPLE_CHARS with a trailing "…" (a large value is
+  written only that far); control characters are escaped, so a report printed on a terminal
+  cannot carry escape sequences.
+- **Content codings**: `compare` takes bodies as they are; `decoded(answer, limit)`, called on
+  both answers first, undoes Content-Encoding gzip, x-gzip and deflate (zlib, or raw deflate
+  as some servers send it), each coding of a list in turn, "identity" ignored, and drops
+  Content-Encoding and Content-Length (which described the encoded body). So two gzip
+  bodies differing only in their gzip header (its mtime) are equal, and JSON inside is
+  compared by field. Decompression stops one byte past `limit`: a body that would decode to
+  more than `limit` bytes, one in another coding (br, zstd) or a corrupt stream becomes an
+  empty truncated body (status and headers compared, not the body). An answer naming no
+  coding, or truncated already, is returned as it is.
 - **Bounds**: at most MAX_NODES JSON values visited and MAX_DEPTH levels of nesting per
   comparison; past them the comparison stops and `compared_body` is False (the differences
   found so far are still listed). Byte-identical bodies are equal without a walk, whatever
@@ -43,10 +57,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,6 +78,11 @@ REDACTED = "<redacted>"
 MORE = "…"
 MORE_TEXT = "more differences not listed"
 SENSITIVE = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# Content codings `decoded` undoes, as zlib formats tried in turn: 47 is gzip or zlib by its
+# header; -15 raw deflate, which some servers send as "deflate" (RFC 9110 §8.4.1.2 means zlib).
+_CODINGS = {"gzip": (47,), "x-gzip": (47,), "deflate": (47, -15)}
+_ENCODED_HEADERS = frozenset({b"content-encoding", b"content-length"})
+_PIECE = 64 << 10  # bytes decompressed at a time
 
 Segment = str | int  # an object key, or _ITEM (any element of an array)
 Path = tuple[Segment, ...]
@@ -159,6 +180,32 @@ def compare(primary: Answer, candidate: Answer, rules: Rules) -> Verdict:
 def differing_fields(first: Answer, second: Answer, rules: Rules) -> frozenset[str]:
     """The fields two answers differ in (two primary answers: the noise)."""
     return frozenset(d.field for d in compare(first, second, rules).differences)
+
+
+def decoded(answer: Answer, limit: int) -> Answer:
+    """`answer` with its content coding undone (see the module header), its body at most
+    `limit` bytes; unchanged when it names no coding or is truncated already."""
+    if limit < 0:
+        raise ValueError("limit is a number of bytes >= 0")
+    if answer.truncated:
+        return answer
+    codings = [
+        coding
+        for name, value in answer.headers
+        if name.lower() == b"content-encoding"
+        for coding in (c.strip().lower() for c in value.decode("latin-1").split(","))
+        if coding not in {"", "identity"}
+    ]
+    if not codings:
+        return answer
+    headers = tuple((n, v) for n, v in answer.headers if n.lower() not in _ENCODED_HEADERS)
+    body = answer.body
+    try:
+        for coding in reversed(codings):  # listed in the order they were applied
+            body = _inflate(body, _CODINGS[coding], limit)
+    except (KeyError, _Undecodable):  # an unknown coding, a corrupt stream, over the limit
+        return Answer(answer.status, headers, b"", truncated=True)
+    return Answer(answer.status, headers, body)
 
 
 def printable(text: str) -> str:
@@ -284,6 +331,7 @@ def _bodies(primary: Answer, candidate: Answer, rules: Rules, found: _Found) -> 
     compiled = rules._compiled
     if () in compiled.ignore or primary.body == candidate.body:
         return
+    ours = theirs = _NOT_JSON
     if _looks_json(primary) or _looks_json(candidate):
         ours, theirs = _load(primary.body), _load(candidate.body)
         if ours is not _NOT_JSON and theirs is not _NOT_JSON:
@@ -292,8 +340,60 @@ def _bodies(primary: Answer, candidate: Answer, rules: Rules, found: _Found) -> 
             return
     if () in compiled.secret:
         found.add("body", REDACTED, REDACTED)
-    else:
-        found.add("body", _digest(primary.body), _digest(candidate.body))
+    else:  # the hash of a JSON body holding secrets could be brute-forced: it is not shown
+        secret = bool(compiled.secret)
+        found.add(
+            "body",
+            REDACTED if secret and ours is not _NOT_JSON else _digest(primary.body),
+            REDACTED if secret and theirs is not _NOT_JSON else _digest(candidate.body),
+        )
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def _inflate(data: bytes, formats: tuple[int, ...], limit: int) -> bytes:
+    """`data` decompressed in the first of the zlib `formats` (wbits) it is valid in."""
+    if not data:  # a HEAD or 304 answer names the coding of a body it does not carry
+        return data
+    for wbits in formats:
+        try:
+            return _streams(data, wbits, limit)
+        except zlib.error:
+            continue
+    raise _Undecodable
+
+
+def _streams(data: bytes, wbits: int, limit: int) -> bytes:
+    """The complete streams of `data`, one after another (several gzip members concatenated
+    are one body, RFC 1952 §2.2), never more than `limit` bytes of them. Fed and decompressed
+    in pieces of at most _PIECE bytes: zlib copies the input it has not taken yet, and a body
+    over the limit is given up holding no more than the limit and one piece."""
+    view = memoryview(data)
+    pieces: list[bytes] = []
+    room = limit
+    start = 0
+    while start < len(view):
+        if start and wbits < 0:  # raw deflate has no header: what follows its end is garbage
+            raise zlib.error("data after the end of the stream")
+        stream = zlib.decompressobj(wbits)
+        at = start
+        feed: bytes | memoryview = b""
+        while not stream.eof:
+            if not feed:
+                feed = view[at : at + _PIECE]
+                at += len(feed)
+            piece = stream.decompress(feed, min(room + 1, _PIECE))
+            if len(piece) > room:
+                raise _Undecodable
+            if not piece and len(stream.unconsumed_tail) == len(feed):
+                raise zlib.error("the stream is cut short")  # nothing taken, nothing given
+            pieces.append(piece)
+            room -= len(piece)
+            feed = stream.unconsumed_tail
+        start = at - len(stream.unused_data)  # the input fed ends at `at`
+    return b"".join(pieces)
 
 
 def _close(a: float, b: float, tolerance: float) -> bool:
@@ -305,13 +405,53 @@ def _close(a: float, b: float, tolerance: float) -> bool:
         return False
 
 
-def _show(value: object) -> str:
+class _Full(Exception):
+    """An example has more than EXAMPLE_CHARS characters: the rest is not written."""
+
+
+def _example(value: object, secrets: Live) -> str:
+    """`value` as json.dumps writes it (ensure_ascii=False), every part that `secrets` (the
+    secret patterns left at its path) reaches written "<redacted>". Writing stops just past
+    EXAMPLE_CHARS, so a large value costs no more than a small one (_cut adds the "…")."""
     if value is _MISSING:
         return ABSENT
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except RecursionError:
-        return "<nested too deep to show>"
+    parts: list[str] = []
+    room = EXAMPLE_CHARS + 1
+
+    def write(text: str) -> None:
+        nonlocal room
+        parts.append(text)
+        room -= len(text)
+        if room <= 0:
+            raise _Full
+
+    def walk(value: object, live: Live) -> None:
+        if () in live:
+            write(_encode_str(REDACTED))
+        elif isinstance(value, dict):
+            write("{")
+            for i, (key, item) in enumerate(value.items()):
+                write(", " if i else "")
+                write(_encode_str(key[: EXAMPLE_CHARS + 1]) + ": ")
+                walk(item, _advance(live, key) if live else live)
+            write("}")
+        elif isinstance(value, list):
+            write("[")
+            inner = _advance(live, _ITEM) if live else live
+            for i, item in enumerate(value):
+                write(", " if i else "")
+                walk(item, inner)
+            write("]")
+        elif isinstance(value, str):
+            write(_encode_str(value[: EXAMPLE_CHARS + 1]))
+        elif value is None or isinstance(value, bool):
+            write(_LITERALS[value])
+        else:
+            write(repr(value))  # an int or a float, as json.dumps writes them
+
+    with contextlib.suppress(_Full):
+        walk(value, secrets)
+    return "".join(parts)
 
 
 def _scalar(value: object) -> str:
@@ -418,10 +558,13 @@ class _Walk:
         name = render_path(path)
         if name in self.found.items:
             return
-        if self.secret(path):
+        live: Live = self.secrets
+        for segment in path:
+            live = _advance(live, segment) if live else live
+        if () in live:  # the field is a secret: not even whether it is absent is shown
             self.found.add(name, REDACTED, REDACTED)
         else:
-            self.found.add(name, _show(ours), _show(theirs))
+            self.found.add(name, _example(ours, live), _example(theirs, live))
 
     def multiset(self, item: Path, ours: list[object], theirs: list[object], ignore: Live) -> None:
         """Arrays as multisets of canonical elements; `item` is the path of their elements."""

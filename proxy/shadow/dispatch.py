@@ -34,7 +34,7 @@ from yarl import URL
 
 from proxy.dataplane.forward import SKIP_AUTO_HEADERS, client_session
 from proxy.observability import Metrics
-from proxy.shadow.compare import Answer, Rules, compare, differing_fields
+from proxy.shadow.compare import Answer, Rules, compare, decoded, differing_fields
 from proxy.shadow.exchange import Exchange
 from proxy.shadow.report import Tally
 from proxy.table.compile import ShadowPolicy, Upstream
@@ -53,11 +53,17 @@ INLINE_COMPARE = 16_384
 
 
 async def _off_loop(
-    fn: Callable[[Answer, Answer, Rules], T], a: Answer, b: Answer, rules: Rules
+    fn: Callable[[Answer, Answer, Rules], T], a: Answer, b: Answer, rules: Rules, limit: int
 ) -> T:
+    """`fn` on both answers with their content codings undone (bounded by `limit`), in a
+    thread when the bodies are large."""
+
+    def run() -> T:
+        return fn(decoded(a, limit), decoded(b, limit), rules)
+
     if len(a.body) + len(b.body) <= INLINE_COMPARE:
-        return fn(a, b, rules)
-    return await asyncio.to_thread(fn, a, b, rules)
+        return run()
+    return await asyncio.to_thread(run)
 
 
 def _size(exchange: Exchange) -> int:
@@ -152,7 +158,7 @@ class Mirror:
             tally.add_failure(candidate)
             self.metrics.shadowed(exchange.route, shadow, "failed")
         else:
-            verdict = await _off_loop(compare, primary, candidate, policy.rules)
+            verdict = await _off_loop(compare, primary, candidate, policy.rules, policy.max_body)
             tally.add(verdict)
             self.metrics.shadowed(
                 exchange.route, shadow, "differ" if verdict.differences else "match"
@@ -160,7 +166,10 @@ class Mirror:
         if policy.noise and random.random() < policy.noise:  # noqa: S311 - sampling
             again = await self._send(copy.primary, exchange, policy.max_body)
             if not isinstance(again, str):
-                tally.add_noise(await _off_loop(differing_fields, primary, again, policy.rules))
+                noise = await _off_loop(
+                    differing_fields, primary, again, policy.rules, policy.max_body
+                )
+                tally.add_noise(noise)
 
     async def _send(self, upstream: Upstream, exchange: Exchange, limit: int) -> Answer | str:
         """The upstream's answer to a copy, or the kind of failure."""

@@ -2,13 +2,20 @@
 
 A command arms a recording in the sink (route, count, methods, until). Each worker's Recorder
 learns of it on its next tick; the data plane asks `wants(route, method)` (one dict lookup) and,
-after the answer was sent, hands the exchange to `offer`, which redacts it into one corpus line
-kept in memory. The next tick sends the lines to the sink, which keeps at most `count` of them
-whoever sends them; a worker stops capturing once the sink says the recording is full, or it
-ended. A sink that fails is logged once per outage: the proxy keeps serving, and the lines of
-that tick are kept for the next one (up to the recording's count).
+after the answer was sent, hands the exchange to `offer`, which only keeps it in memory, as it
+is: no parsing nor redaction on the request's task. The next tick turns every kept exchange
+into its redacted corpus line in one worker thread (`asyncio.to_thread`, one call per tick),
+then sends the lines to the sink, which keeps at most `count` of them whoever sends them; a
+worker stops capturing once the sink says the recording is full, or it ended. A sink that fails
+is logged once per outage: the proxy keeps serving, and the lines of that tick are kept for the
+next one (up to the recording's count).
 
-The corpus is JSON Lines. The first line says what it is:
+A worker holds at most `count` exchanges per recording, and at most MAX_BUFFERED (64 MiB) of
+request and answer bodies in all, until a tick sent them: past it `wants` says no and `offer`
+drops the exchange, and the next tick logs how many were dropped (once per tick).
+
+The corpus is JSON Lines, written mode 0600 (it holds production traffic). The first line
+says what it is:
 
     {"corpus": 1, "route": "orders", "recorded_at": "2025-01-31T12:00:00.000Z", "count": 2}
 
@@ -28,7 +35,10 @@ and tolerance, so a replay compares as the route's shadow does.
 
 Never kept, in requests or answers:
 - credentials: Authorization, Proxy-Authorization, Cookie, Set-Cookie (RFC 9110 §11.6.2 and
-  §11.7.2, RFC 6265): a replay supplies its own test identity (`--header`);
+  §11.7.2, RFC 6265), and the common API-key and CSRF headers X-API-Key, X-Auth-Token,
+  X-CSRF-Token, X-XSRF-Token: a replay supplies its own test identity (`--header`);
+- the headers `offer`'s `drop` names (lower-case): the data plane passes the route's sticky key
+  header and its override header, which may carry a user's identity or key;
 - what the proxy adds per hop: X-Forwarded-*, X-Real-IP, Forwarded, Via, and the trace context
   (traceparent, tracestate: a replay must not join a production trace). X-Request-ID is kept;
 - JSON body fields covered by a `secret` pattern (the route's `compare.secret`), whose values
@@ -40,6 +50,7 @@ Never kept, in requests or answers:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -53,8 +64,7 @@ from urllib.parse import urlsplit
 
 from proxy.shadow.compare import REDACTED, Rules
 from proxy.shadow.exchange import Exchange, Fields
-from proxy.shadow.sink import Recording, Sink, SinkError
-from proxy.store.file import atomic_write
+from proxy.shadow.sink import Recording, Sink, SinkError, write_private
 
 log = logging.getLogger("strangler")
 VERSION = 1
@@ -69,8 +79,13 @@ NEVER_KEPT = frozenset(
         b"x-real-ip",
         b"traceparent",
         b"tracestate",
+        b"x-api-key",
+        b"x-auth-token",
+        b"x-csrf-token",
+        b"x-xsrf-token",
     }
 )
+MAX_BUFFERED = 64 * 1024 * 1024  # bytes of bodies a worker holds for recordings between ticks
 _ANY_KEY = object()  # `.*`: any one key of an object
 _ITEM = object()  # `[*]`: any element of an array
 _SEGMENT = re.compile(r'\.(\*)|\.([^.\[\]"\s*]+)|\[(\*)\]|\[("(?:[^"\\]|\\.)*")\]')
@@ -143,11 +158,11 @@ def redact_body(body: bytes, secret: tuple[str, ...]) -> bytes:
     return json.dumps(redacted, ensure_ascii=False).encode() if changed else body
 
 
-def _kept(fields: Fields) -> list[list[str]]:
+def _kept(fields: Fields, drop: frozenset[bytes]) -> list[list[str]]:
     return [
         [name.decode("latin-1"), value.decode("latin-1")]
         for name, value in fields
-        if name not in NEVER_KEPT and not name.startswith(b"x-forwarded-")
+        if name not in NEVER_KEPT and name not in drop and not name.startswith(b"x-forwarded-")
     ]
 
 
@@ -164,10 +179,15 @@ def _when(at: float) -> str:
 
 
 def corpus_line(
-    exchange: Exchange, secret: tuple[str, ...] = (), rules: Rules | None = None
+    exchange: Exchange,
+    secret: tuple[str, ...] = (),
+    rules: Rules | None = None,
+    *,
+    drop: tuple[str, ...] = (),
 ) -> str:
-    """One exchange as a corpus line, redacted; with the route's compare rules, so a replay
-    compares as the shadow does."""
+    """One exchange as a corpus line, redacted, without the headers `drop` names (besides
+    NEVER_KEPT); with the route's compare rules, so a replay compares as the shadow does."""
+    dropped = frozenset(name.lower().encode("latin-1") for name in drop)
     target = exchange.target.decode("latin-1")
     if not target.startswith("/"):  # absolute-form: the path and query are what a replay sends
         parts = urlsplit(target)
@@ -175,11 +195,11 @@ def corpus_line(
     entry: dict[str, Any] = {
         "method": exchange.method,
         "target": target,
-        "headers": _kept(exchange.headers),
+        "headers": _kept(exchange.headers, dropped),
     }
     _body(entry, "body", redact_body(exchange.body, secret))
     entry["status"] = exchange.status
-    entry["response_headers"] = _kept(exchange.response_headers)
+    entry["response_headers"] = _kept(exchange.response_headers, dropped)
     body = exchange.response_body
     _body(entry, "response_body", body if exchange.truncated else redact_body(body, secret))
     if exchange.truncated and _patterns(secret):
@@ -208,10 +228,10 @@ def body_of(entry: dict[str, Any], key: str) -> bytes:
 
 # --- the corpus file ------------------------------------------------------------------------
 def write_corpus(path: Path, route: str, lines: list[str]) -> None:
-    """Write a corpus (header line, then `lines`) to `path`, atomically."""
+    """Write a corpus (header line, then `lines`) to `path`, atomically, mode 0600."""
     header = {"corpus": VERSION, "route": route, "recorded_at": _when(time.time())}
     header["count"] = len(lines)
-    atomic_write(Path(path), "".join(line + "\n" for line in [json.dumps(header), *lines]))
+    write_private(Path(path), "".join(line + "\n" for line in [json.dumps(header), *lines]))
 
 
 _ENTRY: dict[str, tuple[type, str]] = {
@@ -297,16 +317,57 @@ def read_corpus(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 # --- the worker's side ----------------------------------------------------------------------
+class _Kept:
+    """An offered exchange, as it is, until a tick turns it into its corpus line."""
+
+    __slots__ = ("drop", "exchange", "failed", "line", "rules", "secret", "size")
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        secret: tuple[str, ...],
+        rules: Rules | None,
+        drop: tuple[str, ...],
+    ) -> None:
+        self.exchange: Exchange | None = exchange
+        self.secret = secret
+        self.rules = rules
+        self.drop = drop
+        self.size = len(exchange.body) + len(exchange.response_body)
+        self.line: str | None = None
+        self.failed = False
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n} bytes"
+
+
+def _make_lines(batch: list[_Kept]) -> list[str]:
+    """Each exchange's corpus line (in a worker thread); the ones that cannot be made are marked
+    failed, and their problems returned."""
+    problems = []
+    for kept in batch:
+        assert kept.exchange is not None
+        try:
+            kept.line = corpus_line(kept.exchange, kept.secret, kept.rules, drop=kept.drop)
+        except Exception as exc:  # a body that breaks redaction loses its pair, not the worker
+            kept.failed = True
+            problems.append(f"{type(exc).__name__}: {exc}")
+        kept.exchange = None  # the line (or nothing) is what is kept from now on
+    return problems
+
+
 class _Capture:
-    __slots__ = ("buffer", "held", "recording")
+    __slots__ = ("buffer", "held", "recording", "sending")
 
     def __init__(self, recording: Recording) -> None:
         self.recording = recording
-        self.buffer: list[str] = []
+        self.buffer: list[_Kept] = []
         self.held = 0  # lines the sink held at the last flush
+        self.sending = 0  # lines on their way to the sink
 
     def room(self) -> int:
-        return self.recording.count - self.held - len(self.buffer)
+        return self.recording.count - self.held - self.sending - len(self.buffer)
 
     def takes(self, method: str) -> bool:
         methods = self.recording.methods
@@ -316,28 +377,46 @@ class _Capture:
 class Recorder:
     """One per worker: captures exchanges of armed recordings and sends them to the sink."""
 
-    def __init__(self, sink: Sink, worker: str) -> None:
+    def __init__(self, sink: Sink, worker: str, *, max_buffered: int = MAX_BUFFERED) -> None:
         self.sink = sink
         self.worker = worker
+        self.max_buffered = max_buffered
         self._captures: dict[str, _Capture] = {}  # recording id → capture
         self._routes: dict[str, tuple[_Capture, ...]] = {}  # route → captures with room
         self._down = False
+        self.buffered = 0  # bytes of bodies kept since the last tick sent them
+        self._dropped = 0  # exchanges dropped past max_buffered since the last tick
 
     def wants(self, route: str, method: str) -> bool:
         """Whether an exchange of `route` with `method` would be kept (no I/O)."""
         captures = self._routes.get(route)
-        return captures is not None and any(c.takes(method) for c in captures)
+        return (
+            captures is not None
+            and self.buffered < self.max_buffered
+            and any(c.takes(method) for c in captures)
+        )
 
     def offer(
-        self, exchange: Exchange, secret: tuple[str, ...] = (), rules: Rules | None = None
+        self,
+        exchange: Exchange,
+        secret: tuple[str, ...] = (),
+        rules: Rules | None = None,
+        *,
+        drop: tuple[str, ...] = (),
     ) -> None:
-        """Keep the exchange, redacted, for every recording of its route that has room."""
+        """Keep the exchange as it is (the next tick redacts it, off the event loop) for every
+        recording of its route that has room; `drop`: lower-case names of headers never kept,
+        besides NEVER_KEPT. Past max_buffered bytes of bodies, it is dropped."""
         captures = [c for c in self._routes.get(exchange.route, ()) if c.takes(exchange.method)]
         if not captures:
             return
-        line = corpus_line(exchange, secret, rules)
+        kept = _Kept(exchange, secret, rules, drop)
+        if self.buffered + kept.size > self.max_buffered:
+            self._dropped += 1
+            return
+        self.buffered += kept.size
         for capture in captures:
-            capture.buffer.append(line)
+            capture.buffer.append(kept)
         if any(capture.room() <= 0 for capture in captures):
             self._index()  # no more room this tick: wants() says no until the next
 
@@ -349,28 +428,75 @@ class Recorder:
                 routes.setdefault(capture.recording.route, []).append(capture)
         self._routes = {route: tuple(found) for route, found in routes.items()}
 
+    def _recount(self) -> None:
+        """What the buffers hold now (an exchange kept for several recordings counts once)."""
+        kept = {id(k): k for c in self._captures.values() for k in c.buffer}
+        self.buffered = sum(k.size for k in kept.values())
+
+    async def _build(self) -> None:
+        """Every kept exchange not yet a line becomes one, in one worker thread."""
+        batch = list(
+            {
+                id(k): k
+                for c in self._captures.values()
+                for k in c.buffer
+                if k.line is None and not k.failed
+            }.values()
+        )
+        if batch:
+            problems = await asyncio.to_thread(_make_lines, batch)
+            if problems:
+                log.warning(
+                    "recording: %d exchange(s) could not be made corpus lines and were dropped"
+                    " (%s)",
+                    len(problems),
+                    problems[0],
+                )
+        for capture in self._captures.values():
+            capture.buffer = [k for k in capture.buffer if not k.failed]
+
     async def tick(self) -> None:
-        """Send the kept lines, then learn which recordings are armed. Never raises a sink
-        failure: it is logged once per outage and the lines wait for the next tick."""
+        """Make the kept exchanges corpus lines (off the event loop), send them, then learn
+        which recordings are armed. Never raises a sink failure: it is logged once per outage
+        and the lines wait for the next tick."""
+        if self._dropped:
+            log.warning(
+                "recording: %d exchange(s) dropped: this worker already held its limit of %s of "
+                "bodies for recordings, not yet sent",
+                self._dropped,
+                _size(self.max_buffered),
+            )
+            self._dropped = 0
         try:
-            for rid, capture in self._captures.items():
-                if capture.buffer:
-                    lines, capture.buffer = capture.buffer, []
-                    try:
-                        capture.held = await self.sink.add_records(rid, lines)
-                    except SinkError:
-                        room = capture.recording.count - capture.held
-                        capture.buffer = (lines + capture.buffer)[: max(room, 0)]
-                        raise
+            await self._build()
+            for rid, capture in list(self._captures.items()):
+                # Offers made while the lines were built wait (unmade) for the next tick.
+                ready = [k for k in capture.buffer if k.line is not None]
+                if not ready:
+                    continue
+                capture.buffer = [k for k in capture.buffer if k.line is None]
+                capture.sending = len(ready)
+                try:
+                    capture.held = await self.sink.add_records(
+                        rid, [k.line for k in ready if k.line is not None]
+                    )
+                except SinkError:
+                    room = capture.recording.count - capture.held
+                    capture.buffer = (ready + capture.buffer)[: max(room, 0)]
+                    raise
+                finally:
+                    capture.sending = 0
             armed = await self.sink.armed()
         except SinkError as exc:
             if not self._down:
                 self._down = True
                 log.warning("recording: the shadow sink failed (%s); retrying every tick", exc)
+            self._recount()
             self._index()
             return
         if self._down:
             self._down = False
             log.warning("recording: the shadow sink answers again")
         self._captures = {r.id: self._captures.get(r.id) or _Capture(r) for r in armed}
+        self._recount()
         self._index()

@@ -13,9 +13,13 @@ Rules:
   field that is not noise, so fields learned as noise later leave the mismatch count too.
 - **Noise** (Diffy's idea: compare a field's difference rate between primary and candidate with
   its rate between two primary answers): a field is noise when it differed between two primary
-  answers at least once, and at that rate is at least half its rate between primary and
-  candidate; so a field that differs between two primary answers half the time or more is
-  always noise. "(other fields)" is never noise: it mixes fields.
+  answers at least MIN_NOISE_HITS times, and at that rate is at least half its rate between
+  primary and candidate; so a field with MIN_NOISE_HITS hits that differs between two primary
+  answers half the time or more is always noise. One or two hits are not enough, whatever
+  the rates: a user's edit between the two requests to the primary makes one coincidental
+  difference, and a field learned as noise from it would hide a real regression (1,000
+  compared, 10 differing in `$.x`, 1 of 100 noise samples too: 1 % >= half of 1 %).
+  "(other fields)" is never noise: it mixes fields.
 - **Report**: per route the mismatch rate, failures, drops and the most frequent non-noise
   fields with one example each; the noise fields are listed as ignored, never hidden.
 """
@@ -33,6 +37,7 @@ MAX_SIGNATURES = 200
 EXAMPLES = 3
 OTHER_FIELDS = "(other fields)"
 NOISE_SHARE = 0.5  # a field is noise when its noise rate is >= this share of its difference rate
+MIN_NOISE_HITS = 3  # noise samples a field must differ in: one is a coincidence (module header)
 
 Example = tuple[str, str]  # (primary, candidate)
 
@@ -179,7 +184,7 @@ def noise_fields(tally: Tally) -> frozenset[str]:
         return frozenset()
     noisy = set()
     for name, count in tally.noise.items():
-        if name == OTHER_FIELDS or count < 1:
+        if name == OTHER_FIELDS or count < MIN_NOISE_HITS:
             continue
         noise_rate = count / tally.noise_samples
         rate = tally.differed.get(name, 0) / tally.compared if tally.compared else 0.0

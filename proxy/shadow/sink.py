@@ -24,6 +24,10 @@ Rules:
   collected them (Redis expiry; the file sink sweeps when the next recording is armed).
 - Failures are SinkError; an unreachable Redis or an unwritable directory is SinkUnavailable, so
   a worker can log the outage once and keep serving.
+- The file sink's files hold production traffic: every file it writes is mode 0600 (a file found
+  looser is narrowed when written, if this user owns it), and the directories it creates 0700
+  (a parent above {state_dir}/shadow keeps the default mode). `write_private` writes any other
+  such file, e.g. a corpus.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from proxy.store.base import DEFAULT_PREFIX, StoreError
-from proxy.store.file import atomic_write
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -55,6 +58,34 @@ TALLY_TTL = 7 * 86_400  # a stopped worker's numbers stay for a week of reports
 KEEP_AFTER = 3_600  # a recording's lines outlive its end by an hour, for a slow collector
 ALL = "*"  # the generation every clear bumps
 _RID = re.compile(r"^[0-9a-f]{16}$")
+PRIVATE = 0o600  # the sink's files and a corpus: production traffic, for this user only
+PRIVATE_DIR = 0o700
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """A descriptor on `path`, created 0600; a file that was looser is narrowed (when this user
+    owns it: another's file is left as it is, readable by whom it already was)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, PRIVATE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary name, fsynced, renamed), mode 0600."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = _open_private(temporary, os.O_WRONLY | os.O_TRUNC)
+    with open(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 class SinkError(StoreError):
@@ -224,15 +255,28 @@ class FileSink:
                 f"the shadow directory {self.dir} failed ({what}): {exc}"
             ) from None
 
+    def _mkdir(self, directory: Path) -> None:
+        """`directory` (the sink's own or one in it), and the sink's own, created 0700 if
+        missing."""
+        try:
+            directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        except FileNotFoundError:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self._recordings.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a") as lock:
+        self._mkdir(self._recordings)
+        lock = _open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
 
     def _read_generations(self) -> dict[str, int]:
         try:
@@ -247,9 +291,9 @@ class FileSink:
         def put() -> frozenset[str]:
             seen = self._read_generations()
             dropped = self._generations.cleared(seen, tallies)
-            self._tallies.mkdir(parents=True, exist_ok=True)
+            self._mkdir(self._tallies)
             path = self._tallies / f"{quote(worker, safe='')}.json"
-            atomic_write(path, _snapshot(worker, tallies, seen, dropped))
+            write_private(path, _snapshot(worker, tallies, seen, dropped))
             return dropped
 
         return await self._run("write the tallies", put)
@@ -273,7 +317,7 @@ class FileSink:
                 generations = self._read_generations()
                 key = ALL if route is None else route
                 generations[key] = generations.get(key, 0) + 1
-                atomic_write(self._resets, json.dumps(generations))
+                write_private(self._resets, json.dumps(generations))
                 if route is None:
                     for path in self._tallies.glob("*.json"):
                         path.unlink(missing_ok=True)
@@ -312,7 +356,7 @@ class FileSink:
                     old = self._spec(path.stem)
                     if old is not None and old.until + KEEP_AFTER < time.time():
                         self._delete(old.id)
-                atomic_write(self._recordings / f"{recording.id}.json", recording.as_json())
+                write_private(self._recordings / f"{recording.id}.json", recording.as_json())
 
         await self._run("arm a recording", arm)
         return recording
@@ -341,10 +385,14 @@ class FileSink:
                 held = self._held(rid)
                 taken = lines[: max(spec.count - held, 0)]
                 if taken:
-                    with open(self._recordings / f"{rid}.jsonl", "a", encoding="utf-8") as out:
+                    path = self._recordings / f"{rid}.jsonl"
+                    append = _open_private(path, os.O_WRONLY | os.O_APPEND)
+                    with open(append, "a", encoding="utf-8") as out:
                         out.write("".join(line + "\n" for line in taken))
                     held += len(taken)
-                    (self._recordings / f"{rid}.n").write_text(str(held))
+                    path = self._recordings / f"{rid}.n"
+                    with open(_open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as out:
+                        out.write(str(held))
                 return held
 
         return await self._run("add records", add)

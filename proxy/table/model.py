@@ -262,7 +262,9 @@ class Shadow(Strict):
     to: str
     sample: float = Field(1.0, gt=0, le=1, description="share of matching requests copied")
     methods: tuple[str, ...] = ("GET", "HEAD")
-    max_body: Size = Field(1 << 20, ge=0, le=64 << 20, description="larger answers: no copy")
+    max_body: Size = Field(
+        1 << 20, ge=0, le=64 << 20, description="larger answers: status and headers compared"
+    )
     noise: float = Field(0.1, ge=0, le=1)
 
     @field_validator("methods")

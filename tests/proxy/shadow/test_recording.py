@@ -1,6 +1,7 @@
 """Recording a route: a worker captures only once it has heard of an armed recording, never more
-than it asks, never a credential or a secret field; the corpus round-trips bodies byte for byte
-and a bad corpus file is refused with its line."""
+than it asks nor more bytes than its limit, redacts off the event loop, never keeps a credential
+or a secret field; the corpus round-trips bodies byte for byte, is its owner's only, and a bad
+corpus file is refused with its line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -20,9 +22,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from proxy.shadow import recording as recording_module
 from proxy.shadow.cli import record_command
 from proxy.shadow.exchange import Exchange
 from proxy.shadow.recording import (
+    MAX_BUFFERED,
     CorpusError,
     Recorder,
     body_of,
@@ -161,6 +165,42 @@ def test_offer_never_keeps_credentials_nor_the_proxys_hop_headers() -> None:
     assert "real-user-token" not in json.dumps(line)
 
 
+def test_the_drop_list_and_common_credential_headers_are_never_kept(tmp_path: Path) -> None:
+    credentials = (
+        (b"x-api-key", b"key-123"),
+        (b"x-auth-token", b"token-123"),
+        (b"x-csrf-token", b"csrf-123"),
+        (b"x-xsrf-token", b"xsrf-123"),
+        (b"x-user-id", b"user-123"),  # the route's sticky key header...
+        (b"x-route-override", b"monolith-123"),  # ...and its override header
+    )
+    pair = exchange(
+        headers=((b"accept", b"*/*"), *credentials),
+        response_headers=((b"content-type", b"application/json"), (b"x-csrf-token", b"csrf-9")),
+    )
+    drop = ("x-user-id", "x-route-override")
+
+    async def scenario() -> list[str]:
+        sink = FileSink(tmp_path)
+        recording = await sink.arm("orders", 5, (), 60)
+        recorder = Recorder(sink, "w1")
+        await recorder.tick()
+        recorder.offer(pair, secret=(), rules=None, drop=drop)
+        await recorder.tick()
+        return await sink.records(recording.id)
+
+    (recorded,) = asyncio.run(scenario())
+    for line in (recorded, corpus_line(pair, drop=drop)):
+        entry = json.loads(line)
+        assert entry["headers"] == [["accept", "*/*"]]
+        assert entry["response_headers"] == [["content-type", "application/json"]]
+        assert "-123" not in line
+        assert "csrf-9" not in line
+    # Without the drop list the route's own headers are kept, the common credentials are not.
+    kept = [name for name, _ in json.loads(corpus_line(pair))["headers"]]
+    assert kept == ["accept", "x-user-id", "x-route-override"]
+
+
 def test_secret_json_fields_are_redacted_in_requests_and_answers() -> None:
     secret = ("$.card.number", "$.items[*].token", "$.meta.*")
     line = json.loads(
@@ -231,6 +271,18 @@ def test_binary_bodies_round_trip_through_a_corpus_file(tmp_path: Path) -> None:
         200,
     )
     assert entries[1]["at"] == "2025-01-31T11:59:58.120Z"
+
+
+def test_a_written_corpus_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    path.write_text("an older file, readable by all")
+    path.chmod(0o644)
+    write_corpus(path, "orders", [corpus_line(exchange())])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_corpus(path)[0]["count"] == 1
+    fresh = tmp_path / "fresh.jsonl"
+    write_corpus(fresh, "orders", [])
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
 
 
 def test_an_absolute_form_target_is_kept_as_its_path_and_query() -> None:
@@ -330,6 +382,117 @@ def test_a_sink_outage_is_logged_once_and_the_lines_wait_for_the_next_tick(
         assert targets == ["/a", "/b"]
 
     asyncio.run(scenario())
+
+
+def big_json(size: int) -> bytes:
+    """A JSON answer of about `size` bytes, with a card number to redact."""
+    rows = [{"id": n, "name": "x" * 90} for n in range(size // 110)]
+    return json.dumps({"card": {"number": "card-secret-4111"}, "rows": rows}).encode()
+
+
+def test_offer_only_keeps_the_exchange_and_the_tick_redacts_it_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made_in: list[int] = []
+    real = recording_module.corpus_line
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        made_in.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recording_module, "corpus_line", spy)
+    answer = big_json(1_000_000)
+    assert len(answer) > 990_000
+
+    async def scenario() -> list[str]:
+        sink = FileSink(tmp_path)
+        recording = await sink.arm("orders", 5, (), 60)
+        recorder = Recorder(sink, "w1")
+        await recorder.tick()
+        recorder.offer(exchange(response_body=answer), secret=("$.card.number",))
+        recorder.offer(exchange(target=b"/b", response_body=answer), secret=("$.card.number",))
+        recorder.offer(exchange(target=b"/c"))
+        assert made_in == []  # no parsing, redaction nor JSON on the request's task
+        assert recorder.buffered == 2 * len(answer) + len(b'{"id": 7}')
+        await recorder.tick()
+        assert recorder.buffered == 0
+        return await sink.records(recording.id)
+
+    loop_thread = threading.get_ident()  # asyncio.run runs its loop in this thread
+    lines = asyncio.run(scenario())
+    assert len(made_in) == 3
+    assert loop_thread not in made_in
+    assert len(set(made_in)) == 1  # one thread call for the tick's whole batch
+    assert [json.loads(line)["target"] for line in lines] == ["/api/v1/orders?page=2", "/b", "/c"]
+    first = json.loads(lines[0])
+    assert json.loads(first["response_body"])["card"] == {"number": "<redacted>"}
+    leaked = [line for line in lines if "card-secret" in line]  # no diff of 1 MB lines
+    assert leaked == []
+
+
+def test_a_worker_holds_at_most_its_byte_limit_and_logs_the_drops_once_per_tick(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert MAX_BUFFERED == 64 * 1024 * 1024
+    pair = exchange(body=b"q" * 400, response_body=b"a" * 600)  # 1000 bytes of bodies
+
+    async def scenario() -> None:
+        sink = FileSink(tmp_path)
+        assert Recorder(sink, "w0").max_buffered == MAX_BUFFERED
+        one = await sink.arm("orders", 10, (), 60)
+        two = await sink.arm("orders", 10, (), 60)
+        recorder = Recorder(sink, "w1", max_buffered=3_000)
+        await recorder.tick()
+        for _ in range(2):
+            recorder.offer(pair)
+        assert recorder.buffered == 2_000  # kept for both recordings, counted once
+        recorder.offer(exchange(body=b"q" * 1_001))  # would pass the limit: dropped
+        assert recorder.wants("orders", "GET")
+        recorder.offer(pair)
+        assert recorder.buffered == 3_000
+        assert not recorder.wants("orders", "GET")  # full: the data plane captures nothing
+        recorder.offer(pair)  # offered anyway: dropped
+        with caplog.at_level(logging.WARNING, logger="strangler"):
+            await recorder.tick()
+            await recorder.tick()
+        dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(dropped) == 1
+        assert "2 exchange(s) dropped" in dropped[0]
+        assert "3000 bytes" in dropped[0]
+        assert recorder.buffered == 0
+        assert recorder.wants("orders", "GET")
+        assert len(await sink.records(one.id)) == len(await sink.records(two.id)) == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_pair_that_cannot_be_made_a_line_is_dropped_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = recording_module.corpus_line
+
+    def fragile(pair: Exchange, *args: Any, **kwargs: Any) -> str:
+        if pair.target == b"/bad":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(pair, *args, **kwargs)
+
+    monkeypatch.setattr(recording_module, "corpus_line", fragile)
+
+    async def scenario() -> list[str]:
+        sink = FileSink(tmp_path)
+        recording = await sink.arm("orders", 5, (), 60)
+        recorder = Recorder(sink, "w1")
+        await recorder.tick()
+        for target in (b"/a", b"/bad", b"/c"):
+            recorder.offer(exchange(target=target))
+        with caplog.at_level(logging.WARNING, logger="strangler"):
+            await recorder.tick()
+        assert recorder.buffered == 0
+        return await sink.records(recording.id)
+
+    targets = [json.loads(line)["target"] for line in asyncio.run(scenario())]
+    assert targets == ["/a", "/c"]
+    assert any("1 exchange(s) could not be made" in r.getMessage() for r in caplog.records)
 
 
 # --- strangler record ---------------------------------------------------------------------------

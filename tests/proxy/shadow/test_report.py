@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from proxy.shadow.compare import EXAMPLE_CHARS, Difference, Verdict
 from proxy.shadow.report import (
     EXAMPLES,
     MAX_FIELDS,
     MAX_SIGNATURES,
+    MIN_NOISE_HITS,
     OTHER_FIELDS,
     Tally,
     render,
@@ -26,6 +29,12 @@ def tally_of(*verdicts: Verdict) -> Tally:
     for v in verdicts:
         tally.add(v)
     return tally
+
+
+def add_noise(tally: Tally, hits: int, samples: int, name: str) -> None:
+    """`samples` requests answered twice by the primary, the first `hits` differing in `name`."""
+    for i in range(samples):
+        tally.add_noise(frozenset({name}) if i < hits else frozenset())
 
 
 def field_counts(summary: dict[str, object]) -> dict[str, int]:
@@ -76,20 +85,17 @@ def test_a_field_learned_as_noise_leaves_the_fields_and_the_mismatch_count() -> 
         verdict("$.updated_at"), verdict("$.updated_at", "$.total"), verdict("$.updated_at")
     )
     assert summarise("r", tally)["mismatched"] == 3
-    tally.add_noise(frozenset({"$.updated_at"}))
-    tally.add_noise(frozenset())
+    add_noise(tally, MIN_NOISE_HITS, 4, "$.updated_at")
     summary = summarise("r", tally)
     assert field_counts(summary) == {"$.total": 1}
     assert summary["mismatched"] == 1  # only the request that also differed in $.total
-    assert summary["noise"] == [{"field": "$.updated_at", "count": 1}]
-    assert summary["noise_samples"] == 2
+    assert summary["noise"] == [{"field": "$.updated_at", "count": MIN_NOISE_HITS}]
+    assert summary["noise_samples"] == 4
 
 
 def test_a_field_differing_far_more_than_between_primaries_is_no_noise() -> None:
     tally = tally_of(*[verdict("$.total")] * 10)
-    tally.add_noise(frozenset({"$.total"}))
-    for _ in range(9):
-        tally.add_noise(frozenset())
+    add_noise(tally, 3, 30, "$.total")
     # 100 % of candidate answers differ, 10 % of primary pairs: a regression, not noise.
     summary = summarise("r", tally)
     assert field_counts(summary) == {"$.total": 10}
@@ -98,9 +104,44 @@ def test_a_field_differing_far_more_than_between_primaries_is_no_noise() -> None
 
 def test_a_field_differing_between_primaries_half_the_time_is_always_noise() -> None:
     tally = tally_of(*[verdict("$.request_id")] * 10)
-    tally.add_noise(frozenset({"$.request_id"}))
-    tally.add_noise(frozenset())
+    add_noise(tally, MIN_NOISE_HITS, 2 * MIN_NOISE_HITS, "$.request_id")
     assert summarise("r", tally)["mismatched"] == 0
+
+
+def test_one_coincidental_difference_between_primaries_is_no_noise() -> None:
+    """A user's edit between the two requests to the primary: 1 of 100 noise samples differs in
+    $.x, as do 10 of 1,000 candidate answers. 1 % >= half of 1 %, but one hit proves nothing:
+    the 10 differences are reported."""
+    tally = tally_of(*[verdict("$.x")] * 10, *[verdict()] * 990)
+    add_noise(tally, 1, 100, "$.x")
+    summary = summarise("r", tally)
+    assert summary["noise"] == []
+    assert summary["mismatched"] == 10
+    assert field_counts(summary) == {"$.x": 10}
+
+
+@pytest.mark.parametrize(
+    ("hits", "noise"), [(1, False), (MIN_NOISE_HITS - 1, False), (MIN_NOISE_HITS, True)]
+)
+def test_a_field_is_noise_from_min_noise_hits_on(hits: int, noise: bool) -> None:
+    """Even a field differing in every noise sample needs MIN_NOISE_HITS of them."""
+    tally = tally_of(*[verdict("$.at")] * 10)
+    add_noise(tally, hits, hits, "$.at")
+    summary = summarise("r", tally)
+    assert (summary["noise"] != []) is noise
+    assert summary["mismatched"] == (0 if noise else 10)
+
+
+def test_noise_hits_add_up_across_merged_tallies() -> None:
+    """Hits learned by different workers count together once merged."""
+    workers = [tally_of(verdict("$.at")) for _ in range(MIN_NOISE_HITS)]
+    for tally in workers:
+        add_noise(tally, 1, 1, "$.at")
+        assert summarise("r", tally)["mismatched"] == 1
+    merged = Tally()
+    for tally in workers:
+        merged.merge(tally)
+    assert summarise("r", merged)["mismatched"] == 0
 
 
 def test_merging_tallies_equals_adding_everything_into_one() -> None:
@@ -170,7 +211,7 @@ def test_summary_lists_at_most_top_fields() -> None:
 def test_render_shows_the_numbers_an_example_and_the_noise() -> None:
     tally = tally_of(*[verdict()] * 6, verdict("$.total", "$.at"), verdict("$.at"))
     tally.add_failure("timeout")
-    tally.add_noise(frozenset({"$.at"}))
+    add_noise(tally, MIN_NOISE_HITS, MIN_NOISE_HITS, "$.at")
     text = render([summarise("payments", tally)])
     lines = text.splitlines()
     assert lines[0] == "payments: 8 compared, 12.5 % differ (1), 1 failed (timeout 1), 0 dropped"

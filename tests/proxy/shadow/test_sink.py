@@ -1,12 +1,14 @@
 """The shadow sink, the same behaviour in a directory and in a real Redis: each worker's latest
 tallies, clears that a worker cannot undo, recordings that end and never keep more than asked,
-even with several writers at once; and `strangler shadow report`, which merges what every
-worker put there."""
+even with several writers at once, files only their owner reads; and `strangler shadow report`,
+which merges what every worker put there."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -220,6 +222,33 @@ def test_redis_keys_expire_a_week_after_a_put_and_an_hour_after_a_recording_ends
         assert 3_600 < raw.ttl(key) <= 3_600 + 61
     finally:
         raw.close()
+
+
+def test_the_file_sinks_files_are_its_owners_only(tmp_path: Path) -> None:
+    shadow = tmp_path / "var" / "shadow"
+
+    async def scenario() -> None:
+        sink = FileSink(shadow)
+        await sink.put_tallies("host:1:1", {"orders": tally(1)})
+        await sink.clear_tallies("users")
+        recording = await sink.arm("orders", 5, (), 60)
+        await sink.add_records(recording.id, ['{"a":1}'])
+        # A lines file an older version left readable by all is narrowed when next written.
+        (shadow / "recordings" / f"{recording.id}.jsonl").chmod(0o644)
+        await sink.add_records(recording.id, ['{"a":2}'])
+        assert await sink.records(recording.id) == ['{"a":1}', '{"a":2}']
+
+    umask = os.umask(0o022)  # the usual default: files 0644, directories 0755
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.umask(umask)
+    for directory in (shadow, shadow / "tallies", shadow / "recordings"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    files = [path for path in shadow.rglob("*") if path.is_file()]
+    assert {path.suffix or path.name for path in files} == {".json", ".jsonl", ".n", ".lock"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_open_sink_picks_the_directory_or_redis(tmp_path: Path) -> None:
