@@ -255,6 +255,22 @@ def _parse(pattern: str) -> Path:
     return tuple(segments)
 
 
+def parse_pattern(pattern: str) -> Path:
+    """A pattern's segments: keys (str), and the ints ITEM (`[*]`) and ANY_KEY (`.*`).
+    ValueError says why a pattern is not one (recording.py reads secrets with this too)."""
+    return _parse(pattern)
+
+
+def takes_key(segment: Segment, key: str) -> bool:
+    """Whether a pattern segment covers the object key `key`."""
+    return (isinstance(segment, str) and segment == key) or segment == _ANY_KEY
+
+
+def takes_item(segment: Segment) -> bool:
+    """Whether a pattern segment covers every element of an array."""
+    return not isinstance(segment, str) and segment == _ITEM
+
+
 def _covers(pattern: Path, path: Path) -> bool:
     """`pattern` equals `path` or a prefix of it."""
     if len(pattern) > len(path):

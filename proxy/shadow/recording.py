@@ -43,9 +43,8 @@ Never kept, in requests or answers:
   (traceparent, tracestate: a replay must not join a production trace). X-Request-ID is kept;
 - JSON body fields covered by a `secret` pattern (the route's `compare.secret`), whose values
   become "<redacted>" (a cut JSON answer cannot be searched: its whole body is "<redacted>").
-  Patterns are compare.py's: `$`, `.key`, `["key"]`, `[*]`, `.*`; a pattern covers the field
-  it names and everything under it. compare.py keeps its parser private, so this module reads
-  the same syntax with its own few lines, after Rules.check_path accepted each pattern.
+  Patterns are compare.py's, read by its parser: `$`, `.key`, `["key"]`, `[*]`, `.*`; a
+  pattern covers the field it names and everything under it.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.shadow.compare import REDACTED, Rules
+from proxy.shadow.compare import REDACTED, Rules, parse_pattern, takes_item, takes_key
 from proxy.shadow.exchange import Exchange, Fields
 from proxy.shadow.sink import Recording, Sink, SinkError, write_private
 
@@ -86,9 +85,6 @@ NEVER_KEPT = frozenset(
     }
 )
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes of bodies a worker holds for recordings between ticks
-_ANY_KEY = object()  # `.*`: any one key of an object
-_ITEM = object()  # `[*]`: any element of an array
-_SEGMENT = re.compile(r'\.(\*)|\.([^.\[\]"\s*]+)|\[(\*)\]|\[("(?:[^"\\]|\\.)*")\]')
 
 
 class CorpusError(ValueError):
@@ -96,28 +92,18 @@ class CorpusError(ValueError):
 
 
 # --- redaction ------------------------------------------------------------------------------
-Pattern = tuple[object, ...]
+Pattern = tuple[str | int, ...]  # compare.py's parsed pattern
 
 
 @lru_cache(maxsize=256)
 def _patterns(secret: tuple[str, ...]) -> tuple[Pattern, ...]:
-    """The patterns, checked by compare.py's own rules (so both accept the same syntax)."""
+    """The patterns, read by compare.py's own parser (both accept the same syntax)."""
     parsed = []
     for text in secret:
-        if (problem := Rules.check_path(text)) is not None:
-            raise ValueError(f"{text!r}: {problem}")
-        segments: list[object] = []
-        for found in _SEGMENT.finditer(text, 1):
-            any_key, key, item, quoted = found.groups()
-            if any_key:
-                segments.append(_ANY_KEY)
-            elif key is not None:
-                segments.append(key)
-            elif item:
-                segments.append(_ITEM)
-            else:
-                segments.append(str(json.loads(quoted)))
-        parsed.append(tuple(segments))
+        try:
+            parsed.append(parse_pattern(text))
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
     return tuple(parsed)
 
 
@@ -129,12 +115,12 @@ def _redact(value: Any, patterns: tuple[Pattern, ...]) -> tuple[Any, bool]:
         changed = False
         out = {}
         for key, child in value.items():
-            rest = tuple(p[1:] for p in patterns if p[0] == key or p[0] is _ANY_KEY)
+            rest = tuple(p[1:] for p in patterns if takes_key(p[0], key))
             out[key], hit = _redact(child, rest) if rest else (child, False)
             changed |= hit
         return out, changed
     if isinstance(value, list):
-        rest = tuple(p[1:] for p in patterns if p[0] is _ITEM)
+        rest = tuple(p[1:] for p in patterns if takes_item(p[0]))
         if not rest:
             return value, False
         pairs = [_redact(child, rest) for child in value]
