@@ -2,7 +2,7 @@
 memory each: the stream waits for the client instead of buffering the upstream's answer.
 
 Forty clients with a small receive buffer ask for a multi-MiB answer and then read it at 32 B/s
-(the attack tool's pace); the proxy's resident memory may grow by at most 256 KiB per client
+(the attack tool's pace); the proxy's resident memory may grow by at most 384 KiB per client
 while they stall, and a fast client is still served in full meanwhile.
 """
 
@@ -33,7 +33,11 @@ from tests.functional.proxy_support import (
 KiB = 1 << 10
 CLIENTS = 40
 ANSWER = 8 * MiB
-PER_CLIENT_BUDGET = 256 * KiB
+# About 230 KiB measured when this was written and 300-320 KiB on the same machine later the
+# same day, for the same code: one read of the upstream socket takes whatever its kernel buffer
+# holds then (up to 128 KiB: SO_RCVBUF 64 KiB, doubled by Linux), which depends on timing. An
+# unbounded stream cost 2.3 MB a client here; 384 KiB still proves the bound with room for that.
+PER_CLIENT_BUDGET = 384 * KiB
 SETTLE_SECONDS = 6.0  # at most this long for the proxy's memory to stop growing
 SLOW_PACE = 32  # bytes a slow client reads per second
 
