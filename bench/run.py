@@ -2,8 +2,8 @@
 vs nginx (when installed), one interleaved run, same upstream, loopback only.
 
 Workloads: small GET, 64 KiB GET and 4 KiB POST, each `wrk -t1 -c64 -d{seconds}s --latency` per
-target per round, targets rotated every round; `paced` is the small GET with 20 ms of think time
-per connection (about 3,000 req/s offered, under every proxy's saturation), for the latency a
+target per round, targets rotated every round; `paced` is the small GET with 50 ms of think time
+per connection (about 1,200 req/s offered, under every proxy's saturation), for the latency a
 feature adds at a load the proxy can carry rather than at its limit. strangler runs as users
 run it: a routes.yaml with routes, header rules, limits, the JSON access log (to a file) and
 metrics on. Reports req/s, p50/p99, proxy CPU µs per request (from /proc/PID/stat) and peak RSS
@@ -40,7 +40,7 @@ WORKLOADS = {  # path, POST body size, think time (ms) per request and connectio
     "small": ("/small", None, 0),
     "big": ("/big", None, 0),
     "post": ("/post", 4096, 0),
-    "paced": ("/small", None, 20),
+    "paced": ("/small", None, 50),
 }
 
 NGINX_UPSTREAM = """
