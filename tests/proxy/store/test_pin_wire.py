@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from proxy.dataplane.pins import Pins, digest
-from proxy.store.pins import PinWire, RedisWire, decode, encode
+from proxy.store.pins import PinWire, RedisWire, SiblingWire, decode, encode
 
 KEY = digest(b"user-1")
 
@@ -124,3 +128,47 @@ def test_a_redis_outage_costs_a_write_at_most_the_publish_timeout() -> None:
         assert second < 0.2  # skipped while Redis is known to be down
 
     asyncio.run(scenario())
+
+
+def test_sibling_workers_tell_each_other_over_unix_datagrams(tmp_path: Path) -> None:
+    """With the file store and several workers, a pin set by one worker process reaches the
+    others: here a real second process publishes, this one receives; a sibling that has gone
+    leaves a socket that is cleaned up instead of failing the publish."""
+    child = textwrap.dedent(
+        f"""
+        import asyncio
+        from pathlib import Path
+        from proxy.dataplane.pins import Pins, digest
+        from proxy.store.pins import SiblingWire
+
+        async def main():
+            wire = SiblingWire(Pins(), Path({str(tmp_path)!r}))
+            await wire.start()
+            await wire.publish("payments", digest(b"user-1"), "payment", 10.0)
+            await wire.stop()
+
+        asyncio.run(main())
+        """
+    )
+
+    async def scenario() -> Pins:
+        pins = Pins()
+        wire = SiblingWire(pins, tmp_path)
+        await wire.start()
+        gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        gone.bind(str(tmp_path / "999999.sock"))
+        gone.close()  # its file stays: a worker that died without cleaning up
+        try:
+            done = await asyncio.create_subprocess_exec(sys.executable, "-c", child)
+            assert await done.wait() == 0
+            for _ in range(100):
+                if pins.get("payments", KEY, time.monotonic()):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await wire.stop()
+        return pins
+
+    pins = asyncio.run(scenario())
+    assert pins.get("payments", KEY, time.monotonic()) == "payment"
+    assert not (tmp_path / "999999.sock").exists()
