@@ -127,19 +127,29 @@ class Runtime:
         self.recorder = Recorder(self.sink, self.worker)
 
     async def _share(self) -> None:
-        """Once a second: this worker's shadow tallies to the sink, the recorder's turn, and
-        expired pins out."""
+        """Once a second: this worker's shadow tallies to the sink when they changed, the
+        recorder's turn, and expired pins out."""
         while True:
             await asyncio.sleep(SHARE_INTERVAL)
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
-                if self.mirror.tallies:
-                    tallies = {r: t.to_dict() for r, t in self.mirror.tallies.items()}
-                    for route in await self.sink.put_tallies(self.worker, tallies):
-                        self.mirror.tallies.pop(route, None)  # a report reset: count again
+                if self.mirror.changed:  # nothing new: nothing to write
+                    await self._share_tallies()
             except Exception:  # the sink is down: serving goes on, the next turn retries
                 log.debug("shadow sharing failed", exc_info=True)
+
+    async def _share_tallies(self) -> None:
+        mirror = self.mirror
+        mirror.changed = False
+        tallies = {r: t.to_dict() for r, t in mirror.tallies.items()}
+        try:
+            cleared = await self.sink.put_tallies(self.worker, tallies)
+        except Exception:
+            mirror.changed = True  # the next turn tries again
+            raise
+        for route in cleared:
+            mirror.tallies.pop(route, None)  # a report reset: count again
 
     def trusted(self, client: str) -> bool:
         if not self._trusted:

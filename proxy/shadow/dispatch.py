@@ -92,10 +92,13 @@ class Mirror:
         self.held = 0  # body bytes of the copies queued or in flight
         self.workers = workers
         self.tallies: dict[str, Tally] = {}
+        self.changed = False  # since the tallies were last shared
         self.session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def tally(self, route: str) -> Tally:
+        """`route`'s tally, to be changed: the next share sends it."""
+        self.changed = True
         found = self.tallies.get(route)
         if found is None:
             found = self.tallies[route] = Tally()
