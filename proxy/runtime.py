@@ -121,6 +121,9 @@ class Runtime:
         self.pins = Pins()
         self.pin_wire = open_wire(self.pins, settings.store, settings.store_prefix)
         self.subscribed = asyncio.Event()  # the store's channels (and the live pins) are read
+        # Pins from other workers reach this one through a task (Redis) rather than a socket
+        # callback (sibling datagrams): the data plane yields once before using them.
+        self.pins_arrive_late = isinstance(self.pin_wire, RedisWire)
         self.mirror = Mirror(self.metrics)
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)

@@ -53,6 +53,7 @@ from proxy.dataplane.plan import (
     Tries,
     next_step,
     reacts_to,
+    repin,
     resolve,
 )
 from proxy.dataplane.record import access_line
@@ -65,7 +66,7 @@ from proxy.errors import (
 )
 from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
-from proxy.table.compile import CompiledRoute
+from proxy.table.compile import CompiledRoute, Snapshot
 from proxy.types import Receive, Scope, Send
 
 log = logging.getLogger("strangler")
@@ -166,6 +167,8 @@ class DataPlane:
                 pins=runtime.pins,
                 https=facts.https,
             )
+            if runtime.pins_arrive_late and plan.key is not None:
+                await self._late_pins(plan, snapshot)
             await self._forward(scope, receive, send, plan, facts, holder, outcome)
         except ProxyError as exc:
             route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
@@ -427,6 +430,15 @@ class DataPlane:
             ).inc()
         else:
             metrics.retries.labels(plan.route_name, plan.upstream.name, step, reason).inc()
+
+    async def _late_pins(self, plan: Plan, snapshot: Snapshot) -> None:
+        """Pins from other replicas arrive on a Redis subscription that a task reads: one that
+        arrived in the same loop turn as this request is still queued behind it. One yield lets
+        it land before the request goes anywhere (only keyed requests on pinned routes pay)."""
+        assert plan.route is not None
+        if plan.route.pin:
+            await asyncio.sleep(0)
+            repin(plan, snapshot, self.runtime.pins, time.monotonic())
 
     def _capture(self, plan: Plan) -> Capture | None:
         """A copy of the answer is kept when the request is shadowed or recorded."""
