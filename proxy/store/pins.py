@@ -20,8 +20,9 @@ A pin travels as a time to live, never as a clock time: machines whose clocks di
 keep it for its whole window. A message that does not parse, or whose time to live is not a
 finite number of seconds within a day, is ignored. Publishing happens before the write's
 answer leaves (Redis writes it to every subscriber as it answers the publish), so it is there
-before the client can send its next request; a worker reads it in a task, which may be queued behind a request read in the
-same loop turn, so the data plane yields once before it uses a keyed request's pin (plan.repin).
+before the client can send its next request; a worker reads it in a task, which may be queued
+behind a request read in the same loop turn, so the data plane yields once before it uses a
+keyed request's pin (plan.repin).
 Measured: 0 misses in 1,200 write-then-read pairs across replicas, idle and under CPU load.
 
 Why shared state and not a signed pin cookie: the apps behind this proxy are keyed by a header
