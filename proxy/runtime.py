@@ -39,6 +39,9 @@ from proxy.table.loader import TableInvalid, load_file, single_upstream
 log = logging.getLogger("strangler")
 SHARE_INTERVAL = 1.0
 SUBSCRIBE_WAIT = 1.0  # seconds a starting worker waits for the store's channels and pins
+# Unchanged tallies are written again this often, so a quiet worker's numbers outlive the
+# sink's expiry (7 days in Redis).
+TALLY_REFRESH = 86_400.0
 
 
 def initial_table(settings: ProxySettings) -> Snapshot:
@@ -124,6 +127,7 @@ class Runtime:
         # Pins from other workers reach this one through a task (Redis) rather than a socket
         # callback (sibling datagrams): the data plane yields once before using them.
         self.pins_arrive_late = isinstance(self.pin_wire, RedisWire)
+        self._tallies_shared = time.monotonic()
         self.mirror = Mirror(self.metrics)
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
@@ -137,7 +141,8 @@ class Runtime:
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
-                if self.mirror.changed:  # nothing new: nothing to write
+                stale = time.monotonic() - self._tallies_shared > TALLY_REFRESH
+                if self.mirror.changed or (stale and self.mirror.tallies):
                     await self._share_tallies()
             except Exception:  # the sink is down: serving goes on, the next turn retries
                 log.debug("shadow sharing failed", exc_info=True)
@@ -151,6 +156,7 @@ class Runtime:
         except Exception:
             mirror.changed = True  # the next turn tries again
             raise
+        self._tallies_shared = time.monotonic()
         for route in cleared:
             mirror.tallies.pop(route, None)  # a report reset: count again
 
@@ -288,11 +294,12 @@ class Runtime:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 try:
                     await pubsub.subscribe(*channels)
-                    if isinstance(wire, RedisWire):
-                        await wire.load_live(client)
-                    self.subscribed.set()
+                    loaded = False
                     while True:
                         await self._catch_up(client, prefix, refused)
+                        if not loaded:  # the table first, then the pins set meanwhile
+                            loaded = True
+                            await self._load_pins(client)
                         if down:
                             down = False
                             log.warning(
@@ -320,6 +327,18 @@ class Runtime:
                         await pubsub.aclose()
         finally:
             await client.aclose()
+
+    async def _load_pins(self, client: Any) -> None:
+        """The live pins, after a (re)subscription: best effort, never in the way of the
+        table (a key the scan cannot read is logged, and the follower goes on)."""
+        wire = self.pin_wire
+        try:
+            if isinstance(wire, RedisWire):
+                await wire.load_live(client)
+        except Exception as exc:
+            log.warning("live read-your-writes pins not loaded: %s", exc)
+        finally:
+            self.subscribed.set()
 
     async def _next_change(self, pubsub: Any, pins: str | None) -> None:
         """Wait for a table change, at most the poll interval; pins arriving meanwhile go on the

@@ -434,7 +434,8 @@ class DataPlane:
     async def _late_pins(self, plan: Plan, snapshot: Snapshot) -> None:
         """Pins from other replicas arrive on a Redis subscription that a task reads: one that
         arrived in the same loop turn as this request is still queued behind it. One yield lets
-        it land before the request goes anywhere (only keyed requests on pinned routes pay)."""
+        it land before the request goes anywhere (only keyed requests on pinned routes pay).
+        While that task is busy with a table poll instead, a pin can still land a moment late."""
         assert plan.route is not None
         if plan.route.pin:
             await asyncio.sleep(0)

@@ -222,7 +222,8 @@ def prepare_request(
     proto = next((v for n, v in out if n == "x-forwarded-proto"), None) if trusted else None
     if proto is None:
         out.append(("x-forwarded-proto", scheme))
-    facts.https = (proto or scheme).strip().lower() == "https"
+    # A chain of hops lists one scheme each, the client's first.
+    facts.https = (proto or scheme).split(",", 1)[0].strip().lower() == "https"
     if hosts and (not trusted or not any(n == "x-forwarded-host" for n, _ in out)):
         out.append(("x-forwarded-host", facts.host.decode("latin-1")))
     out.append(("via", "1.1 " + via.decode()))

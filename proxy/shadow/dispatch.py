@@ -61,9 +61,13 @@ async def _off_loop(
     def run() -> T:
         return fn(decoded(a, limit), decoded(b, limit), rules)
 
-    if len(a.body) + len(b.body) <= INLINE_COMPARE:
+    if len(a.body) + len(b.body) <= INLINE_COMPARE and not (_coded(a) or _coded(b)):
         return run()
-    return await asyncio.to_thread(run)
+    return await asyncio.to_thread(run)  # a small gzip body may decode to a large one
+
+
+def _coded(answer: Answer) -> bool:
+    return any(name == b"content-encoding" for name, _ in answer.headers)
 
 
 def _size(exchange: Exchange) -> int:
@@ -145,6 +149,7 @@ class Mirror:
                 log.exception("shadow copy of %s failed", copy.exchange.route)
             finally:
                 self.held -= _size(copy.exchange)
+                self.changed = True  # its verdict (or failure) is for the next share
 
     async def _one(self, copy: Copy) -> None:
         exchange, policy = copy.exchange, copy.policy

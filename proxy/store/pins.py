@@ -98,7 +98,10 @@ class SiblingWire(PinWire):
         self.directory = directory
         self.path = directory / f"{os.getpid()}.sock"
         self.sock: socket.socket | None = None
+        self.sender: socket.socket | None = None
         self.transport: asyncio.DatagramTransport | None = None
+        self.quiet_until = 0.0  # warnings about undelivered pins, at most one a second
+        self.stuck: dict[str, float] = {}  # siblings skipped until then (a full queue)
 
     async def start(self) -> None:
         wire = self
@@ -115,25 +118,48 @@ class SiblingWire(PinWire):
         self.sock = sock
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(Receiver, sock=sock)
+        # Sending has a socket of its own (the receiving one belongs to its transport).
+        self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sender.setblocking(False)
 
     async def publish(self, route: str, key: bytes, upstream: str, ttl: float) -> None:
         if self.sock is None:
             return
         message = encode(route, key, upstream, ttl)
+        now = time.monotonic()
         for name in os.listdir(self.directory):
             if not name.endswith(".sock") or name == self.path.name:
                 continue
+            if self.stuck.get(name, 0.0) > now:
+                continue  # it did not take the last one in time: skip it for a second
             try:
-                self.sock.sendto(message, str(self.directory / name))
+                await self._send(message, str(self.directory / name))
             except (ConnectionRefusedError, FileNotFoundError):
                 with contextlib.suppress(OSError):
                     (self.directory / name).unlink()  # a worker that has gone
-            except OSError as exc:  # its buffer is full: that sibling misses this pin
-                log.warning("read-your-writes pin not delivered to a sibling worker: %s", exc)
+            except (OSError, TimeoutError) as exc:  # still full: that sibling misses this pin
+                now = time.monotonic()
+                self.stuck[name] = now + QUIET_AFTER_FAILURE
+                if now >= self.quiet_until:
+                    self.quiet_until = now + QUIET_AFTER_FAILURE
+                    log.warning("read-your-writes pin not delivered to a sibling: %s", exc)
+
+    async def _send(self, message: bytes, path: str) -> None:
+        """One datagram; a sibling whose queue is full (net.unix.max_dgram_qlen, often 10) is
+        waited for, at most the publish timeout."""
+        sender = self.sender
+        assert sender is not None
+        try:
+            sender.sendto(message, path)
+        except BlockingIOError:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await asyncio.get_running_loop().sock_sendto(sender, message, path)
 
     async def stop(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        if self.sender is not None:
+            self.sender.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
 

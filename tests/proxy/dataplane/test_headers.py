@@ -476,3 +476,26 @@ def test_response_keeps_order_and_every_set_cookie() -> None:
         (b"set-cookie", b"b=2; HttpOnly"),
         (b"set-cookie", b"a=3; Path=/api"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("proto", "trusted", "https"),
+    [
+        pytest.param(b"https", True, True, id="tls-at-a-trusted-hop"),
+        pytest.param(b"https, http", True, True, id="first-of-a-chain"),
+        pytest.param(b"http", True, False, id="plain-at-a-trusted-hop"),
+        pytest.param(b"https", False, False, id="claimed-by-an-untrusted-peer"),
+    ],
+)
+def test_whether_the_client_uses_tls_follows_only_a_trusted_hop(
+    proto: bytes, trusted: bool, https: bool
+) -> None:
+    """The key cookie is Secure when the client's connection is TLS, here or at a trusted hop
+    (the first scheme of a chain is the client's); an untrusted peer cannot claim it."""
+    facts = prepare(HOST, (b"x-forwarded-proto", proto), trusted=trusted, scheme="http")
+    assert facts.https is https
+
+
+def test_a_client_cannot_send_the_shadow_marker() -> None:
+    facts = prepare(HOST, (b"strangler-shadow", b"1"))
+    assert values(facts, "strangler-shadow") == []

@@ -87,3 +87,46 @@ def test_the_queue_drops_and_counts_past_its_copies_and_its_bytes() -> None:
     assert sized == [True, True, False, False]  # 400 + 400 fit in 1,000; a third does not
     assert by_count.tallies["payments"].dropped == 2
     assert by_bytes.tallies["payments"].dropped == 2
+
+
+def test_coded_answers_are_decoded_and_compared_off_the_loop(monkeypatch: object) -> None:
+    """A small gzip body may decode to a large one: it is never compared on the event loop,
+    whatever its size on the wire (an uncoded small one is: a thread costs more than it)."""
+    import proxy.shadow.dispatch as dispatch
+
+    threads: list[str] = []
+
+    async def to_thread(fn: object, *args: object) -> object:
+        threads.append("used")
+        return fn()  # type: ignore[operator]
+
+    monkeypatch.setattr(dispatch.asyncio, "to_thread", to_thread)  # type: ignore[attr-defined]
+    plain = Answer(200, (JSON,), b'{"a": 1}')
+    asyncio.run(_off_loop(compare, plain, plain, Rules(), 1 << 20))
+    assert threads == []
+    coded = gzipped({"a": 1}, 1)
+    asyncio.run(_off_loop(compare, coded, coded, Rules(), 1 << 20))
+    assert threads == ["used"]
+
+
+def test_a_verdict_that_lands_after_a_share_is_shared_next_time() -> None:
+    """The worker shares its tallies once a second when they changed: a copy still in flight
+    at a share must mark them changed again when its result lands."""
+    snapshot = compile_table(load_text(TABLE))
+    (route,) = snapshot.routes
+    assert route.shadow is not None
+
+    async def scenario() -> Mirror:
+        mirror = Mirror(Metrics(), workers=1)
+        mirror.offer(exchange(10), route.shadow, snapshot.default)  # type: ignore[arg-type]
+        mirror.changed = False  # a share happened while the copy was in flight
+        for _ in range(200):  # the shadow (port 9) refuses: a failure is its result
+            await asyncio.sleep(0.01)
+            if mirror.tallies["payments"].failed:
+                break
+        await mirror.stop()
+        return mirror
+
+    mirror = asyncio.run(scenario())
+    assert mirror.tallies["payments"].failed
+    assert mirror.changed

@@ -172,3 +172,30 @@ def test_sibling_workers_tell_each_other_over_unix_datagrams(tmp_path: Path) -> 
     pins = asyncio.run(scenario())
     assert pins.get("payments", KEY, time.monotonic()) == "payment"
     assert not (tmp_path / "999999.sock").exists()
+
+
+def test_a_sibling_that_reads_nothing_costs_a_write_at_most_the_publish_timeout(
+    tmp_path: Path,
+) -> None:
+    """A busy sibling's datagram queue fills after a few pins (net.unix.max_dgram_qlen): the
+    publisher waits for it at most once (250 ms), then skips it for a second, so a stuck worker
+    cannot slow every other worker's writes."""
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(tmp_path / "999998.sock"))  # bound, never read
+
+    async def scenario() -> float:
+        wire = SiblingWire(Pins(), tmp_path)
+        await wire.start()
+        try:
+            started = time.monotonic()
+            for n in range(60):
+                await wire.publish("payments", digest(b"%d" % n), "payment", 10.0)
+            return time.monotonic() - started
+        finally:
+            await wire.stop()
+
+    try:
+        took = asyncio.run(scenario())
+    finally:
+        stuck.close()
+    assert took < 1.0, took
