@@ -39,9 +39,6 @@ from proxy.table.loader import TableInvalid, load_file, single_upstream
 log = logging.getLogger("strangler")
 SHARE_INTERVAL = 1.0
 SUBSCRIBE_WAIT = 1.0  # seconds a starting worker waits for the store's channels and pins
-# Unchanged tallies are written again this often, so a quiet worker's numbers outlive the
-# sink's expiry (7 days in Redis).
-TALLY_REFRESH = 86_400.0
 
 
 def initial_table(settings: ProxySettings) -> Snapshot:
@@ -127,38 +124,31 @@ class Runtime:
         # Pins from other workers reach this one through a task (Redis) rather than a socket
         # callback (sibling datagrams): the data plane yields once before using them.
         self.pins_arrive_late = isinstance(self.pin_wire, RedisWire)
-        self._tallies_shared = time.monotonic()
         self.mirror = Mirror(self.metrics)
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
         self.recorder = Recorder(self.sink, self.worker)
 
     async def _share(self) -> None:
-        """Once a second: this worker's shadow tallies to the sink when they changed, the
-        recorder's turn, and expired pins out."""
+        """Once a second: this worker's shadow tallies to the sink, the recorder's turn, and
+        expired pins out."""
         while True:
             await asyncio.sleep(SHARE_INTERVAL)
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
-                stale = time.monotonic() - self._tallies_shared > TALLY_REFRESH
-                if self.mirror.changed or (stale and self.mirror.tallies):
+                if self.mirror.tallies:  # every turn: a put is also how a reset is learned
                     await self._share_tallies()
             except Exception:  # the sink is down: serving goes on, the next turn retries
                 log.debug("shadow sharing failed", exc_info=True)
 
     async def _share_tallies(self) -> None:
+        """This worker's tallies to the sink; the routes whose report was reset since are
+        counted again from nothing."""
         mirror = self.mirror
-        mirror.changed = False
         tallies = {r: t.to_dict() for r, t in mirror.tallies.items()}
-        try:
-            cleared = await self.sink.put_tallies(self.worker, tallies)
-        except Exception:
-            mirror.changed = True  # the next turn tries again
-            raise
-        self._tallies_shared = time.monotonic()
-        for route in cleared:
-            mirror.tallies.pop(route, None)  # a report reset: count again
+        for route in await self.sink.put_tallies(self.worker, tallies):
+            mirror.tallies.pop(route, None)
 
     def trusted(self, client: str) -> bool:
         if not self._trusted:

@@ -96,13 +96,10 @@ class Mirror:
         self.held = 0  # body bytes of the copies queued or in flight
         self.workers = workers
         self.tallies: dict[str, Tally] = {}
-        self.changed = False  # since the tallies were last shared
         self.session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def tally(self, route: str) -> Tally:
-        """`route`'s tally, to be changed: the next share sends it."""
-        self.changed = True
         found = self.tallies.get(route)
         if found is None:
             found = self.tallies[route] = Tally()
@@ -149,7 +146,6 @@ class Mirror:
                 log.exception("shadow copy of %s failed", copy.exchange.route)
             finally:
                 self.held -= _size(copy.exchange)
-                self.changed = True  # its verdict (or failure) is for the next share
 
     async def _one(self, copy: Copy) -> None:
         exchange, policy = copy.exchange, copy.policy

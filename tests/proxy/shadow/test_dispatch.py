@@ -107,26 +107,3 @@ def test_coded_answers_are_decoded_and_compared_off_the_loop(monkeypatch: object
     coded = gzipped({"a": 1}, 1)
     asyncio.run(_off_loop(compare, coded, coded, Rules(), 1 << 20))
     assert threads == ["used"]
-
-
-def test_a_verdict_that_lands_after_a_share_is_shared_next_time() -> None:
-    """The worker shares its tallies once a second when they changed: a copy still in flight
-    at a share must mark them changed again when its result lands."""
-    snapshot = compile_table(load_text(TABLE))
-    (route,) = snapshot.routes
-    assert route.shadow is not None
-
-    async def scenario() -> Mirror:
-        mirror = Mirror(Metrics(), workers=1)
-        mirror.offer(exchange(10), route.shadow, snapshot.default)  # type: ignore[arg-type]
-        mirror.changed = False  # a share happened while the copy was in flight
-        for _ in range(200):  # the shadow (port 9) refuses: a failure is its result
-            await asyncio.sleep(0.01)
-            if mirror.tallies["payments"].failed:
-                break
-        await mirror.stop()
-        return mirror
-
-    mirror = asyncio.run(scenario())
-    assert mirror.tallies["payments"].failed
-    assert mirror.changed
