@@ -223,9 +223,8 @@ class Runtime:
         self._tasks = []
         await self.mirror.stop()
         if self.mirror.tallies:
-            with contextlib.suppress(Exception):
-                tallies = {r: t.to_dict() for r, t in self.mirror.tallies.items()}
-                await self.sink.put_tallies(self.worker, tallies)
+            with contextlib.suppress(Exception):  # the last numbers, if the sink answers
+                await self._share_tallies()
         await self.pin_wire.stop()
         with contextlib.suppress(Exception):
             await self.sink.close()

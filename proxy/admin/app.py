@@ -78,18 +78,23 @@ def _problem_lines(exc: TableInvalid) -> list[dict[str, Any]]:
     ]
 
 
+def _check_token(token: str, authorization: str | None) -> None:
+    """The bearer token given must be the admin token (constant-time compare)."""
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise AdminError(401, "unauthorized", "a valid bearer token is required")
+
+
 def _writer(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     author: Annotated[str | None, Header(alias="X-Author")] = None,
 ) -> str:
-    """The author of a write, once its bearer token checked out (constant-time compare)."""
+    """The author of a write, once its bearer token checked out."""
     token: str | None = request.app.state.token
     if token is None:
         raise AdminError(403, "writes-disabled", "no admin token is configured: read only")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise AdminError(401, "unauthorized", "a valid bearer token is required")
+    _check_token(token, authorization)
     return author or "admin-api"
 
 
@@ -102,11 +107,8 @@ def _user_data_reader(
     """Reads that show users' data (shadow example pairs) need the token when one is set; a
     proxy without one keeps its admin listener on loopback."""
     token: str | None = request.app.state.token
-    if token is None:
-        return
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise AdminError(401, "unauthorized", "a valid bearer token is required")
+    if token is not None:
+        _check_token(token, authorization)
 
 
 UserDataReader = Annotated[None, Depends(_user_data_reader)]

@@ -439,7 +439,7 @@ class DataPlane:
         assert plan.route is not None
         if plan.route.pin:
             await asyncio.sleep(0)
-            repin(plan, snapshot, self.runtime.pins, time.monotonic())
+            repin(plan, snapshot, self.runtime.pins)
 
     def _capture(self, plan: Plan) -> Capture | None:
         """A copy of the answer is kept when the request is shadowed or recorded."""

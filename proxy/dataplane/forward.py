@@ -250,6 +250,18 @@ class _Connector(aiohttp.TCPConnector):
         return await super()._create_connection(*args, **kwargs)
 
 
+def upstream_url(upstream: Upstream, path: bytes, query: bytes) -> URL:
+    """The request's target on `upstream`, its bytes exactly as the client sent them."""
+    return URL.build(
+        scheme=upstream.scheme,
+        host=upstream.host,
+        port=upstream.port,
+        path=path.decode("ascii"),
+        query_string=query.decode("ascii"),
+        encoded=True,
+    )
+
+
 def client_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
     session = aiohttp.ClientSession(
         connector=connector,
@@ -387,14 +399,7 @@ class Forwarder:
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the response head. Raises TryFailed (the upstream
         failed), ClientGone or a ProxyError about the client's body."""
-        url = URL.build(
-            scheme=upstream.scheme,
-            host=upstream.host,
-            port=upstream.port,
-            path=scope["raw_path"].decode("ascii"),
-            query_string=scope["query_string"].decode("ascii"),
-            encoded=True,
-        )
+        url = upstream_url(upstream, scope["raw_path"], scope["query_string"])
         session = pool.fresh_session() if fresh else pool.session
         _OPENED.set(False)
         try:

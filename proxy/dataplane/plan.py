@@ -115,12 +115,21 @@ def _arm(
         chosen, plan.choice = weighted(route.split, key, route.salt), BY_SPLIT
     if key is not None and route.pin:
         plan.key = digest(key)
-        if pins:
-            pinned = pins.get(route.name, plan.key, time.monotonic())
-            if pinned is not None and pinned != chosen.name and pinned in snapshot.upstreams:
-                plan.choice = BY_PIN
-                return snapshot.upstreams[pinned]
+        if pins and (pinned := _pinned(snapshot, pins, route, plan.key, chosen)) is not None:
+            plan.choice = BY_PIN
+            return pinned
     return chosen
+
+
+def _pinned(
+    snapshot: Snapshot, pins: Pins, route: CompiledRoute, key: bytes, chosen: Upstream
+) -> Upstream | None:
+    """The upstream a live pin sends `key` to instead of `chosen`, if any (a pin to an upstream
+    gone from the table is ignored)."""
+    name = pins.get(route.name, key, time.monotonic())
+    if name is None or name == chosen.name:
+        return None
+    return snapshot.upstreams.get(name)
 
 
 def _shadow(route: CompiledRoute, plan: Plan) -> ShadowPolicy | None:
@@ -207,16 +216,16 @@ def resolve(
 _NO_PINS = Pins(limit=1)
 
 
-def repin(plan: Plan, snapshot: Snapshot, pins: Pins, now: float) -> None:
+def repin(plan: Plan, snapshot: Snapshot, pins: Pins) -> None:
     """Apply a pin that arrived after `resolve` (from another replica, read in the same loop
     turn as this request): the plan's upstream becomes the pinned one. An override still wins."""
     route, key = plan.route, plan.key
     if route is None or key is None or plan.choice in {BY_OVERRIDE, BY_PIN}:
         return
-    pinned = pins.get(route.name, key, now)
-    if pinned is None or pinned == plan.upstream.name or pinned not in snapshot.upstreams:
+    pinned = _pinned(snapshot, pins, route, key, plan.upstream)
+    if pinned is None:
         return
-    plan.upstream, plan.choice = snapshot.upstreams[pinned], BY_PIN
+    plan.upstream, plan.choice = pinned, BY_PIN
     plan.read_timeout = route.timeout or plan.upstream.timeout
     if plan.shadow is not None and plan.shadow.upstream is plan.upstream:
         plan.shadow = None  # no copy to the upstream that answers

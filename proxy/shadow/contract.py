@@ -23,7 +23,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Iterable
 from functools import lru_cache
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 
 from proxy.dataplane.headers import HOP_BY_HOP
-from proxy.shadow.compare import Answer, Rules, compare, differing_fields
+from proxy.shadow.compare import Answer, Rules, compare, decoded, differing_fields
 from proxy.shadow.recording import body_of
 from proxy.shadow.report import Tally, mismatched, noise_fields, summarise
 
@@ -56,31 +55,16 @@ def _request_headers(
 
 
 def recorded_answer(entry: dict[str, Any]) -> Answer:
-    """The recorded answer, its body decoded when it was sent gzip or deflate."""
+    """The recorded answer, its body decoded when it was sent gzip or deflate (bounded, as the
+    shadow's comparison decodes its answers)."""
     headers = tuple(
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in entry["response_headers"]
     )
-    body = body_of(entry, "response_body")
-    truncated = bool(entry["truncated"])
-    codings = [
-        coding.strip().lower()
-        for name, value in headers
-        if name == b"content-encoding"
-        for coding in value.decode("latin-1").split(",")
-        if coding.strip().lower() not in {"", "identity"}
-    ]
-    if codings and not truncated:
-        if all(c in {"gzip", "x-gzip", "deflate"} for c in codings):
-            try:
-                for _ in codings:
-                    body = zlib.decompress(body, wbits=47)  # gzip or zlib, by its header
-            except zlib.error:
-                truncated = True
-        else:
-            truncated = True
-        headers = tuple((n, v) for n, v in headers if n != b"content-encoding")
-    return Answer(int(entry["status"]), headers, body, truncated)
+    recorded = Answer(
+        int(entry["status"]), headers, body_of(entry, "response_body"), bool(entry["truncated"])
+    )
+    return decoded(recorded, MAX_BODY)
 
 
 async def _send(

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
-from yarl import URL
 
-from proxy.dataplane.forward import SKIP_AUTO_HEADERS, client_session
+from proxy.dataplane.forward import SKIP_AUTO_HEADERS, client_session, upstream_url
 from proxy.observability import Metrics
 from proxy.shadow.compare import Answer, Rules, compare, decoded, differing_fields
 from proxy.shadow.exchange import Exchange
@@ -179,14 +178,7 @@ class Mirror:
         """The upstream's answer to a copy, or the kind of failure."""
         assert self.session is not None
         path, _, query = exchange.target.partition(b"?")
-        url = URL.build(
-            scheme=upstream.scheme,
-            host=upstream.host,
-            port=upstream.port,
-            path=path.decode("ascii"),
-            query_string=query.decode("ascii"),
-            encoded=True,
-        )
+        url = upstream_url(upstream, path, query)
         # UTF-8 both ways, as the data plane decoded them.
         headers = [(n.decode(), v.decode()) for n, v in exchange.headers]
         headers.append(MARKER)
