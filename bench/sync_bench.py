@@ -11,8 +11,8 @@
    look-back). Two lags are reported:
    - visible: for every write, from its HTTP answer until the service database holds that
      state (polled every 20 ms by this process), p50/p99 after a 2 s warm-up, and max;
-   - recorded: the follower's own lag samples (`sync_lag_samples`: legacy newest change minus
-     the newest change applied, once per poll), p50/p99.
+   - recorded: the follower's own lag samples (`sync_lag`: how far behind the legacy's
+     commits the follower is at the end of each poll, `datasync.incremental`), p50/p99.
 
     python -m bench.sync_bench                       # 100k rows, 20 s at 100 writes/s
     python -m bench.sync_bench --payments 20000 --seconds 10 --skip-postgres
@@ -42,6 +42,8 @@ import httpx
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import Engine
 
+from datasync.state import JOB_FOLLOW
+from datasync.state import lag as lag_samples
 from legacy_monolith.db import make_engine as make_monolith_engine
 from legacy_monolith.models import Order, User
 from legacy_monolith.seed import DEMO_PASSWORD, DEMO_USER, STAFF_USER, seed
@@ -50,7 +52,6 @@ from services.payment.db import alembic_config
 from services.payment.db import make_engine as make_service_engine
 from services.payment.models import Payment as ServicePayment
 from services.payment.sync import backfill, make_legacy_engine
-from services.payment.sync.state import JOB_FOLLOW, lag_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN = os.environ.get(

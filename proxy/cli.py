@@ -62,10 +62,10 @@ def demo(
     add_help_option=False,
 )
 def sync(ctx: typer.Context) -> None:
-    """Move the payment data: backfill, follow, to-legacy, reconcile, status (--help for more)."""
+    """Move a declared table's data: backfill, follow, to-legacy, reconcile, status (--help)."""
     # Handed over whole, and imported only when used: the proxy's commands stay quick to start
-    # and the proxy does not depend on the payment service's code.
-    from services.payment.sync.cli import app as sync_app
+    # and the proxy does not depend on the sync engine's code.
+    from datasync.cli import app as sync_app
 
     sync_app(ctx.args, prog_name="strangler sync")
 

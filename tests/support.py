@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,11 +40,19 @@ def port_answers(port: int) -> bool:
 
 
 class RedisProcess:
-    """A redis-server of the test's own, which the test may stop and start (outages)."""
+    """A redis-server of the test's own, which the test may stop and start (outages).
 
-    def __init__(self, binary: str) -> None:
+    With `persist` it keeps its data across a stop (kill -9) and start, as a production Redis
+    with an append-only file does: `--appendonly yes --appendfsync always` in a folder of its
+    own (`workdir`, removed by `cleanup`), so every write acknowledged before the kill is there
+    after it. Without, a restart comes back empty (streams and consumer groups gone).
+    """
+
+    def __init__(self, binary: str, *, persist: bool = False) -> None:
         self.binary = binary
         self.port = free_port()
+        self.persist = persist
+        self.workdir = tempfile.mkdtemp(prefix="strangler-redis-") if persist else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,18 +60,12 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        if self.workdir is not None:
+            storage = ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.workdir]
+        else:
+            storage = ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *storage],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -74,18 +77,29 @@ class RedisProcess:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def restart(self, down_for: float = 0.0) -> None:
+        """Kill the server, stay down `down_for` seconds, start it again on the same port."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 @contextmanager
-def redis_process() -> Iterator[RedisProcess]:
+def redis_process(*, persist: bool = False) -> Iterator[RedisProcess]:
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed (the outage tests run their own)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    server = RedisProcess(binary)
-    server.start()
+    server = RedisProcess(binary, persist=persist)
     try:
+        server.start()
         yield server
     finally:
-        server.stop()
+        server.cleanup()

@@ -70,7 +70,7 @@ def test_no_secret_is_written_down(compose: dict[str, Any]) -> None:
 
 
 def test_the_sync_commands_are_ones_strangler_sync_accepts(compose: dict[str, Any]) -> None:
-    from services.payment.sync.cli import app as sync_app
+    from datasync.cli import app as sync_app
 
     group = typer.main.get_command(sync_app)
     for name in ("sync-follow", "sync-to-legacy"):

@@ -131,11 +131,11 @@ def create_app(
         """Whether the data allows moving payment traffic here: 200 when the backfill is done,
         follow is alive within its lag budget and two fresh reconciles found drift 0; else 503
         with the reasons. The route table's `gate:` for this service points here."""
-        from services.payment.sync.status import cutover_check
+        from services.payment.sync import SyncError, cutover_check
 
         try:
             check = cutover_check(read_only(engine))
-        except SQLAlchemyError:
+        except (SQLAlchemyError, SyncError):  # unreachable, or not migrated
             return problem(
                 503, "service-unavailable", "The database is unreachable", request.url.path
             )

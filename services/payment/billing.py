@@ -2,7 +2,8 @@
 
     authorized --capture--> captured --refund(part)--> partially_refunded --refund(rest)--> refunded
          |                      \\-------------------refund(all)------------------------/
-         +--void (order cancelled, in the monolith)--> voided     failed (declined; terminal)
+         +--void (order cancelled: in the monolith, or POST .../void)--> voided
+                                                          failed (declined; terminal)
 
 The same rules, checks, order of checks and problem types as the monolith's payment routes.
 What differs is where the facts come from: the order (owner, total, currency, cancelled or not)
@@ -26,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.payment import events, gateway
-from services.payment.errors import ApiError
+from services.payment.errors import TITLES, ApiError
 from services.payment.ids import SERVICE_ID_FLOOR
 from services.payment.models import ORIGIN_SERVICE, OrderLock, Payment
 from services.payment.schemas import LegacyOrder, PaymentIn, RefundIn
@@ -34,6 +35,8 @@ from services.payment.schemas import LegacyOrder, PaymentIn, RefundIn
 LIVE_STATUSES = frozenset({"authorized", "captured", "partially_refunded", "refunded"})
 PAID_STATUSES = frozenset({"captured", "partially_refunded"})
 REFUNDABLE_STATUSES = PAID_STATUSES
+# The service's own problem kind (the monolith has no void route), registered with the others.
+TITLES.setdefault("not-voidable", "Payment cannot be voided")
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,22 @@ def capture(session: Session, payment_id: int, now: datetime) -> Payment:
         )
     payment.status = "captured"
     _changed(session, payment, events.CAPTURED, now)
+    return payment
+
+
+def void(session: Session, payment_id: int, now: datetime) -> Payment:
+    """Release an authorized payment's hold (its order was cancelled): nothing was taken, so
+    nothing is refunded. The monolith voids only inside its order cancel; here it is a call of
+    its own, which the data sync's compensation makes for an order the monolith cancelled."""
+    payment = locked_payment(session, payment_id)
+    if payment.status != "authorized":
+        raise ApiError(
+            409,
+            "not-voidable",
+            f"Payment {payment_id} is {payment.status}; only authorized payments can be voided",
+        )
+    payment.status = "voided"
+    _changed(session, payment, events.VOIDED, now)
     return payment
 
 

@@ -5,9 +5,10 @@ reaches the monolith over HTTP, `legacy.py`, and the sync reads the legacy datab
 Portability rules, as in the monolith and tested by compiling the DDL for Oracle 19c and 23ai:
 identifiers lowercase, at most 30 characters, not reserved; timestamps `TIMESTAMP WITH TIME ZONE`
 read back as aware UTC; no `Text` column in a WHERE. The schema is created by Alembic
-(`upgrade(engine)`, configured in code: no alembic.ini), never by `create_all`. Nothing runs at
-import time. On SQLite, transactions that may write start with `BEGIN IMMEDIATE` after queueing
-in the process; work that only reads goes through `read_only(engine)` and never waits.
+(`upgrade(engine)`, configured in code: no alembic.ini), never by `create_all` (the data sync
+engine's own tables excepted: `upgrade` has `datasync.state.ensure_schema` create them). Nothing
+runs at import time. On SQLite, transactions that may write start with `BEGIN IMMEDIATE` after
+queueing in the process; work that only reads goes through `read_only(engine)` and never waits.
 """
 
 from __future__ import annotations
@@ -180,13 +181,18 @@ def alembic_config(engine: Engine | None = None) -> Any:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the Alembic migrations on `engine` up to `revision` (idempotent: a no-op at head)."""
+    """Run the Alembic migrations on `engine` up to `revision` (idempotent: a no-op at head),
+    then create the data sync engine's own tables if missing (`datasync.state.ensure_schema`:
+    the sync's state is the engine's, not a migration of this service)."""
     from alembic import command
+
+    from datasync.state import ensure_schema
 
     config = alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+    ensure_schema(engine)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -45,6 +45,7 @@ monolith; the to-legacy consumer skips them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -281,25 +282,41 @@ def redis_client(url: str, *, block_ms: int = 0) -> Redis:
 
 
 class RedisPublisher:
-    """XADDs events to one stream, capped with `MAXLEN ~ maxlen`, in one pipeline per batch."""
+    """XADDs events to one stream, capped with `MAXLEN ~ maxlen`, in one pipeline per batch.
 
-    def __init__(self, client: Redis, stream: str, maxlen: int = 100_000) -> None:
+    A publish either returns (every event is in the stream) or raises (some may be: the relay
+    publishes the batch again, at-least-once). It never takes longer than `timeout` seconds,
+    whatever redis-py's own retries would do: the relay's lease (10 s, renewed every ~3 s)
+    must outlast a publish. After a failure the connection pool is dropped, so the next publish
+    connects afresh to a restarted Redis instead of trying the old sockets first.
+    """
+
+    def __init__(
+        self, client: Redis, stream: str, maxlen: int = 100_000, *, timeout: float = 5.0
+    ) -> None:
         self._client = client
         self.stream = stream
         self.maxlen = maxlen
+        self.timeout = timeout
 
     async def publish(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        async with self._client.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(
-                    self.stream,
-                    event.fields(),  # type: ignore[arg-type]
-                    maxlen=self.maxlen,
-                    approximate=True,
-                )
-            await pipe.execute()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for event in events:
+                        pipe.xadd(
+                            self.stream,
+                            event.fields(),  # type: ignore[arg-type]
+                            maxlen=self.maxlen,
+                            approximate=True,
+                        )
+                    await pipe.execute()
+        except Exception:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.connection_pool.disconnect(), 1.0)
+            raise
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -7,8 +7,16 @@ and renews it every ~3 s while it works, so per-payment order holds across proce
 
 Failures lose nothing: a row is marked published only after the publisher returned, so a Redis
 outage (or a crash between publish and mark) means the rows are published again later:
-at-least-once, as `events.py` tells consumers. While the publisher fails the relay backs off
-exponentially up to 5 s and logs the outage once and its end once.
+at-least-once, as `events.py` tells consumers. Outages never end the relay: whatever fails, the
+publisher (Redis restarting, unreachable, read-only) or the service's database (PostgreSQL
+restarting: every query of a pass, the lease's included, raises OperationalError until it is
+back; the engine's pre-ping replaces the dead pooled connections), the pass is retried after a
+fully jittered exponential backoff (random(interval, min(5 s, interval * 2^n)), as
+`datasync/retry.py` does for the sync's jobs) and the lease is taken again first. One line per
+problem, never a traceback: the first failure logs the error's class and first line; a failure
+moving from the publisher to the database (or back) during the same outage logs once more; the
+symptoms one restart shows in turn (connection closed, then refused) are counted, not logged;
+the recovery logs once with how long it lasted and how many passes failed.
 
 Housekeeping, once a minute: published outbox rows older than `retention` and expired
 idempotency keys are deleted, in bounded batches.
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from datetime import timedelta
@@ -131,6 +140,8 @@ class OutboxRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self._renew_at = 0.0
+        # What the pass was doing ("database" or "publisher"): which dependency a failure is of.
+        self._stage = "database"
 
     def notify(self) -> None:
         """Wake the relay now (callable from any thread, e.g. right after a commit)."""
@@ -141,6 +152,7 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """One pass: publish up to a batch of pending events; returns how many (0 if not the
         lease holder)."""
+        self._stage = "database"
         if time.monotonic() >= self._renew_at:
             self._renew_at = 0.0
             holds = await asyncio.to_thread(
@@ -153,7 +165,9 @@ class OutboxRelay:
         batch = await asyncio.to_thread(pending_events, self._engine, self._batch_size)
         if not batch:
             return 0
+        self._stage = "publisher"
         await self._publisher.publish([event for _, event in batch])
+        self._stage = "database"
         await asyncio.to_thread(mark_published, self._engine, [row_id for row_id, _ in batch])
         self.published += len(batch)
         return len(batch)
@@ -162,7 +176,7 @@ class OutboxRelay:
         """Relay until `stop` is set; never raises for an outage (it retries)."""
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        failures = 0
+        outage = _Outage()
         next_housekeeping = time.monotonic()
         try:
             while not stop.is_set():
@@ -170,19 +184,17 @@ class OutboxRelay:
                 try:
                     done = await self.publish_pending()
                     if time.monotonic() >= next_housekeeping:
+                        self._stage = "database"
                         next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                         await asyncio.to_thread(purge, self._engine, self._retention)
                 except Exception as exc:  # any outage: Redis, the database, the network
                     self._renew_at = 0.0
-                    failures += 1
-                    if failures == 1:
-                        log.warning("outbox relay cannot publish (will retry): %r", exc)
-                    delay = min(MAX_BACKOFF_SECONDS, self._interval * 2**failures)
-                    await _wait(stop, delay)
+                    outage.failed(self._stage, exc)
+                    ceiling = min(MAX_BACKOFF_SECONDS, self._interval * 2**outage.failures)
+                    jittered = random.uniform(self._interval, max(self._interval, ceiling))  # noqa: S311
+                    await _wait(stop, jittered)
                     continue
-                if failures:
-                    log.warning("outbox relay publishing again after %d failed tries", failures)
-                    failures = 0
+                outage.ended()
                 if done == self._batch_size:
                     continue
                 await _wait_any(stop, self._wakeup, self._interval)
@@ -192,6 +204,48 @@ class OutboxRelay:
                 await asyncio.to_thread(release_lease, self._engine, RELAY_LEASE, self.holder)
             except Exception:  # the database is gone: the lease simply expires
                 log.debug("could not release the relay lease", exc_info=True)
+
+
+def _problem(exc: BaseException) -> str:
+    """ "<ErrorClass>: first line" (SQLAlchemy's errors carry the SQL and a link on later lines)."""
+    origin = getattr(exc, "orig", None)
+    text = str(origin if origin is not None else exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+class _Outage:
+    """The relay's current problem, logged per the module header's rules: the symptoms one
+    restart shows in turn (connection closed, then refused) are one problem; the database
+    failing after the publisher, or the other way round, is another."""
+
+    def __init__(self) -> None:
+        self.where: str | None = None
+        self.problem = ""
+        self.since = 0.0
+        self.failures = 0
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        self.problem = _problem(exc)
+        if self.where is None:
+            self.since = time.monotonic()
+            log.warning("outbox relay cannot publish (will retry): %s: %s", where, self.problem)
+        elif where != self.where:
+            log.warning(
+                "outbox relay now failing on the %s: %s; still retrying", where, self.problem
+            )
+        self.where = where
+        self.failures += 1
+
+    def ended(self) -> None:
+        if self.where is None:
+            return
+        log.warning(
+            "outbox relay publishing again after %.1fs and %d failed tries (%s)",
+            time.monotonic() - self.since,
+            self.failures,
+            self.problem,
+        )
+        self.where, self.failures = None, 0
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -1,6 +1,11 @@
-"""Payments: create for an order (through the card gateway), read, list, capture and refund.
+"""Payments: create for an order (through the card gateway), read, list, capture, refund, void.
 
-The monolith's routes, signatures and answers, served from this service's own table. Listing
+The monolith's routes, signatures and answers, served from this service's own table. Void is
+the service's own: the monolith voids only inside its order cancel and has no such route, so the
+route table keeps `/void` on the service (the data sync's compensation calls it directly, with a
+staff token). To every caller but staff it answers exactly as the monolith answers a route it
+does not have (404 "No resource at ..."), so a client sees one contract from either backend
+during a canary (`test_contract.py`'s parity). Listing
 is "newest first" as the monolith means it for its data: payments with legacy ids come in id
 order, descending, exactly as the monolith lists them (its `created_at` is not in id order for
 imported history, so sorting them by time would reorder what clients see); payments created by
@@ -20,13 +25,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from services.payment import billing
-from services.payment.api.deps import CurrentCaller, PagingDep, ServicesDep, StaffCaller
+from services.payment.api.deps import (
+    CurrentCaller,
+    PagingDep,
+    ServicesDep,
+    StaffCaller,
+    bearer_scheme,
+)
 from services.payment.api.writes import Work, payment_response, run_write
 from services.payment.auth import Caller
 from services.payment.db import utcnow
@@ -199,3 +211,46 @@ def refund_payment(
     fingerprinted = (body or RefundIn()).model_dump(mode="json")
     target = {"payment_id": payment_id}
     return run_write(services, request, staff, idempotency_key, fingerprinted, prepare, target)
+
+
+def hidden_staff(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """Staff; anyone else (no token, a refused token, a customer) gets the monolith's answer for
+    a route it does not have."""
+    caller: Caller | None = None
+    if credentials is not None:
+        try:
+            caller = services.auth.caller(credentials.credentials)
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+    if caller is None or not caller.is_staff:
+        raise ApiError(404, "not-found", f"No resource at {request.url.path}")
+    return caller
+
+
+HiddenStaffCaller = Annotated[Caller, Depends(hidden_staff)]
+
+
+@router.post("/payments/{payment_id}/void", response_model=PaymentOut, responses=_ERRORS)
+def void_payment(
+    payment_id: PathId,
+    request: Request,
+    services: ServicesDep,
+    staff: HiddenStaffCaller,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Staff only: release an authorized payment whose order was cancelled."""
+
+    def prepare() -> Work:
+        def work(session: Session) -> tuple[Response, int | None]:
+            payment = billing.void(session, payment_id, utcnow())
+            return payment_response(payment), payment.id
+
+        return work
+
+    target = {"payment_id": payment_id}
+    return run_write(services, request, staff, idempotency_key, None, prepare, target)

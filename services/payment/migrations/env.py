@@ -7,15 +7,23 @@ Batch mode on SQLite, whose ALTER TABLE cannot change constraints.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from datasync.state import STATE_TABLES
 from services.payment import models  # noqa: F401  (registers the tables)
 from services.payment.db import Base, make_engine
-from services.payment.sync import state  # noqa: F401  (and the sync's own)
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def include_name(name: str | None, type_: str, _parents: Any) -> bool:
+    """Leave the data sync engine's tables out of autogenerate: they are the engine's
+    (`datasync.state.ensure_schema`), not this service's migrations'."""
+    return not (type_ == "table" and name in STATE_TABLES)
 
 
 def _run(connection: Connection) -> None:
@@ -24,6 +32,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,5 +1,6 @@
-"""`python -m services.payment.sync …`: the same commands as `strangler sync …`."""
+"""`python -m services.payment.sync …`: the engine's commands (`python -m datasync`) with the
+payment declaration as the default, as before the engine existed."""
 
-from services.payment.sync.cli import main
+from datasync.cli import app
 
-main()
+app(prog_name="python -m services.payment.sync")

@@ -31,7 +31,7 @@ from services.payment.ids import (
     is_service_id,
 )
 from services.payment.models import IdBlock, Payment
-from services.payment.sync.apply import apply_to_service
+from services.payment.sync import apply_to_service
 from tests.services.payment.conftest import FAST_HASH, Shop, serving
 
 START = SERVICE_ID_START

@@ -21,14 +21,15 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import Engine, make_url
 
+from datasync.engines import make_legacy_engine
+from datasync.rows import Normalised, normalise
 from legacy_monolith.db import make_engine as make_monolith_engine
 from legacy_monolith.models import Payment as LegacyPayment
 from legacy_monolith.seed import seed
 from services.payment.db import alembic_config
 from services.payment.db import make_engine as make_service_engine
 from services.payment.models import Payment as ServicePayment
-from services.payment.sync.engines import make_legacy_engine
-from services.payment.sync.rows import Normalised, normalise
+from services.payment.sync import spec
 
 FAST_HASH = 1_000  # PBKDF2 rounds for seeded users; production strength is not under test here
 SEEDED_PAYMENTS = 60
@@ -95,7 +96,7 @@ class Pair:
 def rows_of(engine: Engine, table: Any) -> dict[int, Normalised]:
     with engine.connect() as conn:
         return {
-            int(row["id"]): normalise(row)
+            int(row["id"]): normalise(spec(), row)
             for row in conn.execute(select(table).order_by(table.c.id)).mappings()
         }
 

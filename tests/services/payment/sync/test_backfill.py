@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import func, select, update
 
+from datasync.state import JOB_BACKFILL, load_checkpoint
 from legacy_monolith.models import Payment as LegacyPayment
 from services.payment.models import Payment as ServicePayment
-from services.payment.sync import BatchDone, backfill
-from services.payment.sync.state import JOB_BACKFILL, load_checkpoint
+from services.payment.sync import BatchDone, backfill, spec
 from tests.services.payment.sync.conftest import SEEDED_PAYMENTS, Pair
 
 
@@ -31,7 +31,7 @@ def test_a_crash_then_a_rerun_gives_an_exact_copy(pair: Pair) -> None:
     with pytest.raises(Crash):
         backfill(pair.legacy, pair.service, batch_size=7, on_batch=crash_after(3))
     with pair.service.connect() as conn:
-        checkpoint = load_checkpoint(conn, JOB_BACKFILL)
+        checkpoint = load_checkpoint(conn, spec().name, JOB_BACKFILL)
         copied = conn.scalar(select(func.count()).select_from(ServicePayment))
     assert checkpoint is not None
     assert checkpoint.status == "running"
@@ -46,7 +46,7 @@ def test_a_crash_then_a_rerun_gives_an_exact_copy(pair: Pair) -> None:
     assert result.counts.inserted == SEEDED_PAYMENTS - 21
     assert pair.service_rows() == pair.legacy_rows()  # row for row, field for field
     with pair.service.connect() as conn:
-        done = load_checkpoint(conn, JOB_BACKFILL)
+        done = load_checkpoint(conn, spec().name, JOB_BACKFILL)
         origins = set(conn.scalars(select(ServicePayment.origin)))
         versions = set(conn.scalars(select(ServicePayment.row_version)))
     assert done is not None

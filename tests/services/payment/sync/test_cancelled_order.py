@@ -13,20 +13,21 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from datasync.cli import app
 from legacy_monolith.app import create_app
 from services.payment.schemas import LegacyOrder
 from services.payment.sync import backfill, reconcile, to_legacy_once
-from services.payment.sync.cli import app
-from services.payment.sync.invariants import CATEGORY
 from tests.legacy_monolith.conftest import make_settings, place_order, register
 from tests.services.payment.sync.conftest import Pair
 from tests.services.payment.sync.test_to_legacy import service_payment
+
+CATEGORY = "cancelled_order_with_live_payment"
 
 
 def test_clean_data_reports_no_live_payment_on_a_cancelled_order(pair: Pair) -> None:
     backfill(pair.legacy, pair.service)
     report = reconcile(pair.legacy, pair.service, settle=0)
-    assert (report.cancelled_live, report.drift) == ([], 0)
+    assert (report.flagged, report.drift) == ([], 0)
     assert report.as_dict()[CATEGORY] == []
     assert report.as_dict()["counts"][CATEGORY] == 0
 
@@ -54,7 +55,7 @@ def test_a_service_payment_on_an_order_the_monolith_cancelled_is_reported(
 
     # Seen from the service side already (the payment is not in the monolith yet).
     early = reconcile(pair.legacy, pair.service, settle=0)
-    assert [(i.payment_id, i.legacy_status, i.service_status) for i in early.cancelled_live] == [
+    assert [(i.key, i.legacy_state, i.service_state) for i in early.flagged] == [
         (paid, None, "captured")
     ]
 

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import delete
 from typer.testing import CliRunner
 
+from datasync.cli import app
 from services.payment.models import Payment as ServicePayment
-from services.payment.sync.cli import app
 from tests.services.payment.sync.conftest import SEEDED_PAYMENTS, Pair
 from tests.support import free_port
 
@@ -170,7 +170,7 @@ def test_unreachable_and_missing_databases_are_one_line_errors(
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh' / 'payment.db'}"
     result = runner.invoke(app, ["migrate", "--service-db", url, "--json"])
-    assert as_json(result) == {"revision": "0002_sync_state"}
+    assert as_json(result) == {"revision": "0003_sync_state_moved"}
 
 
 def test_python_dash_m_runs_the_same_commands(sqlite_pair: Pair) -> None:

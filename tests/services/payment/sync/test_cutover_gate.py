@@ -12,11 +12,19 @@ from datetime import timedelta
 
 from typer.testing import CliRunner
 
+from datasync.cli import app
+from datasync.state import JOB_FOLLOW, load_checkpoint, save_checkpoint
+from datasync.status import status_lines
 from services.payment.db import utcnow
-from services.payment.sync import backfill, cutover_check, follow, follow_once, reconcile
-from services.payment.sync.cli import app
-from services.payment.sync.state import JOB_FOLLOW, load_checkpoint, save_checkpoint
-from services.payment.sync.status import gather_status, status_lines
+from services.payment.sync import (
+    backfill,
+    cutover_check,
+    follow,
+    follow_once,
+    gather_status,
+    reconcile,
+    spec,
+)
 from tests.services.payment.sync.conftest import Pair
 
 
@@ -59,7 +67,7 @@ def test_a_follower_counts_as_alive_within_three_intervals_or_ten_seconds(pair: 
     ready(pair)
     # A single poll (--once) records no interval and counts only while it is recent: 10 s.
     with pair.service.connect() as conn:
-        checkpoint = load_checkpoint(conn, JOB_FOLLOW)
+        checkpoint = load_checkpoint(conn, spec().name, JOB_FOLLOW)
     assert checkpoint is not None
     assert (checkpoint.status, checkpoint.poll_interval) == ("once", None)
     assert cutover_check(pair.service, now=utcnow() + timedelta(seconds=8)).ready
@@ -78,7 +86,7 @@ def test_a_follower_counts_as_alive_within_three_intervals_or_ten_seconds(pair: 
     try:
         assert polled.wait(15)
         with pair.service.connect() as conn:
-            checkpoint = load_checkpoint(conn, JOB_FOLLOW)
+            checkpoint = load_checkpoint(conn, spec().name, JOB_FOLLOW)
         assert checkpoint is not None
         assert (checkpoint.status, checkpoint.poll_interval) == ("polling", 5.0)
         assert checkpoint.message is None  # a free human note: follow keeps nothing in it
@@ -115,7 +123,7 @@ def test_reconciles_must_be_recent_and_after_the_backfill(pair: Pair) -> None:
 def test_lag_over_budget_closes_the_gate(pair: Pair) -> None:
     ready(pair)
     with pair.service.begin() as conn:
-        checkpoint = load_checkpoint(conn, JOB_FOLLOW)
+        checkpoint = load_checkpoint(conn, spec().name, JOB_FOLLOW)
         assert checkpoint is not None
         save_checkpoint(conn, replace(checkpoint, lag_seconds=42.0))
     problems = unmet(pair)

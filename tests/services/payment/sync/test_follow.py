@@ -16,17 +16,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
+from datasync.engines import database_now
+from datasync.incremental import FollowResult, page_query
+from datasync.lease import AlreadyRunning, JobLease
+from datasync.metrics import SyncMetrics
+from datasync.state import JOB_FOLLOW, load_checkpoint
+from datasync.state import lag as lag_samples
 from legacy_monolith.app import create_app
 from legacy_monolith.models import Payment as LegacyPayment
 from legacy_monolith.seed import STAFF_USER
 from services.payment.models import OutboxEvent
 from services.payment.models import Payment as ServicePayment
-from services.payment.sync import backfill, follow, follow_once, reconcile
-from services.payment.sync.engines import database_now
-from services.payment.sync.incremental import FollowResult, page_query
-from services.payment.sync.lease import AlreadyRunning, JobLease
-from services.payment.sync.metrics import SyncMetrics
-from services.payment.sync.state import JOB_FOLLOW, lag_samples, load_checkpoint
+from services.payment.sync import backfill, follow, follow_once, reconcile, spec
 from tests.legacy_monolith.conftest import login, make_settings, place_order, register
 from tests.services.payment.sync.conftest import SEEDED_PAYMENTS, Pair
 from tests.support import wait_until
@@ -114,7 +115,7 @@ def test_rows_sharing_one_timestamp_are_not_lost_across_a_restart(pair: Pair) ->
     assert first.high_water == (stamp, same[1])
     # A cursor on the timestamp alone would now skip the other three: they share it.
     with pair.legacy.connect() as conn:
-        remaining = conn.execute(page_query((stamp, same[1]), stamp, 10)).all()
+        remaining = conn.execute(page_query(spec(), (stamp, same[1]), stamp, 10)).all()
     assert [row.id for row in remaining] == same[2:]
 
     # "Restart": a new call reads its position back from the service database.
@@ -225,20 +226,24 @@ def test_lag_is_recorded_and_exported(sqlite_pair: Pair) -> None:
     assert not runner.is_alive()
     assert polls
     with pair.service.connect() as conn:
-        checkpoint = load_checkpoint(conn, JOB_FOLLOW)
+        checkpoint = load_checkpoint(conn, spec().name, JOB_FOLLOW)
         samples = conn.execute(select(lag_samples.c.lag_seconds)).all()
     assert checkpoint is not None
     assert checkpoint.position_id == fresh
     assert checkpoint.lag_seconds == polls[-1].lag_seconds == 0.0
     assert len(samples) == len(polls)
     scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    assert 'strangler_sync_lag_seconds{job="follow"} 0.0' in scraped
-    assert 'strangler_sync_rows_total{job="follow",outcome="inserted"} 1.0' in scraped
+    assert 'strangler_sync_lag_seconds{job="follow",sync="payments"} 0.0' in scraped
+    assert (
+        'strangler_sync_rows_total{job="follow",outcome="inserted",sync="payments"} 1.0' in scraped
+    )
 
 
 def test_one_follower_at_a_time(sqlite_pair: Pair) -> None:
     pair = sqlite_pair
-    elsewhere = JobLease(pair.service, JOB_FOLLOW)  # a continuous follower in another process
+    elsewhere = JobLease(
+        pair.service, spec().name, JOB_FOLLOW
+    )  # a continuous follower in another process
     elsewhere.acquire()
     with pytest.raises(AlreadyRunning, match="another follow is running"):
         follow_once(pair.legacy, pair.service)

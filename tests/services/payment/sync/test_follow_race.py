@@ -13,11 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from datasync import apply
+from datasync.spec import Spec
 from legacy_monolith.models import Payment as LegacyPayment
 from services.payment import billing
 from services.payment.db import make_session_factory, utcnow
 from services.payment.models import OutboxEvent
-from services.payment.sync import apply, backfill, follow_once
+from services.payment.sync import backfill, follow_once
 from tests.services.payment.sync.conftest import Pair
 
 
@@ -56,9 +58,9 @@ def test_a_service_write_between_read_and_update_wins_and_is_looked_at_again(
     fired: list[int] = []
 
     def read_then_race(
-        conn: Connection, ids: Sequence[int], id_range: tuple[int, int] | None = None
+        spec: Spec, conn: Connection, ids: Sequence[int], id_range: tuple[int, int] | None = None
     ) -> dict[int, Mapping[Any, Any]]:
-        found = original(conn, ids, id_range)
+        found = original(spec, conn, ids, id_range)
         if raced in found and not fired:
             fired.append(raced)
             capture_in_service(pair, conn, raced)

@@ -24,12 +24,18 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select
 
-from services.payment.db import Base, alembic_config
-from services.payment.sync import backfill, follow_once, gather_status, reconcile, to_legacy_once
-from services.payment.sync.engines import clock_query
-from services.payment.sync.legacy_write import GuardedMerge, guarded_upsert
-from services.payment.sync.rows import FIELDS
-from services.payment.sync.state import STATE_TABLES
+from datasync.engines import clock_query
+from datasync.legacy_write import GuardedMerge, guarded_upsert
+from datasync.state import metadata
+from services.payment.db import alembic_config
+from services.payment.sync import (
+    backfill,
+    follow_once,
+    gather_status,
+    reconcile,
+    spec,
+    to_legacy_once,
+)
 from tests.legacy_monolith.test_oracle_dialect import IDENTIFIER, ORACLE_RESERVED, VERSIONS, oracle
 from tests.services.payment.sync.conftest import Pair
 from tests.services.payment.sync.test_to_legacy import new_order, service_payment
@@ -40,8 +46,11 @@ def dialect(request: pytest.FixtureRequest) -> Dialect:
     return oracle(VERSIONS[request.param])
 
 
+OLD_TABLES = ("sync_checkpoints", "sync_lag_samples", "sync_events_done", "sync_reconciles")
+
+
 def state_tables() -> list[Table]:
-    return [Base.metadata.tables[name] for name in STATE_TABLES]
+    return list(metadata.sorted_tables)
 
 
 def test_state_identifiers_are_short_lowercase_and_not_reserved() -> None:
@@ -75,10 +84,16 @@ def test_the_migration_renders_for_oracle() -> None:
     config.output_buffer = io.StringIO()
     command.upgrade(config, "0001_initial:0002_sync_state", sql=True)
     sql = config.output_buffer.getvalue()
-    for name in STATE_TABLES:
+    for name in OLD_TABLES:
         assert f"CREATE TABLE {name}" in sql
     assert "poll_interval FLOAT, " in sql  # follow's, nullable: NULL after a --once poll
     assert "UPDATE alembic_version SET version_num='0002_sync_state'" in sql
+    config.output_buffer = io.StringIO()
+    command.upgrade(config, "0002_sync_state:0003_sync_state_moved", sql=True)
+    dropped = config.output_buffer.getvalue()
+    for name in OLD_TABLES:
+        assert f"DROP TABLE {name}" in dropped
+    assert "UPDATE alembic_version SET version_num='0003_sync_state_moved'" in dropped
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +169,9 @@ def test_paging_and_chunk_ends_use_offset_fetch(
 
 def test_the_guarded_upsert_is_a_merge_on_oracle(dialect: Dialect) -> None:
     at = datetime(2025, 1, 1, tzinfo=UTC)
-    row: dict[str, Any] = dict.fromkeys(FIELDS)
+    row: dict[str, Any] = dict.fromkeys(spec().names)
     row.update(id=4_000_000_000_000_000, amount=Decimal("9.99"), created_at=at, updated_at=at)
-    statement = guarded_upsert("oracle", row)
+    statement = guarded_upsert(spec(), "oracle", row)
     assert isinstance(statement, GuardedMerge)
     compiled = statement.compile(dialect=dialect)
     sql = str(compiled)

@@ -9,11 +9,11 @@ from decimal import Decimal
 
 from sqlalchemy import delete, insert, select, update
 
+from datasync.diff import HashedRow, compare_chunk, summary
+from datasync.rows import normalise, normalise_value, row_hash
+from datasync.state import reconciles
 from services.payment.models import Payment as ServicePayment
-from services.payment.sync import backfill, reconcile
-from services.payment.sync.diff import HashedRow, compare_chunk, summary
-from services.payment.sync.rows import normalise, normalise_value, row_hash
-from services.payment.sync.state import reconciles
+from services.payment.sync import backfill, reconcile, spec
 from tests.services.payment.sync.conftest import SEEDED_PAYMENTS, Pair
 
 EXTRA = 3_999_999_999_999_999
@@ -105,6 +105,7 @@ def test_young_rows_wait_and_mismatches_are_rechecked_after_the_settle_window(
 
 def hashed(key: int, status: str = "captured") -> HashedRow:
     values = normalise(
+        spec(),
         {
             "id": key,
             "order_id": 1,
@@ -121,7 +122,7 @@ def hashed(key: int, status: str = "captured") -> HashedRow:
             "refund_reason": None,
             "created_at": datetime(2024, 1, 1, 12, tzinfo=UTC),
             "updated_at": datetime(2024, 1, 1, 12),
-        }
+        },
     )
     return HashedRow(key, datetime(2024, 1, 1, tzinfo=UTC), values, row_hash(values))
 
@@ -129,7 +130,7 @@ def hashed(key: int, status: str = "captured") -> HashedRow:
 def test_bisecting_a_large_chunk_finds_the_one_differing_row() -> None:
     legacy = [hashed(k) for k in range(1, 5001)]
     service = [*legacy[:2999], hashed(3000, "refunded"), *legacy[3000:]]
-    result = compare_chunk(legacy, service, None)
+    result = compare_chunk(spec(), legacy, service, None)
     assert list(result.findings.differing) == [3000]
     assert result.findings.differing[3000] == {"status": ("captured", "refunded")}
     assert 10 <= result.bisections <= 30  # log2(5000 / 8) levels, two halves per level at most
@@ -149,6 +150,6 @@ def test_normalisation_removes_representation_noise() -> None:
     assert row[7] is None  # '' is NULL (Oracle stores it so)
     assert row[13] == row[14] == "2024-01-01T12:00:00.000000+00:00"  # naive SQLite value = UTC
     same_instant = datetime(2024, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))
-    assert normalise_value(same_instant) == row[14]
-    assert normalise_value(Decimal("1.499")) == "1.50"
-    assert normalise_value(0.1) == "0.10"
+    assert normalise_value(same_instant, spec().field("updated_at")) == row[14]
+    assert normalise_value(Decimal("1.499"), spec().field("amount")) == "1.50"
+    assert normalise_value(0.1, spec().field("amount")) == "0.10"

@@ -1,51 +1,38 @@
-"""The sync's state tables: migration 0002 builds exactly what state.py declares (SQLite and
-PostgreSQL) and its downgrade removes them again, leaving the service's own tables alone."""
+"""The payment service's sync tables: migration 0002 built them and 0003 drops them again (the
+engine keeps its own, `datasync.state`); 0003's downgrade recreates them as 0002 declared, and
+`db.upgrade` leaves the engine's tables in place, leaving the service's own tables alone."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Float, Table, inspect
+from sqlalchemy import Float, inspect
 
-from services.payment.db import Base, alembic_config, current_revision
-from services.payment.sync.state import STATE_TABLES
+from datasync.state import STATE_TABLES
+from services.payment.db import alembic_config, current_revision, upgrade
 from tests.services.payment.sync.conftest import Pair, migrate
 
-
-def _table_of(diff: Any) -> str | None:
-    first = diff[0] if isinstance(diff, list) else diff
-    for part in first[1:] if isinstance(first, tuple) else ():
-        if isinstance(part, Table):
-            return part.name
-        table = getattr(part, "table", None)
-        if isinstance(table, Table):
-            return table.name
-        if isinstance(part, str) and part in STATE_TABLES:
-            return part
-    return None
+OLD_TABLES = ("sync_checkpoints", "sync_lag_samples", "sync_events_done", "sync_reconciles")
 
 
-def test_the_migration_builds_the_declared_state_tables_and_undoes_them(pair: Pair) -> None:
-    assert current_revision(pair.service) == "0002_sync_state"
-    with pair.service.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        diffs = [
-            d for d in compare_metadata(context, Base.metadata) if _table_of(d) in STATE_TABLES
-        ]
-    assert diffs == []
-    columns = {c["name"]: c for c in inspect(pair.service).get_columns("sync_checkpoints")}
-    assert isinstance(columns["poll_interval"]["type"], Float)  # follow's, not in `message`
-    assert columns["poll_interval"]["nullable"] is True
+def test_the_old_sync_tables_are_dropped_and_come_back_on_downgrade(pair: Pair) -> None:
+    assert current_revision(pair.service) == "0003_sync_state_moved"
+    tables = set(inspect(pair.service).get_table_names())
+    assert tables & set(OLD_TABLES) == set()
+    assert "payments" in tables
 
     config = alembic_config()
     with pair.service.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0001_initial")
-    tables = set(inspect(pair.service).get_table_names())
-    assert tables & set(STATE_TABLES) == set()
-    assert "payments" in tables
+        command.downgrade(config, "0002_sync_state")
+    assert set(inspect(pair.service).get_table_names()) >= set(OLD_TABLES)
+    columns = {c["name"]: c for c in inspect(pair.service).get_columns("sync_checkpoints")}
+    assert isinstance(columns["poll_interval"]["type"], Float)  # follow's, not in `message`
+    assert columns["poll_interval"]["nullable"] is True
     migrate(pair.service)
+    assert set(inspect(pair.service).get_table_names()) & set(OLD_TABLES) == set()
+
+
+def test_upgrade_creates_the_engine_tables_too(pair: Pair) -> None:
+    upgrade(pair.service)
+    upgrade(pair.service)  # idempotent
     assert set(inspect(pair.service).get_table_names()) >= set(STATE_TABLES)

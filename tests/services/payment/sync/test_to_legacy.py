@@ -17,6 +17,8 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
+from datasync.state import JOB_TO_LEGACY, load_checkpoint
+from datasync.state import handled as events_done
 from legacy_monolith.app import create_app as create_legacy_app
 from legacy_monolith.models import Order, User
 from legacy_monolith.models import Payment as LegacyPayment
@@ -39,9 +41,9 @@ from services.payment.sync import (
     follow_once,
     reconcile,
     run_to_legacy,
+    spec,
     to_legacy_once,
 )
-from services.payment.sync.state import JOB_TO_LEGACY, events_done, load_checkpoint
 from tests.legacy_monolith.conftest import login, make_settings
 from tests.services.payment.sync.conftest import Pair
 
@@ -102,7 +104,7 @@ def test_a_payment_captured_in_the_service_shows_its_order_paid(pair: Pair) -> N
     assert (shown["status"], shown["payment"]) == ("paid", {"id": paid, "status": "captured"})
     assert pair.legacy_rows()[paid] == pair.service_rows()[paid]
     with pair.service.connect() as conn:
-        checkpoint = load_checkpoint(conn, JOB_TO_LEGACY)
+        checkpoint = load_checkpoint(conn, spec().name, JOB_TO_LEGACY)
     assert checkpoint is not None
     assert (checkpoint.rows_done, checkpoint.rows_written) == (2, 2)
     assert to_legacy_once(pair.writer, pair.service).events == 0  # nothing left to read
@@ -222,7 +224,7 @@ def test_events_from_a_redis_stream_are_applied_once_and_acked(
     finally:
         client.close()
     with pair.service.connect() as conn:
-        checkpoint = load_checkpoint(conn, JOB_TO_LEGACY)
+        checkpoint = load_checkpoint(conn, spec().name, JOB_TO_LEGACY)
     assert checkpoint is not None
     assert checkpoint.position_ref is not None
     assert checkpoint.position_ref.count("-") == 1  # a stream entry id

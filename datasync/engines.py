@@ -1,11 +1,12 @@
-"""Engines for both databases, each database's own clock, and the checks the CLI runs first.
+"""Engines for both databases, each database's own clock, and the checks every job runs first.
 
 The legacy engine sets nothing persistent: on SQLite only connection-level options (a busy
 timeout; for the to-legacy writer, foreign keys enforced as the monolith's own connections do,
 and `BEGIN IMMEDIATE`, without which a read-then-write transaction fails at once with
 SQLITE_BUSY_SNAPSHOT when the monolith commits in between). It never changes the journal mode
-or creates anything. SQLAlchemy's connection errors are translated to `DatabaseUnreachable`
-here, once.
+or creates anything. The service engine is the sync's to write: on SQLite it writes in WAL mode
+with `BEGIN IMMEDIATE`, as the services' own engines do. SQLAlchemy's connection errors are
+translated to `DatabaseUnreachable` here, once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, create_engine, event, func, inspect, literal_column, select
@@ -20,12 +22,11 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from services.payment.db import make_engine as make_service_engine
-from services.payment.sync.errors import DatabaseUnreachable, SchemaMissing
-from services.payment.sync.state import STATE_TABLES
+from datasync.errors import DatabaseUnreachable, SchemaMissing
+from datasync.spec import Spec
+from datasync.state import ensure_schema
 
-SERVICE_TABLES = ("payments", "outbox", *STATE_TABLES)
-SQLITE_BUSY_TIMEOUT_S = 30  # as the monolith's and the service's own engines
+SQLITE_BUSY_TIMEOUT_S = 30  # as the monolith's and the services' own engines
 
 
 def _sqlite_writer_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -34,20 +35,25 @@ def _sqlite_writer_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
+def _sqlite_service_connection(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_writer_connection(dbapi_connection, record)
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+
 def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_args() -> dict[str, Any]:
+    return {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}}
 
 
 def make_legacy_engine(url: str, *, writer: bool = False) -> Engine:
     """An engine on the monolith's database; `writer=True` for the to-legacy consumer."""
     try:
         parsed = make_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
         sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite:
-            kwargs = {
-                "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
-            }
+        kwargs = _sqlite_args() if sqlite else {"pool_pre_ping": True}
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise DatabaseUnreachable(f"bad legacy database URL {url!r}: {exc}") from None
@@ -57,27 +63,32 @@ def make_legacy_engine(url: str, *, writer: bool = False) -> Engine:
     return engine
 
 
-def make_engine_for_service(url: str) -> Engine:
+def make_service_engine(url: str) -> Engine:
+    """An engine on the service's database, where the sync writes rows and keeps its state."""
     try:
-        return make_service_engine(url)
+        parsed = make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **(_sqlite_args() if sqlite else {"pool_pre_ping": True}))
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise DatabaseUnreachable(f"bad service database URL {url!r}: {exc}") from None
+    if sqlite:
+        event.listen(engine, "connect", _sqlite_service_connection)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+    return engine
 
 
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for reads only. The service's SQLite engine starts every transaction with
-    BEGIN IMMEDIATE (the write lock), which a long read must not hold: on SQLite this reads
-    through a plain engine on the same file (WAL readers never block writers)."""
-    if engine.dialect.name != "sqlite":
+    """A connection for reads only. A SQLite engine that starts every transaction with BEGIN
+    IMMEDIATE (the write lock) must not hold it for a long read: on SQLite this reads through a
+    plain engine on the same file (WAL readers never block writers)."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
         with engine.connect() as conn:
             yield conn
         return
-    plain = create_engine(
-        engine.url,
-        poolclass=NullPool,
-        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
-    )
+    plain = create_engine(engine.url, poolclass=NullPool, **_sqlite_args())
     try:
         with plain.connect() as conn:
             yield conn
@@ -109,21 +120,41 @@ def check_reachable(engine: Engine, which: str) -> None:
 
 
 def _sqlite_file_exists(database: str) -> bool:
-    from pathlib import Path
-
     return database.startswith("file:") or Path(database).exists()
 
 
-def check_service_schema(engine: Engine) -> None:
-    """Fail with `SchemaMissing` (and how to fix it) unless the sync's service tables exist."""
+def service_tables(spec: Spec) -> tuple[str, ...]:
+    """The service's own tables the sync reads and writes (the state tables are the engine's)."""
+    outbox = spec.events.outbox if spec.events is not None else None
+    return (spec.service_table, *((outbox,) if outbox else ()))
+
+
+def check_service_schema(spec: Spec, engine: Engine) -> None:
+    """Fail with `SchemaMissing` (and how to fix it) unless the service's declared tables exist,
+    then create the engine's own state tables if they are missing."""
     with reading(engine) as conn:
-        absent = [name for name in SERVICE_TABLES if not inspect(conn).has_table(name)]
+        absent = [name for name in service_tables(spec) if not inspect(conn).has_table(name)]
     if absent:
         raise SchemaMissing(
             f"the service database {describe(engine)} lacks {', '.join(absent)}: run its "
-            "migrations first (`python -m services.payment.sync migrate --service-db URL`, "
-            "or pass --migrate)"
+            "migrations first (`strangler sync migrate --service-db URL`, or pass --migrate)"
         )
+    ensure_schema(engine)
+
+
+def check_legacy_schema(spec: Spec, conn: Connection) -> None:
+    """Fail with `SchemaMissing` unless the legacy table has every declared column."""
+    inspector = inspect(conn)
+    name = spec.legacy_table
+    if not inspector.has_table(name):
+        raise SchemaMissing(
+            f"the legacy database ({describe(conn.engine)}) has no {name} table: is this the "
+            "monolith's database?"
+        )
+    present = {str(column["name"]).lower() for column in inspector.get_columns(name)}
+    absent = [field for field in spec.names if field.lower() not in present]
+    if absent:
+        raise SchemaMissing(f"the legacy {name} table lacks column(s) {', '.join(absent)}")
 
 
 def clock_query(dialect_name: str) -> Select[Any]:

@@ -17,15 +17,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.payment.sync.rows import Normalised, differing_fields
+from datasync.rows import Normalised, differing_fields
+from datasync.spec import Spec
 
 LEAF_ROWS = 8
 
 
 @dataclass(frozen=True)
 class HashedRow:
-    id: int
-    updated_at: datetime
+    key: int
+    changed: datetime  # the change column's value
     values: Normalised
     digest: int
 
@@ -67,49 +68,56 @@ def young_ids(rows: Iterable[HashedRow], window: tuple[datetime, datetime] | Non
     if window is None:
         return set()
     since, until = window
-    return {row.id for row in rows if since <= row.updated_at <= until}
+    return {row.key for row in rows if since <= row.changed <= until}
 
 
 def compare_chunk(
+    spec: Spec,
     legacy: Sequence[HashedRow],
     service: Sequence[HashedRow],
     window: tuple[datetime, datetime] | None,
 ) -> ChunkResult:
     """Compare one key range: both lists sorted by id."""
     young = young_ids((*legacy, *service), window)
-    left = [row for row in legacy if row.id not in young]
-    right = [row for row in service if row.id not in young]
+    left = [row for row in legacy if row.key not in young]
+    right = [row for row in service if row.key not in young]
     findings = Findings()
     counter = [0]
-    _bisect(left, right, findings, counter)
+    _bisect(spec, left, right, findings, counter)
     return ChunkResult(findings, len(left), len(young), counter[0])
 
 
 def _bisect(
-    left: Sequence[HashedRow], right: Sequence[HashedRow], out: Findings, counter: list[int]
+    spec: Spec,
+    left: Sequence[HashedRow],
+    right: Sequence[HashedRow],
+    out: Findings,
+    counter: list[int],
 ) -> None:
     if summary(left) == summary(right):
         return
     if len(left) <= LEAF_ROWS and len(right) <= LEAF_ROWS:
-        compare_rows(left, right, out)
+        compare_rows(spec, left, right, out)
         return
     counter[0] += 1
     longer = left if len(left) >= len(right) else right
-    middle = longer[len(longer) // 2].id
-    left_ids = [row.id for row in left]
-    right_ids = [row.id for row in right]
+    middle = longer[len(longer) // 2].key
+    left_ids = [row.key for row in left]
+    right_ids = [row.key for row in right]
     i, j = bisect_left(left_ids, middle), bisect_left(right_ids, middle)
-    _bisect(left[:i], right[:j], out, counter)
-    _bisect(left[i:], right[j:], out, counter)
+    _bisect(spec, left[:i], right[:j], out, counter)
+    _bisect(spec, left[i:], right[j:], out, counter)
 
 
-def compare_rows(left: Sequence[HashedRow], right: Sequence[HashedRow], out: Findings) -> None:
+def compare_rows(
+    spec: Spec, left: Sequence[HashedRow], right: Sequence[HashedRow], out: Findings
+) -> None:
     """Match rows by key: a key on one side only is missing or extra; else compare fields."""
-    theirs = {row.id: row for row in right}
+    theirs = {row.key: row for row in right}
     for row in left:
-        other = theirs.pop(row.id, None)
+        other = theirs.pop(row.key, None)
         if other is None:
-            out.missing.append(row.id)
+            out.missing.append(row.key)
         elif other.digest != row.digest or other.values != row.values:
-            out.differing[row.id] = differing_fields(row.values, other.values)
+            out.differing[row.key] = differing_fields(spec, row.values, other.values)
     out.extra.extend(theirs)

@@ -6,22 +6,23 @@ from typing import Any
 
 from rich.table import Table
 
-from services.payment.sync.backfill import BackfillResult
-from services.payment.sync.incremental import FollowResult
-from services.payment.sync.invariants import CATEGORY
-from services.payment.sync.reconcile import Report
-from services.payment.sync.to_legacy import ToLegacyResult
+from datasync.backfill import BackfillResult
+from datasync.incremental import FollowResult
+from datasync.invariants import singular
+from datasync.reconcile import Report
+from datasync.spec import Spec
+from datasync.to_legacy import ToLegacyResult
 
 
-def backfill_summary(result: BackfillResult) -> str:
+def backfill_summary(spec: Spec, result: BackfillResult) -> str:
     if result.status == "already-done":
         return (
-            f"backfill already done up to id {result.upper_id} ({result.rows_total or 0:,} rows); "
-            "pass --restart to copy everything again"
+            f"backfill already done up to {spec.key} {result.upper_id} "
+            f"({result.rows_total or 0:,} rows); pass --restart to copy everything again"
         )
     c = result.counts
     resumed = (
-        f", resumed after id {result.resumed_after_id}"
+        f", resumed after {spec.key} {result.resumed_after_id}"
         if result.resumed_after_id is not None
         else ""
     )
@@ -29,14 +30,14 @@ def backfill_summary(result: BackfillResult) -> str:
         f"backfill done: {result.rows:,} rows in {result.batches} batches, {result.seconds:.1f}s "
         f"({result.rows_per_second:,.0f} rows/s){resumed}: {c.inserted:,} inserted, "
         f"{c.updated:,} updated, {c.unchanged:,} unchanged, {c.kept_service:,} kept (service "
-        f"newer); checkpoint id {result.last_id} of {result.upper_id}"
+        f"newer); checkpoint {spec.key} {result.last_id} of {result.upper_id}"
     )
 
 
-def follow_summary(result: FollowResult) -> str:
+def follow_summary(spec: Spec, result: FollowResult) -> str:
     c = result.counts
     hw = result.high_water
-    mark = "none" if hw is None else f"({hw[0].isoformat()}, id {hw[1]})"
+    mark = "none" if hw is None else f"({hw[0].isoformat()}, {spec.key} {hw[1]})"
     return (
         f"follow: read {result.rows_read:,}, {c.inserted:,} inserted, {c.updated:,} updated, "
         f"{c.unchanged:,} unchanged, {c.kept_service:,} kept; high-water {mark}; "
@@ -50,20 +51,31 @@ def to_legacy_summary(result: ToLegacyResult) -> str:
     return f"to-legacy: {result.events:,} events ({counts or 'none'}); apply lag {lag}"
 
 
-def reconcile_summary(report: Report) -> str:
+def broken_rules(spec: Spec, report: Report) -> str:
+    """ ", N live payment(s) on a cancelled order" per declared invariant."""
+    row = singular(spec.legacy_table)
+    parts = [
+        f", {len([i for i in report.flagged if i.category == kind])} live {row}(s) on a "
+        f"{rule.watch.value} {singular(rule.watch.table)}"
+        for kind, rule in zip(report.categories, spec.compensations, strict=True)
+    ]
+    return "".join(parts)
+
+
+def reconcile_summary(spec: Spec, report: Report) -> str:
     f = report.findings
     verdict = "passed" if report.passed else "FAILED"
     return (
         f"reconcile {verdict}: drift {report.drift} (max {report.max_drift}): "
-        f"{len(f.missing)} missing, {len(f.extra)} extra, {len(f.differing)} differing, "
-        f"{len(report.cancelled_live)} live payment(s) on a cancelled order; "
+        f"{len(f.missing)} missing, {len(f.extra)} extra, {len(f.differing)} differing"
+        f"{broken_rules(spec, report)}; "
         f"{report.rows_legacy:,} legacy / {report.rows_service:,} service rows in "
         f"{report.chunks} chunks, {report.skipped_young} too young to compare, "
         f"{report.in_flight} in flight at re-check; {report.seconds:.1f}s"
     )
 
 
-def reconcile_table(report: Report, limit: int) -> Table | None:
+def reconcile_table(spec: Spec, report: Report, limit: int) -> Table | None:
     """One line per finding (a differing row: one line per field), at most `limit` lines."""
     lines: list[tuple[str, str, str, str, str]] = []
     f = report.findings
@@ -72,20 +84,30 @@ def reconcile_table(report: Report, limit: int) -> Table | None:
     for key, fields in sorted(f.differing.items()):
         for name, (legacy, service) in fields.items():
             lines.append((str(key), "differing", name, _show(legacy), _show(service)))
-    for item in report.cancelled_live:
+    watched = {
+        kind: rule.watch for kind, rule in zip(report.categories, spec.compensations, strict=True)
+    }
+    for item in report.flagged:
+        watch = watched[item.category]
         lines.append(
             (
-                str(item.payment_id),
-                CATEGORY,
-                f"order {item.order_id} cancelled: refund",
-                _show(item.legacy_status or "(absent)"),
-                _show(item.service_status or "(absent)"),
+                str(item.key),
+                item.category,
+                f"{singular(watch.table)} {item.watched_key} {watch.value}: compensate",
+                _show(item.legacy_state or "(absent)"),
+                _show(item.service_state or "(absent)"),
             )
         )
     if not lines:
         return None
     table = Table(title="drift (in legacy, not service = missing; in service only = extra)")
-    for heading in ("payment id", "kind", "field", "legacy", "service"):
+    for heading in (
+        f"{singular(spec.legacy_table)} {spec.key}",
+        "kind",
+        "field",
+        "legacy",
+        "service",
+    ):
         table.add_column(heading)
     for line in lines[:limit]:
         table.add_row(*line)

@@ -1,4 +1,4 @@
-"""The sync's one exception tree. The CLI turns each into one line and a non-zero exit, never a
+"""The data sync's one exception tree. The CLI turns each into one line and a non-zero exit, never a
 traceback; SQLAlchemy's connection errors are translated in one place, `engines.py`.
 
     SyncError(kind, detail)

@@ -1,8 +1,8 @@
-"""Backfill: copy the monolith's payments into the service's schema, in keyed batches, resumably.
+"""Backfill: copy the legacy table into the service's table, in keyed batches, resumably.
 
-Reads the legacy database only. Batches are keyset ranges of the primary key
-(`id > last AND id <= upper ORDER BY id`, `batch_size` rows), so each batch is an index range
-scan whatever the gaps in the ids. `upper` is the largest legacy id when the run starts: rows
+Reads the legacy database only. Batches are keyset ranges of the declared key
+(`key > last AND key <= upper ORDER BY key`, `batch_size` rows), so each batch is an index range
+scan whatever the gaps in the keys. `upper` is the largest legacy key when the run starts: rows
 inserted later belong to `follow`, whose first poll starts at the backfill's start time (by the
 legacy database's clock) minus its look-back, so rows changed while the backfill ran are picked
 up too.
@@ -25,13 +25,19 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from services.payment.db import utcnow
-from services.payment.sync.apply import ApplyCounts, apply_to_service
-from services.payment.sync.engines import check_service_schema, database_now, reading
-from services.payment.sync.lease import JobLease
-from services.payment.sync.legacy_schema import check_legacy_schema, legacy_payments
-from services.payment.sync.progress import NoProgress, Progress
-from services.payment.sync.state import JOB_BACKFILL, Checkpoint, load_checkpoint, save_checkpoint
+from datasync.apply import ApplyCounts, apply_to_service
+from datasync.engines import check_legacy_schema, check_service_schema, database_now, reading
+from datasync.lease import JobLease
+from datasync.progress import NoProgress, Progress
+from datasync.spec import Spec
+from datasync.state import (
+    JOB_BACKFILL,
+    Checkpoint,
+    load_checkpoint,
+    new_checkpoint,
+    save_checkpoint,
+    utcnow,
+)
 
 DEFAULT_BATCH_SIZE = 1_000  # ~10-30 ms a batch on SQLite; Debezium snapshots fetch 2,048 rows
 
@@ -80,45 +86,40 @@ class BatchDone:
     counts: ApplyCounts
 
 
-def batch_query(after_id: int, upper_id: int, limit: int) -> Select[Any]:
-    """The next keyset batch of legacy payments."""
-    table = legacy_payments
-    return (
-        select(table)
-        .where(table.c.id > after_id, table.c.id <= upper_id)
-        .order_by(table.c.id)
-        .limit(limit)
-    )
+def batch_query(spec: Spec, after: int, upper: int, limit: int) -> Select[Any]:
+    """The next keyset batch of legacy rows."""
+    key = spec.legacy().c[spec.key]
+    return spec.legacy_select().where(key > after, key <= upper).order_by(key).limit(limit)
 
 
-def _start(legacy: Engine) -> Checkpoint:
-    table = legacy_payments
+def _start(spec: Spec, legacy: Engine) -> Checkpoint:
+    key = spec.legacy().c[spec.key]
     with legacy.connect() as conn:
-        check_legacy_schema(conn)
+        check_legacy_schema(spec, conn)
         started = database_now(conn)
         lowest, upper, total = conn.execute(
-            select(func.min(table.c.id), func.max(table.c.id), func.count())
+            select(func.min(key), func.max(key), func.count()).select_from(spec.legacy())
         ).one()
-    return Checkpoint(
-        job=JOB_BACKFILL,
+    return new_checkpoint(
+        spec.name,
+        JOB_BACKFILL,
         status="running",
         position_id=int(lowest) - 1 if lowest is not None else 0,
         upper_id=int(upper) if upper is not None else 0,
         rows_total=int(total),
         source_at=started,
-        started_at=utcnow(),
     )
 
 
 def _copy_batch(
-    service: Engine, rows: Sequence[Mapping[Any, Any]], checkpoint: Checkpoint
+    spec: Spec, service: Engine, rows: Sequence[Mapping[Any, Any]], checkpoint: Checkpoint
 ) -> tuple[Checkpoint, ApplyCounts]:
     """Upsert one batch and move the checkpoint past it, in one service transaction."""
-    id_range = (int(rows[0]["id"]), int(rows[-1]["id"]))
+    id_range = (int(rows[0][spec.key]), int(rows[-1][spec.key]))
     for attempt in (1, 2):
         try:
             with service.begin() as conn:
-                counts = apply_to_service(conn, rows, id_range)
+                counts = apply_to_service(spec, conn, rows, id_range)
                 moved = replace(
                     checkpoint,
                     position_id=id_range[1],
@@ -135,6 +136,7 @@ def _copy_batch(
 
 
 def backfill(
+    spec: Spec,
     legacy: Engine,
     service: Engine,
     *,
@@ -143,16 +145,17 @@ def backfill(
     progress: Progress | None = None,
     on_batch: Callable[[BatchDone], None] | None = None,
 ) -> BackfillResult:
-    """Copy every legacy payment up to the largest id at start, resuming a crashed run."""
+    """Copy every legacy row up to the largest key at start, resuming a crashed run."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     progress = progress or NoProgress()
-    check_service_schema(service)
-    with JobLease(service, JOB_BACKFILL) as lease:
-        return _run(legacy, service, lease, batch_size, restart, progress, on_batch)
+    check_service_schema(spec, service)
+    with JobLease(service, spec.name, JOB_BACKFILL) as lease:
+        return _run(spec, legacy, service, lease, batch_size, restart, progress, on_batch)
 
 
 def _run(
+    spec: Spec,
     legacy: Engine,
     service: Engine,
     lease: JobLease,
@@ -162,7 +165,7 @@ def _run(
     on_batch: Callable[[BatchDone], None] | None,
 ) -> BackfillResult:
     with reading(service) as conn:
-        checkpoint = load_checkpoint(conn, JOB_BACKFILL)
+        checkpoint = load_checkpoint(conn, spec.name, JOB_BACKFILL)
     if checkpoint is not None and checkpoint.status == "done" and not restart:
         return BackfillResult(
             status="already-done",
@@ -176,12 +179,12 @@ def _run(
         )
     resumed = checkpoint is not None and checkpoint.status != "done" and not restart
     if checkpoint is None or not resumed:
-        checkpoint = _start(legacy)
+        checkpoint = _start(spec, legacy)
         with service.begin() as conn:
             save_checkpoint(conn, checkpoint)
     else:
         with legacy.connect() as conn:
-            check_legacy_schema(conn)
+            check_legacy_schema(spec, conn)
     position, upper = int(checkpoint.position_id or 0), int(checkpoint.upper_id or 0)
     result = BackfillResult(
         status="done",
@@ -198,19 +201,21 @@ def _run(
     try:
         while True:
             with legacy.connect() as conn:
-                query = batch_query(int(checkpoint.position_id or 0), upper, batch_size)
+                query = batch_query(spec, int(checkpoint.position_id or 0), upper, batch_size)
                 rows = list(conn.execute(query).mappings())
             if not rows:
                 break
             lease.renew()
-            checkpoint, counts = _copy_batch(service, rows, checkpoint)
+            checkpoint, counts = _copy_batch(spec, service, rows, checkpoint)
             result.batches += 1
             result.rows += len(rows)
             result.counts.add(counts)
             progress.advance(len(rows))
             if on_batch is not None:
                 on_batch(
-                    BatchDone(result.batches, rows[0]["id"], rows[-1]["id"], len(rows), counts)
+                    BatchDone(
+                        result.batches, rows[0][spec.key], rows[-1][spec.key], len(rows), counts
+                    )
                 )
     finally:
         progress.stop()

@@ -1,4 +1,6 @@
-"""`strangler sync status`: what every sync job last did, read from the service database."""
+"""`strangler sync status`: what every job of a sync last did, read from the service database,
+with each job's health (its current problem and the time since its last success) and the
+cutover gate's verdict."""
 
 from __future__ import annotations
 
@@ -7,33 +9,49 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
-from services.payment.db import utcnow
-from services.payment.sync.engines import database_now, reading
-from services.payment.sync.legacy_schema import legacy_payments
-from services.payment.sync.state import (
+from datasync.engines import database_now, reading
+from datasync.errors import SchemaMissing
+from datasync.incremental import lag_behind
+from datasync.spec import Spec
+from datasync.state import (
     JOB_BACKFILL,
     JOB_FOLLOW,
     JOB_TO_LEGACY,
     ONCE,
     STOPPED,
     Checkpoint,
+    ensure_schema,
+    jobs,
     lag_percentiles,
     load_checkpoint,
     processed_count,
     reconciles,
+    utcnow,
 )
 
 LAG_WINDOW = timedelta(hours=1)
 # Follow counts as alive when its last poll ended within max(3 poll intervals, 10 s).
 ALIVE_INTERVALS, ALIVE_MIN_SECONDS = 3, 10.0
-DEFAULT_RECONCILE_MAX_AGE = 15 * 60.0  # reconciles older than this do not open the gate
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def health(cp: Checkpoint, now: datetime | None = None) -> dict[str, Any]:
+    """A job's health: its current problem (None while healthy) and its last success."""
+    now = now or utcnow()
+    last = cp.last_success_at
+    return {
+        "ok": cp.problem is None,
+        "problem": cp.problem,
+        "problem_since": _iso(cp.problem_since),
+        "last_success_at": _iso(last),
+        "since_success_seconds": None if last is None else round((now - last).total_seconds(), 1),
+    }
 
 
 def _backfill(cp: Checkpoint | None) -> dict[str, Any] | None:
@@ -52,22 +70,26 @@ def _backfill(cp: Checkpoint | None) -> dict[str, Any] | None:
         "started_at": _iso(cp.started_at),
         "finished_at": _iso(cp.finished_at),
         "last_run": _iso(cp.updated_at),
+        "health": health(cp),
     }
 
 
-def _follow(cp: Checkpoint | None, lag: dict[str, float] | None) -> dict[str, Any] | None:
+def _follow(
+    spec: Spec, cp: Checkpoint | None, lag: dict[str, float] | None
+) -> dict[str, Any] | None:
     if cp is None:
         return None
     return {
         "status": cp.status,
-        "high_water": {"updated_at": _iso(cp.position_at), "id": cp.position_id},
-        "source_newest": _iso(cp.source_at),
+        "high_water": {spec.changed: _iso(cp.position_at), spec.key: cp.position_id},
+        "caught_up": _iso(cp.source_at),
         "lag_seconds": cp.lag_seconds,
         "lag_last_hour": lag,
         "rows_per_second": cp.rows_per_second,
         "rows_read": cp.rows_done,
         "rows_written": cp.rows_written,
         "last_run": _iso(cp.updated_at),
+        "health": health(cp),
     }
 
 
@@ -81,42 +103,48 @@ def _to_legacy(cp: Checkpoint | None, processed: int) -> dict[str, Any] | None:
         "applied": cp.rows_written,
         "lag_seconds": cp.lag_seconds,
         "last_run": _iso(cp.updated_at),
+        "health": health(cp),
     }
 
 
-def _live_lag(legacy: Engine, follow: Checkpoint) -> float | None:
-    with legacy.connect() as conn:
-        now = database_now(conn)
-        newest = conn.scalar(
-            select(func.max(legacy_payments.c.updated_at)).where(
-                legacy_payments.c.updated_at <= now
-            )
-        )
-    if newest is None or follow.position_at is None:
+def _live_lag(spec: Spec, legacy: Engine, follow: Checkpoint) -> float | None:
+    """How far follow is behind the legacy's commits right now (`incremental.py`'s definition,
+    from the legacy time its last poll caught up to)."""
+    caught_up = follow.source_at or follow.position_at
+    if caught_up is None:
         return None
-    return max(0.0, float((newest - follow.position_at).total_seconds()))
+    with legacy.connect() as conn:
+        return lag_behind(spec, conn, caught_up, database_now(conn))
+
+
+def _last_reconcile(spec: Spec, conn: Any) -> Any:
+    query = (
+        select(reconciles)
+        .where(reconciles.c.sync_name == spec.name)
+        .order_by(reconciles.c.id.desc())
+        .limit(1)
+    )
+    return conn.execute(query).mappings().first()
 
 
 def gather_status(
+    spec: Spec,
     service: Engine,
     legacy: Engine | None = None,
     *,
-    reconcile_max_age: float = DEFAULT_RECONCILE_MAX_AGE,
+    reconcile_max_age: float | None = None,
 ) -> dict[str, Any]:
     """Every job's state as one JSON-ready dict (`--json`); with the legacy engine, the follow
-    part also says how far behind the legacy's newest change it is right now. The cutover part
-    lists each gate condition and, for every unmet one, why (`cutover_check`)."""
+    part also says how far behind the legacy's commits it is right now. The cutover part lists
+    each gate condition and, for every unmet one, why (`cutover_check`)."""
+    ensure_schema(service)
     with reading(service) as conn:
-        backfill = load_checkpoint(conn, JOB_BACKFILL)
-        follow = load_checkpoint(conn, JOB_FOLLOW)
-        to_legacy = load_checkpoint(conn, JOB_TO_LEGACY)
-        lag = lag_percentiles(conn, JOB_FOLLOW, utcnow() - LAG_WINDOW)
-        processed = processed_count(conn)
-        last = (
-            conn.execute(select(reconciles).order_by(reconciles.c.id.desc()).limit(1))
-            .mappings()
-            .first()
-        )
+        backfill = load_checkpoint(conn, spec.name, JOB_BACKFILL)
+        follow = load_checkpoint(conn, spec.name, JOB_FOLLOW)
+        to_legacy = load_checkpoint(conn, spec.name, JOB_TO_LEGACY)
+        lag = lag_percentiles(conn, spec.name, JOB_FOLLOW, utcnow() - LAG_WINDOW)
+        processed = processed_count(conn, spec.name)
+        last = _last_reconcile(spec, conn)
     reconcile = None
     if last is not None:
         reconcile = {
@@ -130,11 +158,12 @@ def gather_status(
             "rows_compared": last["rows_compared"],
             "report": json.loads(last["report"]),
         }
-    following = _follow(follow, lag)
+    following = _follow(spec, follow, lag)
     if following is not None and legacy is not None and follow is not None:
-        following["live_lag_seconds"] = _live_lag(legacy, follow)
-    gate = cutover_check(service, reconcile_max_age=reconcile_max_age)
+        following["live_lag_seconds"] = _live_lag(spec, legacy, follow)
+    gate = cutover_check(spec, service, reconcile_max_age=reconcile_max_age)
     return {
+        "sync": spec.name,
         "cutover": {
             "ready": gate.ready,
             "reasons": list(gate.reasons),
@@ -145,6 +174,15 @@ def gather_status(
         "to_legacy": _to_legacy(to_legacy, processed),
         "reconcile": reconcile,
     }
+
+
+def health_note(job: dict[str, Any]) -> str:
+    """ ", PROBLEM since …: …" while failing, else ", last success Ns ago" (or nothing)."""
+    h = job.get("health") or {}
+    if h.get("problem"):
+        return f", PROBLEM since {h['problem_since']}: {h['problem']}"
+    ago = h.get("since_success_seconds")
+    return "" if ago is None else f", last success {ago:.0f}s ago"
 
 
 def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
@@ -165,7 +203,7 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
     if f is None:
         lines.append(("follow", "never run"))
     else:
-        hw = f["high_water"]
+        (changed, at), (key, position) = f["high_water"].items()
         lag = f["lag_seconds"]
         pct = f["lag_last_hour"]
         live = f.get("live_lag_seconds")
@@ -174,9 +212,10 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
         lines.append(
             (
                 "follow",
-                f"{f['status']}: high-water ({hw['updated_at']}, id {hw['id']}), lag "
+                f"{f['status']}: high-water ({changed} {at}, {key} {position}), lag "
                 f"{'-' if lag is None else f'{lag:.2f}s'}{spread}{now_behind}, "
-                f"{f['rows_per_second'] or 0:.1f} rows/s, last run {f['last_run']}",
+                f"{f['rows_per_second'] or 0:.1f} rows/s, last run {f['last_run']}"
+                f"{health_note(f)}",
             )
         )
     t = status["to_legacy"]
@@ -186,7 +225,7 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
             "never run"
             if t is None
             else f"{t['status']}: position {t['position']}, {t['processed']:,} events processed, "
-            f"{t['applied']:,} applied, last run {t['last_run']}",
+            f"{t['applied']:,} applied, last run {t['last_run']}{health_note(t)}",
         )
     )
     r = status["reconcile"]
@@ -219,40 +258,61 @@ class CutoverCheck:
     checks: tuple[dict[str, Any], ...] = ()
 
 
+def _gate_state(
+    spec: Spec, service: Engine, confirmations: int
+) -> tuple[Checkpoint | None, Checkpoint | None, list[Any]]:
+    """The backfill's and follow's checkpoints and the last reconciles (none of them before the
+    engine's tables exist: the gate is read-only and creates nothing). A service database
+    without the declared table is not migrated at all: `SchemaMissing`."""
+    with reading(service) as conn:
+        if not inspect(conn).has_table(jobs.name):
+            if not inspect(conn).has_table(spec.service_table):
+                raise SchemaMissing(f"the service database lacks {spec.service_table}")
+            return None, None, []
+        backfill = load_checkpoint(conn, spec.name, JOB_BACKFILL)
+        follow = load_checkpoint(conn, spec.name, JOB_FOLLOW)
+        recent = list(
+            conn.execute(
+                select(reconciles.c.drift, reconciles.c.finished_at)
+                .where(reconciles.c.sync_name == spec.name)
+                .order_by(reconciles.c.id.desc())
+                .limit(confirmations)
+            ).all()
+        )
+    return backfill, follow, recent
+
+
 def follow_deadline(interval: float | None) -> float:
     """Seconds since its last poll within which a follower counts as alive."""
     return max(ALIVE_INTERVALS * (interval or 0.0), ALIVE_MIN_SECONDS)
 
 
 def cutover_check(
+    spec: Spec,
     service: Engine,
     *,
-    max_lag_seconds: float = 5.0,
-    confirmations: int = 2,
-    reconcile_max_age: float = DEFAULT_RECONCILE_MAX_AGE,
+    max_lag_seconds: float | None = None,
+    confirmations: int | None = None,
+    reconcile_max_age: float | None = None,
     now: datetime | None = None,
 ) -> CutoverCheck:
-    """The gate DATA-SYNC.md asks the route table to respect ("drift 0, confirmed twice"), on
-    live data only:
+    """The gate the route table respects ("drift 0, confirmed twice"), on live data only, with
+    the declared thresholds (`spec.Gate`) unless given:
 
     - backfill: it has finished;
-    - follow alive: its last poll ended within max(3 x its poll interval, 10 s) and it was not
-      stopped (a `--once` poll counts only while that recent);
+    - follow alive: it has no current problem (`retry.py`: a database it cannot reach), its
+      last poll ended within max(3 x its poll interval, 10 s) and it was not stopped (a `--once`
+      poll counts only while that recent);
     - lag: follow's lag is within `max_lag_seconds`;
     - reconciles: the last `confirmations` reconciles found drift 0, finished after the backfill
       did, and the older of them finished within `reconcile_max_age` seconds.
     """
+    gate = spec.gate
+    max_lag_seconds = gate.max_lag if max_lag_seconds is None else max_lag_seconds
+    confirmations = gate.confirmations if confirmations is None else confirmations
+    max_age = gate.reconcile_max_age if reconcile_max_age is None else reconcile_max_age
     now = now or utcnow()
-    with reading(service) as conn:
-        backfill = load_checkpoint(conn, JOB_BACKFILL)
-        follow = load_checkpoint(conn, JOB_FOLLOW)
-        recent = list(
-            conn.execute(
-                select(reconciles.c.drift, reconciles.c.finished_at)
-                .order_by(reconciles.c.id.desc())
-                .limit(confirmations)
-            ).all()
-        )
+    backfill, follow, recent = _gate_state(spec, service, confirmations)
     checks: list[dict[str, Any]] = []
 
     def check(name: str, problem: str | None, detail: str) -> None:
@@ -274,8 +334,8 @@ def cutover_check(
     check("lag", lag_problem, f"follow lag within {max_lag_seconds:.1f}s")
     check(
         "reconciles",
-        _reconciles_unmet(recent, confirmations, backfill, now, reconcile_max_age),
-        f"the last {confirmations} reconciles found drift 0 within {reconcile_max_age:g}s",
+        _reconciles_unmet(recent, confirmations, backfill, now, max_age),
+        f"the last {confirmations} reconciles found drift 0 within {max_age:g}s",
     )
     reasons = tuple(str(c["detail"]) for c in checks if not c["ok"])
     return CutoverCheck(not reasons, reasons, tuple(checks))
@@ -285,6 +345,11 @@ def _follow_dead(follow: Checkpoint | None, now: datetime) -> str | None:
     """Why follow does not count as alive, or None when it does."""
     if follow is None or follow.updated_at is None:
         return "follow has not run"
+    if follow.problem is not None:
+        return (
+            f"follow has a problem since {_iso(follow.problem_since)} (last success "
+            f"{_iso(follow.last_success_at)}): {follow.problem}"
+        )
     if follow.status == STOPPED:
         return f"follow is stopped (since {_iso(follow.updated_at)}): start it again"
     limit = follow_deadline(follow.poll_interval)

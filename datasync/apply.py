@@ -1,0 +1,255 @@
+"""Applying legacy rows to the service's table: the idempotent upsert of backfill and follow,
+portable to SQLite, PostgreSQL and Oracle.
+
+Strategy (one statement shape for every dialect, no MERGE needed on this side): read the rows
+of the batch that already exist (by key range for a backfill batch, by `IN` lists of at most
+500 keys otherwise: Oracle caps an `IN` list at 1,000), then decide per row in Python:
+
+- absent in the service        → INSERT (origin 'legacy', version 1, when declared), one
+                                 executemany; a key at or above the declared `key_floor` is
+                                 refused (`IdSpaceCollision`): it is in the service's own range;
+- equal after normalisation    → nothing: an unchanged row is never rewritten, which is also
+                                 what makes the echo of a to-legacy write a no-op (loop
+                                 prevention);
+- kept by the conflict rule    → nothing (`kept_service`), per the declared `conflict`:
+    `newer-wins`   the service row has origin 'service' and a change column at or after the
+                   legacy copy's (without an origin column: a change column strictly after);
+    `service-wins` the service row has origin 'service', whatever the times;
+    `legacy-wins`  never: the legacy copy overwrites whatever the service wrote;
+- otherwise                    → UPDATE every declared field, origin 'legacy', version + 1,
+                                 guarded by the version just read: a service write racing this
+                                 batch wins. Each guarded UPDATE runs on its own and its row
+                                 count is checked (a batched executemany reports no reliable
+                                 count): a row the guard did not match counts as kept, gets no
+                                 event, and is listed in `ApplyCounts.raced` so follow holds its
+                                 high-water mark before it and the next poll compares it again.
+                                 Without a version column the UPDATE is guarded by key only.
+
+Origin and version columns are optional for a sync that only moves rows to the service; the
+rules above then compare and upsert without them. A declared soft-delete column needs nothing
+here: it is one more synced field.
+
+With `emit_events` (and an outbox and `synced_type` declared), every row written also gets an
+outbox row in the same transaction (the type mapped from a field's new value, e.g. status
+voided → payment.voided, else `synced_type`; payload origin 'legacy'): other consumers hear of
+the legacy's changes, and the to-legacy job skips them as echoes. Follow emits; backfill does
+not (a bulk copy is not a stream of changes).
+
+Two sync runs inserting the same key at once would collide: the caller retries the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Update
+
+from datasync.errors import SyncError
+from datasync.outbox import outbox_row, outbox_table
+from datasync.rows import normalise, normalise_value, service_values
+from datasync.spec import LEGACY_WINS, ORIGIN_LEGACY, ORIGIN_SERVICE, SERVICE_WINS, Spec
+
+IN_LIST_MAX = 500
+
+
+class IdSpaceCollision(SyncError):
+    """A legacy-assigned key reached the service's own key range (`key_floor`): refuse it."""
+
+    kind = "id-space-collision"
+
+
+@dataclass
+class ApplyCounts:
+    """What one or more batches did to the service's rows."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    kept_service: int = 0
+    # (legacy change column, key) of rows whose guarded UPDATE matched nothing: a service write
+    # committed between the read and the update. Counted in kept_service; re-read next poll.
+    raced: list[tuple[datetime, int]] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+    @property
+    def seen(self) -> int:
+        return self.inserted + self.updated + self.unchanged + self.kept_service
+
+    def add(self, other: ApplyCounts) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.kept_service += other.kept_service
+        self.raced.extend(other.raced)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "kept_service": self.kept_service,
+        }
+
+
+def bookkeeping(spec: Spec) -> tuple[str, ...]:
+    """The service's origin and version columns, those declared."""
+    return tuple(c for c in (spec.origin_column, spec.version_column) if c)
+
+
+def existing_rows(
+    spec: Spec, conn: Connection, keys: Sequence[int], key_range: tuple[int, int] | None = None
+) -> dict[int, Mapping[Any, Any]]:
+    """The service rows with these keys (read by `key_range` when the keys fill one), with
+    legacy names and the bookkeeping columns."""
+    column = spec.service().c[spec.service_name(spec.key)]
+    query = spec.service_select(*bookkeeping(spec))
+    found: dict[int, Mapping[Any, Any]] = {}
+    if key_range is not None:
+        ranged = query.where(column >= key_range[0], column <= key_range[1])
+        return {int(row[spec.key]): row for row in conn.execute(ranged).mappings()}
+    for start in range(0, len(keys), IN_LIST_MAX):
+        chunk = keys[start : start + IN_LIST_MAX]
+        for row in conn.execute(query.where(column.in_(chunk))).mappings():
+            found[int(row[spec.key])] = row
+    return found
+
+
+def check_key(spec: Spec, key: int) -> None:
+    """Refuse a legacy key inside the service's own key range (`key_floor` and up, up to
+    `key_ceiling` when declared: keys above it are the legacy's own again)."""
+    floor = spec.key_floor
+    if floor is None or key < floor:
+        return
+    ceiling = spec.key_ceiling
+    if ceiling is not None and key > ceiling:
+        return
+    reach = f", {ceiling:,}]" if ceiling is not None else ", ...)"
+    raise IdSpaceCollision(
+        f"the legacy database assigned {spec.legacy_table} key {key:,}, inside the service's "
+        f"key range [{floor:,}{reach}: the key spaces would collide. Stop and move the "
+        "service's range."
+    )
+
+
+def kept_by_rule(spec: Spec, mine: Mapping[Any, Any], row: Mapping[Any, Any]) -> bool:
+    """Whether the declared conflict rule keeps the service's row (module docstring)."""
+    if spec.conflict == LEGACY_WINS:
+        return False
+    if spec.origin_column is None:
+        return bool(mine[spec.changed] > row[spec.changed])
+    if mine[spec.origin_column] != ORIGIN_SERVICE:
+        return False
+    return spec.conflict == SERVICE_WINS or bool(mine[spec.changed] >= row[spec.changed])
+
+
+def insert_values(spec: Spec, row: Mapping[Any, Any]) -> dict[str, Any]:
+    values = service_values(spec, row)
+    if spec.origin_column:
+        values[spec.origin_column] = ORIGIN_LEGACY
+    if spec.version_column:
+        values[spec.version_column] = 1
+    return values
+
+
+def update_statement(spec: Spec) -> Update:
+    table = spec.service()
+    values: dict[str, Any] = {
+        f.service: bindparam(f"v_{f.service}") for f in spec.fields if f.name != spec.key
+    }
+    key = table.c[spec.service_name(spec.key)]
+    statement = update(table).where(key == bindparam("b_key"))
+    if spec.origin_column:
+        values[spec.origin_column] = ORIGIN_LEGACY
+    if spec.version_column:
+        values[spec.version_column] = bindparam("v_version")
+        statement = statement.where(table.c[spec.version_column] == bindparam("b_version"))
+    return statement.values(values)
+
+
+def update_params(spec: Spec, row: Mapping[Any, Any], version: int) -> dict[str, Any]:
+    params = {f"v_{f.service}": row[f.name] for f in spec.fields if f.name != spec.key}
+    params["b_key"] = row[spec.key]
+    if spec.version_column:
+        params.update(b_version=version, v_version=version + 1)
+    return params
+
+
+def emits(spec: Spec) -> bool:
+    return spec.events is not None and bool(spec.events.outbox and spec.events.synced_type)
+
+
+def event_type(spec: Spec, row: Mapping[Any, Any], mine: Mapping[Any, Any] | None) -> str:
+    """The type of the event about `row`: the one mapped from a field's value the row has just
+    taken (not on an insert), else `synced_type`."""
+    assert spec.events is not None
+    assert spec.events.synced_type is not None
+    if mine is not None:
+        for name, value, kind in spec.events.types_by_value:
+            field_ = spec.field(name)
+            new = normalise_value(row[name], field_)
+            if new == value and normalise_value(mine[name], field_) != value:
+                return kind
+    return spec.events.synced_type
+
+
+def apply_to_service(
+    spec: Spec,
+    conn: Connection,
+    rows: Sequence[Mapping[Any, Any]],
+    key_range: tuple[int, int] | None = None,
+    *,
+    emit_events: bool = False,
+) -> ApplyCounts:
+    """Upsert legacy `rows` into the service's table (see the module docstring for the rule)."""
+    counts = ApplyCounts()
+    if not rows:
+        return counts
+    emit = emit_events and emits(spec)
+    current = existing_rows(spec, conn, [int(r[spec.key]) for r in rows], key_range)
+    inserts: list[dict[str, Any]] = []
+    updates: list[tuple[Mapping[Any, Any], dict[str, Any], dict[str, Any] | None]] = []
+    events: list[dict[str, Any]] = []
+    for row in rows:
+        mine = current.get(int(row[spec.key]))
+        if mine is None:
+            check_key(spec, int(row[spec.key]))
+            inserts.append(insert_values(spec, row))
+            if emit:
+                events.append(outbox_row(spec, row, 1, event_type(spec, row, None)))
+        elif normalise(spec, mine) == normalise(spec, row):
+            counts.unchanged += 1
+        elif kept_by_rule(spec, mine, row):
+            counts.kept_service += 1
+        else:
+            version = int(mine[spec.version_column]) if spec.version_column else 0
+            event = None
+            if emit:
+                event = outbox_row(spec, row, version + 1, event_type(spec, row, mine))
+            updates.append((row, update_params(spec, row, version), event))
+    if inserts:
+        conn.execute(insert(spec.service()), inserts)
+        counts.inserted = len(inserts)
+    if updates:
+        statement = update_statement(spec)
+        for row, params, event in updates:
+            # One statement per row: its row count says whether the version guard matched.
+            if conn.execute(statement, params).rowcount == 1:
+                counts.updated += 1
+                if event is not None:
+                    events.append(event)
+            else:  # a service write committed since the read: it wins, compared again later
+                counts.kept_service += 1
+                counts.raced.append((row[spec.changed], int(row[spec.key])))
+    if events:
+        assert spec.events is not None
+        assert spec.events.outbox is not None
+        conn.execute(insert(outbox_table(spec.events.outbox)), events)
+    return counts
