@@ -4,6 +4,8 @@
     follow      keep copying the legacy's changes until cutover (poll by high-water mark)
     to-legacy   after cutover, apply the service's change events to the legacy table
     reconcile   compare both databases by key; exit 3 when drift exceeds --max-drift
+    compensate  after cutover, run the declared compensations (sagas through the service's API)
+    check       validate declarations (every problem with its line) and say what they move
     status      what each job last did: positions, lag, health, processed events, last reconcile
     migrate     create or upgrade the service's schema (its hook) and the sync's own tables
 
@@ -46,6 +48,7 @@ from datasync.cli_support import (
     stdout,
     stop_on_signals,
 )
+from datasync.errors import SyncError
 from datasync.spec import Spec
 
 # The monolith's default (legacy_monolith/settings.py, which the engine never imports).
@@ -336,6 +339,119 @@ def to_legacy(
         emit_json(result.as_dict())
     else:
         typer.echo(render.to_legacy_summary(result))
+
+
+@app.command()
+def compensate(
+    sync: SyncFile = DEFAULT_SYNC,
+    legacy_db: LegacyDb = DEFAULT_LEGACY_DB,
+    service_db: ServiceDb = None,
+    service_url: Annotated[
+        str,
+        typer.Option(
+            envvar="STRANGLER_SERVICE_URL",
+            help="The service's base URL: compensations call its own API.",
+        ),
+    ] = "http://127.0.0.1:8002",
+    service_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STRANGLER_SERVICE_TOKEN",
+            help="A bearer token the service accepts for the declared calls (a staff token).",
+        ),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="One pass (with a sweep), then exit.")] = (
+        False
+    ),
+    interval: Annotated[float, typer.Option(min=0.01, help="Seconds between passes.")] = 1.0,
+    sweep: Annotated[
+        float, typer.Option(min=1, help="Seconds between full sweeps of the watched table.")
+    ] = 300.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    json_output: JsonOutput = False,
+    migrate: Migrate = False,
+) -> None:
+    """After cutover: run the declared compensations (e.g. void a payment whose order the
+    legacy cancelled), each a saga recorded in the service's database."""
+    from datasync.compensate import (
+        CompensationResult,
+        Options,
+        compensate_once,
+        run_compensation,
+        service_client,
+    )
+
+    if not service_token:
+        fail(
+            "compensate needs --service-token (or STRANGLER_SERVICE_TOKEN): the declared "
+            "calls go through the service's own API"
+        )
+
+    def show(result: CompensationResult) -> None:
+        if json_output:
+            emit_json(result.as_dict())
+        elif not quiet and (once or result.created or result.calls):
+            typer.echo(render.compensation_summary(result))
+
+    with errors_as_exit():
+        spec = load_spec(sync)
+        if not spec.compensations:
+            fail(f"sync {spec.name} declares no compensation ({spec.source})")
+        legacy, service = engines(spec, legacy_db, service_db, migrate)
+        options = Options(sweep=sweep)
+        with service_client(service_url, service_token) as client:
+            if once:
+                show(
+                    compensate_once(
+                        spec, legacy, service, client, options=options, force_sweep=True
+                    )
+                )
+                return
+            stop = threading.Event()
+            if not quiet and not json_output:
+                typer.echo(
+                    f"compensating {spec.name} through {service_url} every {interval}s "
+                    "(Ctrl-C stops)"
+                )
+            with stop_on_signals(stop.set):
+                run_compensation(
+                    spec,
+                    legacy,
+                    service,
+                    client,
+                    stop=stop,
+                    interval=interval,
+                    on_pass=show,
+                    options=options,
+                )
+
+
+@app.command()
+def check(sync: SyncFiles = None, json_output: JsonOutput = False) -> None:
+    """Validate declarations without touching a database: every problem with its line, or
+    what each sync will move."""
+    from datasync.declaration import DeclarationError, load
+
+    summaries: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for path in sync or [DEFAULT_SYNC]:
+        try:
+            summaries.append(render.declaration_summary(load(path)))
+        except DeclarationError as exc:
+            problems += exc.detail.splitlines()
+        except SyncError as exc:
+            problems.append(f"{path}: {exc.detail}")
+    if problems:
+        for line in problems:
+            typer.echo(f"error: {line}", err=True)
+        if json_output:
+            emit_json({"valid": False, "problems": problems})
+        raise typer.Exit(1)
+    if json_output:
+        emit_json({"valid": True, "syncs": summaries})
+        return
+    for summary in summaries:
+        typer.echo(render.declaration_text(summary))
 
 
 @app.command()

@@ -4,7 +4,6 @@ output, clean stops on SIGINT/SIGTERM, and opening the to-legacy event source.""
 
 from __future__ import annotations
 
-import importlib
 import json
 import signal
 import sys
@@ -43,11 +42,17 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def errors_as_exit() -> Iterator[None]:
-    """One line and exit 1 for every error the user can act on; never a traceback."""
+    """One line and exit 1 for every error the user can act on; never a traceback. An invalid
+    declaration is the one error of several lines: one per problem, each with its line."""
     try:
         yield
     except SyncError as exc:
-        fail(exc.detail.splitlines()[0] if exc.detail else exc.kind)
+        lines = exc.detail.splitlines() if exc.detail else [exc.kind]
+        if exc.kind == "invalid-declaration":
+            for line in lines[:-1]:
+                typer.echo(f"error: {line}", err=True)
+            fail(lines[-1])
+        fail(lines[0])
     except SQLAlchemyError as exc:
         origin = getattr(exc, "orig", None)
         reason = str(origin if origin is not None else exc).strip().splitlines()[0]
@@ -57,33 +62,18 @@ def errors_as_exit() -> Iterator[None]:
 
 
 def load_spec(path: Path) -> Spec:
-    """The declaration at `path` (a `DeclarationError` names every problem), refined by its
-    hooks module's `refine(spec) -> Spec` when it has one."""
+    """The declaration at `path` (a `DeclarationError` names every problem)."""
     from datasync.declaration import load
 
     if not path.exists():
         raise SyncError(f"no sync declaration at {path}")
-    spec = load(path)
-    refine = module_hook(spec, "refine")
-    return refine(spec) if refine is not None else spec
-
-
-def module_hook(spec: Spec, name: str) -> Callable[..., Any] | None:
-    """A function `name` of the module the declaration's hooks live in, if it has one: the
-    service's own additions that a declaration cannot spell (its schema migration, `migrate`;
-    facts about its key space, `refine`)."""
-    for hook in spec.hooks.values():
-        module = importlib.import_module(hook.__module__)
-        found = getattr(module, name, None)
-        if callable(found):
-            return found  # type: ignore[no-any-return]
-    return None
+    return load(path)
 
 
 def migrate_hook(spec: Spec) -> Callable[[Engine], str | None] | None:
-    """The service's own schema migration (`migrate(engine) -> revision` in the hooks module):
-    the sync creates only its own tables, never a service's."""
-    return module_hook(spec, "migrate")
+    """The service's own schema migration (`hooks.migrate`, returning its revision): the sync
+    creates only its own tables, never a service's."""
+    return spec.hooks.get("migrate")
 
 
 def migrate_service(spec: Spec, engine: Engine) -> str | None:

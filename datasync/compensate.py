@@ -764,9 +764,18 @@ def saga_tags(
     spec: Spec, rule: Compensation, service_conn: Connection, rows: Sequence[RowLike]
 ) -> dict[int, tuple[str, str | None]]:
     """Row key -> (saga state, outcome) of these rows' sagas."""
+    return saga_states(spec, rule.name, service_conn, [int(row[spec.key]) for row in rows])
+
+
+def saga_states(
+    spec: Spec, rule: str, service_conn: Connection, keys: Sequence[int]
+) -> dict[int, tuple[str, str | None]]:
+    """Row key -> (saga state, outcome) of the sagas rule `rule` has for these row keys."""
     tags: dict[int, tuple[str, str | None]] = {}
-    for chunk in chunks([int(row[spec.key]) for row in rows]):
-        for saga in service_conn.execute(existing_sagas_query(spec, rule.name, chunk)):
+    if not keys or not has_sagas(service_conn):
+        return tags
+    for chunk in chunks(list(keys)):
+        for saga in service_conn.execute(existing_sagas_query(spec, rule, chunk)):
             tags[int(saga.row_key)] = (str(saga.state), saga.outcome)
     return tags
 

@@ -13,7 +13,8 @@ anywhere else. The whole shape, with the payment service's table as the example:
       table: payments
       origin: origin               # optional unless to-legacy: 'legacy' or 'service'
       version: row_version         # optional unless to-legacy: +1 on every service write
-      key_floor: 3_000_000_000_000_000  # optional: legacy keys must stay below the service's ids
+      key_floor: 3_000_000_000_000_000    # optional: the service's own keys start here ...
+      key_ceiling: 4_000_000_000_000_000  # ... and end here: a legacy key between stops the sync
     fields:                        # every synced column, in order; the row hash follows it
       id: bigint                   # shorthand for {type: bigint}
       order_id: {type: bigint, nullable: false}
@@ -32,7 +33,9 @@ anywhere else. The whole shape, with the payment service's table as the example:
       key_field: payment_id        # the stream field naming the row's key
       synced_type: payment.synced  # the event the sync records for a change it copies in
       types_by_value: [{field: status, value: voided, type: payment.voided}]
-    hooks: {payload: "services.payment.sync.hooks:payload"}   # row -> event payload
+    hooks:
+      payload: "services.payment.sync.hooks:payload"   # row -> event payload (the API's shape)
+      migrate: "services.payment.sync.hooks:migrate"   # the service's own schema migration
     compensate:
       - name: cancelled_order_with_live_payment
         watch: {table: orders, key: id, changed: updated_at, when: {state: cancelled}}
@@ -61,9 +64,10 @@ Rules (the engine may assume them once a `Spec` exists):
   guard, as DMS and GoldenGate tag bidirectional changes) and an event source.
 - Compensation calls are POST, PUT, PATCH or DELETE on a path of the service's API; `{name}`
   placeholders in the path and body name declared fields (legacy names).
-- `hooks.payload` is a "module:function" string, imported when the declaration is loaded (as
-  uvicorn's `import_from_string`), so a typo fails at load time with its line, not at the first
-  event.
+- `hooks.payload` (row -> event payload) and `hooks.migrate` (engine -> schema revision, run by
+  `strangler sync migrate` and `--migrate` before the engine creates its own tables) are
+  "module:function" strings, imported when the declaration is loaded (as uvicorn's
+  `import_from_string`), so a typo fails at load time with its line, not at the first event.
 """
 
 from __future__ import annotations
@@ -247,6 +251,7 @@ class ServiceIn(_Strict):
     origin: Identifier | None = None
     version: Identifier | None = None
     key_floor: Annotated[StrictInt, Field(gt=0)] | None = None
+    key_ceiling: Annotated[StrictInt, Field(gt=0)] | None = None
 
 
 class FieldIn(_Strict):
@@ -294,6 +299,7 @@ class EventsIn(_Strict):
 
 class HooksIn(_Strict):
     payload: str | None = None
+    migrate: str | None = None
 
 
 class WatchIn(_Strict):
@@ -447,7 +453,7 @@ class _Checker:
         self.d = declared
         self.problems: list[Problem] = []
         self.names = list(declared.fields)
-        self.hook: Callable[..., Any] | None = None
+        self.hooks_found: dict[str, Callable[..., Any]] = {}
 
     def add(self, loc: Loc, message: str, at: Loc | None = None) -> None:
         line = _line_of(self.document, loc if at is None else at)
@@ -526,28 +532,36 @@ class _Checker:
             self.field_named(("events", "types_by_value", index, "field"), item.field)
 
     def hooks(self) -> None:
-        target = self.d.hooks.payload
-        if target is None:
-            return
-        loc = ("hooks", "payload")
-        if self.d.events is None:
-            self.add(loc, "a payload hook shapes events: declare `events` too")
+        for name in ("payload", "migrate"):
+            target = getattr(self.d.hooks, name)
+            if target is None:
+                continue
+            loc = ("hooks", name)
+            if name == "payload" and self.d.events is None:
+                self.add(loc, "a payload hook shapes events: declare `events` too")
+            hook = self.imported(loc, target)
+            if hook is not None:
+                self.hooks_found[name] = hook
+
+    def imported(self, loc: Loc, target: str) -> Callable[..., Any] | None:
+        """The callable a "module:function" string names, or None with the problem added."""
         if not HOOK.match(target):
             self.add(loc, f"{target!r} is not 'module:function'")
-            return
+            return None
         module_name, _, attribute = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # an import runs arbitrary code: report whatever it raised
             self.add(loc, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}")
-            return
+            return None
         hook = getattr(module, attribute, None)
         if hook is None:
             self.add(loc, f"module {module_name!r} has no {attribute!r}")
-        elif not callable(hook):
+            return None
+        if not callable(hook):
             self.add(loc, f"{target!r} is not callable")
-        else:
-            self.hook = hook
+            return None
+        return hook  # type: ignore[no-any-return]
 
     def compensation(self, index: int, rule: CompensationIn) -> None:
         at: Loc = ("compensate", index)
@@ -585,7 +599,9 @@ class _Checker:
 
 
 # --- the Spec ----------------------------------------------------------------------------------
-def _spec(d: DeclarationIn, source: str | Path | None, lines: dict[str, int], hook: Any) -> Spec:
+def _spec(
+    d: DeclarationIn, source: str | Path | None, lines: dict[str, int], hooks: dict[str, Any]
+) -> Spec:
     fields = tuple(
         SpecField(
             name=name,
@@ -647,6 +663,7 @@ def _spec(d: DeclarationIn, source: str | Path | None, lines: dict[str, int], ho
         version_column=d.service.version,
         soft_delete=(soft.field, soft.value) if soft is not None else None,
         key_floor=d.service.key_floor,
+        key_ceiling=d.service.key_ceiling,
         events=events,
         compensations=compensations,
         gate=Gate(d.gate.max_lag, d.gate.confirmations, d.gate.reconcile_max_age),
@@ -655,7 +672,7 @@ def _spec(d: DeclarationIn, source: str | Path | None, lines: dict[str, int], ho
         ),
         source=Path(source) if source is not None else None,
         line_of=lines,
-        hooks={"payload": hook} if hook is not None else {},
+        hooks=hooks,
     )
 
 
@@ -684,7 +701,7 @@ def loads(text: str, source: str | Path | None = None) -> Spec:
     problems = checker.run()
     if problems:
         raise DeclarationError(name, problems)
-    return _spec(declared, source, dict(_lines(document)), checker.hook)
+    return _spec(declared, source, dict(_lines(document)), checker.hooks_found)
 
 
 def load(path: str | Path) -> Spec:

@@ -68,6 +68,8 @@ class Report:
     in_flight: int = 0
     findings: Findings = field(default_factory=Findings)
     flagged: list[LiveOnWatched] = field(default_factory=list)  # broken invariants
+    # (category, key) -> the compensation saga's state for a flagged row ("none": no saga yet)
+    sagas: dict[tuple[str, int], str] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -99,7 +101,10 @@ class Report:
         }
         flagged: dict[str, Any] = {}
         for kind in self.categories:
-            flagged[kind] = [item.as_dict() for item in self.of(kind)][:limit]
+            flagged[kind] = [
+                {**item.as_dict(), "saga": self.sagas.get((kind, item.key), "none")}
+                for item in self.of(kind)
+            ][:limit]
             counts[kind] = len(self.of(kind))
         return {
             "passed": self.passed,
@@ -206,6 +211,7 @@ def reconcile(
         spec, legacy, service, candidates, recheck_after, settle, sleep, report
     )
     report.flagged = _invariants(spec, legacy, service, recheck_after, sleep)
+    report.sagas = _sagas(spec, service, report.flagged)
     report.finished_at = utcnow()
     report.seconds = time.perf_counter() - clock
     if record:
@@ -317,6 +323,22 @@ def _invariants(
     first = {(item.category, item.key) for item in found}
     with reading(legacy) as old, reading(service) as new:
         return [item for item in violations(spec, old, new) if (item.category, item.key) in first]
+
+
+def _sagas(spec: Spec, service: Engine, flagged: list[LiveOnWatched]) -> dict[tuple[str, int], str]:
+    """The compensation saga of every flagged row, so the report says which are being repaired
+    (`compensate.py`) and which no saga has picked up yet."""
+    from datasync.compensate import saga_states
+
+    found: dict[tuple[str, int], str] = {}
+    if not flagged:
+        return found
+    with reading(service) as conn:
+        for kind in {item.category for item in flagged}:
+            keys = [item.key for item in flagged if item.category == kind]
+            for key, (state, outcome) in saga_states(spec, kind, conn, keys).items():
+                found[(kind, key)] = state if outcome is None else f"{state} ({outcome})"
+    return found
 
 
 def record_report(spec: Spec, service: Engine, report: Report) -> None:

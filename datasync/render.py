@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from datasync.backfill import BackfillResult
+from datasync.compensate import CompensationResult
 from datasync.incremental import FollowResult
 from datasync.invariants import singular
 from datasync.reconcile import Report
@@ -93,7 +94,8 @@ def reconcile_table(spec: Spec, report: Report, limit: int) -> Table | None:
             (
                 str(item.key),
                 item.category,
-                f"{singular(watch.table)} {item.watched_key} {watch.value}: compensate",
+                f"{singular(watch.table)} {item.watched_key} {watch.value}; compensation "
+                f"{report.sagas.get((item.category, item.key), 'none')}",
                 _show(item.legacy_state or "(absent)"),
                 _show(item.service_state or "(absent)"),
             )
@@ -118,3 +120,61 @@ def reconcile_table(spec: Spec, report: Report, limit: int) -> Table | None:
 
 def _show(value: Any) -> str:
     return "NULL" if value is None else str(value)
+
+
+def compensation_summary(result: CompensationResult) -> str:
+    found = ", ".join(f"{n} by {source}" for source, n in result.found.items()) or "none"
+    calls = ", ".join(f"{n} {outcome}" for outcome, n in result.outcomes.items()) or "none"
+    swept = " (swept)" if result.swept else ""
+    return f"compensate: sagas started {found}{swept}; calls {calls}"
+
+
+def declaration_summary(spec: Spec) -> dict[str, Any]:
+    """What a declaration moves, for `sync check` (JSON-ready)."""
+    renamed = {f.name: f.service for f in spec.fields if f.service != f.name}
+    return {
+        "sync": spec.name,
+        "source": str(spec.source) if spec.source else None,
+        "legacy": f"{spec.legacy_table} (key {spec.key}, changed {spec.changed})",
+        "service": spec.service_table,
+        "fields": len(spec.fields),
+        "renamed": renamed,
+        "directions": sorted(spec.directions),
+        "conflict": spec.conflict,
+        "soft_delete": list(spec.soft_delete) if spec.soft_delete else None,
+        "events": None
+        if spec.events is None
+        else {"stream": spec.events.stream, "outbox": spec.events.outbox},
+        "compensate": [
+            {
+                "name": rule.name,
+                "watch": f"{rule.watch.table}.{rule.watch.column} = {rule.watch.value}",
+                "states": sorted(rule.actions),
+            }
+            for rule in spec.compensations
+        ],
+    }
+
+
+def declaration_text(summary: dict[str, Any]) -> str:
+    lines = [f"sync {summary['sync']} ({summary['source']}): valid"]
+    lines.append(f"  legacy   {summary['legacy']}")
+    renamed = ", ".join(f"{a} -> {b}" for a, b in summary["renamed"].items())
+    lines.append(
+        f"  service  {summary['service']}: {summary['fields']} fields"
+        + (f" (renamed: {renamed})" if renamed else "")
+    )
+    lines.append(f"  moves    {', '.join(summary['directions'])}; conflicts: {summary['conflict']}")
+    if summary["soft_delete"]:
+        lines.append(f"  deletes  soft: {summary['soft_delete'][0]} = {summary['soft_delete'][1]}")
+    else:
+        lines.append("  deletes  hard deletes are found by reconcile (rows extra in the service)")
+    events = summary["events"]
+    if events:
+        lines.append(f"  events   stream {events['stream']}, outbox {events['outbox']}")
+    for rule in summary["compensate"]:
+        lines.append(
+            f"  compensate {rule['name']}: when {rule['watch']}, for rows "
+            f"{', '.join(rule['states'])}"
+        )
+    return "\n".join(lines)

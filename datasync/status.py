@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import inspect, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from datasync.engines import database_now, reading
 from datasync.errors import SchemaMissing
@@ -145,6 +145,7 @@ def gather_status(
         lag = lag_percentiles(conn, spec.name, JOB_FOLLOW, utcnow() - LAG_WINDOW)
         processed = processed_count(conn, spec.name)
         last = _last_reconcile(spec, conn)
+        sagas = _sagas(spec, conn)
     reconcile = None
     if last is not None:
         reconcile = {
@@ -173,7 +174,33 @@ def gather_status(
         "follow": following,
         "to_legacy": _to_legacy(to_legacy, processed),
         "reconcile": reconcile,
+        "compensate": sagas,
     }
+
+
+def _sagas(spec: Spec, conn: Connection) -> dict[str, Any] | None:
+    """The compensation sagas (`compensate.py`), when the declaration has any rule."""
+    if not spec.compensations:
+        return None
+    from datasync.compensate import saga_summary
+
+    return saga_summary(spec, conn)
+
+
+def saga_line(sagas: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sagas["counts"].items() if n)
+    oldest = sagas["oldest_open_seconds"]
+    waiting = "" if oldest is None else f", oldest open {oldest:.0f}s"
+    failed = sagas["failures"]
+    last = (
+        ""
+        if not failed
+        else (
+            f"; last failure: {failed[0]['rule']} row {failed[0]['row_key']} "
+            f"({failed[0]['outcome']}: {failed[0]['last_error'] or failed[0]['http_status']})"
+        )
+    )
+    return f"{sagas['open']} open{waiting} ({counts or 'none yet'}){last}"
 
 
 def health_note(job: dict[str, Any]) -> str:
@@ -239,6 +266,9 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
             f"{r['differing']}) over {r['rows_compared']:,} rows at {r['finished_at']}",
         )
     )
+    sagas = status.get("compensate")
+    if sagas is not None:
+        lines.append(("compensate", saga_line(sagas)))
     gate = status["cutover"]
     lines.append(("cutover gate", "ready" if gate["ready"] else "NOT READY"))
     for check in gate.get("checks", []):

@@ -38,6 +38,7 @@ from proxy.procs import STRANGLER_READY, Child
 
 SYNC_METRICS = re.compile(r"metrics on (http://[\w.:]+:\d+)")
 DEMO_USER = "alice@example.com"
+STAFF_USER = "staff@legacy-shop.example"
 DEMO_PASSWORD = "password123"  # noqa: S105 - the seeded demo shop's published credentials
 Echo = Callable[[str], None]
 
@@ -237,12 +238,19 @@ class Shell:
         self.routes = routes
         self.databases = ("--legacy-db", legacy_db, "--service-db", service_db)
 
-    def run(self, *args: str, extra: tuple[str, ...] = ()) -> int:
+    def run(
+        self, *args: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> int:
         self.n.echo("$ strangler " + shlex.join(args))
         code, output = Child(
             "strangler",
             _strangler(*args, *extra),
-            env={"STRANGLER_AUTHOR": "platform-team", "COLUMNS": "100", "NO_COLOR": "1"},
+            env={
+                "STRANGLER_AUTHOR": "platform-team",
+                "COLUMNS": "100",
+                "NO_COLOR": "1",
+                **(env or {}),
+            },
         ).run_to_end()
         for line in output.rstrip("\n").splitlines():
             self.n.echo("  " + line)
@@ -253,8 +261,8 @@ class Shell:
     def routes_cli(self, *args: str) -> int:
         return self.run("routes", *args, extra=("--routes", str(self.routes)))
 
-    def sync(self, *args: str) -> int:
-        return self.run("sync", *args, extra=self.databases)
+    def sync(self, *args: str, env: dict[str, str] | None = None) -> int:
+        return self.run("sync", *args, extra=self.databases, env=env)
 
     def state(self, *args: str) -> int:
         """A shadow command, reading the proxy's state directory."""
@@ -265,6 +273,8 @@ def act_data(n: Narrator, sh: Shell, service: httpx.Client, follower: Callable[[
     """The payment service gets the monolith's payments, keeps up with them, and proves it."""
     n.say("Moving payments before their data: the payment service's gate refuses")
     sh.routes_cli("flip", "payments", "--to", "payment", "--reason", "too early")
+    n.say("The sync is declared, not coded: one engine moves any table a file describes")
+    sh.run("sync", "check")
     n.say("The payment service's database is filled from the monolith's, reading it only")
     sh.sync("backfill")
     n.say("follow keeps copying the monolith's changes, polling by a high-water mark")
@@ -401,7 +411,7 @@ def _served(n: Narrator, admin: str, version: int) -> None:
     n.echo(f"  (the proxy now serves version {version}, without a restart)")
 
 
-def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
+def act_flip(n: Narrator, sh: Shell, admin: str, service_url: str) -> int:
     """The route-table life-cycle: a flip, what changed, who did it, and a rollback. Returns the
     id of the payment the service took."""
 
@@ -419,7 +429,6 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
     early = n.call(
         "POST", "/api/v1/payments", json={"order_id": before, "method": "wallet"}, headers=phone
     )
-    time.sleep(2.5)  # follow's next poll: the gate asks for its lag within budget
     n.say("Move payments: flip the route to the payment service")
     sh.routes_cli("flip", "payments", "--to", "payment", "--reason", "payment service live")
     served(3)
@@ -444,6 +453,7 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
     n.say("... so the monolith's orders feature, unchanged, shows the order paid")
     shown = n.call("GET", f"/api/v1/orders/{order}", headers=auth)
     n.echo(f"  order {order} status: {shown.json().get('status')}")
+    act_race(n, sh, auth, service_url)
     n.say("What changed, who did it, and the way back")
     sh.routes_cli("diff", "2")
     sh.routes_cli("history")
@@ -452,6 +462,34 @@ def act_flip(n: Narrator, sh: Shell, admin: str) -> int:
     n.call("GET", "/api/v1/payments?per_page=1")
     requests_by_upstream()
     return int(paid.json()["id"])
+
+
+def act_race(n: Narrator, sh: Shell, auth: dict[str, str], service_url: str) -> None:
+    """The race the monolith cannot see, closed by the declared compensation."""
+    n.say("Alice pays one more order on the service, and cancels it at once on the monolith:")
+    order = _new_order(n.client, auth)
+    n.call(
+        "POST",
+        "/api/v1/payments",
+        json={"order_id": order, "method": "wallet"},
+        headers={**auth, "Idempotency-Key": f"demo-{order}"},
+    )
+    n.say("the monolith cannot see a payment to-legacy has not delivered yet, so it cancels")
+    n.call("POST", f"/api/v1/orders/{order}/cancel", headers=auth)
+    n.say("The declared compensation voids or refunds it through the service's API, as a saga")
+    staff = n.client.post(
+        "/api/v1/auth/login", json={"email": STAFF_USER, "password": DEMO_PASSWORD}
+    ).json()["access_token"]
+    sh.sync(
+        "compensate",
+        "--once",
+        "--service-url",
+        service_url,
+        env={"STRANGLER_SERVICE_TOKEN": staff},
+    )
+    sh.sync("to-legacy", "--once")
+    n.say("to-legacy brings the payment and its refund to the monolith; the saga is in status")
+    sh.sync("status")
 
 
 SAFETY_ROUTES = """\
@@ -639,7 +677,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
 
                 act_data(n, sh, to_service, follower)
                 act_shadow(n, sh, proxy.listeners["admin"], shadowed, payment.url, service_db)
-                taken = act_flip(n, sh, proxy.listeners["admin"])
+                taken = act_flip(n, sh, proxy.listeners["admin"], payment.url)
                 act_outage(
                     Narrator(inside, echo),
                     sh,

@@ -296,7 +296,9 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     for refused in ("400", "405", "508", "413"):
         assert f"← {refused} application/problem+json" in out
     assert 'strangler_requests_total{code="200",route="default",upstream="monolith"} 3.0' in out
-    # act 3: the service's data: backfill, follow, reconcile
+    # act 3: the service's data: declared, backfilled, followed, reconciled
+    assert "sync payments (" in out
+    assert "payments.yaml): valid" in out
     assert re.search(r"backfill done: 50\d rows", out)
     assert "the gate of upstream 'payment' (routes payments) is closed (503)" in out
     assert re.search(r"is in the service's database \d+\.\ds later", out)
@@ -322,6 +324,9 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert '"id": 4000000000000000' in out
     assert "1 applied" in out
     assert re.search(r"order \d+ status: paid", out)
+    # the cancel race: a service payment on an order the monolith cancelled, compensated
+    assert "compensate: sagas started 1 by watched (swept); calls 1 done" in out
+    assert re.search(r"compensate\s+│ 0 open \(1 done\)", out)
     # and the flip diffed, listed and rolled back, served live
     assert "version 3 committed (platform-team: payment service live)" in out
     assert "changed route payments: to: monolith → payment" in out

@@ -475,11 +475,13 @@ def test_a_missing_hook_of_the_payment_declaration_is_reported_with_its_line(
     monkeypatch.setitem(sys.modules, HOOK_MODULE, None)  # the import fails, as if absent
     with pytest.raises(DeclarationError) as caught:
         load(PAYMENTS)
-    (problem,) = caught.value.problems
+    # Both hooks live in that module: each is reported on its own line.
+    payload, migrate = caught.value.problems
     text = PAYMENTS.read_text().splitlines()
-    assert problem.where() == "hooks.payload"
-    assert HOOK_MODULE in text[(problem.line or 0) - 1]
-    assert str(caught.value).startswith(f"{PAYMENTS}:{problem.line}: hooks.payload: ")
+    assert (payload.where(), migrate.where()) == ("hooks.payload", "hooks.migrate")
+    for problem in (payload, migrate):
+        assert HOOK_MODULE in text[(problem.line or 0) - 1]
+    assert str(caught.value).startswith(f"{PAYMENTS}:{payload.line}: hooks.payload: ")
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ DECLARATION = Path(__file__).resolve().with_name("payments.yaml")
 
 @cache
 def spec() -> Spec:
-    """The payment sync's `Spec`: `payments.yaml`, refined by `hooks.refine`."""
+    """The payment sync's `Spec`: `payments.yaml`."""
     from datasync.cli_support import load_spec
 
     return load_spec(DECLARATION)

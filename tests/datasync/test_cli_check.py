@@ -1,0 +1,74 @@
+"""`strangler sync check` and the command line's handling of declarations: a valid one says
+what it moves, an invalid one is refused with every problem on its own line (file and line),
+whatever the command; `compensate` says what it needs instead of failing later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from datasync.cli import DEFAULT_SYNC, app
+
+runner = CliRunner()
+
+BROKEN = """\
+sync: stock
+legacy: {table: stock_items, key: item_no, changed: modified_at}
+service: {table: stock}
+fields:
+  item_no: bigint
+  modified_at: {type: string, length: 30}
+  price: decimal
+"""
+
+
+def test_the_shipped_declaration_is_valid_and_says_what_it_moves() -> None:
+    done = runner.invoke(app, ["check", "--sync", str(DEFAULT_SYNC)])
+    assert done.exit_code == 0, done.output
+    assert "sync payments (" in done.stdout
+    assert "): valid" in done.stdout
+    assert "moves    to-legacy, to-service; conflicts: newer-wins" in done.stdout
+    assert "compensate cancelled_order_with_live_payment: when orders.state = cancelled" in (
+        done.stdout
+    )
+    as_json = json.loads(runner.invoke(app, ["check", "--json"]).stdout)
+    assert as_json["valid"] is True
+    (payments,) = as_json["syncs"]
+    assert (payments["sync"], payments["fields"], payments["renamed"]) == ("payments", 15, {})
+
+
+def test_an_invalid_declaration_is_refused_with_every_problem_and_its_line(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "stock.yaml"
+    broken.write_text(BROKEN)
+    done = runner.invoke(app, ["check", "--sync", str(broken)])
+    assert done.exit_code == 1
+    assert done.stderr.splitlines() == [
+        f"error: {broken}:2: legacy.changed: field 'modified_at' is string; it must be timestamp",
+        f"error: {broken}:7: fields.price: a decimal needs `precision` and `scale`",
+    ]
+    # Every other command refuses it the same way before touching a database.
+    status = runner.invoke(app, ["status", "--sync", str(broken)])
+    assert status.exit_code == 1
+    assert len(status.stderr.splitlines()) == 2
+    assert "Traceback" not in status.output
+
+
+def test_a_missing_declaration_is_one_line(tmp_path: Path) -> None:
+    done = runner.invoke(app, ["check", "--sync", str(tmp_path / "absent.yaml")])
+    assert done.exit_code == 1
+    assert "absent.yaml" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_compensate_asks_for_the_token_it_calls_the_service_with(tmp_path: Path) -> None:
+    done = runner.invoke(
+        app,
+        ["compensate", "--once", "--service-db", f"sqlite:///{tmp_path}/s.db"],
+        env={"STRANGLER_SERVICE_TOKEN": ""},
+    )
+    assert done.exit_code == 1
+    assert done.stderr.startswith("error: compensate needs --service-token")
