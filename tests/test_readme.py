@@ -123,7 +123,9 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^\.venv/bin/strangler routes history$"),
         re.compile(r"^\.venv/bin/strangler routes status --admin "),
         re.compile(r"^\.venv/bin/python -m services\.payment --port 8002 "),
-        re.compile(r"^\.venv/bin/strangler sync (backfill|follow|reconcile|status|to-legacy)"),
+        re.compile(
+            r"^\.venv/bin/strangler sync (check|backfill|follow|reconcile|status|to-legacy)"
+        ),
         re.compile(r"^\.venv/bin/strangler (shadow report|record|contract run) "),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
@@ -428,7 +430,8 @@ def test_the_payment_service_and_sync_commands_run(monolith: Child, workdir: Pat
         )
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         outputs.append(done.stdout)
-    backfill, follow, reconcile, status, to_legacy = outputs
+    check, backfill, follow, reconcile, status, to_legacy = outputs
+    assert "sync payments (" in check
     assert re.search(r"backfill done: \d+ rows", backfill)
     assert "follow:" in follow
     assert "reconcile passed: drift 0" in reconcile
