@@ -38,6 +38,7 @@ def test_the_stack_has_every_part(compose: dict[str, Any]) -> None:
         "lb",
         "sync-follow",
         "sync-to-legacy",
+        "sync-compensate",
     }
     replicas = [s for name, s in compose["services"].items() if name.startswith("proxy-")]
     assert {tuple(s["command"].split()) for s in replicas} == {
@@ -73,10 +74,11 @@ def test_the_sync_commands_are_ones_strangler_sync_accepts(compose: dict[str, An
     from datasync.cli import app as sync_app
 
     group = typer.main.get_command(sync_app)
-    for name in ("sync-follow", "sync-to-legacy"):
+    for name in ("sync-follow", "sync-to-legacy", "sync-compensate"):
         words = shlex.split(compose["services"][name]["command"])
         assert words[:2] == ["strangler", "sync"]
         command = group.commands[words[2]]  # type: ignore[attr-defined]
         command.make_context(words[2], words[3:])
         environment = compose["services"][name]["environment"]
-        assert set(environment) == {"STRANGLER_LEGACY_DB", "STRANGLER_SERVICE_DB"}
+        assert {"STRANGLER_LEGACY_DB", "STRANGLER_SERVICE_DB"} <= set(environment)
+    assert "STRANGLER_SERVICE_TOKEN" in compose["services"]["sync-compensate"]["environment"]
