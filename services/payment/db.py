@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import TIMESTAMP, BigInteger, Integer, MetaData, create_engine, event
-from sqlalchemy.engine import URL, Dialect, Engine, make_url
+from sqlalchemy import BigInteger, Integer, MetaData, create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.types import TypeDecorator
+
+# The toolkit's type: the payment's tables and the sync read timestamps the same way.
+from datasync.types import UTCDateTime as UTCDateTime
 
 # Short, deterministic constraint names: Oracle 19c caps identifiers at 30 characters.
 NAMING_CONVENTION = {
@@ -47,30 +49,6 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """`TIMESTAMP WITH TIME ZONE` that always binds UTC and always reads back an aware UTC value.
-
-    SQLite keeps no zone and returns naive values; Oracle and PostgreSQL return aware ones.
-    """
-
-    impl = TIMESTAMP(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTCDateTime column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
