@@ -61,7 +61,9 @@ Rules (the engine may assume them once a `Spec` exists):
 - One key field, an integer (keyset batches and reconcile's bisection walk it in order); one
   change field, a timestamp (the follow's cursor is (change, key): Kafka Connect's JDBC source).
 - `to-legacy` needs the service's `origin` and `version` columns (echo skipping and the stale
-  guard, as DMS and GoldenGate tag bidirectional changes) and an event source.
+  guard, as DMS and GoldenGate tag bidirectional changes) and an event source. An outbox table
+  and a stream carry ONE sync's events: to-legacy applies every event it reads, so each synced
+  table needs its own (Debezium's outbox router routes by aggregate type to one topic each).
 - Compensation calls are POST, PUT, PATCH or DELETE on a path of the service's API; `{name}`
   placeholders in the path and body name declared fields (legacy names).
 - `hooks.payload` (row -> event payload) and `hooks.migrate` (engine -> schema revision, run by

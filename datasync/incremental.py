@@ -13,7 +13,10 @@ Reads the legacy database only.
   missing and 2,133 stale rows before adding one, PR #64417). The re-read is cheap because the
   upsert compares first and rewrites only rows that changed (`apply.py`).
 - Rows are applied page by page; each page's upserts and the moved high-water mark commit in one
-  service transaction, so a crash resumes at the last committed page.
+  service transaction, so a crash resumes at the last committed page. A poll's `max_pages`
+  counts only pages reaching past the mark it started from: the look-back's re-read pages come
+  on top, so a look-back window holding more rows than the pages allowed cannot stall the
+  follower at the same rows poll after poll.
 - Lag is how far the follower is behind the legacy database's COMMITS, not the age of the
   newest row (which on a quiet table is hours old at its first new write): at the end of a
   poll, `caught_up` is the poll's cap when it drained every page (else the high-water mark's
@@ -232,7 +235,9 @@ def _poll(
     result = FollowResult(cap=cap)
     held: Mark | None = None
     drained = False
-    while options.max_pages is None or result.pages < options.max_pages:
+    start = mark
+    fresh = 0  # pages reaching past the mark the poll started from (what `max_pages` counts)
+    while options.max_pages is None or fresh < options.max_pages:
         with legacy.connect() as conn:
             rows = list(conn.execute(page_query(spec, scan, cap, options.page_size)).mappings())
         if not rows:
@@ -247,6 +252,8 @@ def _poll(
             held = moved
         mark, scan = moved, last
         result.pages += 1
+        if start is None or last > start:
+            fresh += 1
         result.rows_read += len(rows)
         result.counts.add(counts)
         if len(rows) < options.page_size:

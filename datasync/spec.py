@@ -19,6 +19,7 @@ Rules the declaration enforces (so the engine may assume them):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,12 +236,14 @@ class Spec:
         return select(*columns)
 
 
-_TABLES: dict[int, tuple[Table, Table]] = {}
+# Keyed by the Spec itself, weakly: an id() could be reused by a later Spec after this one is
+# collected, and hand it another declaration's tables.
+_TABLES: weakref.WeakKeyDictionary[Spec, tuple[Table, Table]] = weakref.WeakKeyDictionary()
 
 
 def _tables(spec: Spec) -> tuple[Table, Table]:
     """The legacy and service tables as SQLAlchemy Core sees them, one MetaData per Spec."""
-    found = _TABLES.get(id(spec))
+    found = _TABLES.get(spec)
     if found is not None:
         return found
     metadata = MetaData()
@@ -261,7 +264,7 @@ def _tables(spec: Spec) -> tuple[Table, Table]:
     if spec.version_column:
         service_columns.append(Column(spec.version_column, Integer))
     service = Table(spec.service_table, MetaData(), *service_columns)
-    _TABLES[id(spec)] = (legacy, service)
+    _TABLES[spec] = (legacy, service)
     return legacy, service
 
 
