@@ -46,7 +46,8 @@ anywhere else. The whole shape, with the payment service's table as the example:
           captured: {call: "POST /api/v1/payments/{id}/refund", body: {reason: "order {order_id}"}}
 
 Field types: bigint, integer, decimal (needs precision and scale), string (needs length), text,
-timestamp, boolean, date. A field is nullable unless it says `nullable: false`; the key never is.
+timestamp, boolean, date. A field is nullable unless it says `nullable: false`; the key and the
+change field never are.
 Durations are seconds, or a number with a unit: `250ms`, `1s`, `2m`, `1h` (as in routes.yaml).
 
 Rules (the engine may assume them once a `Spec` exists):
@@ -83,6 +84,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -120,7 +122,7 @@ Loc = tuple[str | int, ...]
 
 SYNC_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 COMPENSATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 IDENTIFIER_MAX = 30  # Oracle 19c below COMPATIBLE 12.2, and CONVENTIONS.md rule 12
 HOOK = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -176,7 +178,10 @@ class DeclarationError(SyncError):
 def identifier_problem(name: str) -> str | None:
     """Why `name` cannot be an unquoted Oracle table or column name, or None."""
     if not IDENTIFIER.match(name):
-        return f"{name!r} is not a SQL identifier (letters, digits, _; not starting with a digit)"
+        return (
+            f"{name!r} is not a lowercase SQL identifier (a-z, digits, _; not starting with a "
+            "digit): other spellings are quoted by SQLAlchemy and then differ between databases"
+        )
     if len(name) > IDENTIFIER_MAX:
         return f"{name!r} is {len(name)} characters; Oracle allows {IDENTIFIER_MAX}"
     if name.lower() in ORACLE_RESERVED:
@@ -220,6 +225,14 @@ def _named(pattern: re.Pattern[str], what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _scalar(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return _text(value)
+
+
 def _shorthand(value: object) -> object:
     return {"type": value} if isinstance(value, str) else value
 
@@ -229,6 +242,9 @@ SyncName = Annotated[str, _named(SYNC_NAME, "a sync name ([a-z][a-z0-9_-], at mo
 RuleName = Annotated[str, _named(COMPENSATION_NAME, "a name ([a-z][a-z0-9_-], at most 64)")]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Text = Annotated[str, BeforeValidator(_text), Field(min_length=1)]
+# A value a field may hold, as YAML spells it (`true`, `5`, `deleted`): kept as its text here,
+# normalised by the field's declared type when the Spec is built (`_declared_value`).
+Value = Annotated[str, BeforeValidator(_scalar), Field(min_length=1)]
 
 
 # --- the YAML shape ----------------------------------------------------------------------------
@@ -238,7 +254,7 @@ class _Strict(BaseModel):
 
 class SoftDeleteIn(_Strict):
     field: Identifier
-    value: Text
+    value: Value
 
 
 class LegacyIn(_Strict):
@@ -280,7 +296,7 @@ class GateIn(_Strict):
 
 class TypeByValueIn(_Strict):
     field: str
-    value: Text
+    value: Value
     type: Text
 
 
@@ -308,7 +324,7 @@ class WatchIn(_Strict):
     table: Identifier
     key: Identifier
     changed: Identifier
-    when: dict[str, Text]
+    when: dict[str, Value]
 
     @model_validator(mode="after")
     def _one_condition(self) -> WatchIn:
@@ -469,6 +485,15 @@ class _Checker:
             kind = self.d.fields[name].type
             self.add(loc, f"field {name!r} is {kind}; it must be {' or '.join(types_)}")
 
+    def value_fits(self, loc: Loc, name: str, value: str) -> None:
+        """A declared value must be one the field's type can hold."""
+        if name not in self.d.fields:
+            return  # reported by field_named
+        try:
+            _declared_value(self.d, name, value)
+        except (InvalidOperation, ValueError):
+            self.add(loc, f"{value!r} is not a {self.d.fields[name].type} value")
+
     def run(self) -> list[Problem]:
         d = self.d
         self.fields()
@@ -477,8 +502,17 @@ class _Checker:
         if key is not None and key.nullable:
             self.add(("fields", d.legacy.key, "nullable"), "the key field cannot be nullable")
         self.field_named(("legacy", "changed"), d.legacy.changed, ("timestamp",))
+        changed = d.fields.get(d.legacy.changed)
+        if changed is not None and changed.nullable:
+            self.add(
+                ("fields", d.legacy.changed, "nullable"),
+                "the change field cannot be nullable (a row without a change time can be "
+                "neither followed nor compared)",
+            )
         if d.legacy.soft_delete is not None:
-            self.field_named(("legacy", "soft_delete", "field"), d.legacy.soft_delete.field)
+            soft = d.legacy.soft_delete
+            self.field_named(("legacy", "soft_delete", "field"), soft.field)
+            self.value_fits(("legacy", "soft_delete", "value"), soft.field, soft.value)
         self.directions()
         self.events()
         self.hooks()
@@ -509,6 +543,10 @@ class _Checker:
             own = getattr(self.d.service, part)
             if own is not None and own in seen:
                 self.add(("service", part), f"{own!r} is also the column of field {seen[own]!r}")
+            elif own is not None and own in self.d.fields:
+                # Service rows are read with fields labelled by their legacy names, beside the
+                # bookkeeping columns: one name for two columns would be ambiguous.
+                self.add(("service", part), f"{own!r} is also the legacy name of a field")
 
     def directions(self) -> None:
         d = self.d
@@ -532,6 +570,7 @@ class _Checker:
             return
         for index, item in enumerate(self.d.events.types_by_value):
             self.field_named(("events", "types_by_value", index, "field"), item.field)
+            self.value_fits(("events", "types_by_value", index, "value"), item.field, item.value)
 
     def hooks(self) -> None:
         for name in ("payload", "migrate"):
@@ -601,21 +640,39 @@ class _Checker:
 
 
 # --- the Spec ----------------------------------------------------------------------------------
+def _field(name: str, f: FieldIn, d: DeclarationIn) -> SpecField:
+    never_null = name in (d.legacy.key, d.legacy.changed)
+    return SpecField(
+        name=name,
+        type=f.type,
+        service=f.service or name,
+        nullable=f.nullable if f.nullable is not None else not never_null,
+        length=f.length,
+        precision=f.precision,
+        scale=f.scale,
+    )
+
+
+def _declared_value(d: DeclarationIn, name: str, value: str) -> str:
+    """A declared value as the engine compares it: normalised like the field's own values (a
+    decimal at its scale, a boolean as true/false), so `5` matches a stored 5.00."""
+    from datasync.rows import normalise_value
+
+    declared = d.fields[name]
+    field_ = _field(name, declared, d)
+    if declared.type == "decimal":
+        return normalise_value(Decimal(value), field_) or value
+    if declared.type in INTEGER_TYPES:
+        return normalise_value(int(value), field_) or value
+    if declared.type == "boolean":
+        return normalise_value(value.lower() in ("true", "1", "yes"), field_) or value
+    return value
+
+
 def _spec(
     d: DeclarationIn, source: str | Path | None, lines: dict[str, int], hooks: dict[str, Any]
 ) -> Spec:
-    fields = tuple(
-        SpecField(
-            name=name,
-            type=f.type,
-            service=f.service or name,
-            nullable=f.nullable if f.nullable is not None else name != d.legacy.key,
-            length=f.length,
-            precision=f.precision,
-            scale=f.scale,
-        )
-        for name, f in d.fields.items()
-    )
+    fields = tuple(_field(name, f, d) for name, f in d.fields.items())
     events = None
     if d.events is not None:
         e = d.events
@@ -625,7 +682,9 @@ def _spec(
             key_field=e.key_field,
             group=e.group,
             synced_type=e.synced_type,
-            types_by_value=tuple((t.field, t.value, t.type) for t in e.types_by_value),
+            types_by_value=tuple(
+                (t.field, _declared_value(d, t.field, t.value), t.type) for t in e.types_by_value
+            ),
             payload=d.hooks.payload,
         )
     compensations = tuple(
@@ -663,7 +722,9 @@ def _spec(
         conflict=d.conflict,
         origin_column=d.service.origin,
         version_column=d.service.version,
-        soft_delete=(soft.field, soft.value) if soft is not None else None,
+        soft_delete=(soft.field, _declared_value(d, soft.field, soft.value))
+        if soft is not None
+        else None,
         key_floor=d.service.key_floor,
         key_ceiling=d.service.key_ceiling,
         events=events,

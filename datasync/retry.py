@@ -8,9 +8,14 @@ growing, fully jittered delay (AWS Architecture Blog, "Exponential Backoff And J
 random(0, min(cap, base * 2^n))), never ends the job. A permanent error (a missing table, a bad
 declaration: `SyncError` that is not `Transient`) still ends it, with one line saying why.
 
-Logging follows the one-line-per-problem rule: the first failure of a streak logs a warning
-with the error's class and first line; repeats of the same problem are counted, not logged;
-the recovery logs once with how long the job was down and how many attempts failed.
+Logging follows the one-line-per-problem rule: the first failure of a streak (an outage) logs a
+warning with the error's class and first line; every later failure of the same streak is counted
+and becomes the current `problem`, not logged, even when its text differs: one restart shows
+several symptoms in turn (Redis: "Connection closed by server", then "Connection refused", then
+"LOADING"; PostgreSQL: "terminating connection due to administrator command", then "the database
+system is shutting down", then "Connection refused"); a line per symptom would make one outage
+read as several problems. The recovery logs once with how long the job was down, how
+many attempts failed and the last problem seen.
 """
 
 from __future__ import annotations
@@ -118,12 +123,12 @@ class Health:
         self.problem, self.problem_since, self.failures = None, None, 0
 
     def failed(self, exc: BaseException, log: logging.Logger, retry_in: float) -> None:
+        """Count a failed attempt: the first of an outage logs one line, the rest only update
+        `problem` (the latest symptom) and `failures` (module header)."""
         problem = f"{type(exc).__name__}: {first_line(exc)}"
         if self.problem is None:
             self.problem_since = datetime.now(UTC)
             log.warning("%s: %s; retrying (backoff up to %.0fs)", self.job, problem, MAX_DELAY)
-        elif problem != self.problem:
-            log.warning("%s: now %s; still retrying", self.job, problem)
         self.problem = problem
         self.failures += 1
         del retry_in

@@ -206,10 +206,13 @@ def saga_line(sagas: dict[str, Any]) -> str:
 def health_note(job: dict[str, Any]) -> str:
     """ ", PROBLEM since …: …" while failing, else ", last success Ns ago" (or nothing)."""
     h = job.get("health") or {}
-    if h.get("problem"):
-        return f", PROBLEM since {h['problem_since']}: {h['problem']}"
     ago = h.get("since_success_seconds")
-    return "" if ago is None else f", last success {ago:.0f}s ago"
+    last = "" if ago is None else f"last success {ago:.0f}s ago"
+    if h.get("problem"):
+        return f", PROBLEM since {h['problem_since']}: {h['problem']}" + (
+            f" ({last})" if last else ""
+        )
+    return f", {last}" if last else ""
 
 
 def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:

@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from datasync.events import Event
-from datasync.retry import BASE_DELAY, Backoff, Health, first_line, is_transient
+from datasync.retry import BASE_DELAY, Backoff, Health, is_transient
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -129,13 +129,8 @@ class StreamSubscriber:
 
     async def _failed(self, exc: BaseException) -> None:
         delay = self._backoff.next_delay()
-        if self.health.problem is None:
-            self.health.failed(exc, log, delay)
-        else:
-            # The same outage showing another symptom (closed, then refused, then LOADING):
-            # shown in `health`, counted, not logged again.
-            self.health.problem = f"{type(exc).__name__}: {first_line(exc)}"
-            self.health.failures += 1
+        # One line per outage, whatever symptoms it shows in turn (`retry.Health`).
+        self.health.failed(exc, log, delay)
         self._retry_at = time.monotonic() + delay
         # What was delivered but not acked (a lost reply, a dropped ack) comes back first.
         self._own_backlog = True

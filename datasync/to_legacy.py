@@ -26,7 +26,8 @@ Writes only the legacy table's rows. Per batch of events read from a `Subscriber
                   logged, counted, skipped, so one bad event cannot stop the stream. Any other
                   database error leaves the batch unacked, to be delivered again.
 3. Service DB (one transaction): the handled event ids with their outcome, and the checkpoint
-   (stream entry id or outbox id, processed count, apply lag).
+   (stream entry id or outbox id, the newest handled event's time as `position_at`, processed
+   count, apply lag).
 4. Ack the batch.
 
 A crash between 2 and 3 redelivers the batch; the guard makes its events `unchanged`. Events of
@@ -36,6 +37,18 @@ Resilience: the loop never ends on a transient error (Redis closed, a database r
 lost connection): the batch in hand stays unacked and is handled again after a jittered backoff
 (`retry.AsyncGuard`), with one log line per problem and the job's health in its checkpoint and
 metrics, as `follow` does.
+
+Lost stream data: a Redis restarted without persistence comes back without the stream and its
+group, and without the events published before the restart and not yet consumed: riding the
+restart out does not bring them back (the monolith ends short of every such payment, as it ended
+155 payments short while the job was down, and reconcile finds the drift only later). A
+subscriber that counts such losses (`resets`:
+`stream.StreamSubscriber`) is therefore paired with an `sources.OutboxCatchUp` when the sync
+declares an outbox: once at start, after every reset and every `catch_up_every` seconds
+(default 60), before the next read of the stream, the events the outbox holds and `sync_events`
+does not (created since the newest handled event's time minus a margin) are applied through the
+same applier, a batch at a time; a duplicate delivered later by the stream is skipped by its id.
+Catch-up batches carry no stream position: the checkpoint's stream entry id stays the stream's.
 
 Two clocks: the event's change time is stamped by the service's clock, the legacy row's by the
 monolith's (or copied from an earlier event). A legacy row is therefore taken as newer only when
@@ -69,6 +82,7 @@ from datasync.legacy_write import guarded_upsert
 from datasync.metrics import SyncMetrics
 from datasync.retry import AsyncGuard, Health
 from datasync.rows import INTEGER_TYPES, normalise
+from datasync.sources import DEFAULT_CATCH_UP_EVERY, OutboxCatchUp
 from datasync.spec import ORIGIN_LEGACY, Compensation, Field, Spec, watched_table
 from datasync.state import (
     JOB_TO_LEGACY,
@@ -339,7 +353,7 @@ class LegacyApplier:
                         rows = self._not_recorded(conn, rows)
                     if rows:
                         conn.execute(insert(handled), rows)
-                    self._move(conn, last, decided, lag)
+                    self._move(conn, last, decided, lag, max(occurred, default=None))
                 break
             except IntegrityError:
                 if attempt == 2:  # a consumer that claimed these events recorded them too
@@ -366,6 +380,7 @@ class LegacyApplier:
         last: Event,
         decided: Sequence[tuple[Event, str]],
         lag: float | None,
+        newest: datetime | None,
     ) -> None:
         name = self.spec.name
         checkpoint: Checkpoint = load_checkpoint(conn, name, JOB_TO_LEGACY) or new_checkpoint(
@@ -375,11 +390,14 @@ class LegacyApplier:
         position_id = checkpoint.position_id
         if last.message_id.isdigit():  # an outbox id (the outbox source)
             position_id = max(position_id or 0, *(int(e.message_id) for e, _o in decided))
+        if checkpoint.position_at is not None and newest is not None:
+            newest = max(newest, checkpoint.position_at)
         now = utcnow()
         save_checkpoint(
             conn,
             replace(
                 checkpoint,
+                position_at=newest or checkpoint.position_at,
                 position_ref=last.message_id or checkpoint.position_ref,
                 position_id=position_id,
                 rows_done=checkpoint.rows_done + len(decided),
@@ -415,6 +433,56 @@ class _Consumer:
         return outcomes
 
 
+class _CatchingUp:
+    """The catch-up's passes (`sources.OutboxCatchUp`, module docstring "Lost stream data")."""
+
+    def __init__(self, catch_up: OutboxCatchUp, subscriber: Subscriber, applier: LegacyApplier):
+        self.catch_up = catch_up
+        self.subscriber = subscriber
+        self.applier = applier
+        self.outcomes: Counter[str] = Counter()
+
+    def resets(self) -> int:
+        return int(getattr(self.subscriber, "resets", 0))
+
+    def due(self) -> bool:
+        return self.catch_up.due(self.resets())
+
+    async def step(self, batch: int) -> Counter[str]:
+        """One batch of the current pass (a pass ends with a short batch)."""
+        events = await asyncio.to_thread(self.catch_up.read, batch, self.resets())
+        outcomes = await asyncio.to_thread(self.applier.handle, events) if events else Counter()
+        self.outcomes.update(outcomes)
+        if len(events) < batch:
+            done = self.catch_up.finished()
+            written = sum(self.outcomes[o] for o in WRITTEN_OUTCOMES)
+            if done is not None and done.events:
+                log.info(
+                    "to-legacy: caught up from the outbox table (%s): %d event(s) the stream had "
+                    "not delivered, %d written to the legacy table",
+                    done.reason,
+                    done.events,
+                    written,
+                )
+            self.outcomes = Counter()
+        return outcomes
+
+
+def outbox_catch_up(
+    subscriber: Subscriber, applier: LegacyApplier, every: float
+) -> OutboxCatchUp | None:
+    """The catch-up a subscriber needs: one that counts lost data (`resets`) on a sync that
+    declares an outbox; None otherwise."""
+    from datasync.sources import OutboxCatchUp
+
+    events = applier.spec.events
+    if not isinstance(getattr(subscriber, "resets", None), int):
+        return None
+    if events is None or not events.outbox:
+        return None
+    return OutboxCatchUp(applier.spec, applier.service, every=every)
+
+
 async def run_to_legacy(
     subscriber: Subscriber,
     applier: LegacyApplier,
@@ -424,32 +492,59 @@ async def run_to_legacy(
     block_ms: int = 1000,
     until_idle: bool = False,
     guard: AsyncGuard | None = None,
+    catch_up: OutboxCatchUp | None = None,
+    catch_up_every: float = DEFAULT_CATCH_UP_EVERY,
 ) -> ToLegacyResult:
     """Consume until `stop` is set (or, with `until_idle`, until a read returns nothing).
 
     A batch at a time: one legacy and one service transaction per batch. A batch whose handling
     fails is not acked: on a transient error it is handled again after a backoff (the loop never
-    ends on one, module docstring); on any other error the loop ends with it."""
+    ends on one, module docstring); on any other error the loop ends with it. A subscriber that
+    counts lost data (`resets`) is paired with `catch_up` (made from the declaration unless
+    given; module docstring, "Lost stream data")."""
     stop = stop or asyncio.Event()
     guard = guard or AsyncGuard("to-legacy", log)
     spec, metrics = applier.spec, applier.metrics
     result = ToLegacyResult()
     started = time.perf_counter()
     consumer = _Consumer(subscriber, applier, batch, block_ms)
+    catch_up = catch_up or outbox_catch_up(subscriber, applier, catch_up_every)
+    catching_up = _CatchingUp(catch_up, subscriber, applier) if catch_up is not None else None
     status = ONCE if until_idle else POLLING
+    # A subscriber that rides out its own outages (`stream.StreamSubscriber`) reads [] while
+    # they last: its `health` is the job's then.
+    source = getattr(subscriber, "health", None)
+    source_failures = 0
     marked = None
     while marked is None and not stop.is_set():  # None: the service database is not there yet
         marked = await guard.run(lambda: asyncio.to_thread(applier.mark, status))
     while not stop.is_set():
         failures = guard.health.failures
-        outcomes = await guard.run(consumer.step)
+        outcomes: Counter[str] | None
+        caught = catching_up is not None and catching_up.due()
+        if catching_up is not None and caught:
+            outcomes = await guard.run(lambda: catching_up.step(batch))
+        else:
+            outcomes = await guard.run(consumer.step)
         if guard.health.failures > failures:  # a transient failure: retried after backoff
             if metrics is not None:
                 metrics.failing(spec.name, JOB_TO_LEGACY)
             await asyncio.to_thread(applier.note, guard.health)
             continue
-        if metrics is not None:
+        if isinstance(source, Health) and source.failures != source_failures:
+            # The event source failed (or recovered) since the last look: on record once per
+            # attempt, as the guard does for a failed pass.
+            source_failures = source.failures
+            await asyncio.to_thread(applier.note, source if source.failures else guard.health)
+        if isinstance(source, Health) and not source.healthy:
+            if metrics is not None:
+                metrics.failing(spec.name, JOB_TO_LEGACY)
+        elif metrics is not None:
             metrics.healthy(spec.name, JOB_TO_LEGACY)
+        if caught:  # a catch-up batch, never an idle read
+            if outcomes:
+                result.add(outcomes)
+            continue
         if outcomes is None:
             if until_idle:
                 break

@@ -272,7 +272,7 @@ REFUSED = [
     pytest.param(
         edit("  in_stock: boolean", "  in-stock: boolean"),
         "fields.in-stock",
-        "not a SQL identifier",
+        "not a lowercase SQL identifier",
         id="field-not-identifier",
     ),
     pytest.param(
@@ -302,7 +302,7 @@ REFUSED = [
     pytest.param(
         edit("  table: catalogue_items", "  table: 2items"),
         "service.table",
-        "not a SQL identifier",
+        "not a lowercase SQL identifier",
         id="table-not-identifier",
     ),
     pytest.param(
@@ -547,3 +547,43 @@ def test_the_payment_tables_compile_for_oracle_unquoted() -> None:
     for table in (spec.legacy(), spec.service()):
         ddl = str(CreateTable(table).compile(dialect=oracle.dialect()))
         assert '"' not in ddl, ddl
+
+
+def test_upper_case_names_are_refused_before_they_are_quoted_differently() -> None:
+    with pytest.raises(DeclarationError) as caught:
+        loads(PRODUCTS.replace("table: products", "table: PRODUCTS", 1), "products.yaml")
+    assert "'PRODUCTS' is not a lowercase SQL identifier" in str(caught.value)
+
+
+def test_the_change_field_is_never_nullable() -> None:
+    spec = loads(PRODUCTS, "products.yaml")
+    assert spec.field(spec.changed).nullable is False
+    with pytest.raises(DeclarationError) as caught:
+        loads(
+            PRODUCTS.replace(
+                "  updated_at: {type: timestamp, nullable: false}",
+                "  updated_at: {type: timestamp, nullable: true}",
+            ),
+            "products.yaml",
+        )
+    assert "the change field cannot be nullable" in str(caught.value)
+
+
+def test_declared_values_are_compared_as_the_fields_own_values() -> None:
+    """`value: false` on a boolean and `value: 5` on a decimal match what the engine reads
+    back (`false`, `5.00`), not the YAML's spelling; a value the type cannot hold is refused."""
+    text = PRODUCTS.replace(
+        "  outbox: catalogue_outbox\n",
+        "  outbox: catalogue_outbox\n  types_by_value:\n"
+        "    - {field: in_stock, value: false, type: product.sold_out}\n"
+        "    - {field: price, value: 5, type: product.five}\n",
+    )
+    spec = loads(text, "products.yaml")
+    assert spec.events is not None
+    assert spec.events.types_by_value == (
+        ("in_stock", "false", "product.sold_out"),
+        ("price", "5.00", "product.five"),
+    )
+    with pytest.raises(DeclarationError) as caught:
+        loads(text.replace("value: 5,", "value: five,"), "products.yaml")
+    assert "'five' is not a decimal value" in str(caught.value)
