@@ -52,7 +52,7 @@ from sqlalchemy.sql import Update
 from datasync.errors import SyncError
 from datasync.outbox import outbox_row, outbox_table
 from datasync.rows import normalise, normalise_value, service_values
-from datasync.spec import LEGACY_WINS, ORIGIN_LEGACY, ORIGIN_SERVICE, SERVICE_WINS, Spec
+from datasync.spec import LEGACY_WINS, ORIGIN_LEGACY, ORIGIN_SERVICE, SERVICE_WINS, Field, Spec
 
 IN_LIST_MAX = 500
 
@@ -160,25 +160,34 @@ def insert_values(spec: Spec, row: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def update_statement(spec: Spec) -> Update:
+    """The guarded UPDATE of one row. Its bind parameters are positional (`p0`..`pn`, one per
+    synced field) or fixed names no column can take (`b_key`, `b_ver`, `n_ver`): a synced field
+    whose service column is itself called `version` (an ORM's optimistic-lock column) must not
+    share its parameter with the sync's own version counter."""
     table = spec.service()
     values: dict[str, Any] = {
-        f.service: bindparam(f"v_{f.service}") for f in spec.fields if f.name != spec.key
+        f.service: bindparam(f"p{i}") for i, f in enumerate(updated_fields(spec))
     }
     key = table.c[spec.service_name(spec.key)]
     statement = update(table).where(key == bindparam("b_key"))
     if spec.origin_column:
         values[spec.origin_column] = ORIGIN_LEGACY
     if spec.version_column:
-        values[spec.version_column] = bindparam("v_version")
-        statement = statement.where(table.c[spec.version_column] == bindparam("b_version"))
+        values[spec.version_column] = bindparam("n_ver")
+        statement = statement.where(table.c[spec.version_column] == bindparam("b_ver"))
     return statement.values(values)
 
 
+def updated_fields(spec: Spec) -> list[Field]:
+    """The fields an UPDATE sets, in declaration order (every one but the key)."""
+    return [f for f in spec.fields if f.name != spec.key]
+
+
 def update_params(spec: Spec, row: Mapping[Any, Any], version: int) -> dict[str, Any]:
-    params = {f"v_{f.service}": row[f.name] for f in spec.fields if f.name != spec.key}
+    params = {f"p{i}": row[f.name] for i, f in enumerate(updated_fields(spec))}
     params["b_key"] = row[spec.key]
     if spec.version_column:
-        params.update(b_version=version, v_version=version + 1)
+        params.update(b_ver=version, n_ver=version + 1)
     return params
 
 

@@ -12,14 +12,20 @@ after a crash, the next run resumes after the last committed batch, with no gap 
 either wholly in with its checkpoint, or not at all) and no duplicate (rows are upserted by key,
 and an unchanged row is not rewritten). A lost checkpoint means "copy again from the start",
 never "skip ahead" (pt-table-checksum `--resume`, Ghostferry's state dumps).
+
+A transient error (a lost connection, a database restarting) does not end the run: the batch
+loop waits it out (`retry.Guard`: full-jitter backoff, one log line per outage), reloads the
+last committed checkpoint and goes on from there. An outage longer than `max_wait` seconds ends
+the run with `DatabaseUnreachable` naming the last error; the next run resumes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Engine
@@ -27,8 +33,10 @@ from sqlalchemy.exc import IntegrityError
 
 from datasync.apply import ApplyCounts, apply_to_service
 from datasync.engines import check_legacy_schema, check_service_schema, database_now, reading
+from datasync.errors import DatabaseUnreachable
 from datasync.lease import JobLease
 from datasync.progress import NoProgress, Progress
+from datasync.retry import Guard, first_line
 from datasync.spec import Spec
 from datasync.state import (
     JOB_BACKFILL,
@@ -40,6 +48,10 @@ from datasync.state import (
 )
 
 DEFAULT_BATCH_SIZE = 1_000  # ~10-30 ms a batch on SQLite; Debezium snapshots fetch 2,048 rows
+MAX_WAIT = 300.0  # seconds of one outage the batch loop waits out
+
+log = logging.getLogger("strangler.sync.backfill")
+T = TypeVar("T")
 
 
 @dataclass
@@ -144,14 +156,54 @@ def backfill(
     restart: bool = False,
     progress: Progress | None = None,
     on_batch: Callable[[BatchDone], None] | None = None,
+    max_wait: float = MAX_WAIT,
+    wait: Callable[[float], object] = time.sleep,
 ) -> BackfillResult:
-    """Copy every legacy row up to the largest key at start, resuming a crashed run."""
+    """Copy every legacy row up to the largest key at start, resuming a crashed run; a
+    transient error is waited out for up to `max_wait` seconds (module docstring)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     progress = progress or NoProgress()
     check_service_schema(spec, service)
+    ride = Outage(Guard(f"backfill {spec.name}", log, wait=wait), max_wait)
     with JobLease(service, spec.name, JOB_BACKFILL) as lease:
-        return _run(spec, legacy, service, lease, batch_size, restart, progress, on_batch)
+        return _run(spec, legacy, service, lease, batch_size, restart, progress, on_batch, ride)
+
+
+class Outage:
+    """Runs a step until it succeeds, through transient errors (`Guard`), for at most
+    `max_wait` seconds of one outage; then the last error, as `DatabaseUnreachable`."""
+
+    def __init__(self, guard: Guard, max_wait: float) -> None:
+        self.guard = guard
+        self.max_wait = max_wait
+        self.failed = False  # whether the last `run` met a transient error on the way
+
+    def run(self, step: Callable[[], T]) -> T:
+        self.failed = False
+        started: float | None = None
+        while True:
+            last: list[BaseException] = []
+
+            def attempt(errors: list[BaseException] = last) -> T:
+                try:
+                    return step()
+                except Exception as exc:
+                    errors.append(exc)
+                    raise
+
+            value = self.guard.run(attempt)
+            if not last:
+                return value  # type: ignore[return-value]
+            self.failed = True
+            now = time.monotonic()
+            started = now if started is None else started
+            if now - started >= self.max_wait:
+                error = last[-1]
+                raise DatabaseUnreachable(
+                    f"{self.guard.health.job}: still failing after {now - started:.0f}s "
+                    f"({type(error).__name__}: {first_line(error)}); run it again to resume"
+                ) from error
 
 
 def _run(
@@ -163,6 +215,7 @@ def _run(
     restart: bool,
     progress: Progress,
     on_batch: Callable[[BatchDone], None] | None,
+    ride: Outage,
 ) -> BackfillResult:
     with reading(service) as conn:
         checkpoint = load_checkpoint(conn, spec.name, JOB_BACKFILL)
@@ -200,13 +253,26 @@ def _run(
     progress.start(checkpoint.rows_total, checkpoint.rows_done)
     try:
         while True:
-            with legacy.connect() as conn:
-                query = batch_query(spec, int(checkpoint.position_id or 0), upper, batch_size)
-                rows = list(conn.execute(query).mappings())
-            if not rows:
+
+            def next_batch(
+                last: Checkpoint = checkpoint,
+            ) -> tuple[Checkpoint, list[Mapping[Any, Any]], ApplyCounts | None]:
+                if ride.failed:  # after an outage: from the last checkpoint that committed
+                    with reading(service) as conn:
+                        last = load_checkpoint(conn, spec.name, JOB_BACKFILL) or last
+                with legacy.connect() as conn:
+                    query = batch_query(spec, int(last.position_id or 0), upper, batch_size)
+                    rows: list[Mapping[Any, Any]] = list(conn.execute(query).mappings())
+                if not rows:
+                    return last, rows, None
+                lease.renew()
+                moved, counts = _copy_batch(spec, service, rows, last)
+                return moved, rows, counts
+
+            checkpoint, rows, copied = ride.run(next_batch)
+            if copied is None:
                 break
-            lease.renew()
-            checkpoint, counts = _copy_batch(spec, service, rows, checkpoint)
+            counts = copied
             result.batches += 1
             result.rows += len(rows)
             result.counts.add(counts)
@@ -224,6 +290,10 @@ def _run(
     checkpoint.status = "done"
     checkpoint.finished_at = utcnow()
     checkpoint.rows_per_second = result.rows_per_second
-    with service.begin() as conn:
-        save_checkpoint(conn, checkpoint)
+
+    def finished() -> None:
+        with service.begin() as conn:
+            save_checkpoint(conn, checkpoint)
+
+    ride.run(finished)
     return result

@@ -42,6 +42,7 @@ from datasync.cli_support import (
     fail,
     legacy_if_reachable,
     load_spec,
+    log_lines,
     migrate_service,
     open_subscriber,
     service_engine,
@@ -64,6 +65,13 @@ app = typer.Typer(
     add_completion=False,
     help="Move a declared table's data: backfill, follow, to-legacy, reconcile, status.",
 )
+
+
+@app.callback()
+def _setup() -> None:
+    """Move a declared table's data: backfill, follow, to-legacy, reconcile, status."""
+    log_lines()
+
 
 SyncFile = Annotated[
     Path,

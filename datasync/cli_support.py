@@ -5,6 +5,8 @@ output, clean stops on SIGINT/SIGTERM, and opening the to-legacy event source.""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from datasync.errors import EventSourceError, SchemaMissing, SyncError
+from datasync.retry import first_line
 from datasync.spec import Spec
 
 EXIT_ERROR = 1
@@ -38,6 +41,16 @@ def stdout() -> Console:
 def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_ERROR)
+
+
+def log_lines() -> None:
+    """The jobs' warnings on stderr, one line each with its time and job (`retry.py` logs a
+    problem once when it starts and once when it ends)."""
+    logging.basicConfig(
+        level=logging.INFO if os.environ.get("STRANGLER_SYNC_VERBOSE") else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @contextmanager
@@ -59,6 +72,13 @@ def errors_as_exit() -> Iterator[None]:
         fail(f"database error ({exc.__class__.__name__}): {reason}")
     except KeyboardInterrupt:
         fail("interrupted; run the command again to resume from the last checkpoint")
+    except OSError as exc:  # a port in use, a directory that cannot be written
+        fail(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        # Still one line (STRANGLER_DEBUG=1 shows the traceback): a bug, or a hook's error.
+        if os.environ.get("STRANGLER_DEBUG"):
+            raise
+        fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (STRANGLER_DEBUG=1 for details)")
 
 
 def load_spec(path: Path) -> Spec:

@@ -27,12 +27,23 @@ participant): a due saga is claimed (`calling`, guarded update: two runners neve
 saga at once), its action called through the service's API with `Idempotency-Key:
 strangler-<sync>-<rule>-<row key>` (Stripe's idempotency keys: a retry of a call that did reach
 the service replays the first answer, never voids or refunds twice), and settled:
-  2xx → done; 409/422 → the row is re-read: no longer in an action state → done ("already",
-  someone else compensated it), else failed; any other 4xx → failed (permanent, one log line);
-  5xx, connection error, timeout → retrying at `next_at` (full-jitter exponential backoff, AWS
-  Architecture Blog, so never a tight loop), up to `max_attempts`, then failed. A saga left
-  `calling` by a crash is called again (same key) once its claim is older than `call_timeout`.
+  2xx → done; 409 whose problem type is `idempotency-key-in-progress` (the first call with this
+  key is still running in the service) → retrying, no sooner than its `Retry-After`; other
+  409/422 → the row is re-read: no longer in an action state → done ("already", someone else
+  compensated it); in another action state than the one the saga was planned for (captured
+  between detection and the void) → re-planned: `pending` again with that state's action and
+  the key `strangler-<sync>-<rule>-<row key>-<state>` (a step "replanned"); still in the same
+  state → failed; any other 4xx → failed (permanent, one log line); 5xx, connection error,
+  timeout → retrying at `next_at` (full-jitter exponential backoff, AWS Architecture Blog, so
+  never a tight loop), up to `max_attempts`, then failed. A saga left `calling` by a crash is
+  called again (same key) once its claim is older than `call_timeout`.
 No database transaction is open during a call. Every step is appended to `sync_saga_steps`.
+Only the sagas of rules the declaration still names are run; a saga of a rule renamed or removed
+is left as it is and counted as `orphaned` by `saga_summary`.
+
+Before its first pass a runner checks that each watched table and its key, change and state
+columns exist in the legacy database (`SchemaMissing`, naming the declaration's line): a typo
+there would otherwise fail every pass with an error that looks transient.
 
 Not compensated: a row in a state for which the rule declares no action (e.g. `refunded`, or a
 state the declaration left out) is never touched; `open_violations(..., states=...)` reports it
@@ -47,6 +58,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
@@ -55,7 +67,7 @@ from sqlalchemy import Select, Table, and_, func, insert, inspect, or_, select, 
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from datasync.errors import SyncError
+from datasync.errors import SchemaMissing, SyncError
 from datasync.retry import Backoff, Guard, first_line
 from datasync.saga import (
     CALLING,
@@ -82,6 +94,7 @@ log = logging.getLogger("strangler.sync.compensate")
 
 IN_LIST_MAX = 500
 RECENT_FAILURES = 10
+KEY_IN_PROGRESS = "idempotency-key-in-progress"  # problem type: the key's first call still runs
 Mark = tuple[datetime, int]
 RowLike = Mapping[Any, Any]  # a row read with `.mappings()`, by legacy field name
 
@@ -104,7 +117,8 @@ class CompensationResult:
 
     found: dict[str, int] = field(default_factory=dict)  # source -> sagas created
     swept: bool = False
-    # Calls by outcome: done, already, retrying, rejected (failed: 4xx), gave-up (failed: attempts)
+    # Calls by outcome: done, already, retrying, replanned (pending again with the action of
+    # the row's new state), rejected (failed: 4xx), gave-up (failed: attempts)
     outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -240,6 +254,12 @@ def row_state_query(spec: Spec, rule: Compensation, row_key: int) -> Select[Any]
     )
 
 
+def row_query(spec: Spec, row_key: int) -> Select[Any]:
+    """One service row, by legacy names (what an action's placeholders are filled from)."""
+    t = spec.service()
+    return spec.service_select().where(t.c[spec.service_name(spec.key)] == row_key)
+
+
 def existing_sagas_query(spec: Spec, rule: str, row_keys: Sequence[int]) -> Select[Any]:
     s = sync_sagas
     return select(s.c.row_key, s.c.state, s.c.outcome).where(
@@ -247,11 +267,21 @@ def existing_sagas_query(spec: Spec, rule: str, row_keys: Sequence[int]) -> Sele
     )
 
 
+def declared_rules(spec: Spec) -> list[str]:
+    return [rule.name for rule in spec.compensations]
+
+
 def due_sagas_query(spec: Spec, now: datetime, limit: int) -> Select[Any]:
+    """The open sagas due now, of the rules the declaration still names."""
     s = sync_sagas
     return (
         select(s)
-        .where(s.c.sync_name == spec.name, s.c.state.in_(OPEN_STATES), s.c.next_at <= now)
+        .where(
+            s.c.sync_name == spec.name,
+            s.c.rule.in_(declared_rules(spec)),
+            s.c.state.in_(OPEN_STATES),
+            s.c.next_at <= now,
+        )
         .order_by(s.c.next_at, s.c.id)
         .limit(limit)
     )
@@ -350,7 +380,11 @@ def record_found(
     if not rows:
         return 0
     keys = [int(row[spec.key]) for row in rows]
-    known = {int(r.row_key) for r in conn.execute(existing_sagas_query(spec, rule.name, keys))}
+    known = {
+        int(r.row_key)
+        for chunk in chunks(keys)
+        for r in conn.execute(existing_sagas_query(spec, rule.name, chunk))
+    }
     made = 0
     for row in rows:
         if int(row[spec.key]) in known:
@@ -473,6 +507,8 @@ class Reply:
 
     status: int | None
     detail: str
+    problem: str | None = None  # the problem+json type's last segment, e.g. "not-voidable"
+    retry_after: float | None = None  # seconds, from a Retry-After header
 
 
 def call(client: httpx.Client, saga: Row[Any]) -> Reply:
@@ -482,18 +518,50 @@ def call(client: httpx.Client, saga: Row[Any]) -> Reply:
         answer = client.request(method, path, json=body, headers={"Idempotency-Key": saga.idem_key})
     except httpx.RequestError as exc:  # connect error, reset, timeout: no answer
         return Reply(None, f"{type(exc).__name__}: {first_line(exc)}")
-    return Reply(answer.status_code, describe(answer))
+    return Reply(
+        answer.status_code,
+        describe(answer),
+        problem_type(answer),
+        retry_after(answer.headers.get("retry-after")),
+    )
+
+
+def problem_type(answer: httpx.Response) -> str | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("type"):
+        return str(body["type"]).rsplit("/", 1)[-1]
+    return None
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - utcnow()).total_seconds())
 
 
 def describe(answer: httpx.Response) -> str:
     """'HTTP 409 not-voidable: Payment 7 is voided; ...' from a problem+json answer."""
     text = f"HTTP {answer.status_code}"
+    kind = problem_type(answer)
+    if kind:
+        text += f" {kind}"
     try:
         body = answer.json()
     except ValueError:
         return text
-    if isinstance(body, dict) and body.get("type"):
-        text += f" {str(body['type']).rsplit('/', 1)[-1]}"
     if isinstance(body, dict) and body.get("detail"):
         text += f": {body['detail']}"
     return text
@@ -522,10 +590,21 @@ def claim(service: Engine, saga: Row[Any], options: Options) -> bool:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """A saga's new call, for the state its row has moved to."""
+
+    row_state: str
+    action: str
+    body: str | None
+    idem_key: str
+
+
+@dataclass(frozen=True)
 class Settlement:
     state: str
     outcome: str
     next_at: datetime | None = None
+    plan: Plan | None = None  # outcome "replanned": the call the saga makes next
 
 
 def settle(
@@ -535,18 +614,35 @@ def settle(
     status, attempts = reply.status, int(saga.attempts) + 1
     if status is not None and 200 <= status < 300:
         return Settlement(DONE, "done")
+    if status == 409 and reply.problem == KEY_IN_PROGRESS:
+        return retry_later(attempts, options, reply.retry_after)
     if status in (409, 422):
         with service.connect() as conn:
-            now_state = conn.scalar(row_state_query(spec, rule, int(saga.row_key)))
-        if now_state not in rule.actions:
+            row = conn.execute(row_query(spec, int(saga.row_key))).mappings().first()
+        now_state = None if row is None else str(row[rule.state_field])
+        if now_state is None or now_state not in rule.actions:
             return Settlement(DONE, "already")
-        return Settlement(FAILED, "rejected")
+        if now_state == str(saga.row_state):
+            return Settlement(FAILED, "rejected")
+        assert row is not None
+        action, body = render(rule.actions[now_state], row)
+        key = idempotency_key(spec.name, rule.name, int(saga.row_key), now_state)
+        return Settlement(PENDING, "replanned", plan=Plan(now_state, action, body, key))
     if status is not None and status < 500:
         return Settlement(FAILED, "rejected")
+    return retry_later(attempts, options)
+
+
+def retry_later(attempts: int, options: Options, at_least: float | None = None) -> Settlement:
+    """Retrying after the backoff (and no sooner than `at_least` seconds), or failed once the
+    attempts are spent."""
     if attempts >= options.max_attempts:
         return Settlement(FAILED, "gave-up")
     backoff = Backoff(base=options.retry_base, cap=options.retry_cap, failures=attempts - 1)
-    return Settlement(RETRYING, "retrying", utcnow() + timedelta(seconds=backoff.next_delay()))
+    delay = backoff.next_delay()
+    if at_least is not None:
+        delay = max(delay, at_least)
+    return Settlement(RETRYING, "retrying", utcnow() + timedelta(seconds=delay))
 
 
 def finish(service: Engine, saga: Row[Any], reply: Reply, settled: Settlement) -> None:
@@ -565,6 +661,12 @@ def finish(service: Engine, saga: Row[Any], reply: Reply, settled: Settlement) -
     detail = reply.detail
     if settled.next_at is not None:
         detail += f"; next attempt at {settled.next_at.isoformat(timespec='milliseconds')}"
+    if settled.plan is not None:
+        plan = settled.plan
+        values.update(
+            row_state=plan.row_state, action=plan.action, body=plan.body, idem_key=plan.idem_key
+        )
+        detail += f"; row is now {plan.row_state}: {plan.action} (Idempotency-Key {plan.idem_key})"
     with service.begin() as conn:
         mine = (s.c.id == saga.id, s.c.state == CALLING, s.c.attempts == saga.attempts + 1)
         if conn.execute(update(s).where(*mine).values(values)).rowcount != 1:
@@ -614,6 +716,7 @@ def compensate_once(
 ) -> CompensationResult:
     """One pass: detect (a), (b) and, when due, (c) for every rule, then run the due sagas."""
     options = options or Options()
+    check_watched(spec, legacy)
     ensure_schema(service)
     result = CompensationResult()
     for rule in spec.compensations:
@@ -629,6 +732,55 @@ def compensate_once(
         if outcome is not None:
             add(result.outcomes, outcome, 1)
     return result
+
+
+_CHECKED: set[tuple[str, str]] = set()
+_CHECKED_LOCK = threading.Lock()
+
+
+def check_watched(spec: Spec, legacy: Engine) -> None:
+    """`SchemaMissing` unless every watched table has its key, change and state columns (once
+    per legacy database and sync: a later pass finds them checked)."""
+    seen = (legacy.url.render_as_string(hide_password=True), spec.name)
+    with _CHECKED_LOCK:
+        if seen in _CHECKED:
+            return
+    with legacy.connect() as conn:
+        inspector = inspect(conn)
+        for number, rule in enumerate(spec.compensations):
+            watch = rule.watch
+            where = declared_at(spec, f"compensate.{number}.watch")
+            if not inspector.has_table(watch.table):
+                raise SchemaMissing(
+                    f"compensation {rule.name}: the legacy database has no {watch.table} table "
+                    f"(watch.table{where})"
+                )
+            present = {str(c["name"]).lower() for c in inspector.get_columns(watch.table)}
+            absent = [
+                f"{role} {name}"
+                for role, name in (
+                    ("key", watch.key),
+                    ("changed", watch.changed),
+                    ("state", watch.column),
+                )
+                if name.lower() not in present
+            ]
+            if absent:
+                raise SchemaMissing(
+                    f"compensation {rule.name}: the legacy {watch.table} table has no column "
+                    f"{', '.join(absent)} (watch{where})"
+                )
+    with _CHECKED_LOCK:
+        _CHECKED.add(seen)
+
+
+def declared_at(spec: Spec, path: str) -> str:
+    """', declared at payments.yaml line 30' when the declaration's line is known."""
+    line = spec.line_of.get(path)
+    if line is None:
+        return ""
+    source = spec.source.name if spec.source is not None else "the declaration"
+    return f", declared at {source} line {line}"
 
 
 def add(counts: dict[str, int], name: str, n: int) -> None:
@@ -666,22 +818,31 @@ def run_compensation(
 
 
 def saga_summary(spec: Spec, service_conn: Connection) -> dict[str, Any]:
-    """For `sync status`: sagas by state, the oldest open saga's age, the last failures."""
+    """For `sync status`: sagas by state, the oldest open saga's age, the last failures, and
+    how many sagas belong to rules the declaration no longer names (`orphaned`: never run,
+    counted in no state)."""
     s = sync_sagas
     counts = {state: 0 for state in SAGA_STATES}
     if not has_sagas(service_conn):
-        return {"counts": counts, "open": 0, "oldest_open_seconds": None, "failures": []}
-    by_state = select(s.c.state, func.count()).where(s.c.sync_name == spec.name)
+        return {
+            "counts": counts,
+            "open": 0,
+            "oldest_open_seconds": None,
+            "failures": [],
+            "orphaned": 0,
+        }
+    mine = s.c.sync_name == spec.name
+    declared = s.c.rule.in_(declared_rules(spec))
+    by_state = select(s.c.state, func.count()).where(mine, declared)
     for state, n in service_conn.execute(by_state.group_by(s.c.state)):
         counts[str(state)] = int(n)
+    orphaned = service_conn.scalar(select(func.count()).select_from(s).where(mine, ~declared))
     oldest = service_conn.scalar(
-        select(func.min(s.c.created_at)).where(
-            s.c.sync_name == spec.name, s.c.state.in_(OPEN_STATES)
-        )
+        select(func.min(s.c.created_at)).where(mine, declared, s.c.state.in_(OPEN_STATES))
     )
     failures = service_conn.execute(
         select(s)
-        .where(s.c.sync_name == spec.name, s.c.state == FAILED)
+        .where(mine, declared, s.c.state == FAILED)
         .order_by(s.c.finished_at.desc(), s.c.id.desc())
         .limit(RECENT_FAILURES)
     ).mappings()
@@ -690,6 +851,7 @@ def saga_summary(spec: Spec, service_conn: Connection) -> dict[str, Any]:
         "open": sum(counts[state] for state in OPEN_STATES),
         "oldest_open_seconds": age(oldest),
         "failures": [failure_dict(row) for row in failures],
+        "orphaned": int(orphaned or 0),
     }
 
 

@@ -48,6 +48,30 @@ def _sqlite_args() -> dict[str, Any]:
     return {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}}
 
 
+def _utc_session(dbapi_connection: Any, _record: Any, dialect: str) -> None:
+    """Every session speaks UTC: a `TIMESTAMP` column without a zone is compared with the
+    sync's aware values in the session's zone, so a server set to another zone would shift the
+    cap, the look-back and the lag by its offset. A session setting, nothing installed."""
+    statement = (
+        "SET TIME ZONE 'UTC'"
+        if dialect == "postgresql"
+        else "ALTER SESSION SET TIME_ZONE = '+00:00'"
+    )
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+    if dialect == "postgresql":
+        dbapi_connection.commit()  # psycopg opens a transaction for the SET
+
+
+def _speak_utc(engine: Engine) -> None:
+    dialect = engine.dialect.name
+    if dialect in ("postgresql", "oracle"):
+        event.listen(engine, "connect", lambda conn, record: _utc_session(conn, record, dialect))
+
+
 def make_legacy_engine(url: str, *, writer: bool = False) -> Engine:
     """An engine on the monolith's database; `writer=True` for the to-legacy consumer."""
     try:
@@ -60,6 +84,7 @@ def make_legacy_engine(url: str, *, writer: bool = False) -> Engine:
     if sqlite and writer:
         event.listen(engine, "connect", _sqlite_writer_connection)
         event.listen(engine, "begin", _sqlite_begin_immediate)
+    _speak_utc(engine)
     return engine
 
 
@@ -76,6 +101,7 @@ def make_service_engine(url: str) -> Engine:
     if sqlite:
         event.listen(engine, "connect", _sqlite_service_connection)
         event.listen(engine, "begin", _sqlite_begin_immediate)
+    _speak_utc(engine)
     return engine
 
 

@@ -243,6 +243,7 @@ def _poll(
         if not rows:
             drained = True
             break
+        lease.renew()  # a backlog drained in one poll may outlast the lease
         last: Mark = (rows[-1][spec.changed], int(rows[-1][spec.key]))
         moved = mark if mark is not None and mark >= last else last
         if held is not None:  # a row raced earlier in this poll: the mark stays before it

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
 from datasync.spec import Field, Spec
@@ -43,10 +43,12 @@ def _timestamp(value: Any) -> str:
 
 
 def _decimal(value: Any, scale: int | None) -> str:
-    number = Decimal(str(value))
-    if scale is None:
-        return str(number.normalize())
-    return str(number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN))
+    # Wide enough for NUMBER(38, s) (the default context's 28 digits raise on 1e26 and above).
+    with localcontext(prec=80):
+        number = Decimal(str(value))
+        if scale is None:
+            return str(number.normalize())
+        return str(number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN))
 
 
 def _boolean(value: Any) -> str:

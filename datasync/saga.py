@@ -11,8 +11,11 @@ A saga's states (`compensate.py` moves them):
 
     pending --claim--> calling --2xx--> done
                           |----409/422, row no longer in an action state--> done ("already")
-                          |----other 4xx, or 409/422 with the row still live--> failed
-                          +----5xx, connection error, timeout--> retrying --(next_at)--> calling
+                          |----409/422, row in another action state--> pending ("replanned":
+                          |        that state's action, a key naming the state)
+                          |----other 4xx, or 409/422 with the row still in its state--> failed
+                          +----5xx, connection error, timeout, 409 idempotency key in progress
+                               (no sooner than its Retry-After)--> retrying --(next_at)--> calling
                                                          (after `max_attempts`: failed)
 
 Portable Core only (SQLite, PostgreSQL, Oracle 19c): the tables live on a MetaData of their own
@@ -129,10 +132,13 @@ def ensure_schema(engine: Engine) -> None:
     saga_metadata.create_all(engine, checkfirst=True)
 
 
-def idempotency_key(sync: str, rule: str, row_key: int) -> str:
+def idempotency_key(sync: str, rule: str, row_key: int, state: str | None = None) -> str:
     """The key every call of one saga carries: a retry of a call the service already made
-    replays its first answer instead of acting twice (the service keeps keys for 24 h)."""
-    return f"strangler-{sync}-{rule}-{row_key}"
+    replays its first answer instead of acting twice (the service keeps keys for 24 h). A saga
+    re-planned for the state its row moved to carries that state too: its new call is another
+    operation, which the first call's key would be refused for."""
+    base = f"strangler-{sync}-{rule}-{row_key}"
+    return base if state is None else f"{base}-{state}"
 
 
 def clip(text: str, limit: int = ERROR_MAX) -> str:

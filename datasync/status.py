@@ -23,7 +23,6 @@ from datasync.state import (
     ONCE,
     STOPPED,
     Checkpoint,
-    ensure_schema,
     jobs,
     lag_percentiles,
     load_checkpoint,
@@ -137,8 +136,10 @@ def gather_status(
     """Every job's state as one JSON-ready dict (`--json`); with the legacy engine, the follow
     part also says how far behind the legacy's commits it is right now. The cutover part lists
     each gate condition and, for every unmet one, why (`cutover_check`)."""
-    ensure_schema(service)
+    gate = cutover_check(spec, service, reconcile_max_age=reconcile_max_age)
     with reading(service) as conn:
+        if not inspect(conn).has_table(jobs.name):  # read-only: nothing has run, say so
+            return _never_run(spec, gate)
         backfill = load_checkpoint(conn, spec.name, JOB_BACKFILL)
         follow = load_checkpoint(conn, spec.name, JOB_FOLLOW)
         to_legacy = load_checkpoint(conn, spec.name, JOB_TO_LEGACY)
@@ -162,7 +163,6 @@ def gather_status(
     following = _follow(spec, follow, lag)
     if following is not None and legacy is not None and follow is not None:
         following["live_lag_seconds"] = _live_lag(spec, legacy, follow)
-    gate = cutover_check(spec, service, reconcile_max_age=reconcile_max_age)
     return {
         "sync": spec.name,
         "cutover": {
@@ -175,6 +175,22 @@ def gather_status(
         "to_legacy": _to_legacy(to_legacy, processed),
         "reconcile": reconcile,
         "compensate": sagas,
+    }
+
+
+def _never_run(spec: Spec, gate: CutoverCheck) -> dict[str, Any]:
+    return {
+        "sync": spec.name,
+        "cutover": {
+            "ready": gate.ready,
+            "reasons": list(gate.reasons),
+            "checks": list(gate.checks),
+        },
+        "backfill": None,
+        "follow": None,
+        "to_legacy": None,
+        "reconcile": None,
+        "compensate": None,
     }
 
 

@@ -22,7 +22,9 @@ Writes only the legacy table's rows. Per batch of events read from a `Subscriber
                   cannot see a service payment not yet delivered, so the customer may have paid
                   for a cancelled order). Logged as a warning with both keys; the compensation
                   or an operator repairs it (`invariants.py`; reconcile reports it too);
-   - `rejected`   the legacy database refused the row (a constraint, a value out of range):
+   - `rejected`   the payload does not describe a whole row (a declared field missing, a
+                  null where the field is not nullable, a value its type cannot hold), or
+                  the legacy database refused the row (a constraint, a value out of range):
                   logged, counted, skipped, so one bad event cannot stop the stream. Any other
                   database error leaves the batch unacked, to be delivered again.
 3. Service DB (one transaction): the handled event ids with their outcome, and the checkpoint
@@ -76,6 +78,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from datasync.engines import check_service_schema, reading
+from datasync.errors import SyncError
 from datasync.events import Event, Subscriber
 from datasync.invariants import live_states, singular
 from datasync.legacy_write import guarded_upsert
@@ -154,9 +157,28 @@ def payload_value(field_: Field, value: Any) -> Any:
     return value
 
 
+class MalformedEvent(SyncError):
+    """An event whose payload does not describe a whole row of the declaration."""
+
+    kind = "malformed-event"
+
+
 def payload_values(spec: Spec, payload: Mapping[Any, Any]) -> dict[str, Any]:
-    """The legacy row (legacy names) an event's payload describes (payload: service names)."""
-    return {f.name: payload_value(f, payload.get(f.service)) for f in spec.fields}
+    """The legacy row (legacy names) an event's payload describes (payload: service names).
+
+    Every declared field must be present, and a field that is not nullable must have a value:
+    a field a payload hook left out would otherwise be written as NULL into the legacy row."""
+    values: dict[str, Any] = {}
+    for f in spec.fields:
+        if f.service not in payload:
+            raise MalformedEvent(f"the payload has no field {f.service!r}")
+        if payload[f.service] is None and not f.nullable:
+            raise MalformedEvent(f"the payload's {f.service!r} is null")
+        try:
+            values[f.name] = payload_value(f, payload[f.service])
+        except (ValueError, ArithmeticError, TypeError) as exc:
+            raise MalformedEvent(f"the payload's {f.service!r} is not a {f.type}: {exc}") from None
+    return values
 
 
 class LegacyApplier:
@@ -258,7 +280,11 @@ class LegacyApplier:
             return "echo"
         if event.version < versions.get(event.key, 0):
             return "stale"
-        values = payload_values(spec, event.payload)
+        try:
+            values = payload_values(spec, event.payload)
+        except MalformedEvent as exc:
+            log.error("to-legacy: event %s (key %s) rejected: %s", event.event_id, event.key, exc)
+            return "rejected"
         table = spec.legacy()
         key = table.c[spec.key]
         current = (

@@ -5,11 +5,14 @@ whatever the command; `compensate` says what it needs instead of failing later."
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from datasync.cli import DEFAULT_SYNC, app
+from datasync.cli_support import load_spec
 
 runner = CliRunner()
 
@@ -72,3 +75,30 @@ def test_compensate_asks_for_the_token_it_calls_the_service_with(tmp_path: Path)
     )
     assert done.exit_code == 1
     assert done.stderr.startswith("error: compensate needs --service-token")
+
+
+def test_an_event_missing_a_declared_field_is_rejected_not_written_as_null() -> None:
+    from datasync.to_legacy import MalformedEvent, payload_values
+
+    spec = load_spec(DEFAULT_SYNC)
+    row = {f.service: None for f in spec.fields}
+    row.update(
+        id=1,
+        order_id=2,
+        user_id=3,
+        amount="4.00",
+        currency="EUR",
+        method="card",
+        status="captured",
+        refunded_amount="0.00",
+        created_at="2026-12-06T10:00:00Z",
+        updated_at="2026-12-06T10:00:00Z",
+    )
+    assert payload_values(spec, row)["amount"] == Decimal("4.00")
+    without = {k: v for k, v in row.items() if k != "card_brand"}
+    with pytest.raises(MalformedEvent, match="no field 'card_brand'"):
+        payload_values(spec, without)
+    with pytest.raises(MalformedEvent, match="'currency' is null"):
+        payload_values(spec, {**row, "currency": None})
+    with pytest.raises(MalformedEvent, match="'amount' is not a decimal"):
+        payload_values(spec, {**row, "amount": "lots"})
