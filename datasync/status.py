@@ -216,7 +216,9 @@ def saga_line(sagas: dict[str, Any]) -> str:
             f"({failed[0]['outcome']}: {failed[0]['last_error'] or failed[0]['http_status']})"
         )
     )
-    return f"{sagas['open']} open{waiting} ({counts or 'none yet'}){last}"
+    orphaned = sagas.get("orphaned", 0)
+    gone = f"; {orphaned} of rules no longer declared" if orphaned else ""
+    return f"{sagas['open']} open{waiting} ({counts or 'none yet'}){last}{gone}"
 
 
 def health_note(job: dict[str, Any]) -> str:
