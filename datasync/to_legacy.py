@@ -482,7 +482,9 @@ class _CatchingUp:
         if len(events) < batch:
             done = self.catch_up.finished()
             written = sum(self.outcomes[o] for o in WRITTEN_OUTCOMES)
-            if done is not None and done.events:
+            # A pass after a reset is always told (what Redis lost, even nothing); the others
+            # only when they found events the stream had not delivered.
+            if done is not None and (done.events or done.reason == "reset"):
                 log.info(
                     "to-legacy: caught up from the outbox table (%s): %d event(s) the stream had "
                     "not delivered, %d written to the legacy table",
