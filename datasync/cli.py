@@ -375,6 +375,13 @@ def compensate(
     sweep: Annotated[
         float, typer.Option(min=1, help="Seconds between full sweeps of the watched table.")
     ] = 300.0,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="First put failed sagas back to pending (fresh attempts and idempotency key).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     json_output: JsonOutput = False,
     migrate: Migrate = False,
@@ -388,6 +395,7 @@ def compensate(
         run_compensation,
         service_client,
     )
+    from datasync.compensate import retry_failed as retry_sagas
 
     if not service_token:
         fail(
@@ -407,6 +415,10 @@ def compensate(
             fail(f"sync {spec.name} declares no compensation ({spec.source})")
         legacy, service = engines(spec, legacy_db, service_db, migrate)
         options = Options(sweep=sweep)
+        if retry_failed:
+            again = retry_sagas(spec, service)
+            if not quiet and not json_output:
+                typer.echo(f"compensate: {again} failed saga(s) pending again")
         with service_client(service_url, service_token) as client:
             if once:
                 show(

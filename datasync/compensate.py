@@ -47,7 +47,9 @@ there would otherwise fail every pass with an error that looks transient.
 
 Not compensated: a row in a state for which the rule declares no action (e.g. `refunded`, or a
 state the declaration left out) is never touched; `open_violations(..., states=...)` reports it
-for reconcile. A saga that failed stays failed (an operator decides); `saga_summary` shows it.
+for reconcile. A saga that failed stays failed until an operator decides (`retry_failed`,
+`strangler sync compensate --retry-failed`: planned anew from the declaration and the row's
+current state, with a fresh key); `saga_summary` shows it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from datasync.errors import SchemaMissing, SyncError
+from datasync.lease import JobLease
 from datasync.retry import Backoff, Guard, first_line
 from datasync.saga import (
     CALLING,
@@ -95,6 +98,7 @@ log = logging.getLogger("strangler.sync.compensate")
 IN_LIST_MAX = 500
 RECENT_FAILURES = 10
 KEY_IN_PROGRESS = "idempotency-key-in-progress"  # problem type: the key's first call still runs
+JOB_COMPENSATE = "compensate"
 Mark = tuple[datetime, int]
 RowLike = Mapping[Any, Any]  # a row read with `.mappings()`, by legacy field name
 
@@ -801,20 +805,84 @@ def run_compensation(
 ) -> None:
     """Pass after pass until `stop` is set; a transient database error is logged once and the
     pass retried with backoff (`retry.Guard`), a permanent one ends the run. The first pass that
-    succeeds sweeps."""
+    succeeds sweeps. One runner per sync at a time (a lease, as follow's): a second is refused
+    with the holder's name, so two runners never repeat each other's detection work."""
     guard = Guard(f"compensate {spec.name}", log, wait=stop.wait)
     first = True
+    lease = JobLease(service, spec.name, JOB_COMPENSATE)
 
     def one_pass() -> CompensationResult:
+        lease.renew()
         return compensate_once(spec, legacy, service, client, options=options, force_sweep=first)
 
-    while not stop.is_set():
-        result = guard.run(one_pass)
-        if result is not None:
-            first = False
-            if on_pass is not None:
-                on_pass(result)
-        stop.wait(interval)
+    with lease:
+        while not stop.is_set():
+            result = guard.run(one_pass)
+            if result is not None:
+                first = False
+                if on_pass is not None:
+                    on_pass(result)
+            stop.wait(interval)
+
+
+def retry_failed(spec: Spec, service: Engine, *, rule: str | None = None) -> int:
+    """An operator's decision to try failed sagas again, after fixing what refused them (a
+    declaration, the service). Each is planned anew from the declaration as it is now and the
+    row's current state: `pending` with that state's action, attempts reset and a fresh
+    idempotency key (the service replays a stored 4xx for the old one); a row no longer in a
+    declared state is done ("already"). A step records it. Returns how many were retried."""
+    ensure_schema(service)
+    s = sync_sagas
+    rules = {r.name: r for r in spec.compensations}
+    query = select(s).where(s.c.sync_name == spec.name, s.c.state == FAILED)
+    if rule is not None:
+        query = query.where(s.c.rule == rule)
+    now = utcnow()
+    retried = 0
+    with service.begin() as conn:
+        for saga in conn.execute(query).mappings().all():
+            declared = rules.get(str(saga["rule"]))
+            if declared is not None:
+                retried += replan_failed(spec, conn, declared, saga, now)
+    return retried
+
+
+def replan_failed(
+    spec: Spec, conn: Connection, rule: Compensation, saga: RowLike, now: datetime
+) -> int:
+    row = conn.execute(row_query(spec, int(saga["row_key"]))).mappings().first()
+    state = str(row[rule.state_field]) if row is not None else ""
+    saga_id, s = int(saga["id"]), sync_sagas
+    if row is None or state not in rule.actions:
+        conn.execute(
+            update(s)
+            .where(s.c.id == saga_id)
+            .values(state=DONE, outcome="already", finished_at=now, updated_at=now)
+        )
+        now_is = state or "gone"
+        add_step(conn, saga_id, "already", f"retried by an operator: the row is {now_is}", now)
+        return 0
+    call, body = render(rule.actions[state], row)
+    base = idempotency_key(spec.name, rule.name, int(saga["row_key"]), state)
+    fresh = f"{base}-retry-{int(now.timestamp())}"
+    conn.execute(
+        update(s)
+        .where(s.c.id == saga_id, s.c.state == FAILED)
+        .values(
+            state=PENDING,
+            row_state=state,
+            action=call,
+            body=body,
+            attempts=0,
+            next_at=now,
+            idem_key=fresh,
+            outcome=None,
+            finished_at=None,
+            updated_at=now,
+        )
+    )
+    add_step(conn, saga_id, "retried", f"by an operator: {call}, key {fresh}", now)
+    return 1
 
 
 def saga_summary(spec: Spec, service_conn: Connection) -> dict[str, Any]:

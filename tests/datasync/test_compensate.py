@@ -23,10 +23,12 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from datasync import compensate as comp
 from datasync.compensate import (
+    JOB_COMPENSATE,
     CompensationResult,
     Options,
     compensate_once,
     open_violations,
+    retry_failed,
     run_compensation,
     saga_summary,
     service_client,
@@ -360,6 +362,41 @@ def test_the_runner_keeps_passing_until_stopped(world: World) -> None:
     assert not runner.is_alive()
     assert passes[0].swept
     assert world.payment(paid)["status"] == "voided"
+
+
+def test_an_operator_retries_a_failed_saga_once_the_cause_is_fixed(world: World) -> None:
+    """A saga that failed (a 4xx) is never called again by itself; `retry_failed` puts it back
+    with a fresh key (the service would replay the stored 404 for the old one), and the fixed
+    declaration's call then voids the payment."""
+    broken = replace(
+        COMPENSATION, actions={"authorized": Action("POST", "/api/v1/payments/{id}/nope")}
+    )
+    _, paid = world.race()
+    assert world.once(payment_spec(compensations=(broken,))).outcomes == {"rejected": 1}
+    first_key = world.saga(paid)["idem_key"]
+    assert retry_failed(payment_spec(), world.engine) == 1
+    again = world.saga(paid)
+    assert (again["state"], again["attempts"]) == ("pending", 0)
+    assert again["idem_key"] != first_key
+    assert again["idem_key"].startswith(first_key + "-authorized-retry-")
+    assert again["action"] == f"POST /api/v1/payments/{paid}/void"  # the declaration as it is now
+    assert world.once(payment_spec()).outcomes == {"done": 1}
+    assert world.payment(paid)["status"] == "voided"
+    assert retry_failed(payment_spec(), world.engine) == 0  # nothing failed any more
+
+
+def test_one_runner_per_sync_holds_the_lease(world: World) -> None:
+    from datasync.lease import AlreadyRunning, JobLease
+
+    held = JobLease(world.engine, payment_spec().name, JOB_COMPENSATE)
+    with held, pytest.raises(AlreadyRunning, match="another compensate is running"):
+        run_compensation(
+            payment_spec(),
+            world.legacy,
+            world.engine,
+            world.client,
+            stop=threading.Event(),
+        )
 
 
 def test_every_statement_compiles_for_oracle() -> None:
