@@ -299,7 +299,8 @@ def routes_set(
     from proxy.table.loader import TableInvalid, load_text
 
     try:
-        load_text(text, str(file))  # refused here, the problems name FILE and its lines
+        # refused here, the problems name FILE and its lines
+        load_text(text, str(file), Path(file).parent)
     except TableInvalid as exc:
         for line in exc.describe().splitlines():
             typer.echo(line, err=True)
@@ -503,6 +504,7 @@ def routes_status(
             f"{traffic['mean_ms']:>8.1f} ms  (last {traffic['window_seconds']:.0f}s)"
             + (f"  fallback {_fallback_text(row['fallback'])}" if row.get("fallback") else "")
             + (f"  retry x{row['retry']['attempts']}" if row.get("retry") else "")
+            + (f"  root {row['static']['root']}" if row.get("static") else "")
         )
     if status.get("upstreams"):
         typer.echo("upstreams:")
@@ -640,6 +642,67 @@ def serve(
 
 def main() -> None:
     app()
+
+
+static_app = typer.Typer(no_args_is_help=True, help="Files the proxy serves itself.")
+app.add_typer(static_app, name="static")
+
+
+@static_app.command("export")
+def static_export(
+    source: Annotated[str, typer.Option("--from", help="The monolith's base URL.")],
+    into: Annotated[Path, typer.Option("--to", help="The static route's root directory.")],
+    paths_from: Annotated[
+        str | None,
+        typer.Option(
+            "--paths-from",
+            help="URL path of a paged JSON listing whose `image_url` fields name the files "
+            "[default: /api/v1/products].",
+        ),
+    ] = None,
+    path: Annotated[
+        list[str] | None, typer.Option("--path", help="A file's URL path (repeatable).")
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="The route's path: stripped to name a file.")
+    ] = "/static/",
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Compare every file with the monolith's answer.")
+    ] = False,
+    fetch: Annotated[
+        bool, typer.Option("--fetch/--no-fetch", help="--no-fetch: only verify what DIR holds.")
+    ] = True,
+    json_output: JsonFlag = False,
+) -> None:
+    """Fill a static route's directory from the monolith over HTTP (exit 1 on any error or
+    mismatch, one line each)."""
+    from proxy.static_export import run
+
+    if path and paths_from:
+        typer.echo("strangler static: give --path or --paths-from, not both", err=True)
+        raise typer.Exit(2)
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    report = run(
+        source,
+        into,
+        paths=list(path or []),
+        listing=paths_from,
+        prefix=prefix,
+        fetch=fetch,
+        check=verify,
+    )
+    if json_output:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        for line in report.errors:
+            typer.echo(f"strangler static: {line}", err=True)
+        typer.echo(
+            f"{len(report.exported)} file{'s' * (len(report.exported) != 1)} exported to {into}"
+            + (f", {len(report.verified)} verified" if verify else "")
+            + (f", {len(report.errors)} problem{'s' * (len(report.errors) != 1)}")
+        )
+    if report.errors:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ dataplane/forward.py.
     ProxyError(status, kind, detail)
     ├── 400 bad-request, bad-target, bad-host, bad-header, bad-content-length (also malformed
     │       chunked bodies and a Transfer-Encoding not ending in chunked, from the protocol)
-    ├── 405 method-not-allowed          CONNECT, TRACE (with Allow)
+    ├── 404 not-found                   a static route's missing file, dotfile or directory
+    ├── 405 method-not-allowed          CONNECT, TRACE; a write to a static route (with Allow)
+    ├── 412 precondition-failed         a static file's If-Match / If-Unmodified-Since
     ├── 408 request-timeout             body idle too long
     ├── 413 body-too-large              over the route's max_body (before connecting if known)
     ├── 414 uri-too-long / 431 headers-too-large (raised in the protocol, before the app)
@@ -33,8 +35,10 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     408: "Request timeout",
+    412: "Precondition failed",
     413: "Content too large",
     414: "URI too long",
+    416: "Range not satisfiable",
     501: "Not implemented",
     431: "Request header fields too large",
     502: "Bad gateway",

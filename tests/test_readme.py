@@ -127,9 +127,25 @@ def test_every_readme_command_is_checked() -> None:
             r"^\.venv/bin/strangler sync (check|backfill|follow|reconcile|status|to-legacy)"
         ),
         re.compile(r"^\.venv/bin/strangler (shadow report|record|contract run) "),
+        re.compile(r"^\.venv/bin/strangler static export "),
     )
     unchecked = [c for c in readme_commands() if not any(k.search(c) for k in known)]
     assert unchecked == [], "add a check for these README commands"
+
+
+def test_the_static_export_command_runs_against_the_readme_monolith(
+    monolith: Child, workdir: Path
+) -> None:
+    """`strangler static export` as the README writes it (the monolith's URL made the running
+    one's), in the README's directory: the catalog's images exported and verified."""
+    (export,) = [c for c in readme_commands() if " static export " in c]
+    args = [monolith.url if a == "http://127.0.0.1:8001" else a for a in as_run_here(export)]
+    done = subprocess.run(
+        args, cwd=workdir, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "verified" in done.stdout
+    assert any(p.is_file() for p in (workdir / "static").rglob("*"))
 
 
 def test_routes_commands_run_on_the_repository_table() -> None:

@@ -4,6 +4,7 @@ state   legacy   every request goes to the default upstream (the monolith)
         moved    every request goes to another upstream
         canary   a weighted split that still sends some traffic to the default upstream
         split    a weighted split between upstreams other than the default
+        static   the proxy serves the route's files itself, from a directory
 
 Each upstream's health: closed (serving), ejected (outlier ejection: out of the path) or probing
 (a few requests decide whether it is back); with several workers, the worst worker's state.
@@ -15,10 +16,12 @@ from typing import Any
 
 from proxy.dataplane.breaker import STATE_CODES
 from proxy.observability import TrafficWindow
-from proxy.table.compile import CompiledRoute, Snapshot, Upstream
+from proxy.table.compile import STATIC, CompiledRoute, Snapshot, Upstream
 
 
 def _weights(route: CompiledRoute, default: Upstream) -> list[tuple[Upstream, float]]:
+    if route.static is not None:
+        return [(STATIC, 100.0)]
     if route.split is None:
         return [(route.upstream or default, 100.0)]
     split = route.split
@@ -27,7 +30,10 @@ def _weights(route: CompiledRoute, default: Upstream) -> list[tuple[Upstream, fl
 
 def _state(route: CompiledRoute, weights: list[tuple[Upstream, float]], default: Upstream) -> str:
     """Where the route is in the migration: legacy → shadow (legacy, copies to a service) →
-    canary (a split that includes the default) → moved; `split` between other upstreams."""
+    canary (a split that includes the default) → moved; `split` between other upstreams;
+    `static` when the proxy serves it."""
+    if route.static is not None:
+        return "static"
     live = [u.name for u, w in weights if w > 0]
     if len(live) == 1:
         if live[0] != default.name:
@@ -41,6 +47,13 @@ STATES = tuple(sorted(STATE_CODES, key=STATE_CODES.__getitem__))  # by the gauge
 
 def _policy(route: CompiledRoute) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if route.static is not None:
+        out["static"] = {
+            "root": route.static.root,
+            "max_age_s": route.static.max_age,
+            "immutable": route.static.immutable.pattern,
+            "index": route.static.index,
+        }
     if route.retry is not None:
         out["retry"] = {
             "attempts": route.retry.attempts,

@@ -3,6 +3,7 @@
     admit    concurrency accounting (global and per client), method, headers, Host, loop
     resolve  pure: path, route, exposure, key, upstream (override, read-your-writes pin,
              weights), limits, safety nets, shadow sampling → a Plan (plan.py)
+    serve    a static route's file, from its root directory, instead of forward (static.py)
     forward  read the body (buffered up to a bound), then try the plan's upstream: ejected or
              saturated upstreams are not tried; a failed try may be re-sent (stale connection,
              retry) or served by the fallback (plan.next_step); a write's pin is shared before
@@ -24,6 +25,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from proxy.dataplane import static
 from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated, drop_one
 from proxy.dataplane.forward import (
     Body,
@@ -167,6 +169,9 @@ class DataPlane:
                 pins=runtime.pins,
                 https=facts.https,
             )
+            if plan.route is not None and plan.route.static is not None:
+                await self._serve(scope, receive, send, plan, outcome)
+                return
             if runtime.pins_arrive_late and plan.key is not None:
                 await self._late_pins(plan, snapshot)
             await self._forward(scope, receive, send, plan, facts, holder, outcome)
@@ -253,6 +258,26 @@ class DataPlane:
         self.in_flight -= 1
         if self.in_flight_gauge is not None:
             self.in_flight_gauge.dec()
+
+    # --- serve --------------------------------------------------------------------------------
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, plan: Plan, outcome: Outcome
+    ) -> None:
+        """A static route's answer: the proxy's own file, no upstream (static.py)."""
+        assert plan.route is not None
+        assert plan.route.static is not None
+        outcome.tries = 1
+        await static.serve(
+            plan.route.static,
+            scope["method"],
+            scope["raw_path"],
+            scope["headers"],
+            receive,
+            send,
+            send_timeout=self.runtime.settings.send_timeout,
+            outcome=outcome,
+            extra_headers=self._headers(plan.version, outcome, plan),
+        )
 
     # --- forward ------------------------------------------------------------------------------
     async def _forward(

@@ -41,6 +41,7 @@ from proxy.dataplane.split import (
 )
 from proxy.errors import ProxyError
 from proxy.table.compile import (
+    STATIC,
     CompiledRoute,
     Failures,
     FallbackPolicy,
@@ -55,6 +56,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 §9.2.1; anything else is a write
 # How the upstream was chosen (the access log's "choice").
 BY_DEFAULT, BY_TO, BY_SPLIT, BY_OVERRIDE, BY_PIN = "default", "to", "split", "override", "pin"
+BY_STATIC = "static"  # a static route: the proxy serves the file itself
 # Failures that happen before anything was sent.
 UNREACHED = frozenset({"connect-failure", "ejected", "saturated"})
 STALE, RETRY, FALLBACK, GIVE_UP = "stale", "retry", "fallback", ""
@@ -91,6 +93,9 @@ def _arm(
 ) -> Upstream:
     """The upstream for a request on `route` (module header's order), noting in `plan` how it
     was chosen and the request's key."""
+    if route.static is not None:
+        plan.choice = BY_STATIC
+        return STATIC
     key: bytes | None = None
     if route.keyed:
         key = sticky_key(route, headers, client)

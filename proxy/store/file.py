@@ -59,7 +59,7 @@ class FileStore:
 
     def _read(self, info: VersionInfo) -> Version:
         text = (self.dir / f"v{info.version:06d}.yaml").read_text(encoding="utf-8")
-        return Version(info, text, load_text(text, f"version {info.version}"))
+        return Version(info, text, load_text(text, f"version {info.version}", self.routes.parent))
 
     def current(self) -> Version:
         with self._locked():
@@ -109,7 +109,7 @@ class FileStore:
         if on_disk is None:
             raise UnknownVersion(0)
         try:
-            table = load_text(on_disk, str(self.routes))
+            table = load_text(on_disk, str(self.routes), self.routes.parent)
         except TableInvalid:
             if infos:
                 return infos[-1]  # the proxy refuses it too; the last good version stays

@@ -8,13 +8,14 @@ a trie over path segments, walked once per request (O(path depth)).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
 from proxy.shadow.compare import Rules
-from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable
+from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable, Static
 from proxy.table.model import Upstream as UpstreamSpec
 from proxy.table.validate import methods_taken, override_always, specificity
 
@@ -92,6 +93,38 @@ class ShadowPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticPolicy:
+    """Files the proxy serves itself (dataplane/static.py): `root` is absolute and resolved
+    (symlinks followed), `prefix` is the route's path, stripped to find a file."""
+
+    root: str
+    prefix: str
+    max_age: int
+    immutable: re.Pattern[str]
+    index: bool
+
+
+# The name a static route's requests carry in metrics and the access log, where an upstream's
+# name would be.
+STATIC = Upstream(
+    name="static",
+    url="static:",
+    scheme="static",
+    host="",
+    port=0,
+    timeout=0.0,
+    connect_timeout=0.0,
+    max_connections=1,
+    max_requests=1,
+    max_pending=0,
+    queue_timeout=0.0,
+    idempotent_writes=False,
+    outlier=None,
+    retry_budget=0.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRoute:
     name: str
     path: str
@@ -116,6 +149,7 @@ class CompiledRoute:
     override: OverridePolicy | None = None
     shadow: ShadowPolicy | None = None
     rules: Rules | None = None  # how answers are compared (shadow, contract replays)
+    static: StaticPolicy | None = None  # files served by the proxy (no upstream)
 
 
 class Node:
@@ -240,6 +274,12 @@ def _override(route: Route, upstreams: dict[str, Upstream], default: str) -> Ove
     )
 
 
+def _static(spec: Static | None, path: str) -> StaticPolicy | None:
+    if spec is None:
+        return None
+    return StaticPolicy(spec.root, path, int(spec.max_age), re.compile(spec.immutable), spec.index)
+
+
 def compile_table(table: RouteTable) -> Snapshot:
     """Compile a validated table (see loader.load_text) into a Snapshot."""
     upstreams = {name: _upstream(name, spec) for name, spec in table.upstreams.items()}
@@ -276,6 +316,7 @@ def compile_table(table: RouteTable) -> Snapshot:
                 override=_override(route, upstreams, table.default),
                 shadow=_shadow(route, upstreams),
                 rules=_rules(route) if route.compare is not None else None,
+                static=_static(route.static, m.path),
             )
         )
     exact: dict[str, list[CompiledRoute]] = {}

@@ -7,6 +7,7 @@ keeps line numbers and, for the control plane, comments on a round trip.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -183,15 +184,45 @@ def parse_yaml(text: str, source: str) -> Any:
     return document
 
 
-def load_text(text: str, source: str = "routes.yaml") -> RouteTable:
-    """Parse and check a table; raise TableInvalid listing every problem with its line."""
+def _static_roots(table: RouteTable, base: Path) -> tuple[RouteTable, list[Problem]]:
+    """The table with every static route's root made absolute (relative roots are relative to
+    `base`, the routes file's directory), and a problem for each root that is not a directory:
+    a missing root is refused at load, not discovered by the first request (nginx only finds
+    it then)."""
+    problems, routes, changed = [], list(table.routes), False
+    for index, route in enumerate(table.routes):
+        if route.static is None:
+            continue
+        root = Path(os.path.realpath(base / route.static.root))
+        if not root.is_dir():
+            problems.append(
+                Problem(
+                    ("routes", index, "static", "root"),
+                    f"{route.static.root!r} is not a directory ({root})",
+                )
+            )
+            continue
+        if str(root) != route.static.root:
+            static = route.static.model_copy(update={"root": str(root)})
+            routes[index] = route.model_copy(update={"static": static})
+            changed = True
+    return (table.model_copy(update={"routes": tuple(routes)}) if changed else table), problems
+
+
+def load_text(text: str, source: str = "routes.yaml", base: Path | None = None) -> RouteTable:
+    """Parse and check a table; raise TableInvalid listing every problem with its line.
+    `base` is the directory relative static roots are found in (default: the working
+    directory)."""
     document = parse_yaml(text, source)
     try:
         table = RouteTable.model_validate(document)
     except ValidationError as exc:
         problems = _pydantic_problems(document, exc) + _partial_problems(document)
         raise TableInvalid(source, _unique(problems)) from None
-    problems = [Problem(p.loc, p.message, _line_of(document, p.loc)) for p in validate(table)]
+    table, roots = _static_roots(table, base or Path.cwd())
+    problems = [
+        Problem(p.loc, p.message, _line_of(document, p.loc)) for p in [*validate(table), *roots]
+    ]
     if problems:
         raise TableInvalid(source, problems)
     return table
@@ -207,7 +238,7 @@ def load_file(path: str | Path) -> RouteTable:
         ) from None
     except UnicodeDecodeError:
         raise TableInvalid(str(path), [Problem((), "not UTF-8 text")]) from None
-    return load_text(text, str(path))
+    return load_text(text, str(path), path.parent)
 
 
 def single_upstream(url: str) -> RouteTable:

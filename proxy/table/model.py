@@ -332,6 +332,35 @@ class Override(Strict):
         return self
 
 
+# A fingerprinted file name (`app.3f2a9c1d.js`, webpack's and Rails' shape): its bytes never
+# change under that name, so it may be cached `immutable` (RFC 8246).
+DEFAULT_IMMUTABLE = r"\.[0-9a-f]{8,}\.[A-Za-z0-9]+$"
+# nginx sends no Cache-Control for static files; an hour is a safe default for files whose
+# name does not change with their content.
+DEFAULT_MAX_AGE = 3600.0
+
+
+class Static(Strict):
+    """Files served by the proxy itself from a directory (nginx's `root` with `try_files $uri
+    =404`), instead of an upstream. `root` is relative to the routes file's directory."""
+
+    root: str = Field(min_length=1)
+    max_age: Duration = DEFAULT_MAX_AGE
+    immutable: str = Field(
+        DEFAULT_IMMUTABLE, description="a regex on the file name: such names are immutable"
+    )
+    index: bool = Field(False, description="a directory serves its index.html (never a listing)")
+
+    @field_validator("immutable")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+
 def _pin(value: object) -> object:
     """`pin: off` (or false, or 0) switches read-your-writes pins off; `pin: 30s` sets the
     window."""
@@ -352,6 +381,7 @@ class Route(Strict):
     match: Match
     to: str | None = None
     split: dict[str, int] | None = None
+    static: Static | None = None
     sticky: str | None = Field(
         None, description="header:NAME, cookie:NAME or client-ip: who stays on one upstream"
     )
@@ -406,13 +436,19 @@ class Route(Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
+        if self.static is not None:
+            return self  # what a static route may not have is reported field by field (validate)
         if (self.to is None) == (self.split is None):
-            raise ValueError("a route has exactly one of `to` and `split`")
+            raise ValueError("a route has exactly one of `to` and `split` (or is `static`)")
         return self
 
     def upstream_names(self) -> tuple[str, ...]:
         """The upstreams the route sends traffic to (its fallback is not one of them)."""
         return (self.to,) if self.to is not None else tuple(self.split or ())
+
+
+# What a static route cannot have: every one of these is about an upstream.
+STATIC_EXCLUDES = ("to", "split", "shadow", "sticky", "override", "retry", "fallback")
 
 
 class RouteTable(Strict):

@@ -8,6 +8,11 @@ from proxy.table.compile import CompiledRoute, Snapshot
 
 
 def _action(route: CompiledRoute) -> str:
+    if route.static is not None:
+        static = route.static
+        return f"static {static.root} max-age {static.max_age}s" + (
+            " index" if static.index else ""
+        )
     if route.upstream is not None:
         text = route.upstream.name
     else:

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from proxy.table.model import Match, Route, RouteTable
+from proxy.table.model import STATIC_EXCLUDES, Match, Route, RouteTable
 
 Loc = tuple[str | int, ...]
 
@@ -176,6 +176,15 @@ def validate(table: RouteTable, positions: list[int] | None = None) -> list[Prob
                 )
             )
         seen.setdefault(route.name, index)
+        if route.static is not None:
+            for field in STATIC_EXCLUDES:
+                if getattr(route, field) is not None:
+                    problems.append(
+                        Problem(
+                            ("routes", index, field),
+                            f"a static route serves files itself: it takes no `{field}`",
+                        )
+                    )
         if route.to is not None and route.to not in names:
             problems.append(Problem(("routes", index, "to"), f"unknown upstream {route.to!r}"))
         for target in route.split or {}:
