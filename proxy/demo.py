@@ -516,6 +516,42 @@ routes:
 """
 
 
+# The same table with the catalog's images served by the proxy itself (static content first).
+STATIC_ROUTE = """\
+  - name: static
+    match: {{path: /static}}
+    # Files exported from the monolith; fingerprinted names are cached `immutable`.
+    static: {{root: "{root}", max_age: 24h}}
+"""
+
+
+def act_static(
+    n: Narrator, sh: Shell, admin: str, monolith_url: str, safety: str, workdir: Path
+) -> None:
+    """Static content leaves the monolith first: exported, verified, served by the proxy."""
+    n.say("Static files leave the monolith first: exported from it over HTTP and verified")
+    root = workdir / "static"
+    sh.run("static", "export", "--from", monolith_url, "--to", str(root), "--verify")
+    table = workdir / "routes-static.yaml"
+    table.write_text(
+        safety.replace("version: 5", "version: 6") + STATIC_ROUTE.format(root=root.resolve())
+    )
+    n.say("A route serves /static/ from that directory: the monolith no longer sees those reads")
+    sh.routes_cli("set", str(table), "--reason", "static files served by the proxy")
+    _served(n, admin, 6)
+    image = n.client.get("/api/v1/products", params={"per_page": 1}).json()["items"][0]
+    first = n.call("GET", image["image_url"])
+    for name in ("cache-control", "last-modified", "accept-ranges", "content-length"):
+        n.echo(f"  {name}: {first.headers.get(name)}")
+    n.say("Revalidated with its ETag: 304, no body; a range of it: 206")
+    n.call("GET", image["image_url"], headers={"If-None-Match": first.headers["etag"]})
+    ranged = n.call("GET", image["image_url"], headers={"Range": "bytes=0-15"})
+    n.echo(f"  content-range: {ranged.headers.get('content-range')}")
+    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
+        if line.startswith("strangler_requests_total") and 'route="static"' in line:
+            n.echo(f"  {line}")
+
+
 def _ejected_for(admin: str, upstream: str) -> float:
     """Seconds the proxy keeps `upstream` out of the path (its admin API's route status)."""
     status = httpx.get(f"{admin}/api/v1/routes/status", timeout=5).json()
@@ -686,6 +722,14 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                     taken,
                     stop_service,
                     start_service,
+                )
+                act_static(
+                    n,
+                    sh,
+                    proxy.listeners["admin"],
+                    monolith.url,
+                    safety.read_text(),
+                    workdir,
                 )
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:

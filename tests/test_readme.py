@@ -364,6 +364,14 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert back.count("← 200 application/json\n") == 1  # no fallback: the service answered
     assert "← 201 application/json" in back
     assert re.search(r"payment\s+closed\s+1 ejections", back)
+    # act 7: static files exported from the monolith, verified, served by the proxy
+    static = out[out.index("Static files leave the monolith first") :]
+    assert re.search(r"(\d+) files exported to \S+, \1 verified, 0 problems", static)
+    assert "version 6 committed (platform-team: static files served by the proxy)" in static
+    assert "cache-control: public, max-age=86400" in static
+    assert re.search(r"← 304 ; ETag \"[0-9a-f]+-[0-9a-f]+\"", static)
+    assert re.search(r"content-range: bytes 0-15/\d+", static)
+    assert 'strangler_requests_total{code="206",route="static",upstream="static"} 1.0' in static
     assert "Traceback" not in out + done.stderr
 
 
