@@ -65,11 +65,12 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
-from sqlalchemy import Select, Table, and_, func, insert, inspect, or_, select, update
+from sqlalchemy import Select, Table, and_, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from datasync.errors import SchemaMissing, SyncError
+from datasync.incremental import after_mark
 from datasync.lease import JobLease
 from datasync.retry import Backoff, Guard, first_line
 from datasync.saga import (
@@ -181,11 +182,6 @@ def _watched(watch: Watch) -> Table:
 def chunks(keys: Sequence[int], size: int = IN_LIST_MAX) -> Iterable[Sequence[int]]:
     for start in range(0, len(keys), size):
         yield keys[start : start + size]
-
-
-def after_mark(changed: Any, key: Any, mark: Mark) -> Any:
-    """Keyset condition: (changed, key) strictly after `mark`."""
-    return or_(changed > mark[0], and_(changed == mark[0], key > mark[1]))
 
 
 def watched_changed_query(

@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import math
 import re
 import string
 import types
@@ -117,6 +116,7 @@ from datasync.spec import (
     Watch,
 )
 from datasync.spec import Field as SpecField
+from proxy.table.units import parse_duration  # routes.yaml's durations, the same spelling
 
 Loc = tuple[str | int, ...]
 
@@ -138,8 +138,6 @@ _RESERVED = """
     start successful synonym sysdate table then to trigger uid union unique update user validate
     values varchar varchar2 view whenever where with"""
 ORACLE_RESERVED = frozenset(_RESERVED.split())
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -193,22 +191,6 @@ def _identifier(value: str) -> str:
     if (why := identifier_problem(value)) is not None:
         raise ValueError(why)
     return value
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number (seconds) or a string with a unit: ms, s, m or h."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '1s' or '250ms'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        found = _DURATION.match(str(value))
-        if not found:
-            raise ValueError(f"{value!r} is not a duration (use e.g. '250ms', '1s', '2m')")
-        seconds = float(found.group(1)) * _DURATION_UNITS[found.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("a duration is a finite number greater than zero")
-    return seconds
 
 
 def _text(value: object) -> object:

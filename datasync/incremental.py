@@ -130,9 +130,13 @@ def page_query(spec: Spec, after: Mark | None, cap: datetime, limit: int) -> Sel
     changed, key = table.c[spec.changed], table.c[spec.key]
     condition = changed <= cap
     if after is not None:
-        at, after_key = after
-        condition = and_(condition, or_(changed > at, and_(changed == at, key > after_key)))
+        condition = and_(condition, after_mark(changed, key, after))
     return spec.legacy_select().where(condition).order_by(changed, key).limit(limit)
+
+
+def after_mark(changed: Any, key: Any, mark: Mark) -> Any:
+    """Keyset condition: (changed, key) strictly after `mark`, as OR/AND (`page_query`)."""
+    return or_(changed > mark[0], and_(changed == mark[0], key > mark[1]))
 
 
 def oldest_pending_query(spec: Spec, caught_up: datetime, now: datetime) -> Select[Any]:

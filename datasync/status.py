@@ -165,11 +165,7 @@ def gather_status(
         following["live_lag_seconds"] = _live_lag(spec, legacy, follow)
     return {
         "sync": spec.name,
-        "cutover": {
-            "ready": gate.ready,
-            "reasons": list(gate.reasons),
-            "checks": list(gate.checks),
-        },
+        "cutover": _cutover(gate),
         "backfill": _backfill(backfill),
         "follow": following,
         "to_legacy": _to_legacy(to_legacy, processed),
@@ -178,14 +174,14 @@ def gather_status(
     }
 
 
+def _cutover(gate: CutoverCheck) -> dict[str, Any]:
+    return {"ready": gate.ready, "reasons": list(gate.reasons), "checks": list(gate.checks)}
+
+
 def _never_run(spec: Spec, gate: CutoverCheck) -> dict[str, Any]:
     return {
         "sync": spec.name,
-        "cutover": {
-            "ready": gate.ready,
-            "reasons": list(gate.reasons),
-            "checks": list(gate.checks),
-        },
+        "cutover": _cutover(gate),
         "backfill": None,
         "follow": None,
         "to_legacy": None,

@@ -133,20 +133,29 @@ def _write(target: Path, body: bytes, last_modified: str | None) -> None:
         raise
 
 
+def _fetched(base: str, path: str, report: Report) -> tuple[dict[str, str], bytes] | None:
+    """The monolith's 200 answer for `path` (headers, body), or None with the error reported."""
+    try:
+        status, headers, body = _get(base, path)
+    except OSError as exc:
+        report.errors.append(f"{path}: cannot fetch: {exc}")
+        return None
+    if status != 200:
+        report.errors.append(f"{path}: the monolith answered {status}")
+        return None
+    return headers, body
+
+
 def export(base: str, into: Path, paths: list[str], prefix: str, report: Report) -> None:
     for path in paths:
         relative = relative_of(path, prefix)
         if relative is None:
             report.errors.append(f"{path}: not a plain file name under {prefix}")
             continue
-        try:
-            status, headers, body = _get(base, path)
-        except OSError as exc:
-            report.errors.append(f"{path}: cannot fetch: {exc}")
+        fetched = _fetched(base, path, report)
+        if fetched is None:
             continue
-        if status != 200:
-            report.errors.append(f"{path}: the monolith answered {status}")
-            continue
+        headers, body = fetched
         _write(into / relative, body, headers.get("last-modified"))
         report.exported.append(path)
 
@@ -166,14 +175,10 @@ def verify(base: str, into: Path, paths: list[str], prefix: str, report: Report)
         except OSError:
             report.errors.append(f"{path}: missing from {into}")
             continue
-        try:
-            status, headers, body = _get(base, path)
-        except OSError as exc:
-            report.errors.append(f"{path}: cannot fetch: {exc}")
+        fetched = _fetched(base, path, report)
+        if fetched is None:
             continue
-        if status != 200:
-            report.errors.append(f"{path}: the monolith answered {status}")
-            continue
+        headers, body = fetched
         theirs_sha, ours_sha = hashlib.sha256(body).hexdigest(), hashlib.sha256(ours).hexdigest()
         if theirs_sha != ours_sha:
             report.errors.append(

@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.procs import Child
+
 STRANGLER = str(Path(sys.executable).parent / "strangler")
 _ANNOUNCE = re.compile(r"strangler serving (.*)")
 _LISTENER = re.compile(r"(external|internal|admin) on http://([\d.]+):(\d+)")
@@ -780,3 +782,23 @@ def subscribers(url: str) -> set[str]:
 def logged(proxy: ProxyProcess, text: str) -> bool:
     """Whether the proxy has written `text` to its stderr (its log) so far."""
     return any(text in line for line in list(proxy.stderr))
+
+
+@contextlib.contextmanager
+def seeded_monolith(work: Path, *, payments: int, users: int) -> Iterator[Child]:
+    """The legacy monolith as its operators run it: seeded into a SQLite file under `work`,
+    then served on a free port of 127.0.0.1."""
+    url = f"sqlite:///{work / 'shop.db'}"
+    seed = ["seed", "--database-url", url, "--payments", str(payments), "--users", str(users)]
+    seeded = subprocess.run(
+        [sys.executable, "-m", "legacy_monolith", *seed],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert seeded.returncode == 0, seeded.stderr
+    args = [sys.executable, "-m", "legacy_monolith", "--port", "0", "--database-url", url]
+    with Child("monolith", args, cwd=str(work)) as child:
+        yield child

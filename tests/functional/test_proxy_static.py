@@ -25,6 +25,7 @@ from tests.functional.proxy_support import (
     get,
     problem,
     running,
+    seeded_monolith,
     send,
 )
 
@@ -170,20 +171,7 @@ def test_escapes_are_refused(proxy: ProxyProcess, upstream: Recorder, target: by
 # --- static export ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def monolith(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Child]:
-    work = tmp_path_factory.mktemp("monolith")
-    url = f"sqlite:///{work / 'shop.db'}"
-    seed = ["seed", "--database-url", url, "--payments", "5", "--users", "2"]
-    seeded = subprocess.run(
-        [PY, "-m", "legacy_monolith", *seed],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert seeded.returncode == 0, seeded.stderr
-    args = [PY, "-m", "legacy_monolith", "--port", "0", "--database-url", url]
-    with Child("monolith", args, cwd=str(work)) as child:
+    with seeded_monolith(tmp_path_factory.mktemp("monolith"), payments=5, users=2) as child:
         yield child
 
 

@@ -5,7 +5,6 @@ body bytes, every header but `date`), with one `server` and one `date` header.""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -13,7 +12,7 @@ import pytest
 
 from legacy_monolith.seed import DEMO_PASSWORD, DEMO_USER
 from proxy.procs import Child
-from tests.functional.proxy_support import Response, build, exchange, running
+from tests.functional.proxy_support import Response, build, exchange, running, seeded_monolith
 
 PY = sys.executable
 HOST = "shop.test"
@@ -22,20 +21,7 @@ PASS_THROUGH_ONLY = {b"date"}  # generated per answer; everything else must matc
 
 @pytest.fixture(scope="module")
 def monolith(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Child]:
-    work = tmp_path_factory.mktemp("monolith")
-    url = f"sqlite:///{work / 'shop.db'}"
-    seed = ["seed", "--database-url", url, "--payments", "20", "--users", "5"]
-    seeded = subprocess.run(
-        [PY, "-m", "legacy_monolith", *seed],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert seeded.returncode == 0, seeded.stderr
-    args = [PY, "-m", "legacy_monolith", "--port", "0", "--database-url", url]
-    with Child("monolith", args, cwd=str(work)) as child:
+    with seeded_monolith(tmp_path_factory.mktemp("monolith"), payments=20, users=5) as child:
         yield child
 
 
