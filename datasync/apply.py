@@ -35,6 +35,12 @@ voided → payment.voided, else `synced_type`; payload origin 'legacy'): other c
 the legacy's changes, and the to-legacy job skips them as echoes. Follow emits; backfill does
 not (a bulk copy is not a stream of changes).
 
+A declared `project` hook is then called in the same transaction with the keys written (and,
+for a refreshed table, the keys deleted: `delete_from_service`): a read side's pre-calculated
+views move with the rows they are computed from, or not at all (the denormalised read model of
+CQRS, kept in the writer's transaction rather than by a second consumer that could lag or fail
+alone). Backfill, follow and refresh all write through here, so every path keeps the views.
+
 Two sync runs inserting the same key at once would collide: the caller retries the batch.
 """
 
@@ -45,12 +51,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Update
 
 from datasync.errors import SyncError
-from datasync.outbox import outbox_row, outbox_table
+from datasync.outbox import deletion_row, outbox_row, outbox_table
 from datasync.rows import normalise, normalise_value, service_values
 from datasync.spec import LEGACY_WINS, ORIGIN_LEGACY, ORIGIN_SERVICE, SERVICE_WINS, Field, Spec
 
@@ -73,7 +79,9 @@ class ApplyCounts:
     kept_service: int = 0
     # (legacy change column, key) of rows whose guarded UPDATE matched nothing: a service write
     # committed between the read and the update. Counted in kept_service; re-read next poll.
-    raced: list[tuple[datetime, int]] = field(default_factory=list)
+    # For a refreshed table (no change column) the time is None.
+    raced: list[tuple[datetime | None, int]] = field(default_factory=list)
+    deleted: int = 0
 
     @property
     def written(self) -> int:
@@ -88,6 +96,7 @@ class ApplyCounts:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.kept_service += other.kept_service
+        self.deleted += other.deleted
         self.raced.extend(other.raced)
 
     def as_dict(self) -> dict[str, int]:
@@ -96,6 +105,7 @@ class ApplyCounts:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "kept_service": self.kept_service,
+            "deleted": self.deleted,
         }
 
 
@@ -243,6 +253,7 @@ def apply_to_service(
             if emit:
                 event = outbox_row(spec, row, version + 1, event_type(spec, row, mine))
             updates.append((row, update_params(spec, row, version), event))
+    written = [int(values[spec.service_name(spec.key)]) for values in inserts]
     if inserts:
         conn.execute(insert(spec.service()), inserts)
         counts.inserted = len(inserts)
@@ -252,13 +263,44 @@ def apply_to_service(
             # One statement per row: its row count says whether the version guard matched.
             if conn.execute(statement, params).rowcount == 1:
                 counts.updated += 1
+                written.append(int(row[spec.key]))
                 if event is not None:
                     events.append(event)
             else:  # a service write committed since the read: it wins, compared again later
                 counts.kept_service += 1
-                counts.raced.append((row[spec.changed], int(row[spec.key])))
+                changed = row[spec.changed] if spec.changed else None
+                counts.raced.append((changed, int(row[spec.key])))
+    record_events(spec, conn, events)
+    project(spec, conn, written, ())
+    return counts
+
+
+def delete_from_service(
+    spec: Spec, conn: Connection, keys: Sequence[int], *, emit_events: bool = False
+) -> int:
+    """Delete the service rows of `keys` (the legacy no longer has them: a refreshed table's
+    hard deletes), with a deletion event each and the `project` hook told."""
+    if not keys:
+        return 0
+    table = spec.service()
+    column = table.c[spec.service_name(spec.key)]
+    for start in range(0, len(keys), IN_LIST_MAX):
+        conn.execute(delete(table).where(column.in_(keys[start : start + IN_LIST_MAX])))
+    if emit_events and emits(spec):
+        record_events(spec, conn, [deletion_row(spec, key) for key in keys])
+    project(spec, conn, (), keys)
+    return len(keys)
+
+
+def record_events(spec: Spec, conn: Connection, events: Sequence[Mapping[str, Any]]) -> None:
     if events:
         assert spec.events is not None
         assert spec.events.outbox is not None
-        conn.execute(insert(outbox_table(spec.events.outbox)), events)
-    return counts
+        conn.execute(insert(outbox_table(spec.events.outbox)), list(events))
+
+
+def project(spec: Spec, conn: Connection, changed: Sequence[int], deleted: Sequence[int]) -> None:
+    """The declared `project` hook, in the batch's transaction (module docstring)."""
+    hook = spec.hooks.get("project")
+    if hook is not None and (changed or deleted):
+        hook(spec, conn, list(changed), list(deleted))

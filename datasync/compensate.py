@@ -236,7 +236,7 @@ def service_changed_query(
 ) -> Select[Any]:
     """(b): the next page of service rows in an action state by (change column, key)."""
     t = spec.service()
-    changed, key = t.c[spec.service_name(spec.changed)], t.c[spec.service_name(spec.key)]
+    changed, key = t.c[spec.service_name(spec.change_column)], t.c[spec.service_name(spec.key)]
     query = spec.service_select().where(
         t.c[spec.service_name(rule.state_field)].in_(list(rule.actions))
     )
@@ -461,7 +461,7 @@ def detect_service(spec: Spec, rule: Compensation, legacy: Engine, service: Engi
             page = conn.execute(query).mappings().all()
         if not page:
             return made
-        after = (page[-1][spec.changed], int(page[-1][spec.key]))
+        after = (page[-1][spec.change_column], int(page[-1][spec.key]))
         cursor = later(cursor, after)
         matches = sorted({int(row[rule.match]) for row in page})
         with legacy.connect() as conn:

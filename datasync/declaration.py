@@ -8,6 +8,7 @@ anywhere else. The whole shape, with the payment service's table as the example:
       table: payments
       key: id                      # an integer column: batches walk it in order
       changed: updated_at          # a timestamp the monolith sets on every insert and update
+                                   # (none: followed by full refresh, see below)
       soft_delete: {field: status, value: deleted}   # optional
     service:
       table: payments
@@ -61,14 +62,22 @@ Rules (the engine may assume them once a `Spec` exists):
   reserved words of Oracle's SQL Language Reference ("Oracle SQL Reserved Words").
 - One key field, an integer (keyset batches and reconcile's bisection walk it in order); one
   change field, a timestamp (the follow's cursor is (change, key): Kafka Connect's JDBC source).
+- A table without a change column (a lookup table the monolith never stamps) leaves `changed`
+  out: follow then refreshes it whole every `follow.interval` (re-read by key, upsert what
+  differs, delete what the legacy no longer has: Kafka Connect JDBC's `bulk` mode, Airbyte's full
+  refresh). Such a sync moves rows to the service only, its conflict rule is `legacy-wins` (the
+  default there; `newer-wins` has no times to compare), it has no compensations, and its gate's
+  `max_lag` must exceed the refresh interval (a change waits up to one interval plus a pass).
 - `to-legacy` needs the service's `origin` and `version` columns (echo skipping and the stale
   guard, as DMS and GoldenGate tag bidirectional changes) and an event source. An outbox table
   and a stream carry ONE sync's events: to-legacy applies every event it reads, so each synced
   table needs its own (Debezium's outbox router routes by aggregate type to one topic each).
 - Compensation calls are POST, PUT, PATCH or DELETE on a path of the service's API; `{name}`
   placeholders in the path and body name declared fields (legacy names).
-- `hooks.payload` (row -> event payload) and `hooks.migrate` (engine -> schema revision, run by
-  `strangler sync migrate` and `--migrate` before the engine creates its own tables) are
+- `hooks.payload` (row -> event payload), `hooks.migrate` (engine -> schema revision, run by
+  `strangler sync migrate` and `--migrate` before the engine creates its own tables) and
+  `hooks.project` (`(spec, connection, changed keys, deleted keys)`, called in the transaction
+  of every batch the engine writes: a read side's pre-calculated views kept in step) are
   "module:function" strings, imported when the declaration is loaded (as uvicorn's
   `import_from_string`), so a typo fails at load time with its line, not at the first event.
 """
@@ -103,6 +112,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from datasync.errors import SyncError
 from datasync.spec import (
     CONFLICT_RULES,
+    LEGACY_WINS,
     NEWER_WINS,
     TO_LEGACY,
     TO_SERVICE,
@@ -242,7 +252,7 @@ class SoftDeleteIn(_Strict):
 class LegacyIn(_Strict):
     table: Identifier
     key: Identifier
-    changed: Identifier
+    changed: Identifier | None = None  # none: followed by full refresh
     soft_delete: SoftDeleteIn | None = None
 
 
@@ -288,6 +298,7 @@ class EventsIn(_Strict):
     key_field: Text = EventSource.key_field
     group: Text = EventSource.group
     synced_type: Text | None = None
+    deleted_type: Text | None = None  # a refreshed table's hard delete (default synced_type)
     types_by_value: list[TypeByValueIn] = []
 
     @model_validator(mode="after")
@@ -300,6 +311,7 @@ class EventsIn(_Strict):
 class HooksIn(_Strict):
     payload: str | None = None
     migrate: str | None = None
+    project: str | None = None
 
 
 class WatchIn(_Strict):
@@ -336,7 +348,8 @@ class DeclarationIn(_Strict):
         dict[str, Annotated[FieldIn, BeforeValidator(_shorthand)]], Field(min_length=1)
     ]
     directions: list[Literal[TO_SERVICE, TO_LEGACY]] = [TO_SERVICE]  # type: ignore[valid-type]
-    conflict: Literal[CONFLICT_RULES] = NEWER_WINS  # type: ignore[valid-type]
+    # Default: newer-wins, or legacy-wins for a table without a change column.
+    conflict: Literal[CONFLICT_RULES] | None = None  # type: ignore[valid-type]
     follow: FollowIn = FollowIn()
     gate: GateIn = GateIn()
     events: EventsIn | None = None
@@ -483,14 +496,17 @@ class _Checker:
         key = d.fields.get(d.legacy.key)
         if key is not None and key.nullable:
             self.add(("fields", d.legacy.key, "nullable"), "the key field cannot be nullable")
-        self.field_named(("legacy", "changed"), d.legacy.changed, ("timestamp",))
-        changed = d.fields.get(d.legacy.changed)
-        if changed is not None and changed.nullable:
-            self.add(
-                ("fields", d.legacy.changed, "nullable"),
-                "the change field cannot be nullable (a row without a change time can be "
-                "neither followed nor compared)",
-            )
+        if d.legacy.changed is None:
+            self.refreshed()
+        else:
+            self.field_named(("legacy", "changed"), d.legacy.changed, ("timestamp",))
+            changed = d.fields.get(d.legacy.changed)
+            if changed is not None and changed.nullable:
+                self.add(
+                    ("fields", d.legacy.changed, "nullable"),
+                    "the change field cannot be nullable (a row without a change time can be "
+                    "neither followed nor compared)",
+                )
         if d.legacy.soft_delete is not None:
             soft = d.legacy.soft_delete
             self.field_named(("legacy", "soft_delete", "field"), soft.field)
@@ -530,6 +546,22 @@ class _Checker:
                 # bookkeeping columns: one name for two columns would be ambiguous.
                 self.add(("service", part), f"{own!r} is also the legacy name of a field")
 
+    def refreshed(self) -> None:
+        """A table without a change column is followed by full refresh (module docstring)."""
+        d, why = self.d, "a table without a change column (`legacy.changed`)"
+        if TO_LEGACY in d.directions:
+            self.add(("directions",), f"{why} moves to the service only: to-legacy guards by it")
+        if d.conflict == NEWER_WINS:
+            self.add(("conflict",), f"{why} has no times to compare: use legacy-wins")
+        if d.compensate:
+            self.add(("compensate",), f"{why} cannot be compensated: its cursor is that column")
+        if d.gate.max_lag <= d.follow.interval:
+            self.add(
+                ("gate", "max_lag"),
+                f"{why} is refreshed every {d.follow.interval:g}s (follow.interval): a max_lag "
+                "of at most that never lets the gate pass",
+            )
+
     def directions(self) -> None:
         d = self.d
         if len(set(d.directions)) != len(d.directions):
@@ -555,7 +587,7 @@ class _Checker:
             self.value_fits(("events", "types_by_value", index, "value"), item.field, item.value)
 
     def hooks(self) -> None:
-        for name in ("payload", "migrate"):
+        for name in ("payload", "migrate", "project"):
             target = getattr(self.d.hooks, name)
             if target is None:
                 continue
@@ -664,6 +696,7 @@ def _spec(
             key_field=e.key_field,
             group=e.group,
             synced_type=e.synced_type,
+            deleted_type=e.deleted_type,
             types_by_value=tuple(
                 (t.field, _declared_value(d, t.field, t.value), t.type) for t in e.types_by_value
             ),
@@ -701,7 +734,7 @@ def _spec(
         changed=d.legacy.changed,
         fields=fields,
         directions=frozenset(d.directions),
-        conflict=d.conflict,
+        conflict=d.conflict or (NEWER_WINS if d.legacy.changed else LEGACY_WINS),
         origin_column=d.service.origin,
         version_column=d.service.version,
         soft_delete=(soft.field, _declared_value(d, soft.field, soft.value))

@@ -26,7 +26,7 @@ LEAF_ROWS = 8
 @dataclass(frozen=True)
 class HashedRow:
     key: int
-    changed: datetime  # the change column's value
+    changed: datetime | None  # the change column's value (None: a refreshed table has none)
     values: Normalised
     digest: int
 
@@ -68,7 +68,7 @@ def young_ids(rows: Iterable[HashedRow], window: tuple[datetime, datetime] | Non
     if window is None:
         return set()
     since, until = window
-    return {row.key for row in rows if since <= row.changed <= until}
+    return {row.key for row in rows if row.changed is not None and since <= row.changed <= until}
 
 
 def compare_chunk(

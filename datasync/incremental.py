@@ -38,6 +38,8 @@ Reads the legacy database only.
   `strangler_sync_last_success_timestamp_seconds`.
 - Hard deletes are invisible to polling: `reconcile` reports them as rows extra in the service
   (a declared soft-delete column is synced like any other field).
+- A table without a change column is followed by full-refresh passes instead of polls
+  (`refresh.py`), under the same lease, checkpoint, health and metrics.
 
 The first poll starts where the backfill started (by the legacy clock), or at the beginning of
 the table when there was no backfill.
@@ -61,6 +63,7 @@ from datasync.apply import ApplyCounts, apply_to_service
 from datasync.engines import check_legacy_schema, check_service_schema, database_now, reading
 from datasync.lease import JobLease
 from datasync.metrics import SyncMetrics
+from datasync.refresh import refresh_pass
 from datasync.retry import Guard, Health
 from datasync.spec import Spec
 from datasync.state import (
@@ -127,7 +130,7 @@ def page_query(spec: Spec, after: Mark | None, cap: datetime, limit: int) -> Sel
     Spelled with OR/AND rather than a row-value comparison, which Oracle does not accept in a
     range predicate; a (change column, key) index serves it on all three databases."""
     table = spec.legacy()
-    changed, key = table.c[spec.changed], table.c[spec.key]
+    changed, key = table.c[spec.change_column], table.c[spec.key]
     condition = changed <= cap
     if after is not None:
         condition = and_(condition, after_mark(changed, key, after))
@@ -141,7 +144,7 @@ def after_mark(changed: Any, key: Any, mark: Mark) -> Any:
 
 def oldest_pending_query(spec: Spec, caught_up: datetime, now: datetime) -> Select[Any]:
     """The change time of the oldest legacy row changed after `caught_up`, up to `now`."""
-    changed = spec.legacy().c[spec.changed]
+    changed = spec.legacy().c[spec.change_column]
     return select(func.min(changed)).where(changed > caught_up, changed <= now)
 
 
@@ -226,6 +229,8 @@ def _poll(
     check: bool,
     status: str,
 ) -> FollowResult:
+    if spec.refreshed:
+        return _refresh(spec, legacy, service, lease, options, metrics, check=check, status=status)
     lease.renew()
     started = time.perf_counter()
     checkpoint, mark = _first_mark(spec, service)
@@ -248,7 +253,7 @@ def _poll(
             drained = True
             break
         lease.renew()  # a backlog drained in one poll may outlast the lease
-        last: Mark = (rows[-1][spec.changed], int(rows[-1][spec.key]))
+        last: Mark = (rows[-1][spec.change_column], int(rows[-1][spec.key]))
         moved = mark if mark is not None and mark >= last else last
         if held is not None:  # a row raced earlier in this poll: the mark stays before it
             moved = min(moved, held)
@@ -274,6 +279,40 @@ def _poll(
     return result
 
 
+def _refresh(
+    spec: Spec,
+    legacy: Engine,
+    service: Engine,
+    lease: JobLease,
+    options: PollOptions,
+    metrics: SyncMetrics | None,
+    *,
+    check: bool,
+    status: str,
+) -> FollowResult:
+    """One full-refresh pass in place of a poll (`refresh.py`)."""
+    lease.renew()
+    checkpoint, _ = _first_mark(spec, service)
+    began, seconds, rows_read, pages, counts = refresh_pass(
+        spec,
+        legacy,
+        service,
+        lease,
+        page_size=options.page_size,
+        emit_events=options.emit_events,
+        check=check,
+    )
+    result = FollowResult(rows_read=rows_read, pages=pages, counts=counts, caught_up=began)
+    result.cap, result.lag_seconds, result.seconds = began, seconds, seconds
+    checkpoint = replace(
+        checkpoint,
+        rows_done=checkpoint.rows_done + rows_read,
+        rows_written=checkpoint.rows_written + counts.written + counts.deleted,
+    )
+    _finish(spec, service, checkpoint, result, began, metrics, status, options.interval)
+    return result
+
+
 def _apply_page(
     spec: Spec,
     service: Engine,
@@ -291,6 +330,7 @@ def _apply_page(
                 counts = apply_to_service(spec, conn, rows, emit_events=options.emit_events)
                 if counts.raced:
                     at, raced_key = min(counts.raced)
+                    assert at is not None  # polled tables have a change column
                     mark = min(mark, (at, raced_key - 1))
                 moved = replace(
                     checkpoint,

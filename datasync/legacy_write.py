@@ -58,7 +58,9 @@ def _compile_merge(element: GuardedMerge, compiler: SQLCompiler, **kw: Any) -> s
         for name in names
     }
     guard = compiler.process(
-        bindparam("m_newest_allowed", element.newest_allowed, type_=table.c[spec.changed].type),
+        bindparam(
+            "m_newest_allowed", element.newest_allowed, type_=table.c[spec.change_column].type
+        ),
         **kw,
     )
     source = ", ".join(f"{binds[name]} AS {name}" for name in names)
@@ -91,8 +93,8 @@ def guarded_upsert(
     column is later than `newest_allowed` (default: the values' own change time)."""
     table = spec.legacy()
     row = {name: values[name] for name in spec.names}
-    limit = row[spec.changed] if newest_allowed is None else newest_allowed
-    changed = table.c[spec.changed]
+    limit = row[spec.change_column] if newest_allowed is None else newest_allowed
+    changed = table.c[spec.change_column]
     guard = changed <= literal(limit, changed.type)
     updated = [name for name in spec.names if name != spec.key]
     if dialect_name == "oracle":

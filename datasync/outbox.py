@@ -78,3 +78,20 @@ def outbox_row(spec: Spec, row: Mapping[str, Any], version: int, event_type: str
         "payload": json.dumps(payload, separators=(",", ":")),
         "created_at": utcnow(),
     }
+
+
+def deletion_row(spec: Spec, key: int) -> dict[str, Any]:
+    """An outbox row announcing that the legacy no longer has row `key` (a refreshed table's
+    hard delete): the declared `deleted_type` (default `synced_type`), payload the key by its
+    service name and `deleted: true`."""
+    assert spec.events is not None
+    kind = spec.events.deleted_type or spec.events.synced_type or "deleted"
+    payload = {spec.service_name(spec.key): key, "deleted": True, "origin": ORIGIN_LEGACY}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "aggregate_id": key,
+        "event_type": kind,
+        "row_version": 0,
+        "payload": json.dumps(payload, separators=(",", ":")),
+        "created_at": utcnow(),
+    }

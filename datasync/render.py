@@ -39,9 +39,14 @@ def follow_summary(spec: Spec, result: FollowResult) -> str:
     c = result.counts
     hw = result.high_water
     mark = "none" if hw is None else f"({hw[0].isoformat()}, {spec.key} {hw[1]})"
+    if spec.refreshed:
+        deleted = f", {c.deleted:,} deleted"
+        mark = f"full refresh of {result.pages:,} page(s)"
+    else:
+        deleted, mark = "", f"high-water {mark}"
     return (
         f"follow: read {result.rows_read:,}, {c.inserted:,} inserted, {c.updated:,} updated, "
-        f"{c.unchanged:,} unchanged, {c.kept_service:,} kept; high-water {mark}; "
+        f"{c.unchanged:,} unchanged, {c.kept_service:,} kept{deleted}; {mark}; "
         f"lag {result.lag_seconds:.2f}s; {result.rows_per_second:,.1f} rows/s"
     )
 
@@ -135,7 +140,9 @@ def declaration_summary(spec: Spec) -> dict[str, Any]:
     return {
         "sync": spec.name,
         "source": str(spec.source) if spec.source else None,
-        "legacy": f"{spec.legacy_table} (key {spec.key}, changed {spec.changed})",
+        "legacy": f"{spec.legacy_table} (key {spec.key}, changed {spec.changed})"
+        if spec.changed
+        else f"{spec.legacy_table} (key {spec.key}, no change column: full refresh)",
         "service": spec.service_table,
         "fields": len(spec.fields),
         "renamed": renamed,

@@ -12,7 +12,8 @@ and every read of the service table labels its columns with the legacy names
 Rules the declaration enforces (so the engine may assume them):
 - one key column, an integer (keyset batches and reconcile's bisection walk it in order);
 - one change column, a timestamp, set by the monolith on every insert and update (the follow's
-  cursor is (change column, key): Kafka Connect JDBC source's rule);
+  cursor is (change column, key): Kafka Connect JDBC source's rule), or none: the table is then
+  followed by full refresh (`refresh.py`), to the service only, legacy-wins;
 - `to_legacy` needs the service table's `origin` and `version` columns (loop prevention and the
   stale-event guard) and an event source.
 """
@@ -111,6 +112,8 @@ class EventSource:
     # payment.voided). None: the sync emits no events.
     synced_type: str | None = None
     types_by_value: tuple[tuple[str, str, str], ...] = ()  # (field, value, event type)
+    # The event a refreshed table's hard delete records (default: `synced_type`).
+    deleted_type: str | None = None
     # Optional "module:function" turning a row mapping into the event payload (a service's own
     # API shape); default: every field by service name, JSON-encoded as `rows.json_value` says.
     payload: str | None = None
@@ -177,7 +180,7 @@ class Spec:
     legacy_table: str
     service_table: str
     key: str  # legacy name of the key field
-    changed: str  # legacy name of the change-timestamp field
+    changed: str | None  # legacy name of the change-timestamp field; None: full refresh
     fields: tuple[Field, ...]
     directions: frozenset[str] = frozenset({TO_SERVICE})
     conflict: str = NEWER_WINS
@@ -199,6 +202,19 @@ class Spec:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    @property
+    def refreshed(self) -> bool:
+        """Followed by full refresh: the legacy table has no change column."""
+        return self.changed is None
+
+    @property
+    def change_column(self) -> str:
+        """The change column, for the jobs that walk or guard by it (the declaration refuses
+        them for a refreshed table, so this never fails on a loaded declaration)."""
+        if self.changed is None:
+            raise ValueError(f"sync {self.name}: the legacy table has no change column")
+        return self.changed
 
     # -- names ----------------------------------------------------------------------------
     @property

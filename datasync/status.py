@@ -80,7 +80,9 @@ def _follow(
         return None
     return {
         "status": cp.status,
-        "high_water": {spec.changed: _iso(cp.position_at), spec.key: cp.position_id},
+        "high_water": None
+        if spec.changed is None
+        else {spec.changed: _iso(cp.position_at), spec.key: cp.position_id},
         "caught_up": _iso(cp.source_at),
         "lag_seconds": cp.lag_seconds,
         "lag_last_hour": lag,
@@ -113,7 +115,10 @@ def _live_lag(spec: Spec, legacy: Engine, follow: Checkpoint) -> float | None:
     if caught_up is None:
         return None
     with legacy.connect() as conn:
-        return lag_behind(spec, conn, caught_up, database_now(conn))
+        now = database_now(conn)
+        if spec.refreshed:  # nothing to ask the table: as old as the last pass's start
+            return max(0.0, (now - caught_up).total_seconds())
+        return lag_behind(spec, conn, caught_up, now)
 
 
 def _last_reconcile(spec: Spec, conn: Any) -> Any:
@@ -247,7 +252,11 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
     if f is None:
         lines.append(("follow", "never run"))
     else:
-        (changed, at), (key, position) = f["high_water"].items()
+        if f["high_water"] is None:  # a refreshed table: passes, no mark
+            position = f"last pass from {f['caught_up']}"
+        else:
+            (changed, at), (key, position) = f["high_water"].items()
+            position = f"high-water ({changed} {at}, {key} {position})"
         lag = f["lag_seconds"]
         pct = f["lag_last_hour"]
         live = f.get("live_lag_seconds")
@@ -256,7 +265,7 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
         lines.append(
             (
                 "follow",
-                f"{f['status']}: high-water ({changed} {at}, {key} {position}), lag "
+                f"{f['status']}: {position}, lag "
                 f"{'-' if lag is None else f'{lag:.2f}s'}{spread}{now_behind}, "
                 f"{f['rows_per_second'] or 0:.1f} rows/s, last run {f['last_run']}"
                 f"{health_note(f)}",

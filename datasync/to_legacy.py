@@ -290,8 +290,9 @@ class LegacyApplier:
         current = (
             conn.execute(spec.legacy_select().where(key == values[spec.key])).mappings().first()
         )
-        newest_allowed = values[spec.changed] + self.skew  # the two clocks may differ this much
-        if current is not None and current[spec.changed] > newest_allowed:
+        # The two clocks may differ this much.
+        newest_allowed = values[spec.change_column] + self.skew
+        if current is not None and current[spec.change_column] > newest_allowed:
             return "stale"
         if current is not None and normalise(spec, current) == normalise(spec, values):
             self._applied(versions, event)

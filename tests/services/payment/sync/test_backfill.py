@@ -68,6 +68,7 @@ def test_a_finished_backfill_is_not_repeated_and_a_restart_rewrites_nothing(
         "updated": 0,
         "unchanged": SEEDED_PAYMENTS,
         "kept_service": 0,
+        "deleted": 0,
     }
 
 
