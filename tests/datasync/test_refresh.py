@@ -8,9 +8,11 @@ hook; a failing hook rolls its page back. The declaration refuses what such a ta
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ from datasync.declaration import DeclarationError, load, loads
 from datasync.incremental import follow, follow_once
 from datasync.reconcile import reconcile
 from datasync.spec import LEGACY_WINS
-from datasync.state import ensure_schema
-from datasync.status import gather_status
+from datasync.state import ensure_schema, utcnow
+from datasync.status import cutover_check, gather_status
 from tests.datasync.tables import regions as r
 from tests.datasync.tables.stock import Databases, postgres_schemas, sqlite_databases
 
@@ -220,6 +222,12 @@ def test_reconcile_and_status_know_a_refreshed_table(dbs: Databases) -> None:
     assert following["live_lag_seconds"] >= 0.3  # as old as the last pass's start
     follow_once(SPEC, dbs.legacy, dbs.service)
     assert reconcile(SPEC, dbs.legacy, dbs.service, settle=0, recheck_after=0).drift == 0
+    # The gate judges a refreshed table by the age of its last pass, not the pass's length.
+    assert not [x for x in cutover_check(SPEC, dbs.service).reasons if "lag" in x]
+    later = utcnow() + timedelta(seconds=6)  # past max_lag 5s, before follow counts as dead
+    late = [x for x in cutover_check(SPEC, dbs.service, now=later).reasons if "lag" in x]
+    assert len(late) == 1
+    assert re.fullmatch(r"follow lag [67]\.\ds is over 5\.0s", late[0])
 
 
 def test_a_running_follower_refreshes_every_interval(dbs: Databases) -> None:
