@@ -3,6 +3,7 @@
     backfill    copy the legacy table into the service's database (resumable)
     follow      keep copying the legacy's changes until cutover (poll by high-water mark)
     to-legacy   after cutover, apply the service's change events to the legacy table
+    relay       publish the service's outbox table to its Redis Stream (in order, at least once)
     reconcile   compare both databases by key; exit 3 when drift exceeds --max-drift
     compensate  after cutover, run the declared compensations (sagas through the service's API)
     check       validate declarations (every problem with its line) and say what they move
@@ -21,6 +22,7 @@ threshold.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -214,9 +216,11 @@ def follow(
         elif not quiet and (once or result.counts.written):
             typer.echo(render.follow_summary(spec, result))
 
-    with errors_as_exit():
+    with errors_as_exit(), contextlib.ExitStack() as stack:
         spec = load_spec(sync)
         legacy, service = engines(spec, legacy_db, service_db, migrate)
+        stack.callback(service.dispose)
+        stack.callback(legacy.dispose)
         metrics = SyncMetrics()
         if metrics_port is not None:
             port = metrics.serve(metrics_port, metrics_host)
@@ -347,6 +351,67 @@ def to_legacy(
         emit_json(result.as_dict())
     else:
         typer.echo(render.to_legacy_summary(result))
+
+
+@app.command()
+def relay(
+    sync: SyncFile = DEFAULT_SYNC,
+    service_db: ServiceDb = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(envvar="STRANGLER_REDIS_URL", help="The Redis the events stream is on."),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Publish what is pending, purge, then exit.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between polls of the outbox while idle.")
+    ] = 0.25,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per publish.")] = 500,
+    maxlen: Annotated[
+        int, typer.Option(min=1, help="Cap the stream at about this many entries (MAXLEN ~).")
+    ] = 100_000,
+    retention: Annotated[
+        float, typer.Option(min=0, help="Seconds published rows stay in the outbox.")
+    ] = 86_400.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    json_output: JsonOutput = False,
+    migrate: Migrate = False,
+) -> None:
+    """Publish the declared outbox table's committed rows to the declared Redis Stream in
+    outbox order, marking them published (one relay per outbox table works; others wait)."""
+    from datasync.relay import Relay, RelayResult, RelaySettings, Target, run_relay
+
+    def show(result: RelayResult) -> None:
+        if json_output:
+            emit_json(result.as_dict())
+        elif not quiet:
+            typer.echo(result.summary())
+
+    with errors_as_exit():
+        spec = load_spec(sync)
+        target = Target.of(spec)
+        if not redis_url:
+            raise SyncError("relay needs --redis-url (or STRANGLER_REDIS_URL)")
+        settings = RelaySettings(
+            interval=interval, batch_size=batch_size, maxlen=maxlen, retention=retention
+        )
+        service = service_engine(spec, service_db, migrate)
+        try:
+            if once:
+                result = Relay(spec, service, redis_url, settings=settings).drain()
+            else:
+                if not quiet and not json_output:
+                    typer.echo(
+                        f"relaying {target.outbox} to the stream {target.stream} every "
+                        f"{interval}s (Ctrl-C stops)"
+                    )
+                stop = threading.Event()
+                with stop_on_signals(stop.set):
+                    result = run_relay(spec, service, redis_url, stop=stop, settings=settings)
+        finally:
+            service.dispose()
+    show(result)
 
 
 @app.command()

@@ -59,6 +59,8 @@ def errors_as_exit() -> Iterator[None]:
     declaration is the one error of several lines: one per problem, each with its line."""
     try:
         yield
+    except typer.Exit:  # a command's own exit (`fail`), already said
+        raise
     except SyncError as exc:
         lines = exc.detail.splitlines() if exc.detail else [exc.kind]
         if exc.kind == "invalid-declaration":
