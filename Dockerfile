@@ -1,6 +1,6 @@
 # One image for every part of the stack: the proxy (`strangler serve`), the legacy monolith
-# (`python -m legacy_monolith`), the payment service (`python -m services.payment`) and the sync
-# (`strangler sync ...`). docker-compose.yml picks the command. The packages are the versions
+# (`python -m legacy_monolith`), the payment service (`python -m services.payment`), the catalog
+# service (`python -m services.catalog`) and the data syncs (`strangler sync ...`). docker-compose.yml picks the command. The packages are the versions
 # the tests passed with (constraints.txt).
 FROM python:3.12-slim
 
@@ -10,6 +10,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY proxy ./proxy
 COPY legacy_monolith ./legacy_monolith
 COPY services ./services
+COPY datasync ./datasync
 RUN pip install -c constraints.txt '.[redis,oracle,postgres]' \
     && useradd --system --uid 10001 --home-dir /app strangler \
     && mkdir -p /app/var && chown strangler /app/var

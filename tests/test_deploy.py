@@ -39,6 +39,10 @@ def test_the_stack_has_every_part(compose: dict[str, Any]) -> None:
         "sync-follow",
         "sync-to-legacy",
         "sync-compensate",
+        "catalog-db",
+        "catalog",
+        "catalog-sync-products",
+        "catalog-sync-categories",
     }
     replicas = [s for name, s in compose["services"].items() if name.startswith("proxy-")]
     assert {tuple(s["command"].split()) for s in replicas} == {
@@ -58,7 +62,11 @@ def test_the_proxy_command_is_one_strangler_serve_accepts(compose: dict[str, Any
 def test_the_seed_table_is_valid_and_names_the_stack(compose: dict[str, Any]) -> None:
     table = load_file(ROOT / "deploy" / "routes.compose.yaml")
     urls = {name: spec.url for name, spec in table.upstreams.items()}
-    assert urls == {"monolith": "http://monolith:8001", "payment": "http://payment:8002"}
+    assert urls == {
+        "monolith": "http://monolith:8001",
+        "payment": "http://payment:8002",
+        "catalog": "http://catalog:8003",
+    }
 
 
 def test_no_secret_is_written_down(compose: dict[str, Any]) -> None:
@@ -74,7 +82,8 @@ def test_the_sync_commands_are_ones_strangler_sync_accepts(compose: dict[str, An
     from datasync.cli import app as sync_app
 
     group = typer.main.get_command(sync_app)
-    for name in ("sync-follow", "sync-to-legacy", "sync-compensate"):
+    syncs = ("sync-follow", "sync-to-legacy", "sync-compensate")
+    for name in (*syncs, "catalog-sync-products", "catalog-sync-categories"):
         words = shlex.split(compose["services"][name]["command"])
         assert words[:2] == ["strangler", "sync"]
         command = group.commands[words[2]]  # type: ignore[attr-defined]
@@ -82,3 +91,27 @@ def test_the_sync_commands_are_ones_strangler_sync_accepts(compose: dict[str, An
         environment = compose["services"][name]["environment"]
         assert {"STRANGLER_LEGACY_DB", "STRANGLER_SERVICE_DB"} <= set(environment)
     assert "STRANGLER_SERVICE_TOKEN" in compose["services"]["sync-compensate"]["environment"]
+
+
+def test_the_catalog_syncs_follow_their_declarations_into_the_catalogs_database(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    database = services["catalog"]["environment"]["CATALOG_DATABASE_URL"]
+    for name, declaration in (
+        ("catalog-sync-products", "products.yaml"),
+        ("catalog-sync-categories", "categories.yaml"),
+    ):
+        environment = services[name]["environment"]
+        assert environment["STRANGLER_SERVICE_DB"] == database  # the views live beside the rows
+        sync = ROOT / environment["STRANGLER_SYNC"]
+        assert sync == ROOT / "services" / "catalog" / "sync" / declaration
+        assert sync.is_file()
+
+
+def test_the_image_holds_every_package_the_stack_runs() -> None:
+    from tomllib import loads
+
+    copied = re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    packages = loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]
+    assert set(packages["wheel"]["packages"]) <= set(copied)
