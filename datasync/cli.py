@@ -14,7 +14,8 @@ Every command takes `--sync FILE` (the declaration; repeatable for `status` and 
 environment STRANGLER_SYNC; default: the payment declaration shipped with the project, found
 relative to this package, not the working directory), `--legacy-db URL --service-db URL`
 (environment: STRANGLER_LEGACY_DB or LEGACY_DATABASE_URL, STRANGLER_SERVICE_DB; defaults: the
-monolith's default and `sqlite:///./var/<sync name, singular>.db`) and `--json`. Failures exit 1
+monolith's default and the declaration's `service.database`, else
+`sqlite:///./var/<sync name, singular>.db`) and `--json`. Failures exit 1
 with one line saying why, never a traceback; reconcile exits 3 when the drift is over the
 threshold.
 """

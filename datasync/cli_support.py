@@ -109,9 +109,10 @@ def migrate_service(spec: Spec, engine: Engine) -> str | None:
 
 
 def default_service_db(spec: Spec) -> str:
+    """The declared `service.database`, else `var/<sync name, singular>.db`."""
     from datasync.invariants import singular
 
-    return f"sqlite:///./var/{singular(spec.name)}.db"
+    return spec.service_database or f"sqlite:///./var/{singular(spec.name)}.db"
 
 
 def service_engine(spec: Spec, url: str | None, migrate: bool) -> Engine:

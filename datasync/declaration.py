@@ -12,6 +12,7 @@ anywhere else. The whole shape, with the payment service's table as the example:
       soft_delete: {field: status, value: deleted}   # optional
     service:
       table: payments
+      database: "sqlite:///./var/payment.db"   # optional: the commands' default service database
       origin: origin               # optional unless to-legacy: 'legacy' or 'service'
       version: row_version         # optional unless to-legacy: +1 on every service write
       key_floor: 3_000_000_000_000_000    # optional: the service's own keys start here ...
@@ -258,6 +259,9 @@ class LegacyIn(_Strict):
 
 class ServiceIn(_Strict):
     table: Identifier
+    # The service database the commands use unless told (--service-db, STRANGLER_SERVICE_DB):
+    # where the service itself keeps its data by default.
+    database: Text | None = None
     origin: Identifier | None = None
     version: Identifier | None = None
     key_floor: Annotated[StrictInt, Field(gt=0)] | None = None
@@ -730,6 +734,7 @@ def _spec(
         name=d.sync,
         legacy_table=d.legacy.table,
         service_table=d.service.table,
+        service_database=d.service.database,
         key=d.legacy.key,
         changed=d.legacy.changed,
         fields=fields,

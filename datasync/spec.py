@@ -196,6 +196,7 @@ class Spec:
     compensations: tuple[Compensation, ...] = ()
     gate: Gate = field(default_factory=Gate)
     follow: Follow = field(default_factory=Follow)
+    service_database: str | None = None  # the commands' default service database URL
     source: Path | None = None  # the declaration file, for messages
     line_of: Mapping[str, int] = field(default_factory=dict)  # dotted path -> line, for messages
     hooks: Mapping[str, Callable[..., Any]] = field(default_factory=dict)

@@ -13,6 +13,11 @@ the flip is diffed, listed and rolled back.
 Act 6: payments move to the service again with safety nets, and the service goes down: GETs are
 served by the monolith (fallback), a POST gets a fast 503 once the service is ejected, and the
 service is back by itself when it returns.
+Act 7: static content leaves the monolith first: exported, verified, served by the proxy.
+Act 8: the second service, the catalog's read side: two declared syncs (one table without a
+change column, refreshed) fill its read model and views; its gate opens after two reconciles;
+catalog reads are shadowed (ETags compared), canaried, moved; a staff price change still goes
+to the monolith and shows in the catalog after the sync's lag.
 Everything runs as child processes started with the same commands the README gives, and is
 reached over HTTP only.
 """
@@ -527,15 +532,15 @@ STATIC_ROUTE = """\
 
 def act_static(
     n: Narrator, sh: Shell, admin: str, monolith_url: str, safety: str, workdir: Path
-) -> None:
-    """Static content leaves the monolith first: exported, verified, served by the proxy."""
+) -> str:
+    """Static content leaves the monolith first: exported, verified, served by the proxy.
+    Returns the route table it set (version 6)."""
     n.say("Static files leave the monolith first: exported from it over HTTP and verified")
     root = workdir / "static"
     sh.run("static", "export", "--from", monolith_url, "--to", str(root), "--verify")
     table = workdir / "routes-static.yaml"
-    table.write_text(
-        safety.replace("version: 5", "version: 6") + STATIC_ROUTE.format(root=root.resolve())
-    )
+    text = safety.replace("version: 5", "version: 6") + STATIC_ROUTE.format(root=root.resolve())
+    table.write_text(text)
     n.say("A route serves /static/ from that directory: the monolith no longer sees those reads")
     sh.routes_cli("set", str(table), "--reason", "static files served by the proxy")
     _served(n, admin, 6)
@@ -550,6 +555,125 @@ def act_static(
     for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
         if line.startswith("strangler_requests_total") and 'route="static"' in line:
             n.echo(f"  {line}")
+    return text
+
+
+CATALOG_SYNCS = ("services/catalog/sync/categories.yaml", "services/catalog/sync/products.yaml")
+# The catalog service as an upstream (its gate asks both catalog syncs), added to the table.
+CATALOG_UPSTREAM = """\
+  # The catalog's read side (services/catalog): its gate asks both catalog syncs.
+  catalog: {{url: "{catalog}", gate: "{catalog}/cutover"}}
+"""
+# Catalog reads (GET only: staff edits stay on the monolith), shadowed to the service first.
+CATALOG_ROUTES = """\
+  - name: catalog
+    match: {path: /api/v1/products, methods: [GET]}
+    to: monolith
+    shadow: {to: catalog, sample: 1.0}
+    compare: {headers: [content-type, etag, cache-control]}
+  - name: categories
+    match: {path: /api/v1/categories, methods: [GET]}
+    to: monolith
+    shadow: {to: catalog, sample: 1.0}
+    compare: {headers: [content-type, etag, cache-control]}
+"""
+
+
+def catalog_table(static_table: str, catalog: str) -> str:
+    """Version 7: the static table with the catalog upstream and its shadowed routes."""
+    upstream = CATALOG_UPSTREAM.format(catalog=catalog)
+    table = static_table.replace("version: 6", "version: 7", 1)
+    return table.replace("default: monolith", upstream + "default: monolith", 1) + CATALOG_ROUTES
+
+
+def _catalog_reads(n: Narrator, product: int) -> None:
+    """What a phone asks of the catalog: categories, a page, a search, a product."""
+    n.call("GET", "/api/v1/categories")
+    n.call("GET", "/api/v1/products", params={"sort": "price", "per_page": 3})
+    n.call("GET", "/api/v1/products", params={"q": "pho", "per_page": 2})
+    n.call("GET", f"/api/v1/products/{product}")
+    for page in range(1, 6):  # and some more, unprinted
+        n.client.get("/api/v1/products", params={"page": page, "in_stock": True})
+
+
+def act_catalog(
+    n: Narrator,
+    sh: Shell,
+    admin: str,
+    static_table: str,
+    start_catalog: Callable[[], str],
+    start_followers: Callable[[], None],
+) -> None:
+    """The second service: the catalog's read side, shadowed, gated, canaried, moved."""
+    n.say("The second service: the catalog's read side, kept by two declared syncs")
+    n.echo("  (categories has no change column: it is followed by full refresh)")
+    for declaration in CATALOG_SYNCS:
+        sh.run("sync", "check", "--sync", declaration)
+    n.say("Backfilled: each batch also computes the catalog's views, in the same transaction")
+    n.echo("  (products with their category and rendered answer, counts, the search index)")
+    sh.sync("backfill", "--sync", CATALOG_SYNCS[0], "--migrate", "--quiet")
+    sh.sync("backfill", "--sync", CATALOG_SYNCS[1], "--quiet")
+    catalog = start_catalog()
+    start_followers()
+    n.say("Reconciled twice, both tables: the catalog's gate opens")
+    for _ in range(2):
+        sh.sync(
+            "reconcile", "--sync", CATALOG_SYNCS[0], "--sync", CATALOG_SYNCS[1], "--settle", "0"
+        )
+    gate = httpx.get(f"{catalog}/cutover", timeout=10)
+    n.echo(f"→ GET {catalog}/cutover\n← {gate.status_code} ready: {gate.json().get('ready')}")
+    n.say("Before it serves anyone: every catalog read is shadowed to it, ETags compared too")
+    table = sh.routes.parent / "routes-catalog.yaml"
+    table.write_text(catalog_table(static_table, catalog))
+    sh.routes_cli("set", str(table), "--reason", "shadow catalog reads")
+    _served(n, admin, 7)
+    product = n.client.get("/api/v1/products", params={"per_page": 1}).json()["items"][0]["id"]
+    _catalog_reads(n, product)
+    time.sleep(1.5)  # the workers share their numbers once a second
+    sh.state("shadow", "report", "catalog")
+    n.say("A canary (one client in ten), then all catalog reads: the gate is asked each time")
+    sh.routes_cli("flip", "catalog", "--split", "monolith=90,catalog=10", "--reason", "canary")
+    _served(n, admin, 8)
+    for _ in range(50):  # 50 phones, each keyed by its own strangler_key cookie
+        with httpx.Client(base_url=n.client.base_url, timeout=10) as phone:
+            phone.get("/api/v1/products", params={"per_page": 5})
+    n.echo("  (50 phones read the product list once each)")
+    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
+        if line.startswith("strangler_requests_total") and 'route="catalog"' in line:
+            n.echo(f"  {line}")
+    sh.routes_cli("flip", "catalog", "--to", "catalog", "--reason", "catalog read side live")
+    sh.routes_cli("flip", "categories", "--to", "catalog", "--reason", "catalog read side live")
+    _served(n, admin, 10)
+    _catalog_reads(n, product)
+    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
+        if line.startswith("strangler_requests_total") and 'upstream="catalog"' in line:
+            n.echo(f"  {line}")
+    act_price_change(n, product)
+    n.say("The migration so far, as the route table's history tells it")
+    sh.routes_cli("history")
+
+
+def act_price_change(n: Narrator, product: int) -> None:
+    """A staff command on the monolith, seen by the catalog's read model after the sync's lag."""
+    n.say("A staff price change is a command: the route takes GETs only, so the monolith takes it")
+    token = n.client.post(
+        "/api/v1/auth/login", json={"email": STAFF_USER, "password": DEMO_PASSWORD}
+    ).json()["access_token"]
+    before = n.client.get(f"/api/v1/products/{product}").json()["price"]
+    price = f"{float(before) + 1:.2f}"
+    n.call(
+        "PATCH",
+        f"/api/v1/products/{product}",
+        json={"price": price},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    started = time.monotonic()
+    shown = n.client.get(f"/api/v1/products/{product}").json()["price"]
+    while shown != price and time.monotonic() - started < 20:
+        time.sleep(0.05)
+        shown = n.client.get(f"/api/v1/products/{product}").json()["price"]
+    n.say(f"The catalog shows {shown} {time.monotonic() - started:.1f}s later (the sync's lag)")
+    n.call("GET", f"/api/v1/products/{product}")
 
 
 def _ejected_for(admin: str, upstream: str) -> float:
@@ -609,7 +733,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
     """Seed a fresh shop under `workdir`, start the monolith and the proxy in front of it, play
     the acts, stop (or stay up with `keep_running`)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    for pattern in ("legacy.db*", "payment.db*"):  # only what an earlier demo made
+    for pattern in ("legacy.db*", "payment.db*", "catalog.db*"):  # what an earlier demo made
         for old in workdir.glob(pattern):
             old.unlink()
     database = f"sqlite:///{workdir / 'legacy.db'}"
@@ -723,13 +847,44 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                     stop_service,
                     start_service,
                 )
-                act_static(
+                static_table = act_static(
                     n,
                     sh,
                     proxy.listeners["admin"],
                     monolith.url,
                     safety.read_text(),
                     workdir,
+                )
+                catalog_db = f"sqlite:///{workdir / 'catalog.db'}"
+                on_catalog = Shell(n, routes, database, catalog_db)
+
+                def start_catalog() -> str:
+                    command = [python, "-m", "services.catalog", "--port", "0"]
+                    command += ["--database-url", catalog_db]
+                    echo("$ " + shlex.join(["python", *command[1:]]))
+                    child = Child("catalog", command).start()
+                    stack.callback(child.stop)
+                    echo(f"  catalog service listening on {child.url} (pid {child.pid})")
+                    return child.url
+
+                def start_followers() -> None:
+                    for declaration in CATALOG_SYNCS:
+                        command = [
+                            *_strangler("sync", "follow", "--sync", declaration),
+                            *("--metrics-port", "0", "--interval", "0.5"),
+                            *("--legacy-db", database, "--service-db", catalog_db),
+                        ]
+                        echo("$ " + shlex.join(["strangler", *command[3:]]) + "  (background)")
+                        child = Child("follow", command, ready=SYNC_METRICS).start()
+                        stack.callback(child.stop)
+
+                act_catalog(
+                    n,
+                    on_catalog,
+                    proxy.listeners["admin"],
+                    static_table,
+                    start_catalog,
+                    start_followers,
                 )
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:

@@ -321,7 +321,8 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "the gate of upstream 'payment' (routes payments) is closed (503)" in out
     assert re.search(r"is in the service's database \d+\.\ds later", out)
     assert "the service answers with the monolith's payment, field for field: True" in out
-    assert out.count("reconcile passed: drift 0") == 2
+    payment_data = out[: out.index("Before any user is served by it")]
+    assert payment_data.count("reconcile passed: drift 0") == 2
     assert "cutover gate │ ready" in out
     # act 4: see before serving: shadow, report, a recorded contract, a forced canary user
     start, end = out.index("Before any user is served by it"), out.index("moment before the flip")
@@ -360,7 +361,7 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert re.search(r"← 503 application/problem\+json; retry-after: \d", outage)
     assert '"type": "urn:strangler:problem:upstream-ejected"' in outage
     assert re.search(r"payment\s+ejected \(\ds left here\)\s+1 ejections", outage)
-    back = outage[outage.index("it is back by itself") :]
+    back = outage[outage.index("it is back by itself") : outage.index("Static files leave")]
     assert back.count("← 200 application/json\n") == 1  # no fallback: the service answered
     assert "← 201 application/json" in back
     assert re.search(r"payment\s+closed\s+1 ejections", back)
@@ -372,6 +373,20 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert re.search(r"← 304 ; ETag \"[0-9a-f]+-[0-9a-f]+\"", static)
     assert re.search(r"content-range: bytes 0-15/\d+", static)
     assert 'strangler_requests_total{code="206",route="static",upstream="static"} 1.0' in static
+    # act 8: the catalog's read side: declared syncs (one refreshed), gate, shadow, canary, moved
+    catalog = out[out.index("The second service: the catalog's read side") :]
+    assert "categories (key id, no change column: full refresh)" in catalog
+    assert re.search(r"backfill done: 1\d rows", catalog)  # the categories
+    assert catalog.count("reconcile passed: drift 0") == 4
+    assert "← 200 ready: True" in catalog
+    assert "version 7 committed (platform-team: shadow catalog reads)" in catalog
+    assert re.search(r"catalog: (\d+) compared, 0\.0 % differ \(0\), 0 failed", catalog)
+    assert "version 8 committed (platform-team: canary)" in catalog
+    split = re.findall(r'route="catalog",upstream="(\w+)"\} (\d+)\.0', catalog)
+    assert {upstream for upstream, _ in split} == {"monolith", "catalog"}  # both arms served
+    assert "version 10 committed (platform-team: catalog read side live)" in catalog
+    assert 'strangler_requests_total{code="200",route="categories",upstream="catalog"}' in catalog
+    assert re.search(r"The catalog shows (\d+\.\d\d) \d+\.\ds later", catalog)
     assert "Traceback" not in out + done.stderr
 
 

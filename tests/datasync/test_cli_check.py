@@ -102,3 +102,17 @@ def test_an_event_missing_a_declared_field_is_rejected_not_written_as_null() -> 
         payload_values(spec, {**row, "currency": None})
     with pytest.raises(MalformedEvent, match="'amount' is not a decimal"):
         payload_values(spec, {**row, "amount": "lots"})
+
+
+def test_a_declaration_names_the_service_database_its_commands_default_to() -> None:
+    from datasync.cli_support import default_service_db
+    from datasync.declaration import loads
+
+    text = BROKEN.replace("modified_at: {type: string, length: 30}", "modified_at: timestamp")
+    text = text.replace("  price: decimal\n", "")
+    assert default_service_db(loads(text)) == "sqlite:///./var/stock.db"  # from the sync's name
+    named = text.replace("service: {table: stock}", "service: {table: stock, database: pg://x}")
+    assert default_service_db(loads(named)) == "pg://x"
+    catalog = Path(__file__).resolve().parents[2] / "services" / "catalog" / "sync"
+    for declaration in ("products.yaml", "categories.yaml"):  # beside the catalog's own data
+        assert default_service_db(load_spec(catalog / declaration)) == "sqlite:///./var/catalog.db"
