@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 from datasync import render
 from datasync.cli_support import (
     Source,
+    declaration_path,
     default_service_db,
     emit_json,
     engines,
@@ -522,7 +523,7 @@ def check(sync: SyncFiles = None, json_output: JsonOutput = False) -> None:
     problems: list[str] = []
     for path in sync or [DEFAULT_SYNC]:
         try:
-            summaries.append(render.declaration_summary(load(path)))
+            summaries.append(render.declaration_summary(load(declaration_path(path))))
         except DeclarationError as exc:
             problems += exc.detail.splitlines()
         except SyncError as exc:

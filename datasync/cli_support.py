@@ -83,10 +83,25 @@ def errors_as_exit() -> Iterator[None]:
         fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (STRANGLER_DEBUG=1 for details)")
 
 
+# Where the project's packages are installed: the declarations shipped with its services
+# (`services/catalog/sync/products.yaml`) are found by that path from any directory.
+PACKAGES = Path(__file__).resolve().parent.parent
+
+
+def declaration_path(path: Path) -> Path:
+    """`path` as given, else (relative and not found here) among the installed packages."""
+    if path.exists() or path.is_absolute():
+        return path
+    shipped = PACKAGES / path
+    return shipped if shipped.is_file() else path
+
+
 def load_spec(path: Path) -> Spec:
-    """The declaration at `path` (a `DeclarationError` names every problem)."""
+    """The declaration at `path` (a `DeclarationError` names every problem): a relative path
+    not found in the working directory is looked up among the installed packages."""
     from datasync.declaration import load
 
+    path = declaration_path(path)
     if not path.exists():
         raise SyncError(f"no sync declaration at {path}")
     return load(path)

@@ -123,6 +123,7 @@ def test_every_readme_command_is_checked() -> None:
         re.compile(r"^\.venv/bin/strangler routes history$"),
         re.compile(r"^\.venv/bin/strangler routes status --admin "),
         re.compile(r"^\.venv/bin/python -m services\.payment --port 8002 "),
+        re.compile(r"^\.venv/bin/python -m services\.catalog --port 8003$"),
         re.compile(
             r"^\.venv/bin/strangler sync (check|backfill|follow|reconcile|status|to-legacy)"
         ),
@@ -458,7 +459,12 @@ def test_the_payment_service_and_sync_commands_run(monolith: Child, workdir: Pat
         )
         assert mine.status_code == 200
     outputs = []
-    for command in [c for c in readme_commands() if c.startswith(".venv/bin/strangler sync ")]:
+    payment_sync = [
+        c
+        for c in readme_commands()
+        if c.startswith(".venv/bin/strangler sync ") and "services/catalog/" not in c
+    ]
+    for command in payment_sync:
         done = subprocess.run(
             as_run_here(command),
             cwd=workdir,
@@ -476,3 +482,33 @@ def test_the_payment_service_and_sync_commands_run(monolith: Child, workdir: Pat
     assert "reconcile passed: drift 0" in reconcile
     assert "cutover gate" in status
     assert "to-legacy" in to_legacy
+
+
+def test_the_catalog_commands_run(monolith: Child, workdir: Path) -> None:
+    """The catalog block in the README's order, beside the README's monolith, in its directory:
+    both backfills, the service (port 0), one pass of each follower; then the catalog answers
+    the monolith's catalog reads byte for byte, ETag included."""
+    import httpx
+
+    block = [c for c in readme_commands() if "services/catalog/" in c or "services.catalog" in c]
+    assert len(block) == 5
+    categories, products, serve, *follows = block
+    for command in (categories, products):
+        done = subprocess.run(
+            as_run_here(command), cwd=workdir, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert re.search(r"backfill done: \d+ rows", done.stdout)
+    for command in follows:  # one pass each: the README's run until stopped
+        done = subprocess.run(
+            [*as_run_here(command), "--once"], cwd=workdir, capture_output=True, text=True
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert (workdir / "var" / "catalog.db").exists()
+    args = [{"8003": "0"}.get(a, a) for a in as_run_here(serve)]
+    with Child("catalog", args, cwd=str(workdir)) as catalog:
+        for path in ("/api/v1/categories", "/api/v1/products?q=pho&sort=price"):
+            mine, theirs = httpx.get(catalog.url + path), httpx.get(monolith.url + path)
+            assert mine.status_code == theirs.status_code == 200
+            assert mine.content == theirs.content
+            assert mine.headers["etag"] == theirs.headers["etag"]

@@ -116,3 +116,18 @@ def test_a_declaration_names_the_service_database_its_commands_default_to() -> N
     catalog = Path(__file__).resolve().parents[2] / "services" / "catalog" / "sync"
     for declaration in ("products.yaml", "categories.yaml"):  # beside the catalog's own data
         assert default_service_db(load_spec(catalog / declaration)) == "sqlite:///./var/catalog.db"
+
+
+def test_a_shipped_declaration_is_found_by_its_package_path_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = runner.invoke(app, ["check", "--sync", "services/catalog/sync/categories.yaml"])
+    assert done.exit_code == 0, done.output
+    assert "sync catalog-categories (" in done.stdout
+    (tmp_path / "services" / "catalog" / "sync").mkdir(parents=True)
+    (tmp_path / "services" / "catalog" / "sync" / "categories.yaml").write_text(BROKEN)
+    done = runner.invoke(app, ["check", "--sync", "services/catalog/sync/categories.yaml"])
+    assert done.exit_code == 1  # a file in the working directory comes first
+    missing = runner.invoke(app, ["status", "--sync", "services/nothing.yaml"])
+    assert "error: no sync declaration at services/nothing.yaml" in missing.output
