@@ -265,3 +265,25 @@ def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.05)
+
+
+def test_the_refresh_statements_compile_for_oracle() -> None:
+    """Keyset pages without LIMIT (FETCH FIRST on 19c and 23ai) and bounded key ranges."""
+    from sqlalchemy.dialects import oracle
+
+    from datasync.refresh import legacy_page, service_keys
+
+    for version in ((19,), (23,)):
+        dialect = oracle.dialect()  # type: ignore[no-untyped-call]
+        dialect.server_version_info = version
+        for statement in (
+            legacy_page(SPEC, None, 500),
+            legacy_page(SPEC, 7, 500),
+            service_keys(SPEC, 7, 11),
+            service_keys(SPEC, None, None),
+        ):
+            sql = str(statement.compile(dialect=dialect))
+            assert "LIMIT" not in sql, sql
+        page = str(legacy_page(SPEC, 7, 500).compile(dialect=dialect))
+        assert "FETCH FIRST" in page
+        assert "ORDER BY regions.region_id" in page
