@@ -6,11 +6,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from tests.conftest import IN_CI
 
@@ -103,3 +106,25 @@ def redis_process(*, persist: bool = False) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.cleanup()
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on 127.0.0.1, port 0, in a thread (lifespan included); yields
+    its URL once it listens."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        started = threading.Event()
+        for _ in range(1500):
+            if server.started or not thread.is_alive():
+                break
+            started.wait(0.01)
+        if not server.started:
+            raise RuntimeError("the server did not start")
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -3,7 +3,12 @@ import. Start-up creates the read model's missing tables (unless `migrate_on_sta
 With Redis configured it also starts, beside the API, this replica's cache invalidation consumer
 (`invalidation.py`) and the engine's outbox relay (`datasync.relay`: catalog_outbox → the
 stream; one replica publishes at a time, the others stand by on its lease); both stop with the
-app. Without Redis neither runs, and the cache stays off."""
+app. Without Redis neither runs, and the cache stays off.
+
+`GET /cutover` is the route table's gate for the catalog: the read model is fed by two syncs
+(`sync/products.yaml`, `sync/categories.yaml`, loaded once here), so it is 200 only when both
+declarations' cutover gates pass (`datasync.status.cutover_check`), else 503 with every unmet
+condition, each reason prefixed by its sync's name."""
 
 from __future__ import annotations
 
@@ -17,15 +22,19 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from datasync.errors import SyncError
 from datasync.spec import Spec
+from datasync.status import cutover_check
 from services.catalog import __version__
 from services.catalog.api import Catalog, router
 from services.catalog.cache import AnswerCache
 from services.catalog.db import make_engine, migrate, writing
 from services.catalog.errors import install_error_handlers, problem
 from services.catalog.settings import Settings
+from services.catalog.sync import load_declarations
 from services.catalog.tables import category_view
 
 if TYPE_CHECKING:
@@ -40,19 +49,19 @@ Job = tuple[str, Coroutine[Any, Any, None]]
 INVALIDATION = "invalidation"
 
 
-def _background(catalog: Catalog, settings: Settings, stop: asyncio.Event) -> list[Job]:
+def _background(
+    catalog: Catalog, settings: Settings, products: Spec, stop: asyncio.Event
+) -> list[Job]:
     """The coroutines that run beside the API when Redis is configured, by name."""
     if not settings.redis_url:
         return []
-    from datasync.declaration import load
     from datasync.relay import Relay, RelaySettings
     from services.catalog.invalidation import Invalidator, subscriber
-    from services.catalog.sync import PRODUCTS_SYNC
 
     # The products declaration names catalog_outbox and the stream (categories shares both).
-    spec = with_stream(load(PRODUCTS_SYNC), settings.events_stream)
+    spec = with_stream(products, settings.events_stream)
     if spec.events is None or spec.events.stream is None:
-        raise ValueError(f"{PRODUCTS_SYNC} declares no event stream")
+        raise ValueError(f"{products.name} declares no event stream")
     source = subscriber(settings.redis_url, spec.events.stream, settings.instance)
     jobs: list[Job] = [(INVALIDATION, Invalidator(source, catalog.cache).run(stop))]
     if settings.relay_enabled:
@@ -90,8 +99,31 @@ async def _stopped(tasks: list[asyncio.Task[None]]) -> None:
             await task
 
 
+def gates(declarations: tuple[Spec, ...], engine: Engine) -> dict[str, Any]:
+    """Every declaration's cutover gate, and theirs together: ready only when all are; the
+    reasons and checks of all, each named by its sync (raises what the gate raises)."""
+    syncs: dict[str, Any] = {}
+    for spec in declarations:
+        gate = cutover_check(spec, engine)
+        syncs[spec.name] = {
+            "ready": gate.ready,
+            "reasons": list(gate.reasons),
+            "checks": list(gate.checks),
+        }
+    return {
+        "ready": all(sync["ready"] for sync in syncs.values()),
+        "reasons": [f"{name}: {r}" for name, sync in syncs.items() for r in sync["reasons"]],
+        "checks": [
+            {"sync": name, **check} for name, sync in syncs.items() for check in sync["checks"]
+        ],
+        "syncs": syncs,
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    declarations = load_declarations()
+    products = next(spec for spec in declarations if spec.legacy_table == "products")
     engine = make_engine(settings.database_url)
     cache = AnswerCache(settings.cache_ttl, settings.cache_max_entries)
     catalog = Catalog(engine, cache)
@@ -101,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             await asyncio.to_thread(migrate, engine)
         stop = asyncio.Event()
-        jobs = _background(catalog, settings, stop)
+        jobs = _background(catalog, settings, products, stop)
         tasks = [asyncio.create_task(job, name=name) for name, job in jobs]
         try:
             yield
@@ -125,6 +157,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         """The process is up (no dependency checked)."""
         return {"status": "ok", "version": __version__}
+
+    @app.get("/cutover", tags=["health"], response_model=None)
+    def cutover(request: Request) -> Any:
+        """Whether the data allows moving catalog reads here: 200 when, for products and for
+        categories alike, the backfill is done, follow is alive within its lag budget and two
+        fresh reconciles found drift 0; else 503 with the reasons. The route table's `gate:`
+        for this service points here."""
+        try:
+            body = gates(declarations, engine)
+        except (SQLAlchemyError, SyncError):  # unreachable, or not migrated
+            return problem(
+                503, "service-unavailable", "The database is unreachable", request.url.path
+            )
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/readyz", tags=["health"], response_model=None)
     def readyz(request: Request) -> Any:

@@ -21,10 +21,10 @@ from tests.services.payment.sync.conftest import (  # noqa: F401 (fixtures)
     Pair,
     pair,
     postgres_database,
-    serving,
     sqlite_pair,
     sqlite_templates,
 )
+from tests.support import serving
 
 CHECKS = ["backfill", "follow_alive", "lag", "reconciles"]
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import Engine, make_url
 
@@ -222,25 +218,3 @@ def sqlite_pair(sqlite_templates: tuple[Path, Path], tmp_path: Path) -> Iterator
     made = _sqlite_pair(sqlite_templates, tmp_path)
     yield made
     _dispose(made)
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """`app` served by uvicorn on 127.0.0.1, port 0, in a thread (lifespan included); yields
-    its URL once it listens."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        started = threading.Event()
-        for _ in range(1500):
-            if server.started or not thread.is_alive():
-                break
-            started.wait(0.01)
-        if not server.started:
-            raise RuntimeError("the server did not start")
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)

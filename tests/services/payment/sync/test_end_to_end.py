@@ -27,8 +27,8 @@ from services.payment.sync import (
     to_legacy_once,
 )
 from tests.legacy_monolith.conftest import make_settings
-from tests.services.payment.sync.conftest import Pair, serving
-from tests.support import wait_until
+from tests.services.payment.sync.conftest import Pair
+from tests.support import serving, wait_until
 
 
 @pytest.fixture
