@@ -46,13 +46,14 @@ Two sync runs inserting the same key at once would collide: the caller retries t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, insert, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Update
 
 from datasync.errors import SyncError
@@ -61,6 +62,7 @@ from datasync.rows import normalise, normalise_value, service_values
 from datasync.spec import LEGACY_WINS, ORIGIN_LEGACY, ORIGIN_SERVICE, SERVICE_WINS, Field, Spec
 
 IN_LIST_MAX = 500
+T = TypeVar("T")
 
 
 class IdSpaceCollision(SyncError):
@@ -304,3 +306,15 @@ def project(spec: Spec, conn: Connection, changed: Sequence[int], deleted: Seque
     hook = spec.hooks.get("project")
     if hook is not None and (changed or deleted):
         hook(spec, conn, list(changed), list(deleted))
+
+
+def in_transaction(service: Engine, write: Callable[[Connection], T]) -> T:
+    """`write` in one service transaction. A concurrent writer (a backfill, another job) that
+    inserted one of its keys meanwhile fails the INSERT: the transaction is run once more, and
+    its read of the existing rows then sees those keys."""
+    try:
+        with service.begin() as conn:
+            return write(conn)
+    except IntegrityError:
+        with service.begin() as conn:
+            return write(conn)

@@ -28,11 +28,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, Engine
 
-from datasync.apply import ApplyCounts, apply_to_service
-from datasync.engines import check_legacy_schema, check_service_schema, database_now, reading
+from datasync.apply import ApplyCounts, apply_to_service, in_transaction
+from datasync.engines import (
+    analyze,
+    check_legacy_schema,
+    check_service_schema,
+    database_now,
+    reading,
+)
 from datasync.errors import DatabaseUnreachable
 from datasync.lease import JobLease
 from datasync.progress import NoProgress, Progress
@@ -128,23 +133,19 @@ def _copy_batch(
 ) -> tuple[Checkpoint, ApplyCounts]:
     """Upsert one batch and move the checkpoint past it, in one service transaction."""
     id_range = (int(rows[0][spec.key]), int(rows[-1][spec.key]))
-    for attempt in (1, 2):
-        try:
-            with service.begin() as conn:
-                counts = apply_to_service(spec, conn, rows, id_range)
-                moved = replace(
-                    checkpoint,
-                    position_id=id_range[1],
-                    rows_done=checkpoint.rows_done + len(rows),
-                    rows_written=checkpoint.rows_written + counts.written,
-                )
-                save_checkpoint(conn, moved)
-            return moved, counts
-        except IntegrityError:
-            # Another writer inserted one of these ids meanwhile: the retry sees it as existing.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+
+    def write(conn: Connection) -> tuple[Checkpoint, ApplyCounts]:
+        counts = apply_to_service(spec, conn, rows, id_range)
+        moved = replace(
+            checkpoint,
+            position_id=id_range[1],
+            rows_done=checkpoint.rows_done + len(rows),
+            rows_written=checkpoint.rows_written + counts.written,
+        )
+        save_checkpoint(conn, moved)
+        return moved, counts
+
+    return in_transaction(service, write)
 
 
 def backfill(
@@ -296,4 +297,5 @@ def _run(
             save_checkpoint(conn, checkpoint)
 
     ride.run(finished)
+    ride.run(lambda: analyze(service, spec.service_table))
     return result

@@ -201,3 +201,14 @@ def database_now(conn: Connection) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"the database clock returned {value!r}")
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def analyze(engine: Engine, table: str) -> None:
+    """Refresh the planner's statistics of a table just filled (after a backfill): without
+    them PostgreSQL plans a fresh table as empty (scans and sorts instead of its indexes) until
+    autovacuum gets to it. PostgreSQL and SQLite; Oracle gathers its own statistics nightly."""
+    if engine.dialect.name not in ("postgresql", "sqlite"):
+        return
+    quoted = engine.dialect.identifier_preparer.quote(table)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"ANALYZE {quoted}")

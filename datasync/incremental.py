@@ -8,6 +8,12 @@ Reads the legacy database only.
   minus `safety_delay`: the monolith stamps the change column at flush time and commits later,
   and its app servers' clocks may drift from the database's (Kafka Connect's
   `timestamp.delay.interval.ms` is the same knob).
+- Once the capped pages are drained, a poll also applies the rows changed AFTER the cap (one
+  page), without moving the mark past the cap: a row changed again and again (a best-seller's
+  stock, a price under edit) is otherwise always younger than the safety delay and never read
+  while the changes go on, however low the lag looks. They are committed rows, so applying
+  them early is safe; the next polls read them again, unchanged, once the cap passes them, and
+  any row that commits late behind them is still caught by the mark and the look-back.
 - Every poll re-reads a rolling look-back window, `changed >= high_water - lookback`, so a
   transaction that committed later than the safety delay is still caught (PostHog found 273
   missing and 2,133 stale rows before adding one, PR #64417). The re-read is cheap because the
@@ -57,9 +63,8 @@ from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
-from datasync.apply import ApplyCounts, apply_to_service
+from datasync.apply import ApplyCounts, apply_to_service, in_transaction
 from datasync.engines import check_legacy_schema, check_service_schema, database_now, reading
 from datasync.lease import JobLease
 from datasync.metrics import SyncMetrics
@@ -271,12 +276,39 @@ def _poll(
             break
     result.high_water = mark
     result.caught_up = cap if drained and held is None else (mark[0] if mark else None)
+    if drained:
+        read, counts = _apply_fresh(spec, legacy, service, cap, options)
+        result.rows_read += read
+        result.counts.add(counts)
+        if held is None and read < options.page_size:  # every change up to `now` is applied
+            result.caught_up = now
     with legacy.connect() as conn:
         reference = result.caught_up or cap
         result.lag_seconds = lag_behind(spec, conn, reference, now)
     result.seconds = time.perf_counter() - started
     _finish(spec, service, checkpoint, result, now, metrics, status, options.interval)
     return result
+
+
+def fresh_query(spec: Spec, cap: datetime, limit: int) -> Select[Any]:
+    """Legacy rows changed after `cap` (younger than the safety delay), oldest first."""
+    table = spec.legacy()
+    changed, key = table.c[spec.change_column], table.c[spec.key]
+    return spec.legacy_select().where(changed > cap).order_by(changed, key).limit(limit)
+
+
+def _apply_fresh(
+    spec: Spec, legacy: Engine, service: Engine, cap: datetime, options: PollOptions
+) -> tuple[int, ApplyCounts]:
+    """Apply one page of rows changed after the cap, leaving the mark where it is (module
+    docstring): (rows read, what they did)."""
+    with legacy.connect() as conn:
+        rows = list(conn.execute(fresh_query(spec, cap, options.page_size)).mappings())
+    if not rows:
+        return 0, ApplyCounts()
+    return len(rows), in_transaction(
+        service, lambda conn: apply_to_service(spec, conn, rows, emit_events=options.emit_events)
+    )
 
 
 def _refresh(
@@ -324,27 +356,25 @@ def _apply_page(
     """Apply one page and move the mark in one transaction. When a service write won a row's
     version guard (`ApplyCounts.raced`), the mark is held just before that row instead, so the
     next poll reads it again whatever the look-back: never skip ahead of an unsettled row."""
-    for attempt in (1, 2):
-        try:
-            with service.begin() as conn:
-                counts = apply_to_service(spec, conn, rows, emit_events=options.emit_events)
-                if counts.raced:
-                    at, raced_key = min(counts.raced)
-                    assert at is not None  # polled tables have a change column
-                    mark = min(mark, (at, raced_key - 1))
-                moved = replace(
-                    checkpoint,
-                    position_at=mark[0],
-                    position_id=mark[1],
-                    rows_done=checkpoint.rows_done + len(rows),
-                    rows_written=checkpoint.rows_written + counts.written,
-                )
-                save_checkpoint(conn, moved)
-            return moved, counts, mark
-        except IntegrityError:
-            if attempt == 2:  # a concurrent backfill inserted one of these keys: retry once
-                raise
-    raise AssertionError("unreachable")
+
+    def write(conn: Connection) -> tuple[Checkpoint, ApplyCounts, Mark]:
+        held = mark
+        counts = apply_to_service(spec, conn, rows, emit_events=options.emit_events)
+        if counts.raced:
+            at, raced_key = min(counts.raced)
+            assert at is not None  # polled tables have a change column
+            held = min(held, (at, raced_key - 1))
+        moved = replace(
+            checkpoint,
+            position_at=held[0],
+            position_id=held[1],
+            rows_done=checkpoint.rows_done + len(rows),
+            rows_written=checkpoint.rows_written + counts.written,
+        )
+        save_checkpoint(conn, moved)
+        return moved, counts, held
+
+    return in_transaction(service, write)
 
 
 def _finish(

@@ -31,9 +31,8 @@ from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
-from datasync.apply import ApplyCounts, apply_to_service, delete_from_service
+from datasync.apply import ApplyCounts, apply_to_service, delete_from_service, in_transaction
 from datasync.engines import check_legacy_schema, database_now
 from datasync.lease import JobLease
 from datasync.spec import Spec
@@ -76,18 +75,14 @@ def refresh_page(
     emit_events: bool,
 ) -> ApplyCounts:
     """Upsert one legacy page and delete what vanished in its range, in one transaction."""
-    for attempt in (1, 2):
-        try:
-            with service.begin() as conn:
-                counts = apply_to_service(spec, conn, rows, emit_events=emit_events)
-                counts.deleted = delete_from_service(
-                    spec, conn, gone(conn, spec, rows, after, last), emit_events=emit_events
-                )
-            return counts
-        except IntegrityError:
-            if attempt == 2:  # a concurrent backfill inserted one of these keys: retry once
-                raise
-    raise AssertionError("unreachable")
+
+    def write(conn: Connection) -> ApplyCounts:
+        counts = apply_to_service(spec, conn, rows, emit_events=emit_events)
+        vanished = gone(conn, spec, rows, after, last)
+        counts.deleted = delete_from_service(spec, conn, vanished, emit_events=emit_events)
+        return counts
+
+    return in_transaction(service, write)
 
 
 def refresh_pass(

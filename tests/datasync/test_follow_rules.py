@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -50,7 +51,7 @@ def test_a_quiet_tables_first_new_write_is_not_hours_of_lag(sqlite_pair: Pair) -
 
     fresh = pair.insert_legacy()  # the first write in hours, inside the next poll's delay
     held = follow_once(pair.legacy, pair.service, safety_delay=5)
-    assert fresh not in pair.service_rows()
+    assert fresh in pair.service_rows()  # applied early, the mark left before it
     assert 0.0 <= held.lag_seconds < 5.0  # not "24558.0s": the age of the newest row
     live = gather_status(spec(), pair.service, pair.legacy)["follow"]["live_lag_seconds"]
     assert 0.0 <= live < 5.0
@@ -58,8 +59,34 @@ def test_a_quiet_tables_first_new_write_is_not_hours_of_lag(sqlite_pair: Pair) -
         str(c["name"]) for c in cutover_check(spec(), pair.service).checks if not c["ok"]
     }
 
-    copied = follow_once(pair.legacy, pair.service, safety_delay=0)
-    assert (copied.counts.inserted, copied.lag_seconds) == (1, 0.0)
+    copied = follow_once(pair.legacy, pair.service, safety_delay=0)  # the cap passes it
+    assert (copied.counts.written, copied.lag_seconds) == (0, 0.0)  # read again, unchanged
+
+
+def test_a_row_changed_again_and_again_is_applied_at_every_poll_without_moving_the_mark(
+    sqlite_pair: Pair,  # noqa: F811
+) -> None:
+    """A best-seller's row changes more often than the safety delay: every poll applies its
+    latest committed version (it used to wait until the changes stopped), the high-water mark
+    stays behind the cap, and the row is read again, unchanged, once the cap passes it."""
+    pair = sqlite_pair
+    follow_once(pair.legacy, pair.service, safety_delay=0)
+    payment = max(pair.service_rows())
+    for amount in ("11.00", "12.00", "13.00"):
+        with pair.writer.begin() as conn:
+            conn.execute(
+                update(LegacyPayment)
+                .where(LegacyPayment.id == payment)
+                .values(refunded_amount=Decimal(amount), updated_at=utcnow())
+            )
+        poll = follow_once(pair.legacy, pair.service, safety_delay=30)
+        assert pair.service_row(payment)["refunded_amount"] == Decimal(amount)
+        assert poll.counts.updated == 1
+        assert poll.high_water is not None
+        assert poll.high_water[0] < utcnow() - timedelta(seconds=29)  # not past the cap
+        assert poll.lag_seconds == 0.0  # caught up with every commit it read
+    again = follow_once(pair.legacy, pair.service, safety_delay=0)
+    assert (again.counts.updated, again.counts.inserted) == (0, 0)  # read again, unchanged
 
 
 def test_follow_rides_out_a_lost_database_and_records_its_health(

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
 from datasync.engines import database_now
-from datasync.incremental import FollowResult, page_query
+from datasync.incremental import BEFORE_ANY_ID, FollowResult, page_query
 from datasync.lease import AlreadyRunning, JobLease
 from datasync.metrics import SyncMetrics
 from datasync.state import JOB_FOLLOW, load_checkpoint
@@ -165,14 +165,17 @@ def test_a_late_commit_is_caught_by_the_look_back(pair: Pair) -> None:
     assert pair.service_rows()[late] == pair.legacy_rows()[late]
 
 
-def test_rows_inside_the_safety_delay_wait_for_the_next_poll(sqlite_pair: Pair) -> None:
+def test_rows_inside_the_safety_delay_are_applied_early_but_the_mark_waits(
+    sqlite_pair: Pair,
+) -> None:
     pair = sqlite_pair
     backfill(pair.legacy, pair.service)
     fresh = pair.insert_legacy()
-    held_back = follow_once(pair.legacy, pair.service, safety_delay=60)
-    assert fresh not in pair.service_rows()
-    assert held_back.lag_seconds > 0
-    wait_until(lambda: caught_up(pair, {fresh}), what="the row once past the safety delay")
+    early = follow_once(pair.legacy, pair.service, safety_delay=60)
+    assert fresh in pair.service_rows()  # a committed row: safe to apply at once
+    assert early.high_water is not None
+    assert early.high_water[1] == BEFORE_ANY_ID  # still where the backfill began: not past it
+    assert early.lag_seconds == 0.0
 
 
 def test_equal_rows_are_not_rewritten_and_newer_service_rows_are_kept(pair: Pair) -> None:
