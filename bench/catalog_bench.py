@@ -82,17 +82,27 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
 
+from bench.common import (
+    LOCAL_HOSTS,
+    ROOT,
+    Postgres,
+    bounded,
+    cpu_seconds,
+    interrupted,
+    last_json,
+    load_average,
+    pct,
+    process_stat,
+    ratio,
+)
 from legacy_monolith.db import make_engine as make_monolith_engine
 from legacy_monolith.models import Category, Product
 from legacy_monolith.seed import seed
 from proxy.procs import Child
 from services.catalog.settings import Settings as CatalogSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
 SYNCS = (
     ROOT / "services" / "catalog" / "sync" / "categories.yaml",
     ROOT / "services" / "catalog" / "sync" / "products.yaml",
@@ -100,7 +110,6 @@ SYNCS = (
 POSTGRES_ADMIN = os.environ.get(
     "STRANGLER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MONOLITH, CATALOG = "monolith", "catalog"
 SERVICES = (MONOLITH, CATALOG)
 PER_PAGE = 20
@@ -116,30 +125,6 @@ BACKFILL_TIMEOUT = 600.0
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def process_stat(pid: int) -> tuple[float, int, float]:
-    """A process's user + system CPU seconds, its parent's pid, and the CPU seconds of its
-    children it has waited for (Linux /proc/PID/stat: utime, stime, ppid, cutime, cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / TICK
-    return own, int(fields[1]), (int(fields[13]) + int(fields[14])) / TICK
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process so far (Linux /proc), as bench/payment_post.py."""
-    return 0.0 if pid is None else process_stat(pid)[0]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def ratio(new: float | None, old: float | None) -> float | None:
-    if new is None or old is None or old != old or new != new or old == 0:
-        return None
-    return round(new / old, 2)
 
 
 # --- the data and the queries ------------------------------------------------------------------
@@ -360,41 +345,18 @@ class DatabaseSnapshot:
         return live + (self.reaped - before.reaped) - gone
 
 
-class Postgres:
-    """Databases created on the local server; all dropped by `drop_all`."""
-
-    def __init__(self, admin_url: str) -> None:
-        host = make_url(admin_url).host
-        if host not in LOCAL_HOSTS:
-            raise SystemExit(f"PostgreSQL must be local (127.0.0.1), not {host!r}")
-        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self.created: list[str] = []
-
-    def create(self, name: str) -> str:
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        self.created.append(name)
-        return self.admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def snapshot(self, database: str) -> DatabaseSnapshot:
-        """The CPU so far of the server processes serving `database` (module docstring)."""
-        with self.admin.connect() as conn:
-            pids = [int(p) for p in conn.scalars(text(ACTIVITY), {"name": database})]
-            sessions = conn.execute(text(SESSIONS), {"name": database}).one()
-            postmaster = process_stat(int(conn.scalar(text("SELECT pg_backend_pid()"))))[1]
-        live = {}
-        for pid in pids:
-            with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile
-                live[pid] = cpu_seconds(pid)
-        reaped = process_stat(postmaster)[2]
-        return DatabaseSnapshot(live, reaped, int(sessions[0] or 0), int(sessions[1] or 0))
-
-    def drop_all(self) -> None:
-        for name in list(self.created):
-            with contextlib.suppress(Exception), self.admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                self.created.remove(name)
-        self.admin.dispose()
+def database_snapshot(pg: Postgres, database: str) -> DatabaseSnapshot:
+    """The CPU so far of the server processes serving `database` (module docstring)."""
+    with pg.admin.connect() as conn:
+        pids = [int(p) for p in conn.scalars(text(ACTIVITY), {"name": database})]
+        sessions = conn.execute(text(SESSIONS), {"name": database}).one()
+        postmaster = process_stat(int(conn.scalar(text("SELECT pg_backend_pid()"))))[1]
+    live = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile
+            live[pid] = cpu_seconds(pid)
+    reaped = process_stat(postmaster)[2]
+    return DatabaseSnapshot(live, reaped, int(sessions[0] or 0), int(sessions[1] or 0))
 
 
 def seed_monolith(url: str, products: int) -> tuple[Shop, float]:
@@ -425,14 +387,6 @@ def analyze(url: str) -> None:
         engine.dispose()
 
 
-def last_json(output: str) -> dict[str, Any]:
-    for line in reversed(output.strip().splitlines()):
-        if line.startswith("{"):
-            found: dict[str, Any] = json.loads(line)
-            return found
-    raise RuntimeError(f"no JSON in the output: {output[-800:]!r}")
-
-
 def backfill(legacy_url: str, catalog_url: str, folder: Path) -> list[dict[str, Any]]:
     """Categories, then products, through the real sync CLI (`strangler sync backfill`)."""
     done = []
@@ -446,7 +400,7 @@ def backfill(legacy_url: str, catalog_url: str, folder: Path) -> list[dict[str, 
         )
         if code:
             raise RuntimeError(f"backfill {declaration.name} exited {code}:\n{output[-2000:]}")
-        result = last_json(output)
+        result = last_json(output, tail=800)
         if result.get("status") != "done":
             raise RuntimeError(f"backfill {declaration.name}: {result}")
         done.append(
@@ -864,16 +818,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bounded(low: float, high: float, kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        number = kind(value)
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not within [{low:g}, {high:g}]")
-        return number
-
-    return parse
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.catalog_bench",
@@ -905,10 +849,6 @@ def make_url_host(url: str) -> str | None:
     return httpx.URL(url).host or None
 
 
-def interrupted(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, interrupted)  # a SIGTERM cleans up as Ctrl-C does
@@ -927,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
             "monolith_cache": "in-process LRU, 60 s",
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "load_average_at_start": load_average(),
         },
         "backends": [],
     }
@@ -946,12 +886,14 @@ def main(argv: list[str] | None = None) -> int:
                 tag = secrets.token_hex(4)
                 names = {name: f"catalog_bench_{tag}_{name}" for name in SERVICES}
                 urls = {name: pg.create(names[name]) for name in SERVICES}
-                database_cpu = {name: partial(pg.snapshot, names[name]) for name in SERVICES}
+                database_cpu = {
+                    name: partial(database_snapshot, pg, names[name]) for name in SERVICES
+                }
             results["backends"].append(bench_backend(backend, urls, database_cpu, folder, args))
             if not results["backends"][-1]["workloads"]:
                 break  # the answers differ: no load
     results["wall_seconds"] = round(time.monotonic() - started, 1)
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["load_average_at_end"] = load_average()
     differ = any(b["parity"]["identical"] != b["parity"]["checked"] for b in results["backends"])
     failed = sum(
         row[name]["errors"]

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.run import NGINX_UPSTREAM, Target, wait_port, wrk
+from bench.common import pct, wait_port
+from bench.run import NGINX_UPSTREAM, Target, wrk
 from proxy.store.redis import RedisStore, table_of
 from proxy.table.compile import compile_table
 from proxy.table.loader import load_text
@@ -87,11 +88,6 @@ async def converge(
             times.append(max(done) - committed)
             await asyncio.sleep(0.2)
     return commits, times
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def reload_cost(text: str, repeat: int = 20) -> tuple[float, float]:
@@ -212,8 +208,9 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for name, (commits, times) in (("2 routes", small), ("1,000 routes", large)):
         print(
-            f"| {name} | {len(times)} | {pct(commits, 50) * ms:.1f} | {pct(times, 50) * ms:.1f} "
-            f"| {pct(times, 99) * ms:.1f} | {max(times) * ms:.1f} |"
+            f"| {name} | {len(times)} | {pct(commits, 0.50, rounded=True) * ms:.1f} "
+            f"| {pct(times, 0.50, rounded=True) * ms:.1f} "
+            f"| {pct(times, 0.99, rounded=True) * ms:.1f} | {max(times) * ms:.1f} |"
         )
     print("\nReload cost: load + validate + compile, median of 20 (ms)")
     print("| table | from the stored JSON (replicas) | from YAML (routes.yaml) |")

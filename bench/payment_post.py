@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import statistics
 import sys
@@ -35,24 +34,14 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from legacy_monolith.db import make_engine as make_legacy_engine
-from legacy_monolith.db import utcnow
-from legacy_monolith.models import Order
+from bench.common import cpu_seconds, insert_orders, pct
 from proxy.procs import Child
 
 PY = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+ORDER_TOTAL = Decimal("19.90")
 
 
 @dataclass
@@ -70,36 +59,9 @@ class Result:
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def make_orders(legacy_url: str, user_id: int, count: int) -> list[int]:
-    """`count` placed orders of the bench user, inserted in one transaction."""
-    engine = make_legacy_engine(legacy_url)
-    now = utcnow()
-    rows = [
-        {
-            "user_id": user_id,
-            "state": "placed",
-            "total_amount": Decimal("19.90"),
-            "currency": "EUR",
-            "created_at": now,
-            "updated_at": now,
-        }
-        for _ in range(count)
-    ]
-    try:
-        with engine.begin() as conn:
-            ids = conn.scalars(
-                insert(Order).returning(Order.id, sort_by_parameter_order=True), rows
-            )
-            return list(ids)
-    finally:
-        engine.dispose()
+    def pct_ms(self, q: float) -> float:
+        """The `q` quantile of the latencies in ms (0.0 when there are none)."""
+        return pct(self.latencies, q) * 1000 if self.latencies else 0.0
 
 
 async def load(
@@ -167,10 +129,10 @@ def bench_database(
                 ("replay", service.url, secrets.token_hex(8)),
             ]
             # Warm up: connections, the token cache, the first id block.
-            warm = make_orders(legacy_url, user_id, 20)
+            warm = insert_orders(legacy_url, user_id, 20, ORDER_TOTAL)
             asyncio.run(load(service.url, token, warm, key=None, seconds=5, concurrency=4))
             for mode, url, key in modes:
-                orders = make_orders(legacy_url, user_id, args.requests)
+                orders = insert_orders(legacy_url, user_id, args.requests, ORDER_TOTAL)
                 if mode == "replay":
                     orders = [orders[0]] * args.requests
                 cpu_before = cpu_seconds(service.pid), cpu_seconds(monolith.pid)
@@ -201,7 +163,7 @@ def render(results: list[Result]) -> str:
         base = next(r.rps for r in results if r.database == result.database and r.mode == "no key")
         lines.append(
             f"{result.database:<10} {result.mode:<9} {result.requests:>8} {result.errors:>6} "
-            f"{result.rps:>8.0f} {result.pct(0.5):>7.1f} {result.pct(0.99):>7.1f} "
+            f"{result.rps:>8.0f} {result.pct_ms(0.5):>7.1f} {result.pct_ms(0.99):>7.1f} "
             f"{result.rps / base if base else 0:>8.2f}x "
             f"{1000 * result.service_cpu / max(result.requests, 1):>10.2f} "
             f"{1000 * result.monolith_cpu / max(result.requests, 1):>9.2f}"

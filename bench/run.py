@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
+from bench.common import ROOT, children, cpu_seconds, wait_port
+
 UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT, BASE_PORT = range(18181, 18187)
 SHADOW20_PORT, SHADOW100_PORT = 18187, 18188
 WORKLOADS = {  # path, POST body size, think time (ms) per request and connection
@@ -119,38 +118,6 @@ def with_shadow(table: str, sample: float) -> str:
         route = f"    match: {{{{path: /{name}}}}}\n    to: monolith\n"
         table = table.replace(route, route + f"    shadow: {{{{to: mirror, sample: {sample}}}}}\n")
     return table
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its children that are still running."""
-    total = 0.0
-    for p in [pid, *children(pid)]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-        except (OSError, IndexError):
-            pass
-    return total
-
-
-def children(pid: int) -> list[int]:
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        return []
-    kids = [int(x) for x in out.stdout.split()]
-    return kids + [g for k in kids for g in children(k)]
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -335,9 +302,11 @@ def main() -> int:
                 order = targets[round_no % len(targets) :] + targets[: round_no % len(targets)]
                 for target in order:
                     assert target.proc is not None
-                    before = cpu_seconds(target.proc.pid)
+                    pid = target.proc.pid
+                    before = cpu_seconds(pid, descendants=True)
                     run = wrk(target.port, workload, args.seconds, work)
-                    run["cpu_us"] = (cpu_seconds(target.proc.pid) - before) / run["requests"] * 1e6
+                    used = cpu_seconds(pid, descendants=True) - before
+                    run["cpu_us"] = used / run["requests"] * 1e6
                     run["round"] = round_no
                     results.setdefault((workload, target.name), []).append(run)
                     time.sleep(1)

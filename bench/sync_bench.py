@@ -61,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -69,25 +69,32 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from sqlalchemy import Column, Float, MetaData, String, Table, create_engine, insert, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import Column, Float, MetaData, String, Table, create_engine, select
+from sqlalchemy.engine import Engine
 
+from bench.common import (
+    ROOT,
+    Postgres,
+    bounded,
+    insert_orders,
+    interrupted,
+    last_json,
+    pct,
+    ratio,
+)
 from datasync.state import JOB_FOLLOW
 from datasync.state import lag as lag_samples
 from legacy_monolith.db import make_engine as make_monolith_engine
-from legacy_monolith.models import Order, User
 from legacy_monolith.seed import DEMO_PASSWORD, DEMO_USER, STAFF_USER, seed
 from proxy.procs import Child
 from services.payment.db import UTCDateTime
 from services.payment.models import Payment as ServicePayment
 from services.payment.sync import spec as payment_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 DECLARATION = ROOT / "services" / "payment" / "sync" / "payments.yaml"
 POSTGRES_ADMIN = os.environ.get(
     "STRANGLER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WRITERS = 4
 WARM_UP = 2.0  # seconds of writes left out of the lag percentiles (reported separately)
 TARGET_P99 = 1.0  # seconds: follow's visible lag p99 at a 0.25 s interval
@@ -105,17 +112,6 @@ coded_lag = Table(
     Column("sampled_at", UTCDateTime()),
     Column("lag_seconds", Float),
 )
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def ratio(new: float | None, old: float | None) -> float | None:
-    if new is None or old is None or old != old or new != new or old == 0:
-        return None
-    return round(new / old, 2)
 
 
 def median(values: list[float]) -> float | None:
@@ -217,14 +213,6 @@ def worktree(rev: str, folder: Path) -> Iterator[tuple[Path, str]]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
 
 
-def last_json(output: str) -> dict[str, Any]:
-    for line in reversed(output.strip().splitlines()):
-        if line.startswith("{"):
-            found: dict[str, Any] = json.loads(line)
-            return found
-    raise RuntimeError(f"no JSON in the output: {output[-500:]!r}")
-
-
 def run_backfill(
     procs: Processes, target: Target, legacy_url: str, service_url: str, batch: int
 ) -> dict[str, Any]:
@@ -251,36 +239,6 @@ def copy_sqlite(source: Path, target: Path) -> None:
         contextlib.closing(sqlite3.connect(target)) as dst,
     ):
         src.backup(dst)
-
-
-class Postgres:
-    """Databases created on the local server; all dropped by `drop_all`."""
-
-    def __init__(self, admin_url: str) -> None:
-        host = make_url(admin_url).host
-        if host not in LOCAL_HOSTS:
-            raise SystemExit(f"PostgreSQL must be local (127.0.0.1), not {host!r}")
-        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self.created: list[str] = []
-
-    def create(self, name: str, template: str | None = None) -> str:
-        copy = f' TEMPLATE "{template}"' if template else ""
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
-        self.created.append(name)
-        return self.admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop(self, name: str) -> None:
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        if name in self.created:
-            self.created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self.created):
-            with contextlib.suppress(Exception):
-                self.drop(name)
-        self.admin.dispose()
 
 
 def orders_for(repeat: int) -> list[list[str]]:
@@ -493,31 +451,6 @@ def watch(load: Load, name: str, service: Engine, stop: threading.Event) -> None
         stop.wait(0.02)
 
 
-def place_orders(legacy_url: str, count: int) -> list[int]:
-    """Unpaid orders of the demo customer, inserted as the API's checkout inserts them."""
-    engine = make_monolith_engine(legacy_url)
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        user = conn.scalar(select(User.id).where(User.email == DEMO_USER))
-        rows = [
-            {
-                "user_id": user,
-                "state": "placed",
-                "total_amount": Decimal("25.00"),
-                "currency": "EUR",
-                "shipping_address": "1 Main St",
-                "created_at": now,
-                "updated_at": now,
-            }
-            for _ in range(count)
-        ]
-        ids = list(
-            conn.scalars(insert(Order).returning(Order.id, sort_by_parameter_order=True), rows)
-        )
-    engine.dispose()
-    return ids
-
-
 def wait_for_first_polls(
     logs: dict[str, Path], errors: dict[str, Path], followers: dict[str, subprocess.Popen[bytes]]
 ) -> None:
@@ -598,7 +531,10 @@ def bench_follow(
     engine.dispose()
     for name, target in targets.items():  # each service database filled by its own sync
         run_backfill(procs, target, legacy_url, service_urls[name], 1_000)
-    orders = place_orders(legacy_url, int(args.rate * args.seconds) + 100)
+    count = int(args.rate * args.seconds) + 100  # the demo customer's orders, shaped as checkout's
+    orders = insert_orders(
+        legacy_url, DEMO_USER, count, Decimal("25.00"), shipping_address="1 Main St"
+    )
     python, database = sys.executable, ["--database-url", legacy_url]
     monolith = Child(
         "monolith",
@@ -762,16 +698,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bounded(low: float, high: float, kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        number = kind(value)
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not within [{low:g}, {high:g}]")
-        return number
-
-    return parse
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.sync_bench",
@@ -793,10 +719,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--skip-follow", action="store_true")
     add("--json", action="store_true")
     return parser.parse_args(argv)
-
-
-def interrupted(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
