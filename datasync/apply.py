@@ -56,12 +56,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Update
 
+from datasync.batches import chunks
 from datasync.errors import SyncError
 from datasync.outbox import deletion_row, outbox_row, outbox_table
 from datasync.rows import normalise, normalise_value, service_values
 from datasync.spec import LEGACY_WINS, ORIGIN_LEGACY, ORIGIN_SERVICE, SERVICE_WINS, Field, Spec
 
-IN_LIST_MAX = 500
 T = TypeVar("T")
 
 
@@ -127,8 +127,7 @@ def existing_rows(
     if key_range is not None:
         ranged = query.where(column >= key_range[0], column <= key_range[1])
         return {int(row[spec.key]): row for row in conn.execute(ranged).mappings()}
-    for start in range(0, len(keys), IN_LIST_MAX):
-        chunk = keys[start : start + IN_LIST_MAX]
+    for chunk in chunks(keys):
         for row in conn.execute(query.where(column.in_(chunk))).mappings():
             found[int(row[spec.key])] = row
     return found
@@ -286,8 +285,8 @@ def delete_from_service(
         return 0
     table = spec.service()
     column = table.c[spec.service_name(spec.key)]
-    for start in range(0, len(keys), IN_LIST_MAX):
-        conn.execute(delete(table).where(column.in_(keys[start : start + IN_LIST_MAX])))
+    for chunk in chunks(keys):
+        conn.execute(delete(table).where(column.in_(chunk)))
     if emit_events and emits(spec):
         record_events(spec, conn, [deletion_row(spec, key) for key in keys])
     project(spec, conn, (), keys)

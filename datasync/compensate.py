@@ -69,6 +69,7 @@ from sqlalchemy import Select, Table, and_, func, insert, inspect, select, updat
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
+from datasync.batches import IN_LIST_MAX, chunks
 from datasync.errors import SchemaMissing, SyncError
 from datasync.incremental import after_mark
 from datasync.lease import JobLease
@@ -96,7 +97,6 @@ from datasync.spec import Action, Compensation, Spec, Watch, watched_table
 
 log = logging.getLogger("strangler.sync.compensate")
 
-IN_LIST_MAX = 500
 RECENT_FAILURES = 10
 KEY_IN_PROGRESS = "idempotency-key-in-progress"  # problem type: the key's first call still runs
 JOB_COMPENSATE = "compensate"
@@ -177,11 +177,6 @@ def utcnow() -> datetime:
 @lru_cache(maxsize=64)
 def _watched(watch: Watch) -> Table:
     return watched_table(watch)
-
-
-def chunks(keys: Sequence[int], size: int = IN_LIST_MAX) -> Iterable[Sequence[int]]:
-    for start in range(0, len(keys), size):
-        yield keys[start : start + size]
 
 
 def watched_changed_query(

@@ -67,7 +67,9 @@ Rules (the engine may assume them once a `Spec` exists):
   out: follow then refreshes it whole every `follow.interval` (re-read by key, upsert what
   differs, delete what the legacy no longer has: Kafka Connect JDBC's `bulk` mode, Airbyte's full
   refresh). Such a sync moves rows to the service only, its conflict rule is `legacy-wins` (the
-  default there; `newer-wins` has no times to compare), it has no compensations, and its gate's
+  default there: the service table is the legacy's copy, rows the legacy lacks are deleted, so
+  no other rule, nor a key range of the service's own, can hold), it has no compensations, and
+  its gate's
   `max_lag` must exceed the refresh interval (a change waits up to one interval plus a pass).
 - `to-legacy` needs the service's `origin` and `version` columns (echo skipping and the stale
   guard, as DMS and GoldenGate tag bidirectional changes) and an event source. An outbox table
@@ -555,8 +557,18 @@ class _Checker:
         d, why = self.d, "a table without a change column (`legacy.changed`)"
         if TO_LEGACY in d.directions:
             self.add(("directions",), f"{why} moves to the service only: to-legacy guards by it")
-        if d.conflict == NEWER_WINS:
-            self.add(("conflict",), f"{why} has no times to compare: use legacy-wins")
+        if d.conflict not in (None, LEGACY_WINS):
+            self.add(
+                ("conflict",),
+                f"{why} is the legacy's copy, refreshed whole (rows it lacks are deleted): it "
+                "takes legacy-wins",
+            )
+        for bound in ("key_floor", "key_ceiling"):
+            if getattr(d.service, bound) is not None:
+                self.add(
+                    ("service", bound),
+                    f"{why} is refreshed whole: the service has no keys of its own there",
+                )
         if d.compensate:
             self.add(("compensate",), f"{why} cannot be compensated: its cursor is that column")
         if d.gate.max_lag <= d.follow.interval:

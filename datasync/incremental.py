@@ -13,7 +13,9 @@ Reads the legacy database only.
   stock, a price under edit) is otherwise always younger than the safety delay and never read
   while the changes go on, however low the lag looks. They are committed rows, so applying
   them early is safe; the next polls read them again, unchanged, once the cap passes them, and
-  any row that commits late behind them is still caught by the mark and the look-back.
+  any row that commits late behind them is still caught by the mark and the look-back. The
+  lag still counts from the cap (a row stamped before them may not have committed yet), so it
+  may read up to the safety delay while they are in fact applied: the cautious side.
 - Every poll re-reads a rolling look-back window, `changed >= high_water - lookback`, so a
   transaction that committed later than the safety delay is still caught (PostHog found 273
   missing and 2,133 stale rows before adding one, PR #64417). The re-read is cheap because the
@@ -80,7 +82,7 @@ from datasync.state import (
     Checkpoint,
     load_checkpoint,
     new_checkpoint,
-    record_health,
+    note_health,
     record_lag,
     save_checkpoint,
     set_status,
@@ -276,12 +278,10 @@ def _poll(
             break
     result.high_water = mark
     result.caught_up = cap if drained and held is None else (mark[0] if mark else None)
-    if drained:
+    if drained:  # the lag still counts them: a row stamped before them may commit late
         read, counts = _apply_fresh(spec, legacy, service, cap, options)
         result.rows_read += read
         result.counts.add(counts)
-        if held is None and read < options.page_size:  # every change up to `now` is applied
-            result.caught_up = now
     with legacy.connect() as conn:
         reference = result.caught_up or cap
         result.lag_seconds = lag_behind(spec, conn, reference, now)
@@ -425,18 +425,6 @@ def _finish(
         metrics.last_run.labels(**labels).set(time.time())
 
 
-def note_health(spec: Spec, service: Engine, job: str, health: Health) -> None:
-    """Write a job's health to its checkpoint when the service database answers (a problem
-    with the service database itself is then only in the log and the metrics)."""
-    try:
-        with service.begin() as conn:
-            record_health(
-                conn, spec.name, job, health.problem, health.problem_since, health.last_success
-            )
-    except Exception as exc:
-        log.debug("%s: health not recorded (%s)", job, type(exc).__name__)
-
-
 class _Follower:
     """The continuous follower's state across guarded passes (`follow`)."""
 
@@ -530,4 +518,4 @@ def follow(
 def _unhealthy(spec: Spec, service: Engine, health: Health, metrics: SyncMetrics | None) -> None:
     if metrics is not None:
         metrics.failing(spec.name, JOB_FOLLOW)
-    note_health(spec, service, JOB_FOLLOW, health)
+    note_health(service, spec.name, JOB_FOLLOW, health)

@@ -30,9 +30,8 @@ from typing import Any
 from sqlalchemy import Select, Table, select
 from sqlalchemy.engine import Connection
 
+from datasync.batches import IN_LIST_MAX, chunks
 from datasync.spec import Compensation, Spec, watched_table
-
-IN_LIST_MAX = 500
 
 
 def singular(table: str) -> str:
@@ -157,8 +156,7 @@ def _fill(
     keys: list[int],
     into: dict[int, str],
 ) -> None:
-    for start in range(0, len(keys), IN_LIST_MAX):
-        chunk = keys[start : start + IN_LIST_MAX]
+    for chunk in chunks(keys):
         query = state_query(spec, rule, table, legacy, chunk)
         into.update({int(k): str(s) for k, s in conn.execute(query)})
 

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Select, insert, select
 from sqlalchemy.engine import Connection, Engine
 
-from datasync.apply import IN_LIST_MAX
+from datasync.batches import chunks
 from datasync.diff import Findings, HashedRow, compare_chunk, compare_rows, young_ids
 from datasync.engines import check_legacy_schema, check_service_schema, database_now, reading
 from datasync.invariants import LiveOnWatched, category, violations
@@ -298,8 +298,7 @@ def _recheck(
     sides = (Side(spec, legacy=True), Side(spec, legacy=False))
     with reading(legacy) as old, reading(service) as new:
         window = _window(old, settle)
-        for start in range(0, len(keys), IN_LIST_MAX):
-            chunk = keys[start : start + IN_LIST_MAX]
+        for chunk in chunks(keys):
             left = sorted(_read(spec, old, sides[0].keys_query(chunk)), key=lambda r: r.key)
             right = sorted(_read(spec, new, sides[1].keys_query(chunk)), key=lambda r: r.key)
             if window is not None:

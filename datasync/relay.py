@@ -60,6 +60,7 @@ from sqlalchemy import RowMapping, delete, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
+from datasync.batches import chunks
 from datasync.engines import describe, reading
 from datasync.errors import EventSourceError, SchemaMissing, SyncError
 from datasync.lease import AlreadyRunning, JobLease
@@ -73,7 +74,7 @@ from datasync.state import (
     ensure_schema,
     load_checkpoint,
     new_checkpoint,
-    record_health,
+    note_health,
     save_checkpoint,
     set_status,
     utcnow,
@@ -395,8 +396,9 @@ class Relay:
     def _mark(self, ids: list[int]) -> None:
         outbox = outbox_table(self.target.outbox)
         now = utcnow()
-        with self.service.begin() as conn:
-            conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(published_at=now))
+        with self.service.begin() as conn:  # one transaction: all marked, or none
+            for chunk in chunks(ids):
+                conn.execute(update(outbox).where(outbox.c.id.in_(chunk)).values(published_at=now))
             self._checkpoint(conn, ids)
 
     def _checkpoint(self, conn: Connection, ids: list[int]) -> None:
@@ -459,19 +461,7 @@ class Relay:
 
     def _note_health(self) -> None:
         """The relay's health in its `sync_jobs` row, when the service database answers."""
-        health = self.health
-        try:
-            with self.service.begin() as conn:
-                record_health(
-                    conn,
-                    self.target.outbox,
-                    JOB_RELAY,
-                    health.problem,
-                    health.problem_since,
-                    health.last_success,
-                )
-        except Exception as exc:
-            log.debug("%s: health not recorded (%s)", self.job, type(exc).__name__)
+        note_health(self.service, self.target.outbox, JOB_RELAY, self.health)
 
     def _finish(self, status: str) -> None:
         try:

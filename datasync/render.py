@@ -144,6 +144,7 @@ def declaration_summary(spec: Spec) -> dict[str, Any]:
         if spec.changed
         else f"{spec.legacy_table} (key {spec.key}, no change column: full refresh)",
         "service": spec.service_table,
+        "refreshed": spec.refreshed,
         "fields": len(spec.fields),
         "renamed": renamed,
         "directions": sorted(spec.directions),
@@ -174,6 +175,8 @@ def declaration_text(summary: dict[str, Any]) -> str:
     lines.append(f"  moves    {', '.join(summary['directions'])}; conflicts: {summary['conflict']}")
     if summary["soft_delete"]:
         lines.append(f"  deletes  soft: {summary['soft_delete'][0]} = {summary['soft_delete'][1]}")
+    elif summary["refreshed"]:
+        lines.append("  deletes  each refresh deletes the rows the legacy no longer has")
     else:
         lines.append("  deletes  hard deletes are found by reconcile (rows extra in the service)")
     events = summary["events"]

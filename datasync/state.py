@@ -27,6 +27,7 @@ characters (Oracle 19c), checked by the tests.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from datasync.retry import Health
 from datasync.types import UTCDateTime
 
 JOB_BACKFILL = "backfill"
@@ -256,6 +258,20 @@ def record_health(
     if last_success is not None:
         checkpoint.last_success_at = last_success
     save_checkpoint(conn, checkpoint)
+
+
+def note_health(service: Engine, sync: str, job: str, health: Health) -> None:
+    """A running job's health in its checkpoint, when the service database answers (a problem
+    with that database itself is then only in the log and the metrics)."""
+    try:
+        with service.begin() as conn:
+            record_health(
+                conn, sync, job, health.problem, health.problem_since, health.last_success
+            )
+    except Exception as exc:
+        logging.getLogger("strangler.sync").debug(
+            "%s %s: health not recorded (%s)", sync, job, type(exc).__name__
+        )
 
 
 def record_lag(

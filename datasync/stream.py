@@ -24,6 +24,9 @@ meanwhile):
 - a `NOGROUP` reply means Redis came back without its data (no persistence): the group is made
   again from `start`, `resets` counts it, one line says so, and the subscriber reads its own
   backlog first again;
+- an entry that is not an event (a foreign writer's, fields missing) is logged, counted in
+  `unreadable` and acked without delivery: it could never be read, and left pending it would
+  fail every read of the group's backlog;
 - an `ack` that fails transiently is swallowed (logged as part of the outage): the entry is
   delivered again, and consumers dedupe by `event_id`.
 Any other error (a wrong type at the key, a refused password) is raised: retrying cannot cure it.
@@ -92,6 +95,7 @@ class StreamSubscriber:
         self.start = start
         self.health = Health(f"stream {stream} group {group} consumer {consumer}")
         self.resets = 0
+        self.unreadable = 0  # entries that were not events, acked without delivery
         self._backoff = backoff or Backoff()
         self._client: Redis | None = None
         self._client_block_ms = 0
@@ -168,13 +172,22 @@ class StreamSubscriber:
             ) from None
 
     def _events(self, entries: Sequence[Any]) -> tuple[list[Event], list[str]]:
+        """The entries' events, and the ids to ack without delivering: entries trimmed while
+        pending, and entries that are not events (a foreign writer's), each logged once and
+        counted in `unreadable`. Retrying cannot make those readable; left pending, one would
+        fail every read of the backlog after a restart."""
         events, gone = [], []
         for raw_id, fields in entries:
             message_id = _text(raw_id)
             if not fields:  # trimmed by MAXLEN while pending: nothing left to deliver
                 gone.append(message_id)
                 continue
-            events.append(self._event(message_id, fields))
+            try:
+                events.append(self._event(message_id, fields))
+            except ValueError as exc:
+                self.unreadable += 1
+                log.warning("%s: skipped (acked): %s", self.health.job, exc)
+                gone.append(message_id)
         return events, gone
 
     async def _claim_stale(self, client: Redis, count: int) -> list[Event]:
@@ -215,7 +228,10 @@ class StreamSubscriber:
             count=count,
             block=block_ms if block_ms > 0 else None,
         )
-        return self._events(fresh[0][1] if fresh else [])[0]
+        events, gone = self._events(fresh[0][1] if fresh else [])
+        if gone:
+            await client.xack(self.stream, self.group, *gone)
+        return events
 
     def _reset_group(self) -> None:
         self.resets += 1

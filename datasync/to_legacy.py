@@ -77,6 +77,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
+from datasync.batches import chunks
 from datasync.engines import check_service_schema, reading
 from datasync.errors import SyncError
 from datasync.events import Event, Subscriber
@@ -96,7 +97,7 @@ from datasync.state import (
     handled,
     load_checkpoint,
     new_checkpoint,
-    record_health,
+    note_health,
     save_checkpoint,
     set_status,
     utcnow,
@@ -107,7 +108,6 @@ log = logging.getLogger("strangler.sync.to_legacy")
 OUTCOMES = ("applied", "conflict", "unchanged", "duplicate", "echo", "stale", "rejected")
 APPLIED_OUTCOMES = ("applied", "conflict", "unchanged")
 WRITTEN_OUTCOMES = ("applied", "conflict")
-IN_LIST_MAX = 500
 DEFAULT_BATCH = 100
 DEFAULT_MAX_CLOCK_SKEW = 5.0  # seconds the service's and the monolith's clocks may differ
 
@@ -214,18 +214,7 @@ class LegacyApplier:
 
     def note(self, health: Health) -> None:
         """The job's health in its checkpoint, when the service database answers."""
-        try:
-            with self.service.begin() as conn:
-                record_health(
-                    conn,
-                    self.spec.name,
-                    JOB_TO_LEGACY,
-                    health.problem,
-                    health.problem_since,
-                    health.last_success,
-                )
-        except Exception as exc:
-            log.debug("to-legacy: health not recorded (%s)", type(exc).__name__)
+        note_health(self.service, self.spec.name, JOB_TO_LEGACY, health)
 
     def handle(self, events: Sequence[Event]) -> Counter[str]:
         """Apply one batch (steps 1-3 of the module docstring); the caller acks afterwards."""
@@ -252,12 +241,10 @@ class LegacyApplier:
         seen: set[str] = set()
         versions: dict[int, int] = {}
         with reading(self.service) as conn:
-            for start in range(0, len(ids), IN_LIST_MAX):
-                chunk = ids[start : start + IN_LIST_MAX]
+            for chunk in chunks(ids):
                 query = select(handled.c.event_id).where(mine, handled.c.event_id.in_(chunk))
                 seen.update(conn.scalars(query))
-            for start in range(0, len(keys), IN_LIST_MAX):
-                chunk_keys = keys[start : start + IN_LIST_MAX]
+            for chunk_keys in chunks(keys):
                 query = (
                     select(handled.c.row_key, func.max(handled.c.row_version))
                     .where(

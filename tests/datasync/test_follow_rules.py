@@ -84,7 +84,7 @@ def test_a_row_changed_again_and_again_is_applied_at_every_poll_without_moving_t
         assert poll.counts.updated == 1
         assert poll.high_water is not None
         assert poll.high_water[0] < utcnow() - timedelta(seconds=29)  # not past the cap
-        assert poll.lag_seconds == 0.0  # caught up with every commit it read
+        assert poll.lag_seconds < 30  # counted from the cap: the cautious side
     again = follow_once(pair.legacy, pair.service, safety_delay=0)
     assert (again.counts.updated, again.counts.inserted) == (0, 0)  # read again, unchanged
 

@@ -110,7 +110,8 @@ def test_a_table_without_a_change_column_is_followed_by_full_refresh() -> None:
     ("extra", "where", "reason"),
     [
         ("directions: [to-service, to-legacy]\n", "directions", "moves to the service only"),
-        ("conflict: newer-wins\n", "conflict", "no times to compare"),
+        ("conflict: newer-wins\n", "conflict", "it takes legacy-wins"),
+        ("conflict: service-wins\n", "conflict", "it takes legacy-wins"),
         ("gate: {max_lag: 250ms}\n", "gate.max_lag", "never lets the gate pass"),
     ],
 )
@@ -123,6 +124,14 @@ def test_what_a_refreshed_table_cannot_do_is_refused_with_its_line(
     line = text.splitlines().index(extra.rstrip("\n")) + 1
     assert f"regions.yaml:{line}: {where}: " in str(refused.value)
     assert reason in str(refused.value)
+
+
+def test_a_refreshed_table_has_no_key_range_of_the_services_own() -> None:
+    text = YAML.read_text().replace(
+        "  table: svc_regions\n", "  table: svc_regions\n  key_floor: 1_000_000\n"
+    )
+    with pytest.raises(DeclarationError, match=r"service\.key_floor: .*no keys of its own"):
+        loads(text, "regions.yaml")
 
 
 def test_a_refreshed_table_cannot_be_compensated() -> None:

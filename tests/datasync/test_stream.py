@@ -198,3 +198,47 @@ def test_the_key_field_is_the_declared_one() -> None:
         "payment.captured",
         "",
     )
+
+
+def test_an_entry_that_is_not_an_event_is_skipped_and_never_blocks_the_backlog(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A foreign writer's entry between two events: the events are delivered, the entry is
+    acked undelivered with one warning, and a restarted consumer's backlog read does not stall
+    on it (it used to fail every read of the backlog, and the group never moved again)."""
+    with redis_process() as server:
+        publish(server.url, 1, 1)
+        client = redis.Redis.from_url(server.url)
+        client.xadd(STREAM, {"hello": "world"})
+        client.close()
+        publish(server.url, 2, 1)
+
+        async def first_reader() -> tuple[list[Event], int]:
+            subscriber = StreamSubscriber(server.url, STREAM, GROUP, "c1", start="0")
+            try:
+                got: list[Event] = []
+                while len(got) < 2:
+                    got += await subscriber.read(count=1, block_ms=200)  # never acked: pending
+                return got, subscriber.unreadable
+            finally:
+                await subscriber.close()
+
+        async def restarted() -> list[Event]:
+            subscriber = StreamSubscriber(server.url, STREAM, GROUP, "c1", start="0")
+            try:
+                got: list[Event] = []
+                await read_until(subscriber, got, lambda: len(got) == 2)
+                return got
+            finally:
+                await subscriber.close()
+
+        got, unreadable = asyncio.run(first_reader())
+        again = asyncio.run(restarted())
+        pending = redis.Redis.from_url(server.url).xpending(STREAM, GROUP)["pending"]
+    assert [e.event_id for e in got] == ["e1", "e2"]
+    assert unreadable == 1
+    assert [e.event_id for e in again] == ["e1", "e2"]  # its own backlog, the entry not in it
+    assert pending == 0
+    skipped = [line for line in warnings_of(caplog) if "skipped (acked)" in line]
+    assert len(skipped) == 1
+    assert "is not an event" in skipped[0]

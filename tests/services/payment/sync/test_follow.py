@@ -175,7 +175,7 @@ def test_rows_inside_the_safety_delay_are_applied_early_but_the_mark_waits(
     assert fresh in pair.service_rows()  # a committed row: safe to apply at once
     assert early.high_water is not None
     assert early.high_water[1] == BEFORE_ANY_ID  # still where the backfill began: not past it
-    assert early.lag_seconds == 0.0
+    assert 0.0 <= early.lag_seconds < 60  # counted from the cap: the cautious side
 
 
 def test_equal_rows_are_not_rewritten_and_newer_service_rows_are_kept(pair: Pair) -> None:
