@@ -5,19 +5,23 @@ If-None-Match names it (RFC 9110: weak comparison, `*` matches); problem+json er
 Each parameter is declared as the monolith declares it, in the same order (paging first, then
 the list's own filters), so a bad request gets the same 422 with its errors in the same order.
 The endpoints are plain functions (run in the threadpool): the database driver is synchronous.
+Each answer goes through the answer cache (`cache.py`): a hit costs no query while the cache's
+events are connected, else one primary-key SELECT (the read model's version); a miss reads the
+version, then the answer, in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from services.catalog import reads
+from services.catalog import db, reads
 from services.catalog.cache import AnswerCache, Rendered
 from services.catalog.errors import ApiError
 from services.catalog.schemas import (
@@ -36,24 +40,39 @@ from services.catalog.schemas import (
 CACHE_CONTROL = "public, max-age=30"
 
 
+Load = Callable[[Connection], bytes | None]
+
+
 @dataclass(frozen=True)
 class Catalog:
     """What the endpoints use: the read model's engine and the answer cache."""
 
     engine: Engine
     cache: AnswerCache
+    single: Engine = field(init=False)  # one-statement reads: the version check
 
-    def answer(self, key: str, load: Callable[[Engine], bytes | None]) -> Rendered | None:
-        """The cached answer for `key`, or `load`'s (cached while the cache is active)."""
-        cached = self.cache.get(key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "single", db.single(self.engine))
+
+    def current_version(self) -> int:
+        """The read model's version now (one primary-key SELECT, no transaction)."""
+        with self.single.connect() as conn:
+            return reads.projection_version(conn)
+
+    def answer(self, key: str, load: Load) -> Rendered | None:
+        """The cached answer for `key`, or `load`'s, cached with the version read before it
+        (`cache.py`: the generation first, then the version, then the answer)."""
+        cached = self.cache.get(key, self.current_version)
         if cached is not None:
             return cached
         generation = self.cache.generation()
-        body = load(self.engine)
+        with self.engine.begin() as conn:
+            version = reads.projection_version(conn)
+            body = load(conn)
         if body is None:
             return None
         rendered = Rendered(body, etag_for(body))
-        self.cache.put(key, rendered, generation)
+        self.cache.put(key, rendered, version, generation)
         return rendered
 
 
@@ -86,17 +105,9 @@ def json_with_etag(request: Request, rendered: Rendered) -> Response:
     return Response(rendered.body, media_type="application/json", headers=headers)
 
 
-def _read(load: Callable[..., bytes | None], *args: object) -> Callable[[Engine], bytes | None]:
-    def run(engine: Engine) -> bytes | None:
-        with engine.begin() as conn:
-            return load(conn, *args)
-
-    return run
-
-
 @router.get("/categories", response_model=CategoryList)
 def list_categories(request: Request, catalog: CatalogDep) -> Response:
-    rendered = catalog.answer("categories", _read(reads.category_list))
+    rendered = catalog.answer("categories", reads.category_list)
     assert rendered is not None
     return json_with_etag(request, rendered)
 
@@ -112,7 +123,7 @@ def list_products(
     sort: Sort = "name",
 ) -> Response:
     query = reads.ProductQuery(category_id, q, in_stock, sort, paging)
-    rendered = catalog.answer(query.cache_key(), _read(reads.product_page, query))
+    rendered = catalog.answer(query.cache_key(), partial(reads.product_page, query=query))
     assert rendered is not None
     return json_with_etag(request, rendered)
 
@@ -123,7 +134,9 @@ def list_products(
     responses={404: {"description": "No such product"}, 304: {"description": "Not modified"}},
 )
 def get_product(product_id: PathId, request: Request, catalog: CatalogDep) -> Response:
-    rendered = catalog.answer(f"product|{product_id}", _read(reads.product, product_id))
+    rendered = catalog.answer(
+        f"product|{product_id}", partial(reads.product, product_id=product_id)
+    )
     if rendered is None:
         raise ApiError(404, "not-found", f"Product {product_id} does not exist")
     return json_with_etag(request, rendered)

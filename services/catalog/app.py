@@ -3,7 +3,8 @@ import. Start-up creates the read model's missing tables (unless `migrate_on_sta
 With Redis configured it also starts, beside the API, this replica's cache invalidation consumer
 (`invalidation.py`) and the engine's outbox relay (`datasync.relay`: catalog_outbox → the
 stream; one replica publishes at a time, the others stand by on its lease); both stop with the
-app. Without Redis neither runs, and the cache stays off.
+app. Without Redis neither runs, and each cache hit is checked against the read model's version
+(`cache.py`).
 
 `GET /cutover` is the route table's gate for the catalog: the read model is fed by two syncs
 (`sync/products.yaml`, `sync/categories.yaml`, loaded once here), so it is 200 only when both
@@ -40,9 +41,10 @@ from services.catalog.tables import category_view
 if TYPE_CHECKING:
     from datasync.relay import Relay
 
-# A relay pass in flight may finish; a read blocked on the stream is cancelled (what it read
-# unacked is delivered again).
-STOP_SECONDS = 2.0
+# A relay pass in flight may finish (a publish is bounded by the relay's Redis timeout, 2 s,
+# plus a connect), so it releases its lease and its connections before the engine is disposed;
+# a read blocked on the stream is cancelled (what it read unacked is delivered again).
+STOP_SECONDS = 5.0
 
 
 Job = tuple[str, Coroutine[Any, Any, None]]
@@ -120,11 +122,21 @@ def gates(declarations: tuple[Spec, ...], engine: Engine) -> dict[str, Any]:
     }
 
 
+def cache_mode(cache: AnswerCache) -> str:
+    if not cache.enabled:
+        return "off"
+    return "events" if cache.listening else "versioned"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     declarations = load_declarations()
     products = next(spec for spec in declarations if spec.legacy_table == "products")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     cache = AnswerCache(settings.cache_ttl, settings.cache_max_entries)
     catalog = Catalog(engine, cache)
 
@@ -174,7 +186,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], response_model=None)
     def readyz(request: Request) -> Any:
-        """The read model answers; whether the answer cache is on (its events connected)."""
+        """The read model answers; the answer cache's state: `cache` "on" while its events are
+        connected (a hit costs no query), else "off"; `cache_mode` "events", "versioned" (each
+        hit checks the read model's version: one primary-key SELECT) or "off" (TTL 0)."""
         try:
             with engine.begin() as conn:
                 conn.execute(select(category_view.c.id).limit(1))
@@ -187,7 +201,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "status": "ready",
                 "version": __version__,
                 "database": engine.dialect.name,
-                "cache": "on" if cache.active else "off",
+                "cache": "on" if cache.listening else "off",
+                "cache_mode": cache_mode(cache),
             }
         )
 

@@ -8,11 +8,14 @@
   fresh replica has nothing cached that older events could concern.
 - Every event read clears the cache (`cache.py`), then is acked: a crash in between re-delivers
   it, and clearing twice is harmless.
-- The cache serves only while the consumer is connected: after each read the subscriber's
-  health says whether Redis answered (an outage makes `read` return [] and is logged by the
-  subscriber, one line when it starts and one when it ends). A stream entry that is not an event
-  (a foreign writer) still clears the cache, logged once; any other error turns the cache off
-  and is retried after a second, logged once per outage.
+- The cache answers hits from memory only while the consumer is connected: after each read the
+  subscriber's health says whether Redis answered (an outage makes `read` return [] and is
+  logged by the subscriber, one line when it starts and one when it ends); otherwise each hit is
+  checked against the read model's version (`cache.py`), so an outage costs a query per hit,
+  never a stale answer. A stream entry that is not an event (a foreign writer's) is acked and
+  skipped by the subscriber with one warning (`datasync.stream`): it announces no catalog
+  change; any other error counts as disconnected and is retried after a second, logged once
+  per outage.
 """
 
 from __future__ import annotations
@@ -72,10 +75,6 @@ class Invalidator:
     async def step(self) -> None:
         try:
             events = await self.source.read(count=100, block_ms=self._block_ms)
-        except ValueError as exc:  # an entry that is not an event: something changed anyway
-            self.cache.clear()
-            self.health.failed(exc, log, 0)
-            return
         except Exception as exc:
             self.cache.disconnected()
             self.health.failed(exc, log, RETRY_SECONDS)

@@ -25,6 +25,9 @@ of `catalog_projection` (a no-op UPDATE is the portable row lock, as the monolit
 the second waits for the first to commit, and its statements then read what the first wrote.
 The engine's own writes before the hook touch only each sync's mirror and the outbox, so the
 two never wait on each other in the other order. (SQLite has one writer at a time anyway.)
+That UPDATE adds 1 to the row's `batches`: the read model's version, which therefore moves in
+the transaction of every view change and commits with it (the answer cache relies on it,
+`cache.py`: keep the increment, and keep every view write in a hook).
 
 `rebuild(engine)` re-projects everything from the mirrors in one transaction (after a restore,
 or a view lost by hand): `python -m services.catalog rebuild`.
@@ -57,7 +60,8 @@ IN_LIST_MAX = 500
 
 
 def serialise(conn: Connection) -> None:
-    """Take the projections' lock for the rest of the transaction (module docstring)."""
+    """Take the projections' lock for the rest of the transaction, moving the read model's
+    version by one (module docstring)."""
     lock = projection_lock.c
     conn.execute(update(projection_lock).where(lock.id == 1).values(batches=lock.batches + 1))
 
@@ -205,6 +209,7 @@ class Rebuilt:
 def rebuild(engine: Engine) -> Rebuilt:
     """Re-project every view row from the mirrors, in one transaction."""
     with writing(engine).begin() as conn:
+        serialise(conn)  # the lock before any view row: a follower's hook waits, never deadlocks
         conn.execute(delete(product_view))
         conn.execute(delete(category_view))
         if _has_search(conn):

@@ -8,6 +8,9 @@
   The body is assembled from the stored bodies as pydantic would render the page
   (`{"items":[...],"page":..,"per_page":..,"total":..,"pages":..}`, no spaces), so no product
   is parsed or rendered per request.
+- The read model's version (`projection_version`): `catalog_projection.batches`, one row read
+  by its primary key, which every projection hook moves (`projection.py`); the answer cache's
+  tag and check (`cache.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from services.catalog.schemas import CategoryList, CategoryOut, Paging
 from services.catalog.search import search_condition
-from services.catalog.tables import category_view, product_view
+from services.catalog.tables import category_view, product_view, projection_lock
 
 v = product_view.c
 ORDERING: dict[str, tuple[Any, ...]] = {
@@ -83,6 +86,20 @@ def product_statement(product_id: int) -> Select[Any]:
 def categories_statement() -> Select[Any]:
     c = category_view.c
     return select(c.id, c.slug, c.name, c.parent_id, c.product_count).order_by(c.sort_order, c.id)
+
+
+# Built once: the cache runs it on every hit without its events, and building a statement
+# (and its cache key) costs about as much as running this one on SQLite.
+_VERSION = select(projection_lock.c.batches).where(projection_lock.c.id == 1)
+
+
+def version_statement() -> Select[Any]:
+    return _VERSION
+
+
+def projection_version(conn: Connection) -> int:
+    """The read model's version (module docstring); 0 before the lock row exists."""
+    return int(conn.scalar(_VERSION) or 0)
 
 
 def product_page(conn: Connection, query: ProductQuery) -> bytes:

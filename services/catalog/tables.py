@@ -13,7 +13,10 @@
 - The search index: on SQLite the FTS5 table `catalog_search` (trigram: `search.py`), made by
   `db.migrate` (a virtual table has no Core DDL); on PostgreSQL two pg_trgm GIN indexes on
   the view, declared here for that dialect only.
-- `catalog_projection`: one row, the projections' lock (`projection.py`).
+- `catalog_projection`: one row, the projections' lock (`projection.py`), whose `batches` is
+  the read model's version: +1 by every projection hook, in its transaction, so no view row
+  changes without it moving in the same commit; the answer cache tags and checks its answers
+  with it (`cache.py`).
 - `catalog_outbox`: the transactional outbox the engine fills while following (the columns
   `datasync.outbox` expects), published to the `catalog:events` stream by the engine's relay
   (`datasync.relay`, embedded in the app).
@@ -148,7 +151,8 @@ outbox = Table(
 )
 
 # One row, updated first by every projection: the hooks of the two syncs (separate processes)
-# run one after another, so each recounts what the other committed (`projection.py`).
+# run one after another, so each recounts what the other committed (`projection.py`). Its
+# `batches` (+1 per hook call) is the read model's version (`reads.projection_version`).
 projection_lock = Table(
     "catalog_projection",
     metadata,

@@ -1,16 +1,18 @@
 """The catalog's declared syncs and schema: both declarations pass `strangler sync check`;
 their fields are the monolith's columns and the mirror tables' (type, length, scale,
 nullability); `migrate` (their hook) is idempotent on SQLite and PostgreSQL (pg_trgm and its
-indexes there); `python -m services.catalog migrate|rebuild` and the settings' env vars."""
+indexes there); `python -m services.catalog migrate|rebuild` and the settings' env vars (the
+pool of a server database among them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import Numeric, String, inspect, text
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.schema import Column
 from typer.testing import CliRunner
 
@@ -20,7 +22,8 @@ from datasync.spec import LEGACY_WINS, TO_SERVICE, Spec
 from datasync.state import STATE_TABLES
 from legacy_monolith.models import Category, Product
 from services.catalog.__main__ import main
-from services.catalog.db import SCHEMA_VERSION, migrate
+from services.catalog.app import create_app
+from services.catalog.db import SCHEMA_VERSION, make_engine, migrate
 from services.catalog.projection import project_categories, project_products
 from services.catalog.settings import Settings
 from services.catalog.sync import DECLARATIONS
@@ -118,3 +121,18 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.database_url, settings.redis_url) == ("sqlite:///x.db", "redis://r:6379/0")
     monkeypatch.delenv("CATALOG_INSTANCE")
     assert Settings().instance  # the hostname
+
+
+def test_a_server_databases_pool_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql+psycopg://catalog@127.0.0.1:1/catalog"  # never connected to
+    default = make_engine(url)
+    pool = cast(QueuePool, default.pool)
+    assert (pool.size(), pool._max_overflow) == (10, 10)
+    monkeypatch.setenv("CATALOG_DATABASE_URL", url)
+    monkeypatch.setenv("CATALOG_DB_POOL_SIZE", "24")
+    monkeypatch.setenv("CATALOG_DB_MAX_OVERFLOW", "4")
+    settings = Settings()
+    assert (settings.db_pool_size, settings.db_max_overflow) == (24, 4)
+    app: Any = create_app(settings)
+    pool = cast(QueuePool, app.state.catalog.engine.pool)
+    assert (pool.size(), pool._max_overflow) == (24, 4)

@@ -1,8 +1,9 @@
 """The read model on Oracle without an Oracle server (CONVENTIONS.md rule 12): the DDL
 `create_all` emits for Oracle 19c and 23ai, every statement the projection and the sync ran on
-SQLite (captured from a real run), and the read statements as built for Oracle (the LIKE
-search: FTS5 is SQLite's, pg_trgm PostgreSQL's) compile; identifiers are short, lowercase and
-not reserved; no Text column is compared in a WHERE."""
+SQLite (captured from a real run: the hooks' version increment among them), and the read
+statements as built for Oracle (the LIKE search: FTS5 is SQLite's, pg_trgm PostgreSQL's; the
+answer cache's version read) compile; identifiers are short, lowercase and not reserved; no
+Text column is compared in a WHERE."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from services.catalog.reads import (
     count_statement,
     page_statement,
     product_statement,
+    version_statement,
 )
 from services.catalog.schemas import Paging
 from services.catalog.tables import SEARCH_TABLE, metadata
@@ -96,7 +98,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ClauseEl
 
 
 def read_statements() -> list[ClauseElement]:
-    made: list[ClauseElement] = [categories_statement(), product_statement(7)]
+    made: list[ClauseElement] = [categories_statement(), product_statement(7), version_statement()]
     for q in (None, "ph", "phone"):
         for sort in ("name", "price", "-price", "newest"):
             query = ProductQuery(3, q, True, sort, Paging(2, 20))
@@ -115,10 +117,10 @@ def test_every_statement_compiles_for_oracle(
         assert not re.search(r"\bIS (NOT )?(1|0|true|false)\b", sql), sql
         assert "ILIKE" not in sql, sql
         assert "MATCH" not in sql, sql
-    pages = [str(s.compile(dialect=dialect)) for s in read_statements()[3::2]]
+    pages = [str(s.compile(dialect=dialect)) for s in read_statements()[4::2]]
     assert all("FETCH FIRST" in sql for sql in pages)
     projected = {str(s.table) for s in captured if isinstance(s, Update)}
-    assert {"catalog_product_view", "catalog_category_view"} <= projected
+    assert {"catalog_product_view", "catalog_category_view", "catalog_projection"} <= projected
 
 
 def test_no_text_column_in_a_where_clause(captured: list[ClauseElement]) -> None:
