@@ -15,8 +15,8 @@ which must name a local host; both dropped at the end):
 2. Both servers start as their operators start them (`python -m legacy_monolith`, `python -m
    services.catalog`, 127.0.0.1, port 0, access logs on as deployed). The monolith caches its
    catalog answers in its in-process LRU (60 s). The catalog runs WITHOUT Redis unless
-   `--redis-url` is given, so by default its answer cache is off and every request reads its
-   read model (its cache serves only while its invalidation consumer listens to Redis).
+   `--redis-url` is given: its answer cache then checks each hit against the read model's
+   version (one primary-key SELECT); with Redis its events clear it and a hit costs no query.
 3. Parity first: a sample of answers (categories, list pages, searches with 1-2 and 3+
    character and unmatched `q`, products, a 404) must be byte-identical on both (status, body,
    ETag, Content-Type); the bench aborts otherwise (a benchmark of wrong answers is worthless).
@@ -33,8 +33,7 @@ which must name a local host; both dropped at the end):
    queries (every combination of the list's parameters; thousands of searches; every active
    product), each service from the pool's start, so neither side's cache sees a query twice
    unless a pool is exhausted (the `keys` column then shows fewer keys than requests);
-   `repeated` cycles 10 fixed queries (cache hits for the monolith, and for the catalog when
-   it has Redis).
+   `repeated` cycles 10 fixed queries (cache hits for both).
 Reported per workload and service: requests, errors, distinct URLs asked, req/s (requests over
 the rounds' summed wall time), p50 and p99 latency (ms, every request of every round), the
 server process's CPU (/proc user+system, as bench/payment_post.py) per request and the cores
@@ -752,7 +751,7 @@ def render(results: dict[str, Any]) -> str:
     cache = (
         f"answer cache ON (Redis {config['redis_url']}, {config['catalog_cache_ttl']}s TTL)"
         if config["redis_url"]
-        else "NO Redis: answer cache off, every request reads the read model"
+        else "no Redis: answer cache hits checked against the read model's version"
     )
     lines = [
         f"catalog vs monolith: concurrency {config['concurrency']}, {config['rounds']} rounds x "
