@@ -4,6 +4,11 @@ Richardson's Microservices Patterns, ch. 3; the payment service's `events.py` is
 Its columns are fixed (`spec.EventSource`): `id` (identity), `event_id`, `aggregate_id` (the
 row's key), `event_type`, `row_version`, `payload` (JSON text), `created_at`, `published_at`.
 Only the name is declared. This metadata is never used to create the table: the service owns it.
+
+`row_version` is the row's version when the declaration names a `service.version` column (the
+stale guard of to-legacy relies on it); without one, every change event carries 1 and a
+refreshed table's deletion 0, so consumers of such a sync order its events by their position in
+the outbox or the stream (the relay publishes in outbox id order), never by `row_version`.
 """
 
 from __future__ import annotations
