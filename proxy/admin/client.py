@@ -1,13 +1,24 @@
 """The `strangler routes` commands' way to a remote proxy: its admin API (`--admin URL`, token
 from STRANGLER_ADMIN_TOKEN). Returns the API's JSON; refusals become AdminRefused with the
-problem's detail and, for an invalid table, each problem's line."""
+problem's detail and, for an invalid table, each problem's line.
+
+The standard library's urllib, not an HTTP client package: a rollback is typed in a hurry, and
+importing one (and building its TLS context) took longer than the request. Like before, the
+proxy environment variables (HTTPS_PROXY, NO_PROXY) apply and a redirect is not followed.
+"""
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from http.client import HTTPException
 from typing import Any
 
-import httpx
+TIMEOUT = 30.0  # seconds to connect, and for each read
 
 
 class AdminRefused(Exception):
@@ -16,31 +27,71 @@ class AdminRefused(Exception):
         self.problems = problems or []
 
 
+class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer like any other: the API never sends one, so it is not followed
+    (a write would be re-sent as a GET elsewhere)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class AdminClient:
     def __init__(self, base: str, author: str, token: str | None = None) -> None:
         self.base = base.rstrip("/")
-        self.headers = {"X-Author": author}
+        self.headers = {"X-Author": author, "Accept": "application/json"}
         token = token if token is not None else os.environ.get("STRANGLER_ADMIN_TOKEN")
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, object] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """`method` on `path` with query `params` and a `json` or raw `content` body; the
+        answer's JSON."""
+        url = self.base + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        sent = {**self.headers, **(headers or {})}
+        if json is not None:
+            content = jsonlib.dumps(json).encode()
+            sent["Content-Type"] = "application/json"
+        if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
+            raise AdminRefused(
+                f"cannot reach the admin API at {self.base}: give an http:// or https:// URL"
+            )
+        request = urllib.request.Request(url, data=content, headers=sent, method=method)  # noqa: S310 (checked above)
+        opener = urllib.request.build_opener(_KeepRedirects)
         try:
-            answer = httpx.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AdminRefused(f"cannot reach the admin API at {self.base}: {exc}") from None
-        if answer.status_code >= 400:
             try:
-                problem = answer.json()
+                with opener.open(request, timeout=TIMEOUT) as answer:
+                    status, body = answer.status, answer.read()
+            except urllib.error.HTTPError as exc:  # a status of 300 or more: its body says why
+                with exc:
+                    status, body = exc.code, exc.read()
+        except urllib.error.URLError as exc:
+            raise AdminRefused(f"cannot reach the admin API at {self.base}: {exc.reason}") from None
+        except (OSError, HTTPException, ValueError) as exc:
+            raise AdminRefused(f"cannot reach the admin API at {self.base}: {exc}") from None
+        if status >= 300:
+            try:
+                problem = jsonlib.loads(body)
             except ValueError:
-                raise AdminRefused(f"{answer.status_code} from the admin API") from None
+                problem = None
+            if not isinstance(problem, dict):
+                raise AdminRefused(f"{status} from the admin API") from None
             lines = [
                 f"{p.get('line') or '-'}: {p.get('field')}: {p.get('message')}"
                 for p in problem.get("problems", [])
             ]
-            raise AdminRefused(str(problem.get("detail", answer.status_code)), lines)
-        return answer.json()
+            raise AdminRefused(str(problem.get("detail", status)), lines)
+        return jsonlib.loads(body)
 
     def current(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/api/v1/routes")

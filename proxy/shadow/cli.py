@@ -1,15 +1,17 @@
 """The shadow commands: `strangler shadow report`, `strangler record` and `strangler contract run`
-(registered by proxy/cli.py). They reach the running proxies through the shadow sink, the
+(registered by proxy/commands.py). They reach the running proxies through the shadow sink, the
 route store's place ("file": a directory under --state-dir on this host; a redis:// URL: the
 Redis the replicas share), so they need the proxy's --store, --prefix and --state-dir.
 
 Exit codes: 0 done (a contract within its threshold), 1 failed (nothing recorded, a contract over
 its threshold, the sink unreachable), 2 a usage error or a corpus that cannot be replayed.
+
+Every `strangler` command builds these commands: the sink, the recorder, the replayer (and
+asyncio) are imported by the command that uses them, never here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -125,6 +127,8 @@ def report(
 ) -> None:
     """Every worker's shadow comparisons, merged per route: how often the shadow differed, in
     which fields, with examples; the fields learned as noise are listed as ignored."""
+    import asyncio
+
     from proxy.shadow.report import render, summarise
     from proxy.shadow.sink import SinkError
 
@@ -172,6 +176,8 @@ async def _record(
 ) -> int:
     """Arm, wait, write; the number of pairs written. The recording is disarmed however this
     ends (Ctrl-C included)."""
+    import asyncio
+
     from proxy.shadow.recording import write_corpus
     from proxy.shadow.sink import open_sink
 
@@ -217,6 +223,8 @@ def record_command(
 ) -> None:
     """Record COUNT real request/answer pairs of ROUTE from the running proxies, without
     credentials or secret fields, as a corpus for `strangler contract run`."""
+    import asyncio
+
     from proxy.shadow.sink import SinkError
     from proxy.table.model import NAME
 
@@ -302,6 +310,8 @@ def contract_run(
 ) -> None:
     """Replay CORPUS against a service and compare each answer with the recorded one: exit 0
     when at most --threshold percent differ, 1 when more do."""
+    import asyncio
+
     from proxy.shadow.compare import Rules
     from proxy.shadow.contract import run_contract
     from proxy.shadow.recording import CorpusError, read_corpus

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from proxy.table.model import RouteTable
+if TYPE_CHECKING:  # annotations only: the CLI reads DEFAULT_PREFIX and the errors without pydantic
+    from proxy.table.model import RouteTable
 
 DEFAULT_PREFIX = "strangler:routes:"  # the Redis store's key prefix
 
@@ -62,7 +63,7 @@ class Version:
 
 
 # Called with the parsed new table just before a commit writes it; raising refuses the commit.
-Check = Callable[[RouteTable], None]
+Check: TypeAlias = Callable[["RouteTable"], None]
 
 
 class RouteStore(Protocol):

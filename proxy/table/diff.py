@@ -7,9 +7,10 @@ values, as they would be written in routes.yaml). Upstreams and `default` the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxy.table.model import RouteTable
+if TYPE_CHECKING:  # instances only: `strangler routes … --admin` prints changes without the model
+    from proxy.table.model import RouteTable
 
 
 @dataclass(frozen=True)

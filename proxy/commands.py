@@ -1,0 +1,709 @@
+"""The `strangler` command tree: the data plane, the control plane and the demo. Each command
+says what it did in plain words; failures exit non-zero with the reason.
+
+Run by proxy/cli.py's `main` (the `strangler` entry point). Building the tree imports typer and
+the commands' signatures only: each command imports what it runs (the table's model, the store,
+the servers, the sync engine) when it runs, so a `routes rollback --admin` typed in a hurry
+loads none of them. tests/proxy/test_cli_imports.py keeps it so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from proxy import __version__
+from proxy.shadow.cli import contract_app, record_command, shadow_app
+from proxy.store.base import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from proxy.admin.client import AdminClient
+    from proxy.store.base import RouteStore
+    from proxy.table.model import RouteTable
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Move a live monolith to services one endpoint at a time, behind one stable URL.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"strangler {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """strangler: the strangler-fig migration toolkit."""
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where the demo keeps its databases (replaced at start).")
+    ] = Path("var/demo"),
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Leave the servers up after the tour.")
+    ] = False,
+) -> None:
+    """Run the migration journey on embedded defaults (SQLite, no Redis) and narrate it."""
+    from proxy.demo import run_demo
+
+    run_demo(workdir, keep_running=keep_running)
+
+
+@app.command(
+    "sync",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def sync(ctx: typer.Context) -> None:
+    """Move a declared table's data: backfill, follow, to-legacy, reconcile, status (--help)."""
+    # Handed over whole, and imported only when used: the proxy's commands stay quick to start
+    # and the proxy does not depend on the sync engine's code.
+    from datasync.cli import app as sync_app
+
+    sync_app(ctx.args, prog_name="strangler sync")
+
+
+routes_app = typer.Typer(no_args_is_help=True, help="Check and read route tables.")
+app.add_typer(routes_app, name="routes")
+app.add_typer(shadow_app, name="shadow", help="What shadowed services answered differently.")
+app.command("record")(record_command)
+app.add_typer(contract_app, name="contract", help="Replay a recorded corpus against a service.")
+
+
+def _load_or_exit(path: Path) -> RouteTable:
+    from proxy.table.loader import TableInvalid, load_file
+
+    try:
+        return load_file(path)
+    except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
+        raise typer.Exit(1) from None
+
+
+@routes_app.command("validate")
+def routes_validate(
+    file: Annotated[Path, typer.Argument(help="routes.yaml to check")],
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check a route table: exit 0 if it can be served, else 1 with one line per problem."""
+    from proxy.table.loader import TableInvalid, load_file
+
+    try:
+        table = load_file(file)
+    except TableInvalid as exc:
+        if json_output:
+            problems = [
+                {"line": p.line, "field": p.where(), "message": p.message}
+                for p in sorted(exc.problems, key=lambda p: p.line or 0)
+            ]
+            typer.echo(json.dumps({"valid": False, "problems": problems}))
+        else:
+            for line in exc.describe().splitlines():
+                typer.echo(line, err=True)
+        raise typer.Exit(1) from None
+    if json_output:
+        typer.echo(
+            json.dumps({"valid": True, "version": table.version, "routes": len(table.routes)})
+        )
+    else:
+        routes, upstreams = len(table.routes), len(table.upstreams)
+        typer.echo(
+            f"{file}: valid (version {table.version}, {routes} route{'s' * (routes != 1)}, "
+            f"{upstreams} upstream{'s' * (upstreams != 1)})"
+        )
+
+
+@routes_app.command("show")
+def routes_show(
+    file: Annotated[Path, typer.Argument(help="routes.yaml to show")],
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show what goes where, in the order the proxy tries the routes."""
+    from proxy.table.compile import compile_table
+    from proxy.table.show import describe, rows
+
+    snapshot = compile_table(_load_or_exit(file))
+    if json_output:
+        typer.echo(json.dumps(rows(snapshot), indent=2))
+    else:
+        typer.echo(describe(snapshot))
+
+
+RoutesFile = Annotated[
+    Path,
+    typer.Option(
+        "--routes",
+        envvar="STRANGLER_ROUTES",
+        help="The served routes.yaml (its history is kept under var/ beside it).",
+    ),
+]
+Reason = Annotated[str, typer.Option("--reason", help="Why: kept in the history.")]
+Author = Annotated[
+    str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ForceFlag = Annotated[
+    bool,
+    typer.Option("--force", help="Commit even if a cutover gate is closed (kept in the reason)."),
+]
+StoreUrl = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="STRANGLER_STORE",
+        help="'file' (routes.yaml and its history) or the replicas' shared redis:// store.",
+    ),
+]
+StorePrefix = Annotated[
+    str,
+    typer.Option("--store-prefix", envvar="STRANGLER_STORE_PREFIX", help="Redis key prefix."),
+]
+
+
+def _store(routes: Path, store: str, prefix: str) -> RouteStore:
+    from proxy.store import open_store
+
+    return open_store(store, routes, prefix)
+
+
+AdminUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--admin",
+        envvar="STRANGLER_ADMIN",
+        help="A running proxy's admin API (token from STRANGLER_ADMIN_TOKEN) instead of --routes.",
+    ),
+]
+
+
+def _report(result: dict[str, object], json_output: bool) -> None:
+    """Print a committed version and what changed (file store and admin API alike)."""
+    changes = result.get("changes") or []
+    assert isinstance(changes, list)
+    if json_output:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k not in {"text", "table"}}))
+        return
+    typer.echo(f"version {result['version']} committed ({result['author']}: {result['reason']})")
+    _print_changes(changes, "  (no change to the table)")
+
+
+def _print_changes(changes: list[dict[str, Any]], when_none: str) -> None:
+    """One line per changed route or upstream (changes as the store and the API give them)."""
+    from proxy.table.diff import Change
+
+    for change in changes:
+        fields = {k: (f["old"], f["new"]) for k, f in change["fields"].items()}
+        typer.echo(
+            f"  {Change(change['kind'], change['name'], change['action'], fields).describe()}"
+        )
+    if not changes:
+        typer.echo(when_none)
+
+
+def _remote(
+    admin: str,
+    author: str | None,
+    action: Callable[[AdminClient], dict[str, object]],
+    json_output: bool,
+) -> None:
+    from proxy.admin.client import AdminClient, AdminRefused
+
+    try:
+        result = action(AdminClient(admin, _author(author)))
+    except AdminRefused as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise _fail(str(exc)) from None
+    _report(result, json_output)
+
+
+def _author(author: str | None) -> str:
+    import getpass
+
+    if author:
+        return author
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"strangler routes: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _commit(
+    store: RouteStore,
+    text: str,
+    author: str | None,
+    reason: str,
+    json_output: bool,
+    expect: int | None = None,
+    force: bool = False,
+) -> None:
+    """Commit `text` on top of the current version (after asking the cutover gates of the
+    upstreams it sends more traffic, unless `force`) and say what changed."""
+    from proxy.store.base import StoreError
+    from proxy.table.diff import diff_tables
+    from proxy.table.gates import commit_through_gates
+    from proxy.table.loader import TableInvalid
+
+    try:
+        before = store.current()
+        after = commit_through_gates(
+            store,
+            text,
+            before=before.table,
+            author=_author(author),
+            reason=reason,
+            expected_version=before.info.version if expect is None else expect,
+            force=force,
+        )
+    except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
+        raise _fail("refused: the table is invalid; nothing changed") from None
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    changes = diff_tables(before.table, after.table)
+    _report({**after.info.as_dict(), "changes": [c.as_dict() for c in changes]}, json_output)
+
+
+@routes_app.command("set")
+def routes_set(
+    file: Annotated[Path, typer.Argument(help="The new table.")],
+    reason: Reason,
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    author: Author = None,
+    expect: Annotated[int | None, typer.Option(help="Fail unless this version is current.")] = None,
+    admin: AdminUrl = None,
+    force: ForceFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Replace the served table with FILE, as a new version."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    from proxy.table.loader import TableInvalid, load_text
+
+    try:
+        # refused here, the problems name FILE and its lines
+        load_text(text, str(file), Path(file).parent)
+    except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
+        raise _fail("refused: the table is invalid; nothing changed") from None
+    if admin:
+        _remote(
+            admin,
+            author,
+            lambda api: api.put(
+                text,
+                reason,
+                expect if expect is not None else int(api.current()["version"]),
+                force,
+            ),
+            json_output,
+        )
+        return
+    _commit(_store(routes, store, store_prefix), text, author, reason, json_output, expect, force)
+
+
+def _parse_split(value: str) -> dict[str, int]:
+    weights = {}
+    for part in value.split(","):
+        name, sep, weight = part.partition("=")
+        if not sep or not weight.strip().isdigit():
+            raise _fail(f"--split wants NAME=WEIGHT,NAME=WEIGHT, not {value!r}", 2)
+        weights[name.strip()] = int(weight)
+    return weights
+
+
+@routes_app.command("flip")
+def routes_flip(
+    route: Annotated[str, typer.Argument(help="The route's name.")],
+    reason: Reason,
+    to: Annotated[str | None, typer.Option("--to", help="Send it all to this upstream.")] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Or split it: monolith=90,payment=10.")
+    ] = None,
+    sticky: Annotated[
+        str | None,
+        typer.Option(
+            "--sticky",
+            help="Set who stays on one upstream: header:NAME, cookie:NAME or client-ip "
+            "(the route's own sticky is kept otherwise).",
+        ),
+    ] = None,
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    author: Author = None,
+    admin: AdminUrl = None,
+    force: ForceFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Send one route somewhere else (a new version; comments in routes.yaml are kept)."""
+    if (to is None) == (split is None):
+        raise _fail("give exactly one of --to and --split", 2)
+    if admin:
+        body = {
+            "route": route,
+            "to": to,
+            "split": _parse_split(split) if split else None,
+            "sticky": sticky,
+            "reason": reason,
+            "force": force,
+        }
+        _remote(
+            admin,
+            author,
+            lambda api: api.call("POST", "/api/v1/routes/flip", json=body),
+            json_output,
+        )
+        return
+    from proxy.store.base import StoreError
+    from proxy.table.edit import flip
+
+    target = _store(routes, store, store_prefix)
+    try:
+        current = target.current()
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        weights = _parse_split(split) if split else None
+        text = flip(current.text, route, to=to, split=weights, sticky=sticky)
+    except KeyError:
+        raise _fail(f"version {current.info.version} has no route {route!r}") from None
+    _commit(target, text, author, reason, json_output, current.info.version, force)
+
+
+@routes_app.command("rollback")
+def routes_rollback(
+    version: Annotated[int, typer.Argument(help="The version to serve again.")],
+    reason: Reason,
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    author: Author = None,
+    admin: AdminUrl = None,
+    force: ForceFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Serve an earlier version's table again, as a new version."""
+    # Its plain remote form is called by proxy/cli.py's quick_rollback, without typer's parser:
+    # keep the two in step (tests/proxy/test_cli_imports.py compares them).
+    if admin:  # one request: the proxy checks and commits it
+        body = {"version": version, "reason": reason, "force": force}
+        _remote(
+            admin,
+            author,
+            lambda api: api.call("POST", "/api/v1/routes/rollback", json=body),
+            json_output,
+        )
+        return
+    from proxy.store.base import StoreError
+
+    target = _store(routes, store, store_prefix)
+    try:
+        old = target.get(version)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    _commit(
+        target,
+        old.text,
+        author,
+        f"rollback to version {version}: {reason}",
+        json_output,
+        force=force,
+    )
+
+
+@routes_app.command("history")
+def routes_history(
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    limit: Annotated[int, typer.Option(help="How many versions, newest first.")] = 20,
+    admin: AdminUrl = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """The versions of the served table: who changed it, when and why."""
+    import time as clock
+
+    from proxy.admin.client import AdminClient, AdminRefused
+    from proxy.store.base import StoreError
+
+    try:
+        if admin:
+            infos = AdminClient(admin, "cli").call(
+                "GET", "/api/v1/routes/history", params={"limit": limit}
+            )
+        else:
+            infos = [i.as_dict() for i in _store(routes, store, store_prefix).history(limit)]
+    except (AdminRefused, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        typer.echo(json.dumps(infos))
+        return
+    for info in infos:
+        when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info["time"]))
+        typer.echo(f"{info['version']:>5}  {when}  {info['author']:<12} {info['reason']}")
+
+
+def _fallback_text(fallback: dict[str, Any]) -> str:
+    methods = fallback.get("methods")
+    return str(fallback["to"]) + (f" ({','.join(methods)})" if methods else "")
+
+
+@routes_app.command("status")
+def routes_status(
+    admin: Annotated[
+        str,
+        typer.Option("--admin", envvar="STRANGLER_ADMIN", help="A running proxy's admin API."),
+    ],
+    json_output: JsonFlag = False,
+) -> None:
+    """What a running proxy serves: each route's state, upstreams and recent traffic."""
+    from proxy.admin.client import AdminClient, AdminRefused
+
+    try:
+        status = AdminClient(admin, "cli").call("GET", "/api/v1/routes/status")
+    except AdminRefused as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        typer.echo(json.dumps(status))
+        return
+    store = status["store_version"]
+    typer.echo(
+        f"serving version {status['served_version']}"
+        + (
+            f" (store: unreachable: {status.get('store_error')})"
+            if store is None
+            else ("" if status["in_sync"] else f" (store has version {store}: catching up)")
+        )
+    )
+    rows = [*status["routes"], {"name": "default", "state": "-", **status["default"]}]
+    for row in rows:
+        traffic = row["traffic"]
+        upstreams = row.get("upstreams") or [{**row.get("upstream", {}), "weight": 100.0}]
+        spread = ", ".join(f"{u['name']} {u['weight']:g}%" for u in upstreams)
+        typer.echo(
+            f"  {row['name']:<20} {row['state']:<7} {spread:<32} "
+            f"{traffic['requests']:>7} req  {traffic['errors_5xx']:>5} 5xx  "
+            f"{traffic['mean_ms']:>8.1f} ms  (last {traffic['window_seconds']:.0f}s)"
+            + (f"  fallback {_fallback_text(row['fallback'])}" if row.get("fallback") else "")
+            + (f"  retry x{row['retry']['attempts']}" if row.get("retry") else "")
+            + (f"  root {row['static']['root']}" if row.get("static") else "")
+        )
+    if status.get("upstreams"):
+        typer.echo("upstreams:")
+    for upstream in status.get("upstreams", []):
+        state = upstream["state"]
+        if state == "ejected" and upstream["ejected_for_s"]:
+            state += f" ({upstream['ejected_for_s']:.0f}s left here)"
+        typer.echo(
+            f"  {upstream['name']:<20} {state:<24} {upstream['ejections']:>3} ejections  "
+            f"{upstream['active']}/{upstream['max_requests']} busy, {upstream['waiting']} waiting"
+            + ("" if upstream["outlier_detection"] else "  (outlier detection off)")
+        )
+
+
+@routes_app.command("diff")
+def routes_diff(
+    old: Annotated[int, typer.Argument(help="A version.")],
+    new: Annotated[int | None, typer.Argument(help="Another [default: the current one].")] = None,
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    admin: AdminUrl = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """What changed between two versions, route by route."""
+    from proxy.admin.client import AdminClient, AdminRefused
+    from proxy.store.base import StoreError
+    from proxy.table.diff import diff_tables
+
+    if admin:
+        params: dict[str, int] = {"from": old} if new is None else {"from": old, "to": new}
+        try:
+            result = AdminClient(admin, "cli").call("GET", "/api/v1/routes/diff", params=params)
+        except AdminRefused as exc:
+            raise _fail(str(exc)) from None
+        newest, changes = result["to"], result["changes"]
+    else:
+        source = _store(routes, store, store_prefix)
+        try:
+            before = source.get(old)
+            after = source.current() if new is None else source.get(new)
+        except StoreError as exc:
+            raise _fail(str(exc)) from None
+        newest = after.info.version
+        changes = [c.as_dict() for c in diff_tables(before.table, after.table)]
+    if json_output:
+        typer.echo(json.dumps(changes))
+        return
+    typer.echo(f"version {old} → {newest}")
+    _print_changes(changes, "  (the same table)")
+
+
+@app.command()
+def serve(
+    routes: Annotated[Path | None, typer.Option(help="routes.yaml to serve (watched).")] = None,
+    default_upstream: Annotated[
+        str | None, typer.Option(help="No routes file: send everything to this URL.")
+    ] = None,
+    listen: Annotated[str | None, typer.Option(help="External listener [default :8080].")] = None,
+    internal_listen: Annotated[
+        str | None, typer.Option(help="Internal listener, or 'off' [default :8081].")
+    ] = None,
+    admin_listen: Annotated[
+        str | None, typer.Option(help="Health and metrics [default 127.0.0.1:9090].")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [default 1].")] = None,
+    trusted_hop: Annotated[
+        list[str] | None, typer.Option(help="CIDR whose X-Forwarded-* are kept (repeat).")
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Route store: 'file' [default] or a redis:// URL shared by replicas."),
+    ] = None,
+    store_prefix: Annotated[str | None, typer.Option(help="Redis key prefix.")] = None,
+    store_cache: Annotated[
+        Path | None, typer.Option(help="Last-known-good table, used when Redis is down.")
+    ] = None,
+    version_header: Annotated[
+        str | None,
+        typer.Option(help="Strangler-Route-Version on: internal [default], all or off."),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Shadow reports and recordings with the file store [default var]."),
+    ] = None,
+    no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
+) -> None:
+    """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
+    from pydantic import ValidationError
+
+    from proxy.server import serve as run
+    from proxy.settings import ProxySettings
+    from proxy.store.base import StoreError
+    from proxy.table.loader import TableInvalid
+
+    given: dict[str, object] = {
+        "routes": routes,
+        "default_upstream": default_upstream,
+        "listen": listen,
+        "internal_listen": internal_listen,
+        "admin_listen": admin_listen,
+        "workers": workers,
+        "trusted_hops": trusted_hop,
+        "store": store,
+        "store_prefix": store_prefix,
+        "store_cache": store_cache,
+        "version_header": version_header,
+        "state_dir": state_dir,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if no_access_log:
+        overrides["access_log"] = False
+    try:
+        settings = ProxySettings(**overrides)  # type: ignore[arg-type]
+        if settings.routes is None and not settings.default_upstream and settings.store == "file":
+            raise typer.BadParameter("give --routes FILE, --store redis://… or --default-upstream")
+        run(settings, announce=lambda line: typer.echo(line, err=True))
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(
+                f"strangler serve: {'.'.join(map(str, error['loc']))}: {error['msg']}", err=True
+            )
+        raise typer.Exit(2) from None
+    except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # a setting that cannot be served (after pydantic's own errors)
+        typer.echo(f"strangler serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (OSError, StoreError) as exc:
+        typer.echo(f"strangler serve: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+static_app = typer.Typer(no_args_is_help=True, help="Files the proxy serves itself.")
+app.add_typer(static_app, name="static")
+
+
+@static_app.command("export")
+def static_export(
+    source: Annotated[str, typer.Option("--from", help="The monolith's base URL.")],
+    into: Annotated[Path, typer.Option("--to", help="The static route's root directory.")],
+    paths_from: Annotated[
+        str | None,
+        typer.Option(
+            "--paths-from",
+            help="URL path of a paged JSON listing whose `image_url` fields name the files "
+            "[default: /api/v1/products].",
+        ),
+    ] = None,
+    path: Annotated[
+        list[str] | None, typer.Option("--path", help="A file's URL path (repeatable).")
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="The route's path: stripped to name a file.")
+    ] = "/static/",
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Compare every file with the monolith's answer.")
+    ] = False,
+    fetch: Annotated[
+        bool, typer.Option("--fetch/--no-fetch", help="--no-fetch: only verify what DIR holds.")
+    ] = True,
+    json_output: JsonFlag = False,
+) -> None:
+    """Fill a static route's directory from the monolith over HTTP (exit 1 on any error or
+    mismatch, one line each)."""
+    from proxy.static_export import run
+
+    if path and paths_from:
+        typer.echo("strangler static: give --path or --paths-from, not both", err=True)
+        raise typer.Exit(2)
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    report = run(
+        source,
+        into,
+        paths=list(path or []),
+        listing=paths_from,
+        prefix=prefix,
+        fetch=fetch,
+        check=verify,
+    )
+    if json_output:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        for line in report.errors:
+            typer.echo(f"strangler static: {line}", err=True)
+        typer.echo(
+            f"{len(report.exported)} file{'s' * (len(report.exported) != 1)} exported to {into}"
+            + (f", {len(report.verified)} verified" if verify else "")
+            + (f", {len(report.errors)} problem{'s' * (len(report.errors) != 1)}")
+        )
+    if report.errors:
+        raise typer.Exit(1)
