@@ -83,15 +83,86 @@ app.command("record")(record_command)
 app.add_typer(contract_app, name="contract", help="Replay a recorded corpus against a service.")
 
 
-def _load_or_exit(path: Path) -> RouteTable:
+def _fail(
+    message: str,
+    code: int = 1,
+    *,
+    json_output: bool = False,
+    kind: str = "error",
+    details: list[Any] | None = None,
+    lines: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    say: bool = True,
+) -> typer.Exit:
+    """A routes command's failure: `lines` then `strangler routes: MESSAGE` (unless not `say`)
+    on stderr; with --json, also one object on stdout, `{"ok": false, "error": {kind, message,
+    details}}` (plus `extra`); the exit to raise."""
+    for line in lines or []:
+        typer.echo(line, err=True)
+    if say:
+        typer.echo(f"strangler routes: {message}", err=True)
+    if json_output:
+        error = {"kind": kind, "message": message, "details": details or []}
+        typer.echo(json.dumps({**(extra or {}), "ok": False, "error": error}))
+    return typer.Exit(code)
+
+
+def _problem_dicts(exc: Any) -> list[dict[str, Any]]:
+    """An invalid table's problems (a TableInvalid), by line."""
+    return [
+        {"line": p.line, "field": p.where(), "message": p.message}
+        for p in sorted(exc.problems, key=lambda p: p.line or 0)
+    ]
+
+
+def _invalid(
+    exc: Any,
+    json_output: bool,
+    message: str = "refused: the table is invalid; nothing changed",
+    say: bool = True,
+) -> typer.Exit:
+    """The failure of an invalid table (a TableInvalid): its problems, one line each."""
+    return _fail(
+        message,
+        json_output=json_output,
+        kind="invalid-table",
+        details=_problem_dicts(exc),
+        lines=exc.describe().splitlines(),
+        say=say,
+    )
+
+
+def _failed(exc: Exception, json_output: bool, extra: dict[str, Any] | None = None) -> typer.Exit:
+    """The failure a refusal of the admin API (AdminRefused) or of a store (StoreError, a
+    closed gate with every gate's answer) means."""
+    from proxy.admin.client import AdminRefused
+
+    if isinstance(exc, AdminRefused):
+        return _fail(
+            str(exc),
+            json_output=json_output,
+            kind=exc.kind,
+            details=exc.details(),
+            lines=exc.problems,
+            extra=extra,
+        )
+    answers = getattr(exc, "answers", None) or []
+    return _fail(
+        str(exc),
+        json_output=json_output,
+        kind=str(getattr(exc, "kind", "error")),
+        details=[a.as_dict() for a in answers],
+        extra=extra,
+    )
+
+
+def _load_or_exit(path: Path, json_output: bool = False) -> RouteTable:
     from proxy.table.loader import TableInvalid, load_file
 
     try:
         return load_file(path)
     except TableInvalid as exc:
-        for line in exc.describe().splitlines():
-            typer.echo(line, err=True)
-        raise typer.Exit(1) from None
+        raise _invalid(exc, json_output, f"{path}: the table is invalid", say=False) from None
 
 
 @routes_app.command("validate")
@@ -105,15 +176,14 @@ def routes_validate(
     try:
         table = load_file(file)
     except TableInvalid as exc:
+        for line in exc.describe().splitlines():
+            typer.echo(line, err=True)
         if json_output:
-            problems = [
-                {"line": p.line, "field": p.where(), "message": p.message}
-                for p in sorted(exc.problems, key=lambda p: p.line or 0)
-            ]
-            typer.echo(json.dumps({"valid": False, "problems": problems}))
-        else:
-            for line in exc.describe().splitlines():
-                typer.echo(line, err=True)
+            problems = _problem_dicts(exc)
+            error = {"kind": "invalid-table", "message": f"{file}: invalid", "details": problems}
+            typer.echo(
+                json.dumps({"valid": False, "problems": problems, "ok": False, "error": error})
+            )
         raise typer.Exit(1) from None
     if json_output:
         typer.echo(
@@ -136,7 +206,7 @@ def routes_show(
     from proxy.table.compile import compile_table
     from proxy.table.show import describe, rows
 
-    snapshot = compile_table(_load_or_exit(file))
+    snapshot = compile_table(_load_or_exit(file, json_output))
     if json_output:
         typer.echo(json.dumps(rows(snapshot), indent=2))
     else:
@@ -155,10 +225,20 @@ Reason = Annotated[str, typer.Option("--reason", help="Why: kept in the history.
 Author = Annotated[
     str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output (failures too: ok false).")
+]
 ForceFlag = Annotated[
     bool,
     typer.Option("--force", help="Commit even if a cutover gate is closed (kept in the reason)."),
+]
+DryRunFlag = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Say what would be committed (version, changes, the gates' answers); commit "
+        "nothing. Exit 1 if it would be refused.",
+    ),
 ]
 StoreUrl = Annotated[
     str,
@@ -190,15 +270,58 @@ AdminUrl = Annotated[
 ]
 
 
-def _report(result: dict[str, object], json_output: bool) -> None:
-    """Print a committed version and what changed (file store and admin API alike)."""
+def _report(result: dict[str, Any], json_output: bool) -> None:
+    """Print a committed version and what changed (file store and admin API alike), or what a
+    dry run would commit; a dry run a gate would refuse fails (exit 1)."""
     changes = result.get("changes") or []
     assert isinstance(changes, list)
+    if result.get("dry_run"):
+        refusal = result.get("refusal")
+        if not json_output:
+            _print_preview(result)
+        if refusal is not None:
+            raise _fail(
+                str(refusal),
+                json_output=json_output,
+                kind="gate-closed",
+                details=list(result.get("gates") or []),
+                extra=result,
+            )
+        if json_output:
+            typer.echo(json.dumps(result))
+        return
     if json_output:
         typer.echo(json.dumps({k: v for k, v in result.items() if k not in {"text", "table"}}))
         return
     typer.echo(f"version {result['version']} committed ({result['author']}: {result['reason']})")
     _print_changes(changes, "  (no change to the table)")
+
+
+def _print_preview(result: dict[str, Any]) -> None:
+    would = "would be committed" if result.get("refusal") is None else "would be refused"
+    typer.echo(
+        f"dry run: version {result['version']} {would} ({result['author']}: {result['reason']})"
+    )
+    _print_changes(list(result.get("changes") or []), "  (no change to the table)")
+    _print_gates(list(result.get("gates") or []))
+    typer.echo("nothing committed")
+
+
+def _print_gates(gates: list[dict[str, Any]]) -> None:
+    """What each cutover gate asked answered (as the store and the API give them)."""
+    if not gates:
+        typer.echo("gates: none to ask")
+        return
+    typer.echo("gates:")
+    for gate in gates:
+        where = f"upstream {gate['upstream']!r} (routes {', '.join(gate['routes'])})"
+        if gate["status"] is None:
+            said = f"did not answer ({gate['reasons']})"
+        elif gate["open"]:
+            said = f"open ({gate['status']})"
+        else:
+            said = f"closed ({gate['status']}): {gate['reasons']}"
+        typer.echo(f"  {where} at {gate['gate']}: {said}")
 
 
 def _print_changes(changes: list[dict[str, Any]], when_none: str) -> None:
@@ -217,7 +340,7 @@ def _print_changes(changes: list[dict[str, Any]], when_none: str) -> None:
 def _remote(
     admin: str,
     author: str | None,
-    action: Callable[[AdminClient], dict[str, object]],
+    action: Callable[[AdminClient], dict[str, Any]],
     json_output: bool,
 ) -> None:
     from proxy.admin.client import AdminClient, AdminRefused
@@ -225,9 +348,12 @@ def _remote(
     try:
         result = action(AdminClient(admin, _author(author)))
     except AdminRefused as exc:
-        for line in exc.problems:
-            typer.echo(line, err=True)
-        raise _fail(str(exc)) from None
+        if exc.body.get("dry_run"):  # a dry run a gate would refuse: what it would have done
+            preview = {
+                k: v for k, v in exc.body.items() if k not in {"type", "title", "status", "detail"}
+            }
+            _report(preview, json_output)
+        raise _failed(exc, json_output) from None
     _report(result, json_output)
 
 
@@ -242,11 +368,6 @@ def _author(author: str | None) -> str:
         return "unknown"
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"strangler routes: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _commit(
     store: RouteStore,
     text: str,
@@ -255,12 +376,14 @@ def _commit(
     json_output: bool,
     expect: int | None = None,
     force: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """Commit `text` on top of the current version (after asking the cutover gates of the
-    upstreams it sends more traffic, unless `force`) and say what changed."""
+    upstreams it sends more traffic, unless `force`) and say what changed; `dry_run`: the same,
+    stopped before the commit, saying what would be committed."""
     from proxy.store.base import StoreError
     from proxy.table.diff import diff_tables
-    from proxy.table.gates import commit_through_gates
+    from proxy.table.gates import Preview, commit_through_gates
     from proxy.table.loader import TableInvalid
 
     try:
@@ -273,15 +396,34 @@ def _commit(
             reason=reason,
             expected_version=before.info.version if expect is None else expect,
             force=force,
+            dry_run=dry_run,
         )
     except TableInvalid as exc:
-        for line in exc.describe().splitlines():
-            typer.echo(line, err=True)
-        raise _fail("refused: the table is invalid; nothing changed") from None
+        raise _invalid(exc, json_output) from None
     except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise _failed(exc, json_output) from None
+    if isinstance(after, Preview):
+        _report(after.as_dict(before.table), json_output)
+        return
     changes = diff_tables(before.table, after.table)
     _report({**after.info.as_dict(), "changes": [c.as_dict() for c in changes]}, json_output)
+
+
+def _read_table_file(file: Path, json_output: bool) -> str:
+    """FILE's text once it loads as a table (its problems name FILE and its lines)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(
+            f"cannot read {file}: {exc.strerror}", json_output=json_output, kind="unreadable-file"
+        ) from None
+    from proxy.table.loader import TableInvalid, load_text
+
+    try:
+        load_text(text, str(file), Path(file).parent)
+    except TableInvalid as exc:
+        raise _invalid(exc, json_output) from None
+    return text
 
 
 @routes_app.command("set")
@@ -295,22 +437,11 @@ def routes_set(
     expect: Annotated[int | None, typer.Option(help="Fail unless this version is current.")] = None,
     admin: AdminUrl = None,
     force: ForceFlag = False,
+    dry_run: DryRunFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Replace the served table with FILE, as a new version."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}") from None
-    from proxy.table.loader import TableInvalid, load_text
-
-    try:
-        # refused here, the problems name FILE and its lines
-        load_text(text, str(file), Path(file).parent)
-    except TableInvalid as exc:
-        for line in exc.describe().splitlines():
-            typer.echo(line, err=True)
-        raise _fail("refused: the table is invalid; nothing changed") from None
+    text = _read_table_file(file, json_output)
     if admin:
         _remote(
             admin,
@@ -320,19 +451,34 @@ def routes_set(
                 reason,
                 expect if expect is not None else int(api.current()["version"]),
                 force,
+                dry_run,
             ),
             json_output,
         )
         return
-    _commit(_store(routes, store, store_prefix), text, author, reason, json_output, expect, force)
+    _commit(
+        _store(routes, store, store_prefix),
+        text,
+        author,
+        reason,
+        json_output,
+        expect,
+        force,
+        dry_run,
+    )
 
 
-def _parse_split(value: str) -> dict[str, int]:
+def _parse_split(value: str, json_output: bool = False) -> dict[str, int]:
     weights = {}
     for part in value.split(","):
         name, sep, weight = part.partition("=")
         if not sep or not weight.strip().isdigit():
-            raise _fail(f"--split wants NAME=WEIGHT,NAME=WEIGHT, not {value!r}", 2)
+            raise _fail(
+                f"--split wants NAME=WEIGHT,NAME=WEIGHT, not {value!r}",
+                2,
+                json_output=json_output,
+                kind="usage",
+            )
         weights[name.strip()] = int(weight)
     return weights
 
@@ -359,20 +505,26 @@ def routes_flip(
     author: Author = None,
     admin: AdminUrl = None,
     force: ForceFlag = False,
+    dry_run: DryRunFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Send one route somewhere else (a new version; comments in routes.yaml are kept)."""
     if (to is None) == (split is None):
-        raise _fail("give exactly one of --to and --split", 2)
+        raise _fail(
+            "give exactly one of --to and --split", 2, json_output=json_output, kind="usage"
+        )
+    weights = _parse_split(split, json_output) if split else None
     if admin:
         body = {
             "route": route,
             "to": to,
-            "split": _parse_split(split) if split else None,
+            "split": weights,
             "sticky": sticky,
             "reason": reason,
             "force": force,
         }
+        if dry_run:
+            body["dry_run"] = True
         _remote(
             admin,
             author,
@@ -387,13 +539,16 @@ def routes_flip(
     try:
         current = target.current()
     except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise _failed(exc, json_output) from None
     try:
-        weights = _parse_split(split) if split else None
         text = flip(current.text, route, to=to, split=weights, sticky=sticky)
     except KeyError:
-        raise _fail(f"version {current.info.version} has no route {route!r}") from None
-    _commit(target, text, author, reason, json_output, current.info.version, force)
+        raise _fail(
+            f"version {current.info.version} has no route {route!r}",
+            json_output=json_output,
+            kind="unknown-route",
+        ) from None
+    _commit(target, text, author, reason, json_output, current.info.version, force, dry_run)
 
 
 @routes_app.command("rollback")
@@ -406,13 +561,17 @@ def routes_rollback(
     author: Author = None,
     admin: AdminUrl = None,
     force: ForceFlag = False,
+    dry_run: DryRunFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Serve an earlier version's table again, as a new version."""
     # Its plain remote form is called by proxy/cli.py's quick_rollback, without typer's parser:
-    # keep the two in step (tests/proxy/test_cli_imports.py compares them).
+    # keep the two in step (tests/proxy/test_cli_imports.py compares them). --dry-run is left
+    # to typer.
     if admin:  # one request: the proxy checks and commits it
-        body = {"version": version, "reason": reason, "force": force}
+        body: dict[str, object] = {"version": version, "reason": reason, "force": force}
+        if dry_run:
+            body["dry_run"] = True
         _remote(
             admin,
             author,
@@ -426,7 +585,7 @@ def routes_rollback(
     try:
         old = target.get(version)
     except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise _failed(exc, json_output) from None
     _commit(
         target,
         old.text,
@@ -434,7 +593,44 @@ def routes_rollback(
         f"rollback to version {version}: {reason}",
         json_output,
         force=force,
+        dry_run=dry_run,
     )
+
+
+@routes_app.command("get")
+def routes_get(
+    version: Annotated[
+        int | None, typer.Argument(help="A version [default: the served one].")
+    ] = None,
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    admin: AdminUrl = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Print a version's table as YAML, as `routes set` takes it back (--json: its version,
+    author, time, reason, text and table)."""
+    from proxy.admin.client import AdminClient, AdminRefused
+    from proxy.store.base import StoreError
+
+    try:
+        if admin:
+            path = "/api/v1/routes" if version is None else f"/api/v1/routes/versions/{version}"
+            found: dict[str, Any] = AdminClient(admin, "cli").call("GET", path)
+        else:
+            source = _store(routes, store, store_prefix)
+            got = source.current() if version is None else source.get(version)
+            found = {
+                **got.info.as_dict(),
+                "text": got.text,
+                "table": got.table.model_dump(mode="json", exclude_defaults=True),
+            }
+    except (AdminRefused, StoreError) as exc:
+        raise _failed(exc, json_output) from None
+    if json_output:
+        typer.echo(json.dumps(found))
+    else:
+        typer.echo(found["text"], nl=not str(found["text"]).endswith("\n"))
 
 
 @routes_app.command("history")
@@ -460,7 +656,7 @@ def routes_history(
         else:
             infos = [i.as_dict() for i in _store(routes, store, store_prefix).history(limit)]
     except (AdminRefused, StoreError) as exc:
-        raise _fail(str(exc)) from None
+        raise _failed(exc, json_output) from None
     if json_output:
         typer.echo(json.dumps(infos))
         return
@@ -488,7 +684,7 @@ def routes_status(
     try:
         status = AdminClient(admin, "cli").call("GET", "/api/v1/routes/status")
     except AdminRefused as exc:
-        raise _fail(str(exc)) from None
+        raise _failed(exc, json_output) from None
     if json_output:
         typer.echo(json.dumps(status))
         return
@@ -527,27 +723,106 @@ def routes_status(
         )
 
 
+def _diff_file(
+    file: Path,
+    routes: Path,
+    store: str,
+    store_prefix: str,
+    admin: str | None,
+    json_output: bool,
+) -> None:
+    """`routes diff --file NEW.yaml`: a dry run of `routes set NEW.yaml` that reports what the
+    gates answer instead of failing on a closed one."""
+    from proxy.admin.client import AdminClient, AdminRefused
+    from proxy.store.base import StoreError
+    from proxy.table.gates import commit_through_gates
+    from proxy.table.loader import TableInvalid
+
+    text = _read_table_file(file, json_output)
+    try:
+        if admin:
+            result: dict[str, Any] = AdminClient(admin, _author(None)).call(
+                "POST",
+                "/api/v1/routes/diff",
+                content=text.encode(),
+                headers={"Content-Type": "application/yaml"},
+            )
+        else:
+            source = _store(routes, store, store_prefix)
+            current = source.current()
+            preview = commit_through_gates(
+                source,
+                text,
+                before=current.table,
+                author=_author(None),
+                reason="diff",
+                expected_version=current.info.version,
+                dry_run=True,
+            )
+            result = {"from": current.info.version, "valid": True, **preview.as_dict(current.table)}
+    except TableInvalid as exc:
+        raise _invalid(exc, json_output, f"{file}: the table is invalid") from None
+    except (AdminRefused, StoreError) as exc:
+        raise _failed(exc, json_output) from None
+    report = {
+        "from": result["from"],
+        "file": str(file),
+        "valid": True,
+        "changes": result["changes"],
+        "gates": result["gates"],
+        "would_commit": result["would_commit"],
+        "refusal": result["refusal"],
+    }
+    if json_output:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"version {report['from']} → {file} (valid)")
+    _print_changes(report["changes"], "  (the same table)")
+    _print_gates(report["gates"])
+    if report["refusal"] is None:
+        typer.echo("a commit of it would go through")
+    else:
+        typer.echo(f"a commit of it would be refused: {report['refusal']}")
+
+
 @routes_app.command("diff")
 def routes_diff(
-    old: Annotated[int, typer.Argument(help="A version.")],
+    old: Annotated[int | None, typer.Argument(help="A version.")] = None,
     new: Annotated[int | None, typer.Argument(help="Another [default: the current one].")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="Instead: from the served table to this file, whether it is valid and what "
+            "the cutover gates answer (nothing committed).",
+        ),
+    ] = None,
     routes: RoutesFile = Path("routes.yaml"),
     store: StoreUrl = "file",
     store_prefix: StorePrefix = DEFAULT_PREFIX,
     admin: AdminUrl = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """What changed between two versions, route by route."""
+    """What changed between two versions, route by route (or what --file would change)."""
     from proxy.admin.client import AdminClient, AdminRefused
     from proxy.store.base import StoreError
     from proxy.table.diff import diff_tables
 
+    if file is not None:
+        if old is not None:
+            raise _fail(
+                "give versions or --file, not both", 2, json_output=json_output, kind="usage"
+            )
+        _diff_file(file, routes, store, store_prefix, admin, json_output)
+        return
+    if old is None:
+        raise _fail("give a version (or --file)", 2, json_output=json_output, kind="usage")
     if admin:
         params: dict[str, int] = {"from": old} if new is None else {"from": old, "to": new}
         try:
             result = AdminClient(admin, "cli").call("GET", "/api/v1/routes/diff", params=params)
         except AdminRefused as exc:
-            raise _fail(str(exc)) from None
+            raise _failed(exc, json_output) from None
         newest, changes = result["to"], result["changes"]
     else:
         source = _store(routes, store, store_prefix)
@@ -555,7 +830,7 @@ def routes_diff(
             before = source.get(old)
             after = source.current() if new is None else source.get(new)
         except StoreError as exc:
-            raise _fail(str(exc)) from None
+            raise _failed(exc, json_output) from None
         newest = after.info.version
         changes = [c.as_dict() for c in diff_tables(before.table, after.table)]
     if json_output:

@@ -5,12 +5,18 @@
     GET  /api/v1/routes/history           versions, newest first
     GET  /api/v1/routes/versions/{n}      one version
     GET  /api/v1/routes/diff?from=&to=    what changed between two versions
+    POST /api/v1/routes/diff              a YAML table: what would change from the current one,
+                                          and what the cutover gates answer (nothing committed)
     PUT  /api/v1/routes                   replace the table (If-Match: "N" required)
     POST /api/v1/routes/flip              {route, to | split, reason}
     POST /api/v1/routes/rollback          {version, reason}
 
 Writes need `Authorization: Bearer <token>` (compared in constant time) and a reason; a write
-based on a stale version is 409, an invalid table 422 listing every problem with its line.
+based on a stale version is 409, an invalid table 422 listing every problem with its line, a
+closed gate 409 with every gate's answer (`gates`). Each write takes a dry run (`?dry_run=true`
+on PUT, `"dry_run": true` in a POST's body): the same write, stopped before the commit, answering
+the version it would get, its changes and the gates' answers (409 when a gate would refuse it).
+POST /api/v1/routes/diff needs the token too: it makes the proxy ask the gate URLs it is sent.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from proxy.shadow.report import Tally, merge_snapshots, summarise
 from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.diff import diff_tables
 from proxy.table.edit import flip
-from proxy.table.gates import commit_through_gates
+from proxy.table.gates import GateClosed, Preview, commit_through_gates
 from proxy.table.loader import TableInvalid
 
 if TYPE_CHECKING:
@@ -63,12 +69,14 @@ class FlipIn(BaseModel):
     )
     reason: str = Field(min_length=1, max_length=500)
     force: bool = Field(False, description="Commit even if a cutover gate is closed.")
+    dry_run: bool = Field(False, description="Say what would be committed; commit nothing.")
 
 
 class RollbackIn(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=500)
     force: bool = Field(False, description="Commit even if a cutover gate is closed.")
+    dry_run: bool = Field(False, description="Say what would be committed; commit nothing.")
 
 
 def _problem_lines(exc: TableInvalid) -> list[dict[str, Any]]:
@@ -139,8 +147,16 @@ def create_admin_app(
     app.state.token = token
 
     def commit(
-        text: str, author: str, reason: str, expected: int, force: bool = False
+        text: str,
+        author: str,
+        reason: str,
+        expected: int,
+        force: bool = False,
+        dry_run: bool = False,
+        refuse: bool = True,
     ) -> dict[str, Any]:
+        """Commit `text` (or, `dry_run`, say what would be committed: a gate's refusal is a
+        409 unless not `refuse`)."""
         before = store.current()
         try:
             after = commit_through_gates(
@@ -151,6 +167,7 @@ def create_admin_app(
                 reason=reason,
                 expected_version=expected,
                 force=force,
+                dry_run=dry_run,
             )
         except TableInvalid as exc:
             raise AdminError(
@@ -159,6 +176,15 @@ def create_admin_app(
                 "the table is invalid; nothing changed",
                 problems=_problem_lines(exc),
             ) from None
+        except GateClosed as exc:
+            raise AdminError(
+                409, "gate-closed", str(exc), gates=[a.as_dict() for a in exc.answers]
+            ) from None
+        if isinstance(after, Preview):
+            report = after.as_dict(before.table)
+            if after.refusal is not None and refuse:
+                raise AdminError(409, "gate-closed", after.refusal, **report)
+            return report
         changes = diff_tables(before.table, after.table)
         return {**_version(after), "changes": [c.as_dict() for c in changes]}
 
@@ -275,6 +301,17 @@ def create_admin_app(
             "changes": [c.as_dict() for c in diff_tables(before.table, after.table)],
         }
 
+    @app.post("/api/v1/routes/diff")
+    def diff_with(
+        author: Writer, text: Annotated[str, Body(media_type="application/yaml")]
+    ) -> dict[str, Any]:
+        """What replacing the current table with this one would change, and what the gates
+        answer: `PUT /api/v1/routes?dry_run=true` answered whatever the gates say (an invalid
+        table is a 422). Nothing is committed."""
+        current = store.current()
+        report = commit(text, author, "diff", current.info.version, dry_run=True, refuse=False)
+        return {"from": current.info.version, "valid": True, **report}
+
     @app.put("/api/v1/routes")
     def replace(
         author: Writer,
@@ -284,6 +321,9 @@ def create_admin_app(
         force: Annotated[
             bool, Query(description="Commit even if a cutover gate is closed.")
         ] = False,
+        dry_run: Annotated[
+            bool, Query(description="Say what would be committed; commit nothing.")
+        ] = False,
     ) -> dict[str, Any]:
         if not if_match or not if_match.strip('"').isdigit():
             raise AdminError(
@@ -291,7 +331,7 @@ def create_admin_app(
                 "precondition-required",
                 'If-Match: "N" names the version this change is based on',
             )
-        return commit(text, author, reason, int(if_match.strip('"')), force)
+        return commit(text, author, reason, int(if_match.strip('"')), force, dry_run)
 
     @app.post("/api/v1/routes/flip")
     def flip_route(author: Writer, body: FlipIn) -> dict[str, Any]:
@@ -302,7 +342,7 @@ def create_admin_app(
             text = flip(current.text, body.route, to=body.to, split=body.split, sticky=body.sticky)
         except KeyError:
             raise AdminError(404, "unknown-route", f"no route {body.route!r}") from None
-        return commit(text, author, body.reason, current.info.version, body.force)
+        return commit(text, author, body.reason, current.info.version, body.force, body.dry_run)
 
     @app.post("/api/v1/routes/rollback")
     def rollback(author: Writer, body: RollbackIn) -> dict[str, Any]:
@@ -314,6 +354,7 @@ def create_admin_app(
             f"rollback to version {body.version}: {body.reason}",
             current.info.version,
             body.force,
+            body.dry_run,
         )
 
     return app

@@ -22,9 +22,31 @@ TIMEOUT = 30.0  # seconds to connect, and for each read
 
 
 class AdminRefused(Exception):
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+    """The admin API refused (or could not be reached). `problems`: an invalid table's lines as
+    the CLI prints them; `kind`: the problem's kind (`unreachable` when there was no answer);
+    `status`: the HTTP status (None: no answer); `body`: the problem as the API sent it."""
+
+    def __init__(
+        self,
+        message: str,
+        problems: list[str] | None = None,
+        *,
+        kind: str = "unreachable",
+        status: int | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.problems = problems or []
+        self.kind, self.status, self.body = kind, status, body or {}
+
+    def details(self) -> list[Any]:
+        """The problem's particulars: an invalid table's problems, the gates' answers, a
+        request's validation errors."""
+        for key in ("problems", "gates", "errors"):
+            found = self.body.get(key)
+            if isinstance(found, list) and found:
+                return found
+        return []
 
 
 class _KeepRedirects(urllib.request.HTTPRedirectHandler):
@@ -85,22 +107,31 @@ class AdminClient:
             except ValueError:
                 problem = None
             if not isinstance(problem, dict):
-                raise AdminRefused(f"{status} from the admin API") from None
+                raise AdminRefused(
+                    f"{status} from the admin API", kind="http-error", status=status
+                ) from None
             lines = [
                 f"{p.get('line') or '-'}: {p.get('field')}: {p.get('message')}"
                 for p in problem.get("problems", [])
             ]
-            raise AdminRefused(str(problem.get("detail", status)), lines)
+            kind = str(problem.get("type") or "").rpartition(":")[2] or "http-error"
+            raise AdminRefused(
+                str(problem.get("detail", status)), lines, kind=kind, status=status, body=problem
+            )
         return jsonlib.loads(body)
 
     def current(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/api/v1/routes")
         return result
 
-    def put(self, text: str, reason: str, expect: int, force: bool = False) -> dict[str, Any]:
+    def put(
+        self, text: str, reason: str, expect: int, force: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
         params: dict[str, Any] = (
             {"reason": reason, "force": "true"} if force else {"reason": reason}
         )
+        if dry_run:
+            params["dry_run"] = "true"
         result: dict[str, Any] = self.call(
             "PUT",
             "/api/v1/routes",

@@ -11,7 +11,8 @@ pre-rollout webhooks are the precedent: a check outside the proxy decides).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, overload
 
 from proxy.store.base import RouteStore, StoreError, Version
 from proxy.table.model import RouteTable
@@ -23,10 +24,101 @@ DEFAULT = "(default)"
 
 
 class GateClosed(StoreError):
-    """A gate refused the change (or could not be asked): nothing was committed."""
+    """A gate refused the change (or could not be asked): nothing was committed. `answers`:
+    every gate asked and what it said; `table`: the table that was refused."""
 
     status = 409
     kind = "gate-closed"
+
+    def __init__(
+        self, message: str, answers: list[GateAnswer] | None = None, table: RouteTable | None = None
+    ) -> None:
+        super().__init__(message)
+        self.answers = answers or []
+        self.table = table
+
+
+@dataclass(frozen=True)
+class GateAnswer:
+    """What one gate said about a change: `status` None when it did not answer."""
+
+    upstream: str
+    routes: tuple[str, ...]
+    gate: str
+    open: bool
+    status: int | None
+    reasons: str
+
+    def where(self) -> str:
+        return f"upstream {self.upstream!r} (routes {', '.join(self.routes)})"
+
+    def refusal(self) -> str:
+        """Why it refuses, as the refusal says it."""
+        if self.status is None:
+            return (
+                f"the gate of {self.where()} at {self.gate} did not answer ({self.reasons}); "
+                "nothing changed"
+            )
+        return (
+            f"the gate of {self.where()} is closed ({self.status}): {self.reasons}; nothing changed"
+        )
+
+    def describe(self) -> str:
+        if self.status is None:
+            said = f"did not answer ({self.reasons})"
+        elif self.open:
+            said = f"open ({self.status})"
+        else:
+            said = f"closed ({self.status}): {self.reasons}"
+        return f"gate of {self.where()} at {self.gate}: {said}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "routes": list(self.routes),
+            "gate": self.gate,
+            "open": self.open,
+            "status": self.status,
+            "reasons": self.reasons,
+        }
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a dry run would commit: the version it would get, its table, the gates' answers
+    (none asked when forced), and `refusal`, the reason a gate refuses it (None: it would be
+    committed)."""
+
+    version: int
+    author: str
+    reason: str
+    table: RouteTable
+    gates: list[GateAnswer] = field(default_factory=list)
+    refusal: str | None = None
+
+    def as_dict(self, before: RouteTable) -> dict[str, Any]:
+        """As the CLI and the admin API give it: the changes are from `before`."""
+        from proxy.table.diff import diff_tables
+
+        return {
+            "dry_run": True,
+            "committed": False,
+            "would_commit": self.refusal is None,
+            "version": self.version,
+            "author": self.author,
+            "reason": self.reason,
+            "changes": [c.as_dict() for c in diff_tables(before, self.table)],
+            "gates": [a.as_dict() for a in self.gates],
+            "refusal": self.refusal,
+        }
+
+
+class _StopBeforeCommit(Exception):
+    """Raised by a dry run's check once the store would write `table`: nothing is written."""
+
+    def __init__(self, table: RouteTable) -> None:
+        super().__init__("dry run")
+        self.table = table
 
 
 def _shares(table: RouteTable) -> dict[str, dict[str, float]]:
@@ -91,35 +183,84 @@ def _reasons(answer: Any) -> str:
     return f"HTTP {answer.status_code}"
 
 
-def check_gates(before: RouteTable, after: RouteTable) -> list[str]:
-    """Ask the gate of every upstream that `after` sends more traffic; raise GateClosed when
-    one refuses. The gate `before` names is asked too when `after` changes or drops it (a
-    change cannot remove the gate it would be refused by). Returns the gates that were asked
-    and opened (for the record)."""
+def ask_gates(before: RouteTable, after: RouteTable) -> list[GateAnswer]:
+    """Ask the gate of every upstream that `after` sends more traffic (and the gate `before`
+    names when `after` changes or drops it: a change cannot remove the gate it would be
+    refused by); what each said, a non-2xx answer or none being a refusal."""
     import httpx
 
-    opened = []
+    answers = []
     for upstream, routes in sorted(traffic_gains(before, after).items()):
-        gates = _gates_for(upstream, before, after)
-        if not gates:
-            continue
-        where = f"upstream {upstream!r} (routes {', '.join(routes)})"
-        for gate in gates:
+        for gate in _gates_for(upstream, before, after):
             try:
                 answer = httpx.get(gate, timeout=GATE_TIMEOUT, follow_redirects=False)
             except httpx.HTTPError as exc:
-                raise GateClosed(
-                    f"the gate of {where} at {gate} did not answer ({exc}); nothing changed"
-                ) from None
-            if not 200 <= answer.status_code < 300:
-                raise GateClosed(
-                    f"the gate of {where} is closed ({answer.status_code}): {_reasons(answer)}; "
-                    "nothing changed"
+                answers.append(GateAnswer(upstream, tuple(routes), gate, False, None, str(exc)))
+                continue
+            is_open = 200 <= answer.status_code < 300
+            answers.append(
+                GateAnswer(
+                    upstream,
+                    tuple(routes),
+                    gate,
+                    is_open,
+                    answer.status_code,
+                    "" if is_open else _reasons(answer),
                 )
-        opened.append(upstream)
-    return opened
+            )
+    return answers
 
 
+def check_gates(before: RouteTable, after: RouteTable) -> list[str]:
+    """Ask the gates `after` concerns (ask_gates); raise GateClosed, with every answer, when
+    one refuses. Returns the upstreams whose gates were asked and opened (for the record)."""
+    answers = ask_gates(before, after)
+    _refuse_if_closed(answers, after)
+    return sorted({a.upstream for a in answers})
+
+
+def _refuse_if_closed(answers: list[GateAnswer], table: RouteTable) -> None:
+    refused = [a for a in answers if not a.open]
+    if refused:
+        raise GateClosed(refused[0].refusal(), answers, table)
+
+
+@overload
+def commit_through_gates(
+    store: RouteStore,
+    text: str,
+    *,
+    before: RouteTable,
+    author: str,
+    reason: str,
+    expected_version: int,
+    force: bool = ...,
+    dry_run: Literal[False] = ...,
+) -> Version: ...
+@overload
+def commit_through_gates(
+    store: RouteStore,
+    text: str,
+    *,
+    before: RouteTable,
+    author: str,
+    reason: str,
+    expected_version: int,
+    force: bool = ...,
+    dry_run: Literal[True],
+) -> Preview: ...
+@overload
+def commit_through_gates(
+    store: RouteStore,
+    text: str,
+    *,
+    before: RouteTable,
+    author: str,
+    reason: str,
+    expected_version: int,
+    force: bool = ...,
+    dry_run: bool,
+) -> Version | Preview: ...
 def commit_through_gates(
     store: RouteStore,
     text: str,
@@ -129,17 +270,35 @@ def commit_through_gates(
     reason: str,
     expected_version: int,
     force: bool = False,
-) -> Version:
+    dry_run: bool = False,
+) -> Version | Preview:
     """Commit `text` on top of `before` once the gates it concerns opened (asked on the table
-    the store parses, so it is parsed once); `force` skips them and says so in the reason."""
+    the store parses, so it is parsed once); `force` skips them and says so in the reason.
+
+    `dry_run`: the same commit, stopped by its check just before the store writes (the version
+    still current, the table valid, the gates asked): what it would commit, as a Preview whose
+    `refusal` says why a gate would refuse it (a real commit raises GateClosed)."""
+    reason = f"{reason} [gates overridden]" if force else reason
+    answers: list[GateAnswer] = []
 
     def gated(table: RouteTable) -> None:
-        check_gates(before, table)
+        if not force:
+            answers.extend(ask_gates(before, table))
+            _refuse_if_closed(answers, table)
+        if dry_run:
+            raise _StopBeforeCommit(table)
 
-    return store.commit(
-        text,
-        author=author,
-        reason=f"{reason} [gates overridden]" if force else reason,
-        expected_version=expected_version,
-        check=None if force else gated,
-    )
+    try:
+        return store.commit(
+            text,
+            author=author,
+            reason=reason,
+            expected_version=expected_version,
+            check=gated if dry_run or not force else None,
+        )
+    except _StopBeforeCommit as stop:
+        return Preview(expected_version + 1, author, reason, stop.table, answers)
+    except GateClosed as exc:
+        if not dry_run or exc.table is None:
+            raise
+        return Preview(expected_version + 1, author, reason, exc.table, answers, str(exc))

@@ -317,6 +317,7 @@ def test_the_quick_rollback_reads_the_plain_form(
         ["routes", "rollback", "2", "--reason", "x", "--admin"],
         ["routes", "rollback", "2", "--reason", "x", "--admin", "u", "--help"],
         ["routes", "rollback", "2", "--reason", "x", "--admin", "u", "--force=true"],
+        ["routes", "rollback", "2", "--reason", "x", "--admin", "u", "--dry-run"],
         ["routes", "rollback", "2", "--reason", "x", "--admin", "u", "--routes", "r.yaml"],
         ["routes", "rollback", "2", "--reason", "x", "--admin", "u", "--", "3"],
         ["routes", "rollback", "٣", "--reason", "x", "--admin", "u"],
@@ -374,6 +375,17 @@ def closed_port() -> int:
             id="invalid",
         ),
         pytest.param(401, {"detail": "a valid bearer token is required"}, [], id="no-token"),
+        pytest.param(
+            409,
+            {
+                "type": "urn:strangler:problem:gate-closed",
+                "detail": "the gate of upstream 'payment' is closed",
+                "gates": [{"upstream": "payment", "open": False, "status": 503}],
+            },
+            ["--json"],
+            id="json-refused",
+        ),
+        pytest.param(401, {"detail": "bad token"}, ["--json"], id="json-no-token"),
         pytest.param(502, b"<html>bad gateway</html>", [], id="not-json"),
     ],
 )
@@ -399,6 +411,55 @@ def test_the_quick_rollback_does_what_typer_does(
     assert {k: first.headers[k] for k in ("authorization", "x-author", "content-type")} == {
         k: second.headers[k] for k in ("authorization", "x-author", "content-type")
     }
+
+
+def test_a_remote_dry_run_rollback_is_left_to_typer_and_loads_no_table_nor_store(
+    tmp_path: Path, admin: AdminStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", TOKEN)
+    admin.answer = {**ROLLED_BACK, "dry_run": True, "gates": [], "refusal": None}
+    argv = ["routes", "rollback", "2", "--reason", "errors up", "--admin", admin.url, "--dry-run"]
+    assert cli.quick_rollback(argv) is None
+    code, out, modules = imported(tmp_path, *argv)
+    assert code == 0
+    assert (
+        out.splitlines()[0]
+        == "dry run: version 4 would be committed (ops: rollback to version 2: errors up)"
+    )
+    assert out.splitlines()[-1] == "nothing committed"
+    assert "typer.main" in modules
+    assert heavy(modules, "pydantic", "pydantic_core", "rich") == []
+    (request,) = admin.seen
+    assert json.loads(request.body) == {
+        "version": 2,
+        "reason": "errors up",
+        "force": False,
+        "dry_run": True,
+    }
+
+
+def test_a_json_failure_of_the_quick_rollback(
+    admin: AdminStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", TOKEN)
+    admin.status = 409
+    admin.answer = {
+        "type": "urn:strangler:problem:gate-closed",
+        "detail": "the gate of upstream 'payment' is closed",
+        "gates": [{"upstream": "payment", "open": False, "status": 503}],
+    }
+    argv = ["routes", "rollback", "2", "--reason", "x", "--admin", admin.url, "--json"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 1
+    assert json.loads(out) == {
+        "ok": False,
+        "error": {
+            "kind": "gate-closed",
+            "message": "the gate of upstream 'payment' is closed",
+            "details": [{"upstream": "payment", "open": False, "status": 503}],
+        },
+    }
+    assert err == "strangler routes: the gate of upstream 'payment' is closed\n"
 
 
 def test_an_unreachable_admin_api_fails_the_same_both_ways(

@@ -164,3 +164,65 @@ def test_unknown_route_version_and_bad_bodies_are_problems(client: TestClient) -
     no_reason = client.post("/api/v1/routes/rollback", json={"version": 1}, headers=AUTH)
     assert no_reason.status_code == 422
     assert no_reason.headers["content-type"] == "application/problem+json"
+
+
+def test_a_dry_run_of_each_write_commits_nothing(client: TestClient, store: FileStore) -> None:
+    changed = TABLE.replace("to: monolith", "to: payment")
+    headers = {**AUTH, "Content-Type": "application/yaml", "If-Match": '"1"'}
+    put = client.put(
+        "/api/v1/routes",
+        params={"reason": "cut", "dry_run": "true"},
+        content=changed,
+        headers=headers,
+    )
+    assert put.status_code == 200, put.text
+    report = put.json()
+    assert (report["dry_run"], report["committed"], report["would_commit"]) == (True, False, True)
+    assert (report["version"], report["author"], report["reason"]) == (2, "ana", "cut")
+    assert report["changes"][0]["fields"] == {"to": {"old": "monolith", "new": "payment"}}
+    assert report["gates"] == []  # no upstream here has a gate
+    flip = client.post(
+        "/api/v1/routes/flip",
+        json={"route": "payments", "to": "payment", "reason": "r", "dry_run": True},
+        headers=AUTH,
+    )
+    assert flip.status_code == 200
+    assert flip.json()["changes"] == report["changes"]
+    rollback = client.post(
+        "/api/v1/routes/rollback", json={"version": 1, "reason": "r", "dry_run": True}, headers=AUTH
+    )
+    assert (rollback.status_code, rollback.json()["changes"]) == (200, [])
+    stale = client.put(
+        "/api/v1/routes",
+        params={"reason": "cut", "dry_run": "true"},
+        content=changed,
+        headers={**headers, "If-Match": '"7"'},
+    )
+    assert stale.status_code == 409  # the same checks as the write
+    assert [v.version for v in store.history()] == [1]
+    assert store.current().text == TABLE
+
+    done = client.put("/api/v1/routes", params={"reason": "cut"}, content=changed, headers=headers)
+    assert (done.json()["version"], done.json()["changes"]) == (2, report["changes"])
+
+
+def test_posting_a_table_to_diff_answers_its_changes_and_needs_the_token(
+    client: TestClient, store: FileStore
+) -> None:
+    changed = TABLE.replace("to: monolith", "to: payment")
+    yaml = {"Content-Type": "application/yaml"}
+    refused = client.post("/api/v1/routes/diff", content=changed, headers=yaml)
+    assert refused.status_code == 401
+    answer = client.post("/api/v1/routes/diff", content=changed, headers={**AUTH, **yaml})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["from"], body["valid"], body["would_commit"], body["gates"]) == (1, True, True, [])
+    assert body["changes"][0]["name"] == "payments"
+    invalid = client.post(
+        "/api/v1/routes/diff",
+        content=changed.replace("to: payment", "to: nowhere"),
+        headers={**AUTH, **yaml},
+    )
+    assert invalid.status_code == 422
+    assert [p["field"] for p in invalid.json()["problems"]] == ["routes[0].to"]
+    assert [v.version for v in store.history()] == [1]
