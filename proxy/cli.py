@@ -52,7 +52,7 @@ def quick_rollback(argv: list[str]) -> dict[str, Any] | None:
             parsed: object = value
         elif token in _ROLLBACK_FLAGS:
             key, parsed = _ROLLBACK_FLAGS[token], True
-        elif token.isascii() and token.isdigit():
+        elif token.isascii() and token.isdigit() and len(token) <= 18:
             key, parsed = "version", int(token)
         else:
             return None

@@ -523,14 +523,8 @@ def routes_flip(
             "reason": reason,
             "force": force,
         }
-        if dry_run:
-            body["dry_run"] = True
-        _remote(
-            admin,
-            author,
-            lambda api: api.call("POST", "/api/v1/routes/flip", json=body),
-            json_output,
-        )
+        path = "/api/v1/routes/flip/dry-run" if dry_run else "/api/v1/routes/flip"
+        _remote(admin, author, lambda api: api.call("POST", path, json=body), json_output)
         return
     from proxy.store.base import StoreError
     from proxy.table.edit import flip
@@ -570,14 +564,8 @@ def routes_rollback(
     # to typer.
     if admin:  # one request: the proxy checks and commits it
         body: dict[str, object] = {"version": version, "reason": reason, "force": force}
-        if dry_run:
-            body["dry_run"] = True
-        _remote(
-            admin,
-            author,
-            lambda api: api.call("POST", "/api/v1/routes/rollback", json=body),
-            json_output,
-        )
+        path = "/api/v1/routes/rollback/dry-run" if dry_run else "/api/v1/routes/rollback"
+        _remote(admin, author, lambda api: api.call("POST", path, json=body), json_output)
         return
     from proxy.store.base import StoreError
 

@@ -13,8 +13,9 @@
 
 Writes need `Authorization: Bearer <token>` (compared in constant time) and a reason; a write
 based on a stale version is 409, an invalid table 422 listing every problem with its line, a
-closed gate 409 with every gate's answer (`gates`). Each write takes a dry run (`?dry_run=true`
-on PUT, `"dry_run": true` in a POST's body): the same write, stopped before the commit, answering
+closed gate 409 with every gate's answer (`gates`). Each write has a dry run on a path of its own
+(`PUT /api/v1/routes/dry-run`, `POST .../flip/dry-run`, `.../rollback/dry-run`: a proxy without
+them answers 404 rather than committing): the same write, stopped before the commit, answering
 the version it would get, its changes and the gates' answers (409 when a gate would refuse it).
 POST /api/v1/routes/diff needs the token too: it makes the proxy ask the gate URLs it is sent.
 """
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy.admin.status import route_status, upstream_health
@@ -60,6 +61,11 @@ def _problem(status: int, kind: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
+YamlBody = Annotated[str, Body(media_type="application/yaml")]
+Reason = Annotated[str, Query(min_length=1, max_length=500)]
+Force = Annotated[bool, Query(description="Commit even if a cutover gate is closed.")]
+
+
 class FlipIn(BaseModel):
     route: str
     to: str | None = None
@@ -69,14 +75,16 @@ class FlipIn(BaseModel):
     )
     reason: str = Field(min_length=1, max_length=500)
     force: bool = Field(False, description="Commit even if a cutover gate is closed.")
-    dry_run: bool = Field(False, description="Say what would be committed; commit nothing.")
+    # An unknown field is refused, never ignored: a flag this proxy does not know (a newer
+    # client's) must not turn into a plain write.
+    model_config = ConfigDict(extra="forbid")
 
 
 class RollbackIn(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=500)
     force: bool = Field(False, description="Commit even if a cutover gate is closed.")
-    dry_run: bool = Field(False, description="Say what would be committed; commit nothing.")
+    model_config = ConfigDict(extra="forbid")
 
 
 def _problem_lines(exc: TableInvalid) -> list[dict[str, Any]]:
@@ -306,24 +314,14 @@ def create_admin_app(
         author: Writer, text: Annotated[str, Body(media_type="application/yaml")]
     ) -> dict[str, Any]:
         """What replacing the current table with this one would change, and what the gates
-        answer: `PUT /api/v1/routes?dry_run=true` answered whatever the gates say (an invalid
+        answer: `PUT /api/v1/routes/dry-run` answered whatever the gates say (an invalid
         table is a 422). Nothing is committed."""
         current = store.current()
         report = commit(text, author, "diff", current.info.version, dry_run=True, refuse=False)
         return {"from": current.info.version, "valid": True, **report}
 
-    @app.put("/api/v1/routes")
     def replace(
-        author: Writer,
-        text: Annotated[str, Body(media_type="application/yaml")],
-        reason: Annotated[str, Query(min_length=1, max_length=500)],
-        if_match: Annotated[str | None, Header()] = None,
-        force: Annotated[
-            bool, Query(description="Commit even if a cutover gate is closed.")
-        ] = False,
-        dry_run: Annotated[
-            bool, Query(description="Say what would be committed; commit nothing.")
-        ] = False,
+        author: str, text: str, reason: str, if_match: str | None, force: bool, dry_run: bool
     ) -> dict[str, Any]:
         if not if_match or not if_match.strip('"').isdigit():
             raise AdminError(
@@ -333,8 +331,7 @@ def create_admin_app(
             )
         return commit(text, author, reason, int(if_match.strip('"')), force, dry_run)
 
-    @app.post("/api/v1/routes/flip")
-    def flip_route(author: Writer, body: FlipIn) -> dict[str, Any]:
+    def flip_route(author: str, body: FlipIn, dry_run: bool) -> dict[str, Any]:
         if (body.to is None) == (body.split is None):
             raise AdminError(422, "validation-failed", "give exactly one of `to` and `split`")
         current = store.current()
@@ -342,19 +339,54 @@ def create_admin_app(
             text = flip(current.text, body.route, to=body.to, split=body.split, sticky=body.sticky)
         except KeyError:
             raise AdminError(404, "unknown-route", f"no route {body.route!r}") from None
-        return commit(text, author, body.reason, current.info.version, body.force, body.dry_run)
+        return commit(text, author, body.reason, current.info.version, body.force, dry_run)
 
-    @app.post("/api/v1/routes/rollback")
-    def rollback(author: Writer, body: RollbackIn) -> dict[str, Any]:
+    def rollback(author: str, body: RollbackIn, dry_run: bool) -> dict[str, Any]:
         old = store.get(body.version)
         current = store.current()
-        return commit(
-            old.text,
-            author,
-            f"rollback to version {body.version}: {body.reason}",
-            current.info.version,
-            body.force,
-            body.dry_run,
-        )
+        reason = f"rollback to version {body.version}: {body.reason}"
+        return commit(old.text, author, reason, current.info.version, body.force, dry_run)
+
+    # Each write, and its dry run on a path of its own: a proxy that has no dry run answers
+    # 404 there instead of committing (a flag it did not know would be ignored).
+
+    @app.put("/api/v1/routes")
+    def put_table(
+        author: Writer,
+        text: YamlBody,
+        reason: Reason,
+        if_match: Annotated[str | None, Header()] = None,
+        force: Force = False,
+    ) -> dict[str, Any]:
+        return replace(author, text, reason, if_match, force, False)
+
+    @app.put("/api/v1/routes/dry-run")
+    def put_table_dry_run(
+        author: Writer,
+        text: YamlBody,
+        reason: Reason,
+        if_match: Annotated[str | None, Header()] = None,
+        force: Force = False,
+    ) -> dict[str, Any]:
+        """What the same PUT would commit, and what the gates answer: nothing committed."""
+        return replace(author, text, reason, if_match, force, True)
+
+    @app.post("/api/v1/routes/flip")
+    def flip_write(author: Writer, body: FlipIn) -> dict[str, Any]:
+        return flip_route(author, body, False)
+
+    @app.post("/api/v1/routes/flip/dry-run")
+    def flip_dry_run(author: Writer, body: FlipIn) -> dict[str, Any]:
+        """What the same flip would commit: nothing committed."""
+        return flip_route(author, body, True)
+
+    @app.post("/api/v1/routes/rollback")
+    def rollback_write(author: Writer, body: RollbackIn) -> dict[str, Any]:
+        return rollback(author, body, False)
+
+    @app.post("/api/v1/routes/rollback/dry-run")
+    def rollback_dry_run(author: Writer, body: RollbackIn) -> dict[str, Any]:
+        """What the same rollback would commit: nothing committed."""
+        return rollback(author, body, True)
 
     return app

@@ -99,6 +99,12 @@ class AdminClient:
                     status, body = exc.code, exc.read()
         except urllib.error.URLError as exc:
             raise AdminRefused(f"cannot reach the admin API at {self.base}: {exc.reason}") from None
+        except TimeoutError:  # the request may have been taken: a write may have landed
+            raise AdminRefused(
+                f"no answer from the admin API at {self.base} within {TIMEOUT:g}s: a write may "
+                "have landed anyway; check `strangler routes history`",
+                kind="unreachable",
+            ) from None
         except (OSError, HTTPException, ValueError) as exc:
             raise AdminRefused(f"cannot reach the admin API at {self.base}: {exc}") from None
         if status >= 300:
@@ -118,7 +124,14 @@ class AdminClient:
             raise AdminRefused(
                 str(problem.get("detail", status)), lines, kind=kind, status=status, body=problem
             )
-        return jsonlib.loads(body)
+        try:
+            return jsonlib.loads(body)
+        except ValueError:  # e.g. the URL of a data-plane listener, not the admin API
+            raise AdminRefused(
+                f"{self.base} answered {status} without JSON: is it the admin API?",
+                kind="bad-answer",
+                status=status,
+            ) from None
 
     def current(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/api/v1/routes")
@@ -130,11 +143,9 @@ class AdminClient:
         params: dict[str, Any] = (
             {"reason": reason, "force": "true"} if force else {"reason": reason}
         )
-        if dry_run:
-            params["dry_run"] = "true"
         result: dict[str, Any] = self.call(
             "PUT",
-            "/api/v1/routes",
+            "/api/v1/routes/dry-run" if dry_run else "/api/v1/routes",
             params=params,
             content=text.encode(),
             headers={"Content-Type": "application/yaml", "If-Match": f'"{expect}"'},

@@ -275,30 +275,59 @@ def commit_through_gates(
     """Commit `text` on top of `before` once the gates it concerns opened (asked on the table
     the store parses, so it is parsed once); `force` skips them and says so in the reason.
 
-    `dry_run`: the same commit, stopped by its check just before the store writes (the version
-    still current, the table valid, the gates asked): what it would commit, as a Preview whose
-    `refusal` says why a gate would refuse it (a real commit raises GateClosed)."""
+    `dry_run`: the same commit, stopped by its check just before the store writes (the table
+    parsed and valid), after the same version check; the gates are then asked outside the
+    store's lock (a rehearsal must never hold up a real rollback while a gate answers): what it
+    would commit, as a Preview whose `refusal` says why a gate would refuse it (a real commit
+    raises GateClosed)."""
     reason = f"{reason} [gates overridden]" if force else reason
+    if dry_run:
+        return _rehearse(store, text, before, author, reason, expected_version, force)
     answers: list[GateAnswer] = []
 
     def gated(table: RouteTable) -> None:
-        if not force:
-            answers.extend(ask_gates(before, table))
-            _refuse_if_closed(answers, table)
-        if dry_run:
-            raise _StopBeforeCommit(table)
+        answers.extend(ask_gates(before, table))
+        _refuse_if_closed(answers, table)
+
+    return store.commit(
+        text,
+        author=author,
+        reason=reason,
+        expected_version=expected_version,
+        check=None if force else gated,
+    )
+
+
+def _rehearse(
+    store: RouteStore,
+    text: str,
+    before: RouteTable,
+    author: str,
+    reason: str,
+    expected_version: int,
+    force: bool,
+) -> Preview:
+    """`commit_through_gates`'s dry run: the store's own commit, stopped by its check."""
+    from proxy.store.base import VersionConflict
+
+    current = store.current().info.version
+    if current != expected_version:  # as the commit would refuse it (Redis checks it later)
+        raise VersionConflict(expected_version, current)
+
+    def stop(table: RouteTable) -> None:
+        raise _StopBeforeCommit(table)
 
     try:
-        return store.commit(
-            text,
-            author=author,
-            reason=reason,
-            expected_version=expected_version,
-            check=gated if dry_run or not force else None,
+        store.commit(
+            text, author=author, reason=reason, expected_version=expected_version, check=stop
         )
-    except _StopBeforeCommit as stop:
-        return Preview(expected_version + 1, author, reason, stop.table, answers)
-    except GateClosed as exc:
-        if not dry_run or exc.table is None:
-            raise
-        return Preview(expected_version + 1, author, reason, exc.table, answers, str(exc))
+    except _StopBeforeCommit as stopped:
+        table = stopped.table
+    else:  # pragma: no cover - a store that skipped its check has committed
+        raise RuntimeError("the store committed a dry run: it did not run the check")
+    answers = [] if force else ask_gates(before, table)
+    refused = [a for a in answers if not a.open]
+    refusal = GateClosed(refused[0].refusal(), answers, table) if refused else None
+    return Preview(
+        expected_version + 1, author, reason, table, answers, str(refusal) if refusal else None
+    )

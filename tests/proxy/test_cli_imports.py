@@ -430,12 +430,8 @@ def test_a_remote_dry_run_rollback_is_left_to_typer_and_loads_no_table_nor_store
     assert "typer.main" in modules
     assert heavy(modules, "pydantic", "pydantic_core", "rich") == []
     (request,) = admin.seen
-    assert json.loads(request.body) == {
-        "version": 2,
-        "reason": "errors up",
-        "force": False,
-        "dry_run": True,
-    }
+    assert request.path == "/api/v1/routes/rollback/dry-run"  # a proxy without it: 404
+    assert json.loads(request.body) == {"version": 2, "reason": "errors up", "force": False}
 
 
 def test_a_json_failure_of_the_quick_rollback(
@@ -502,3 +498,22 @@ def test_the_admin_client_follows_no_redirect(admin: AdminStub) -> None:
 def test_the_admin_client_wants_an_http_url() -> None:
     with pytest.raises(AdminRefused, match="cannot reach the admin API at localhost:9090: give"):
         AdminClient("localhost:9090", "ana").current()
+
+
+def test_an_answer_that_is_not_json_is_a_clear_failure_not_a_traceback(
+    admin: AdminStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--admin pointed at a data-plane listener (or anything else answering 200 with HTML)."""
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", TOKEN)
+    admin.answer = b"<html>the shop</html>"
+    argv = ["routes", "rollback", "2", "--reason", "x", "--admin", admin.url, "--json"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 1
+    failure = json.loads(out)
+    assert (failure["ok"], failure["error"]["kind"]) == (False, "bad-answer")
+    assert "without JSON: is it the admin API?" in err
+
+
+def test_a_version_too_long_for_an_integer_is_left_to_typer() -> None:
+    argv = ["routes", "rollback", "9" * 5000, "--reason", "x", "--admin", "http://127.0.0.1:9"]
+    assert cli.quick_rollback(argv) is None

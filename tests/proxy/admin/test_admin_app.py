@@ -138,6 +138,9 @@ def test_the_openapi_document_lists_every_operation(client: TestClient) -> None:
         "/api/v1/routes/diff",
         "/api/v1/routes/flip",
         "/api/v1/routes/rollback",
+        "/api/v1/routes/dry-run",
+        "/api/v1/routes/flip/dry-run",
+        "/api/v1/routes/rollback/dry-run",
         "/api/v1/shadow",
     }
 
@@ -170,10 +173,7 @@ def test_a_dry_run_of_each_write_commits_nothing(client: TestClient, store: File
     changed = TABLE.replace("to: monolith", "to: payment")
     headers = {**AUTH, "Content-Type": "application/yaml", "If-Match": '"1"'}
     put = client.put(
-        "/api/v1/routes",
-        params={"reason": "cut", "dry_run": "true"},
-        content=changed,
-        headers=headers,
+        "/api/v1/routes/dry-run", params={"reason": "cut"}, content=changed, headers=headers
     )
     assert put.status_code == 200, put.text
     report = put.json()
@@ -182,25 +182,33 @@ def test_a_dry_run_of_each_write_commits_nothing(client: TestClient, store: File
     assert report["changes"][0]["fields"] == {"to": {"old": "monolith", "new": "payment"}}
     assert report["gates"] == []  # no upstream here has a gate
     flip = client.post(
-        "/api/v1/routes/flip",
-        json={"route": "payments", "to": "payment", "reason": "r", "dry_run": True},
+        "/api/v1/routes/flip/dry-run",
+        json={"route": "payments", "to": "payment", "reason": "r"},
         headers=AUTH,
     )
     assert flip.status_code == 200
     assert flip.json()["changes"] == report["changes"]
     rollback = client.post(
-        "/api/v1/routes/rollback", json={"version": 1, "reason": "r", "dry_run": True}, headers=AUTH
+        "/api/v1/routes/rollback/dry-run", json={"version": 1, "reason": "r"}, headers=AUTH
     )
     assert (rollback.status_code, rollback.json()["changes"]) == (200, [])
     stale = client.put(
-        "/api/v1/routes",
-        params={"reason": "cut", "dry_run": "true"},
+        "/api/v1/routes/dry-run",
+        params={"reason": "cut"},
         content=changed,
         headers={**headers, "If-Match": '"7"'},
     )
     assert stale.status_code == 409  # the same checks as the write
     assert [v.version for v in store.history()] == [1]
     assert store.current().text == TABLE
+    # A flag the proxy does not know is refused, never ignored into a plain write.
+    unknown = client.post(
+        "/api/v1/routes/flip",
+        json={"route": "payments", "to": "payment", "reason": "r", "dry_run": True},
+        headers=AUTH,
+    )
+    assert unknown.status_code == 422
+    assert [v.version for v in store.history()] == [1]
 
     done = client.put("/api/v1/routes", params={"reason": "cut"}, content=changed, headers=headers)
     assert (done.json()["version"], done.json()["changes"]) == (2, report["changes"])
