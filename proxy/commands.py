@@ -93,14 +93,15 @@ def _fail(
     lines: list[str] | None = None,
     extra: dict[str, Any] | None = None,
     say: bool = True,
+    command: str = "routes",
 ) -> typer.Exit:
-    """A routes command's failure: `lines` then `strangler routes: MESSAGE` (unless not `say`)
-    on stderr; with --json, also one object on stdout, `{"ok": false, "error": {kind, message,
-    details}}` (plus `extra`); the exit to raise."""
+    """A routes command's failure: `lines` then `strangler routes: MESSAGE` (`command` instead
+    of `routes`; unless not `say`) on stderr; with --json, also one object on stdout,
+    `{"ok": false, "error": {kind, message, details}}` (plus `extra`); the exit to raise."""
     for line in lines or []:
         typer.echo(line, err=True)
     if say:
-        typer.echo(f"strangler routes: {message}", err=True)
+        typer.echo(f"strangler {command}: {message}", err=True)
     if json_output:
         error = {"kind": kind, "message": message, "details": details or []}
         typer.echo(json.dumps({**(extra or {}), "ok": False, "error": error}))
@@ -132,7 +133,12 @@ def _invalid(
     )
 
 
-def _failed(exc: Exception, json_output: bool, extra: dict[str, Any] | None = None) -> typer.Exit:
+def _failed(
+    exc: Exception,
+    json_output: bool,
+    extra: dict[str, Any] | None = None,
+    command: str = "routes",
+) -> typer.Exit:
     """The failure a refusal of the admin API (AdminRefused) or of a store (StoreError, a
     closed gate with every gate's answer) means."""
     from proxy.admin.client import AdminRefused
@@ -145,6 +151,7 @@ def _failed(exc: Exception, json_output: bool, extra: dict[str, Any] | None = No
             details=exc.details(),
             lines=exc.problems,
             extra=extra,
+            command=command,
         )
     answers = getattr(exc, "answers", None) or []
     return _fail(
@@ -153,6 +160,7 @@ def _failed(exc: Exception, json_output: bool, extra: dict[str, Any] | None = No
         kind=str(getattr(exc, "kind", "error")),
         details=[a.as_dict() for a in answers],
         extra=extra,
+        command=command,
     )
 
 
@@ -651,6 +659,88 @@ def routes_history(
     for info in infos:
         when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info["time"]))
         typer.echo(f"{info['version']:>5}  {when}  {info['author']:<12} {info['reason']}")
+
+
+@app.command("ledger")
+def ledger(
+    route: Annotated[str | None, typer.Argument(help="One route only.")] = None,
+    routes: RoutesFile = Path("routes.yaml"),
+    store: StoreUrl = "file",
+    store_prefix: StorePrefix = DEFAULT_PREFIX,
+    admin: AdminUrl = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """The migration ledger: per route, its state (legacy, shadowed, canary N%, moved, static,
+    retired), since when, and every version that changed it (who and why), from the table's
+    history."""
+    from proxy.admin.client import AdminClient, AdminRefused
+    from proxy.store.base import StoreError
+
+    try:
+        if admin:
+            params = {} if route is None else {"route": route}
+            found: dict[str, Any] = AdminClient(admin, "cli").call(
+                "GET", "/api/v1/ledger", params=params
+            )
+        else:
+            from proxy.store.ledger import ledger_of
+
+            built = ledger_of(_store(routes, store, store_prefix))
+            if route is not None and built.route(route) is None:
+                raise _fail(
+                    f"no route {route!r} in the history",
+                    json_output=json_output,
+                    kind="unknown-route",
+                    command="ledger",
+                )
+            found = (built if route is None else built.only(route)).as_dict()
+    except (AdminRefused, StoreError) as exc:
+        raise _failed(exc, json_output, command="ledger") from None
+    if json_output:
+        typer.echo(json.dumps(found))
+        return
+    _print_ledger(found)
+
+
+def _print_ledger(found: dict[str, Any]) -> None:
+    """The ledger as `GET /api/v1/ledger` gives it, one block per route."""
+    import time as clock
+
+    def when(at: float) -> str:
+        return clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(at))
+
+    versions = found["versions"]
+    if versions["first"] is None:
+        typer.echo("no versions yet")
+        return
+    typer.echo(f"versions {versions['first']} to {versions['last']}")
+    for entry in found["unreadable"]:
+        typer.echo(
+            f"version {entry['version']} ({when(entry['time'])}, {entry['author']}: "
+            f"{entry['reason']}): its table does not load here, left out: {entry['problem']}"
+        )
+    rows = found["routes"]
+    name_width = max((len(r["name"]) for r in rows), default=0)
+    state_width = max((len(r["state"]["label"]) for r in rows), default=0)
+    moves = [
+        ("(added)" if t["from"] is None else t["from"]["label"]) + " → " + t["to"]["label"]
+        for r in rows
+        for t in r["transitions"]
+    ]
+    move_width = min(max((len(m) for m in moves), default=0), 56)
+    for row in rows:
+        since = row["since"]
+        typer.echo(
+            f"{row['name']:<{name_width}}  {row['state']['label']:<{state_width}}  "
+            f"since version {since['version']} ({when(since['time'])})"
+        )
+        for step in row["transitions"]:
+            before = "(added)" if step["from"] is None else step["from"]["label"]
+            move = f"{before} → {step['to']['label']}"
+            typer.echo(
+                f"  {when(step['time'])}  v{step['version']:<4} {move:<{move_width}}  "
+                f"{step['author']}: {step['reason']}"
+            )
 
 
 def _fallback_text(fallback: dict[str, Any]) -> str:

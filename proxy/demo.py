@@ -649,8 +649,8 @@ def act_catalog(
         if line.startswith("strangler_requests_total") and 'upstream="catalog"' in line:
             n.echo(f"  {line}")
     act_price_change(n, product)
-    n.say("The migration so far, as the route table's history tells it")
-    sh.routes_cli("history")
+    n.say("The migration ledger: every route's state, since when, and who moved it why")
+    sh.run("ledger", extra=("--routes", str(sh.routes)))
 
 
 def act_price_change(n: Narrator, product: int) -> None:

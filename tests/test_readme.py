@@ -388,6 +388,21 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "version 10 committed (platform-team: catalog read side live)" in catalog
     assert 'strangler_requests_total{code="200",route="categories",upstream="catalog"}' in catalog
     assert re.search(r"The catalog shows (\d+\.\d\d) \d+\.\ds later", catalog)
+    # and the migration ledger: each route's state, since when, who moved it why
+    ledger = out[out.index("The migration ledger: every route's state") :]
+    assert "$ strangler ledger" in ledger
+    assert re.search(r"\n  payments +moved to payment +since version 5 \(", ledger)
+    assert re.search(r"\n  static +static +since version 6 \(", ledger)
+    assert re.search(r"\n  catalog +moved to catalog +since version 9 \(", ledger)
+    assert re.search(r"\n  categories +moved to catalog +since version 10 \(", ledger)
+    assert re.search(
+        r"v4 +moved to payment → shadowed to payment +"
+        r"platform-team: rollback to version 2: error rate up",
+        ledger,
+    )
+    assert re.search(
+        r"v8 +shadowed to catalog → canary 10% to catalog +platform-team: canary", ledger
+    )
     assert "Traceback" not in out + done.stderr
 
 

@@ -10,6 +10,7 @@
     PUT  /api/v1/routes                   replace the table (If-Match: "N" required)
     POST /api/v1/routes/flip              {route, to | split, reason}
     POST /api/v1/routes/rollback          {version, reason}
+    GET  /api/v1/ledger?route=            per route: its state, since when, its transitions
 
 Writes need `Authorization: Bearer <token>` (compared in constant time) and a reason; a write
 based on a stale version is 409, an invalid table 422 listing every problem with its line, a
@@ -35,6 +36,7 @@ from proxy.admin.status import route_status, upstream_health
 from proxy.errors import PROBLEM_TYPE
 from proxy.shadow.report import Tally, merge_snapshots, summarise
 from proxy.store.base import RouteStore, StoreError, Version
+from proxy.store.ledger import ledger_of
 from proxy.table.diff import diff_tables
 from proxy.table.edit import flip
 from proxy.table.gates import GateClosed, Preview, commit_through_gates
@@ -291,6 +293,21 @@ def create_admin_app(
     @app.get("/api/v1/routes/history")
     def history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         return [info.as_dict() for info in store.history(limit)]
+
+    @app.get("/api/v1/ledger")
+    def ledger(
+        route: Annotated[str | None, Query(description="One route only.")] = None,
+    ) -> dict[str, Any]:
+        """The migration ledger, from the table's history (`strangler ledger`): per route that
+        ever existed, its state (legacy, shadowed, canary N %, moved, static, retired), since
+        which version, and each version that changed it (who, when, why); the versions whose
+        table no longer loads are listed apart."""
+        found = ledger_of(store)
+        if route is not None:
+            if found.route(route) is None:
+                raise AdminError(404, "unknown-route", f"no route {route!r} in the history")
+            found = found.only(route)
+        return found.as_dict()
 
     @app.get("/api/v1/routes/versions/{number}")
     def one(number: int) -> dict[str, Any]:

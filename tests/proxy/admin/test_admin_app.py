@@ -142,7 +142,46 @@ def test_the_openapi_document_lists_every_operation(client: TestClient) -> None:
         "/api/v1/routes/flip/dry-run",
         "/api/v1/routes/rollback/dry-run",
         "/api/v1/shadow",
+        "/api/v1/ledger",
     }
+
+
+def test_the_ledger_of_the_history(store: FileStore) -> None:
+    """Open like the other reads: each route's state, since when, who changed it and why."""
+    with TestClient(create_admin_app(store, TOKEN)) as client:
+        for body in (
+            {"route": "payments", "split": {"monolith": 90, "payment": 10}, "reason": "canary"},
+            {"route": "payments", "to": "payment", "reason": "live"},
+        ):
+            assert client.post("/api/v1/routes/flip", json=body, headers=AUTH).status_code == 200
+        back = {"version": 2, "reason": "errors"}
+        assert client.post("/api/v1/routes/rollback", json=back, headers=AUTH).status_code == 200
+    with TestClient(create_admin_app(store, None)) as client:
+        answer = client.get("/api/v1/ledger")
+        assert answer.status_code == 200
+        ledger = answer.json()
+        assert ledger["versions"] == {"first": 1, "last": 4}
+        assert ledger["unreadable"] == []
+        (payments,) = ledger["routes"]
+        assert payments["name"] == "payments"
+        assert payments["state"]["label"] == "canary 10% to payment"
+        assert (payments["since"]["version"], payments["since"]["author"]) == (4, "ana")
+        assert payments["since"]["reason"] == "rollback to version 2: errors"
+        assert [
+            (t["version"], t["from"] and t["from"]["label"], t["to"]["label"])
+            for t in payments["transitions"]
+        ] == [
+            (1, None, "legacy"),
+            (2, "legacy", "canary 10% to payment"),
+            (3, "canary 10% to payment", "moved to payment"),
+            (4, "moved to payment", "canary 10% to payment"),
+        ]
+        assert client.get("/api/v1/ledger", params={"route": "payments"}).json() == ledger
+        unknown = client.get("/api/v1/ledger", params={"route": "nope"})
+        assert unknown.status_code == 404
+        assert unknown.headers["content-type"] == "application/problem+json"
+        assert unknown.json()["type"].endswith("unknown-route")
+        assert unknown.json()["detail"] == "no route 'nope' in the history"
 
 
 def test_without_a_token_the_api_is_read_only(store: FileStore) -> None:
