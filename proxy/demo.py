@@ -212,9 +212,7 @@ def act_proxy(n: Narrator, direct: httpx.Client, admin: str) -> None:
     n.say("Its admin listener: readiness and Prometheus metrics, labelled by route")
     ready = httpx.get(f"{admin}/readyz", timeout=5)
     n.echo(f"  GET {admin}/readyz → {ready.status_code} {ready.text}")
-    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
-        if line.startswith("strangler_requests_total"):
-            n.echo(f"  {line}")
+    _counted(n, admin, "strangler_requests_total", label="")
 
 
 def _login(client: httpx.Client) -> dict[str, str]:
@@ -316,10 +314,10 @@ def act_data(n: Narrator, sh: Shell, service: httpx.Client, follower: Callable[[
     sh.sync("status")
 
 
-def _counted(n: Narrator, admin: str, metric: str) -> None:
-    """The proxy's metric lines for the payments route."""
+def _counted(n: Narrator, admin: str, metric: str, label: str = 'route="payments"') -> None:
+    """The proxy's lines of `metric` with `label` (the payments route's unless told)."""
     for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
-        if line.startswith(metric) and 'route="payments"' in line:
+        if line.startswith(metric) and label in line:
             n.echo(f"  {line}")
 
 
@@ -424,9 +422,7 @@ def act_flip(n: Narrator, sh: Shell, admin: str, service_url: str) -> int:
         _served(n, admin, version)
 
     def requests_by_upstream() -> None:
-        for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
-            if line.startswith("strangler_requests_total") and 'route="payments"' in line:
-                n.echo(f"  {line}")
+        _counted(n, admin, "strangler_requests_total")
 
     phone = _login(n.client)
     n.say("Alice pays an order from her phone, on the monolith, a moment before the flip")
@@ -552,9 +548,7 @@ def act_static(
     n.call("GET", image["image_url"], headers={"If-None-Match": first.headers["etag"]})
     ranged = n.call("GET", image["image_url"], headers={"Range": "bytes=0-15"})
     n.echo(f"  content-range: {ranged.headers.get('content-range')}")
-    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
-        if line.startswith("strangler_requests_total") and 'route="static"' in line:
-            n.echo(f"  {line}")
+    _counted(n, admin, "strangler_requests_total", label='route="static"')
     return text
 
 
@@ -638,16 +632,12 @@ def act_catalog(
         with httpx.Client(base_url=n.client.base_url, timeout=10) as phone:
             phone.get("/api/v1/products", params={"per_page": 5})
     n.echo("  (50 phones read the product list once each)")
-    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
-        if line.startswith("strangler_requests_total") and 'route="catalog"' in line:
-            n.echo(f"  {line}")
+    _counted(n, admin, "strangler_requests_total", label='route="catalog"')
     sh.routes_cli("flip", "catalog", "--to", "catalog", "--reason", "catalog read side live")
     sh.routes_cli("flip", "categories", "--to", "catalog", "--reason", "catalog read side live")
     _served(n, admin, 10)
     _catalog_reads(n, product)
-    for line in httpx.get(f"{admin}/metrics", timeout=5).text.splitlines():
-        if line.startswith("strangler_requests_total") and 'upstream="catalog"' in line:
-            n.echo(f"  {line}")
+    _counted(n, admin, "strangler_requests_total", label='upstream="catalog"')
     act_price_change(n, product)
     n.say("The migration ledger: every route's state, since when, and who moved it why")
     sh.run("ledger", extra=("--routes", str(sh.routes)))

@@ -32,7 +32,7 @@ the transaction of every view change and commits with it (the answer cache relie
 `rebuild(engine)` re-projects everything from the mirrors in one transaction (after a restore,
 or a view lost by hand): `python -m services.catalog rebuild`.
 
-Keys travel in IN lists of at most 500 (Oracle refuses more than 1,000).
+Keys travel in IN lists of at most 500 (Oracle refuses more than 1,000: `datasync.batches`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, true, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from datasync import batches
 from datasync.spec import Spec
 from services.catalog.db import writing
 from services.catalog.schemas import ProductOut
@@ -56,8 +57,6 @@ from services.catalog.tables import (
     search,
 )
 
-IN_LIST_MAX = 500
-
 
 def serialise(conn: Connection) -> None:
     """Take the projections' lock for the rest of the transaction, moving the read model's
@@ -66,10 +65,9 @@ def serialise(conn: Connection) -> None:
     conn.execute(update(projection_lock).where(lock.id == 1).values(batches=lock.batches + 1))
 
 
-def chunks(keys: Iterable[int]) -> Iterator[list[int]]:
-    ordered = sorted(set(keys))
-    for start in range(0, len(ordered), IN_LIST_MAX):
-        yield ordered[start : start + IN_LIST_MAX]
+def chunks(keys: Iterable[int]) -> Iterator[Sequence[int]]:
+    """The distinct keys, in order, in IN lists Oracle accepts (`datasync.batches`)."""
+    return batches.chunks(sorted(set(keys)))
 
 
 def product_body(row: Mapping[Any, Any]) -> str:
