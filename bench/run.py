@@ -13,6 +13,8 @@ metrics on. Reports req/s, p50/p99, proxy CPU µs per request (from /proc/PID/st
     python -m bench.run --rounds 1 --seconds 5 --workloads small
     python -m bench.run --workloads small,paced --targets strangler,strangler+shadow20,\
         strangler+shadow100,raw-aiohttp        # what shadow copies cost the primary
+    python -m bench.run --workloads small --targets strangler,strangler+access,\
+        strangler+access-redis                 # what key auth + access + rate limit cost
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bench.common import ROOT, children, cpu_seconds, wait_port
 
 UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT, BASE_PORT = range(18181, 18187)
 SHADOW20_PORT, SHADOW100_PORT = 18187, 18188
+ACCESS_PORT, ACCESS_REDIS_PORT = 18189, 18190
 WORKLOADS = {  # path, POST body size, think time (ms) per request and connection
     "small": ("/small", None, 0),
     "big": ("/big", None, 0),
@@ -120,6 +123,31 @@ def with_shadow(table: str, sample: float) -> str:
     return table
 
 
+# Every benchmarked route guarded: an API key looked up, an access rule checked, a rate limit
+# counted (too high to refuse) — the `strangler+access` target (and `+access-redis`, the limit
+# counted in a local Redis as replicas share it).
+ACCESS = "    access: {{groups: [bench]}}\n    rate_limit: {{rate: 999999999/minute}}\n"
+ACCESS_HEADER = "X-API-Key"
+
+
+def with_access(table: str) -> str:
+    for route in ("    to: monolith\n", "    to: payment\n    max_body: 1MiB\n"):
+        table = table.replace(route, route + ACCESS)
+    return table
+
+
+def bench_key(work: Path) -> str:
+    """A consumer in the `bench` group, in the targets' consumer file: its key."""
+    command = [str(Path(sys.executable).parent / "strangler"), "consumers", "add", "bench"]
+    command += ["--group", "bench", "--reason", "benchmark", "--consumers"]
+    out = subprocess.run(
+        [*command, str(work / "consumers.json")], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"\bsk_[A-Za-z0-9_-]+", out)
+    assert found is not None, out
+    return found[0]
+
+
 def peak_rss_mib(pid: int) -> float:
     peak = 0
     for p in [pid, *children(pid)]:
@@ -162,9 +190,13 @@ class Target:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def wrk(port: int, workload: str, seconds: int, script_dir: Path) -> dict[str, float]:
+def wrk(
+    port: int, workload: str, seconds: int, script_dir: Path, header: str | None = None
+) -> dict[str, float]:
     path, body, think = WORKLOADS[workload]
     args = ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if header is not None:
+        args += ["-H", header]
     if body:
         script = script_dir / "post.lua"
         script.write_text(
@@ -214,7 +246,13 @@ def main() -> int:
     parser.add_argument(
         "--targets",
         help="comma-separated subset of: strangler, strangler+nets, strangler+shadow20, "
-        "strangler+shadow100, raw-aiohttp, nginx (default: all but the shadow ones)",
+        "strangler+shadow100, strangler+access, strangler+access-redis, raw-aiohttp, nginx "
+        "(default: strangler, strangler+nets, raw-aiohttp, nginx)",
+    )
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/15",
+        help="the Redis strangler+access-redis counts its rate limit in",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
@@ -241,6 +279,7 @@ def main() -> int:
     (work / "px.conf").write_text(NGINX_PROXY.format(dir=work, port=NGINX_PORT, up=UPSTREAM_PORT))
     (work / "routes.yaml").write_text(ROUTES.format(up=UPSTREAM_PORT))
     (work / "routes-nets.yaml").write_text(with_nets(ROUTES).format(up=UPSTREAM_PORT))
+    (work / "routes-access.yaml").write_text(with_access(ROUTES).format(up=UPSTREAM_PORT))
     for sample in (20, 100):
         shadowed = with_shadow(ROUTES, sample / 100).format(up=UPSTREAM_PORT)
         (work / f"routes-shadow{sample}.yaml").write_text(shadowed)
@@ -254,8 +293,14 @@ def main() -> int:
         listeners = ["--listen", f"127.0.0.1:{port}", "--internal-listen", "off"]
         return Target(name, port, [*command, *listeners, "--admin-listen", "127.0.0.1:0"])
 
+    access = strangler("strangler+access", ACCESS_PORT, "routes-access.yaml")
+    access.env = {"STRANGLER_CONSUMERS": str(work / "consumers.json")}
+    shared = strangler("strangler+access-redis", ACCESS_REDIS_PORT, "routes-access.yaml")
+    shared.env = {**access.env, "STRANGLER_RATE_LIMIT_STORE": args.redis}
     targets = [
         strangler("strangler", PROXY_PORT, "routes.yaml"),
+        access,
+        shared,
         strangler("strangler+nets", NETS_PORT, "routes-nets.yaml"),
         strangler("strangler+shadow20", SHADOW20_PORT, "routes-shadow20.yaml"),
         strangler("strangler+shadow100", SHADOW100_PORT, "routes-shadow100.yaml"),
@@ -291,20 +336,24 @@ def main() -> int:
         base.cwd = args.baseline.resolve()  # `python -m` puts the working directory first
         targets.append(base)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    headers: dict[str, str] = {}
+    if any(t.name.startswith("strangler+access") for t in targets):
+        key = bench_key(work)
+        headers = {t.name: f"{ACCESS_HEADER}: {key}" for t in (access, shared)}
     try:
         upstream.start(work)
         for target in targets:
             target.start(work)
         for workload in args.workloads.split(","):
             for target in targets:  # warm-up, not recorded
-                wrk(target.port, workload, 2, work)
+                wrk(target.port, workload, 2, work, headers.get(target.name))
             for round_no in range(args.rounds):
                 order = targets[round_no % len(targets) :] + targets[: round_no % len(targets)]
                 for target in order:
                     assert target.proc is not None
                     pid = target.proc.pid
                     before = cpu_seconds(pid, descendants=True)
-                    run = wrk(target.port, workload, args.seconds, work)
+                    run = wrk(target.port, workload, args.seconds, work, headers.get(target.name))
                     used = cpu_seconds(pid, descendants=True) - before
                     run["cpu_us"] = used / run["requests"] * 1e6
                     run["round"] = round_no
@@ -344,6 +393,8 @@ def render(
             "strangler+nets",
             "strangler+shadow20",
             "strangler+shadow100",
+            "strangler+access",
+            "strangler+access-redis",
             "strangler@base",
             "raw-aiohttp",
             "nginx",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from proxy import __version__
+from proxy.access.cli import consumers_app
 from proxy.shadow.cli import contract_app, record_command, shadow_app
 from proxy.store.base import DEFAULT_PREFIX
 
@@ -81,6 +82,7 @@ app.add_typer(routes_app, name="routes")
 app.add_typer(shadow_app, name="shadow", help="What shadowed services answered differently.")
 app.command("record")(record_command)
 app.add_typer(contract_app, name="contract", help="Replay a recorded corpus against a service.")
+app.add_typer(consumers_app, name="consumers")
 
 
 def _fail(
@@ -951,6 +953,26 @@ def serve(
         Path | None,
         typer.Option(help="Shadow reports and recordings with the file store [default var]."),
     ] = None,
+    consumers: Annotated[
+        Path | None,
+        typer.Option(help="Consumers and their keys with the file store [var/consumers.json]."),
+    ] = None,
+    rate_limit_store: Annotated[
+        str | None,
+        typer.Option(help="redis:// URL of the shared rate limits [default: the store's Redis]."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: TLS on the external listener.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its PEM private key.")] = None,
+    internal_tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: TLS on the internal listener.")
+    ] = None,
+    internal_tls_key: Annotated[Path | None, typer.Option(help="Its PEM private key.")] = None,
+    internal_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="Require client certificates signed by this CA (internal, mTLS)."),
+    ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
@@ -974,6 +996,13 @@ def serve(
         "store_cache": store_cache,
         "version_header": version_header,
         "state_dir": state_dir,
+        "consumers": consumers,
+        "rate_limit_store": rate_limit_store,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "internal_tls_cert": internal_tls_cert,
+        "internal_tls_key": internal_tls_key,
+        "internal_client_ca": internal_client_ca,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:

@@ -200,7 +200,7 @@ def act_proxy(n: Narrator, direct: httpx.Client, admin: str) -> None:
         same = _same_answer(direct.get(path), proxied)
         n.echo(f"  same status, headers and bytes as the monolith's own answer: {same}")
     n.say("What the proxy refuses before it reaches the monolith (problem+json, never a 500)")
-    n.call("GET", "/api/v1/products%2F..%2Fusers")
+    n.call("GET", "/api/v1/x%2F..%2Fpayments")
     n.call("TRACE", "/api/v1/categories")
     n.call("GET", "/api/v1/categories", headers={"Via": "1.1 strangler"})
     n.call(
@@ -266,6 +266,23 @@ class Shell:
 
     def sync(self, *args: str, env: dict[str, str] | None = None) -> int:
         return self.run("sync", *args, extra=self.databases, env=env)
+
+    def consumers(self, *args: str) -> str:
+        """A `strangler consumers` command on the demo's consumer store; returns the new key
+        when the command made one."""
+        store = str(self.routes.parent / "var" / "consumers.json")
+        self.n.echo("$ strangler consumers " + shlex.join(args))
+        code, output = Child(
+            "strangler",
+            _strangler("consumers", *args),
+            env={"STRANGLER_AUTHOR": "platform-team", "STRANGLER_CONSUMERS": store},
+        ).run_to_end()
+        for line in output.rstrip("\n").splitlines():
+            self.n.echo("  " + line)
+        if code:
+            self.n.echo(f"  (exit {code})")
+        found = re.search(r"\bsk_[A-Za-z0-9_-]+", output)
+        return found[0] if found else ""
 
     def state(self, *args: str) -> int:
         """A shadow command, reading the proxy's state directory."""
@@ -666,6 +683,73 @@ def act_price_change(n: Narrator, product: int) -> None:
     n.call("GET", f"/api/v1/products/{product}")
 
 
+# Version 11: partners read the catalog on a host name of their own, with a key, within a limit.
+PARTNER_ROUTE = """\
+  # Partners read the catalog on their own host name: a key of a consumer in the partners
+  # group, 5 requests a minute each (shared by every replica through Redis when there is one).
+  - name: partner-catalog
+    match: {path: /api/v1/products, host: partners.localhost, methods: [GET]}
+    to: catalog
+    access: {groups: [partners]}
+    rate_limit: {rate: 5/minute, by: consumer}
+"""
+PARTNER_HOST = {"Host": "partners.localhost"}
+
+
+def partner_table(current: str) -> str:
+    """The served table with the partner route added, as the next version."""
+    version = int(re.search(r"^version: (\d+)", current, re.MULTILINE)[1])  # type: ignore[index]
+    return current.replace(f"version: {version}", f"version: {version + 1}", 1) + PARTNER_ROUTE
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Poll `check` until it holds; the monotonic time it first did."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def act_access(n: Narrator, sh: Shell, admin: str) -> None:
+    """Who may call what: a partner with a key, refused without, rate limited, revoked."""
+    n.say("Who may call what: partners get the catalog on their own host name, with a key")
+    table = sh.routes.parent / "routes-partners.yaml"
+    table.write_text(partner_table(sh.routes.read_text()))
+    sh.routes_cli("set", str(table), "--reason", "partner API: catalog reads with a key")
+    _served(n, admin, 11)
+    n.say("A partner without a key is refused (401, and how to present one)")
+    refused = n.call("GET", "/api/v1/products", params={"per_page": 1}, headers=PARTNER_HOST)
+    n.echo(f"  WWW-Authenticate: {refused.headers.get('www-authenticate')}")
+    n.say("The platform team registers the partner: its key is shown once, stored as a hash")
+    started = time.monotonic()
+    key = sh.consumers("add", "acme", "--group", "partners", "--reason", "contract signed")
+    partner = {**PARTNER_HOST, "X-API-Key": key}
+    known = _until(lambda: n.client.get("/api/v1/products", headers=partner).status_code == 200)
+    n.echo(f"  (the proxy serves the key {known - started:.2f}s after the command started)")
+    n.say("With the key: served, and a claimed identity from the client never passes")
+    n.call(
+        "GET",
+        "/api/v1/products",
+        params={"per_page": 1},
+        headers={**partner, "X-Consumer-Id": "someone-else"},
+    )
+    n.say("Five requests a minute: the sixth is refused with when to come back")
+    for _ in range(3):
+        n.client.get("/api/v1/products", params={"per_page": 1}, headers=partner)
+    limited = n.call("GET", "/api/v1/products", params={"per_page": 1}, headers=partner)
+    fields = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
+    n.echo("  " + ", ".join(f"{f}: {limited.headers.get(f)}" for f in fields))
+    n.say("The phones, on the shop's own host name, need no key: nothing changed for them")
+    n.call("GET", "/api/v1/products", params={"per_page": 1})
+    n.say("The contract ends: the partner is revoked, and every proxy refuses its key")
+    started = time.monotonic()
+    sh.consumers("revoke", "acme", "--reason", "contract ended")
+    refused = _until(lambda: n.client.get("/api/v1/products", headers=partner).status_code == 401)
+    n.call("GET", "/api/v1/products", params={"per_page": 1}, headers=partner)
+    n.echo(f"  (refused {refused - started:.2f}s after the command started)")
+    sh.consumers("history")
+
+
 def _ejected_for(admin: str, upstream: str) -> float:
     """Seconds the proxy keeps `upstream` out of the path (its admin API's route status)."""
     status = httpx.get(f"{admin}/api/v1/routes/status", timeout=5).json()
@@ -803,7 +887,15 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
             str(workdir / "var"),
         )
         echo("$ strangler " + " ".join(serve))
-        with Child("proxy", _strangler(*serve), ready=STRANGLER_READY) as proxy:
+        consumers = workdir / "var" / "consumers.json"
+        for old in (consumers, consumers.with_name("consumers-audit.jsonl")):
+            old.unlink(missing_ok=True)  # an earlier demo's partner
+        with Child(
+            "proxy",
+            _strangler(*serve),
+            ready=STRANGLER_READY,
+            env={"STRANGLER_CONSUMERS": str(consumers)},
+        ) as proxy:
             for role, url in proxy.listeners.items():
                 echo(f"  {role} listener on {url}")
             with (
@@ -876,6 +968,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                     start_catalog,
                     start_followers,
                 )
+                act_access(n, sh, proxy.listeners["admin"])
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:
                 echo(

@@ -32,6 +32,8 @@ from email.utils import formatdate
 PROBLEM_TYPE = "urn:strangler:problem:"
 TITLES = {
     400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     408: "Request timeout",
@@ -40,6 +42,7 @@ TITLES = {
     414: "URI too long",
     416: "Range not satisfiable",
     501: "Not implemented",
+    429: "Too many requests",
     431: "Request header fields too large",
     502: "Bad gateway",
     503: "Service unavailable",

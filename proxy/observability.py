@@ -152,6 +152,27 @@ class Metrics:
             labels,
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "strangler_rate_limited",
+            "Requests refused (429) by their route's rate limit.",
+            ("route",),
+            registry=self.registry,
+        )
+        self.rate_limit_local = Counter(
+            "strangler_rate_limit_local",
+            "Rate-limit decisions a worker took alone, at its share of the limit, because the "
+            "shared Redis did not answer in time.",
+            ("route",),
+            registry=self.registry,
+        )
+        self.access_refused = Counter(
+            "strangler_access_refused",
+            "Requests refused before reaching an upstream, by route and status: 401 (no or a "
+            "bad credential), 403 (not allowed), 429 (rate limit), 503 (credentials cannot be "
+            "checked).",
+            ("route", "status"),
+            registry=self.registry,
+        )
         self.table_version = Gauge(
             "strangler_route_table_version",
             "Version of the route table being served.",

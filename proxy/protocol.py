@@ -13,6 +13,9 @@ Framing rules beyond the head:
   connection is closed (a truncated answer never looks complete).
 - A refusal never overtakes the answers to earlier pipelined requests: it is written once they
   are complete, in order, then the connection closes (RFC 9112 §9.3.2).
+
+On a TLS connection every request's scope carries the ASGI TLS extension (see tls.py), computed
+once when the connection is made (a plain connection pays one test of an attribute per request).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from proxy.dataplane.headers import ALLOW, request_id_of, transfer_coding_problem
 from proxy.errors import problem_body, problem_headers
 from proxy.settings import ProxySettings
+from proxy.tls import TLSExtension, connection_tls
 
 WRITE_BUFFER_HIGH = 16_384
 _REASONS = {
@@ -101,10 +105,13 @@ class HardenedProtocol(HttpToolsProtocol):
         # second refuses heads older than the limit: one timer per worker instead of a timer
         # armed and cancelled for every request.
         self._head_since: float | None = None
+        self._tls: TLSExtension | None = None  # the ASGI TLS extension, on TLS connections
 
     # --- the request head clock -----------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.scheme == "https":
+            self._tls = connection_tls(transport)
         # A streamed answer waits for the client to drain this much before the next upstream
         # read (uvloop's own low-water mark is 16 bytes: a paused writer waited for the whole
         # buffer): what a slow reader holds stays bounded (see dataplane/forward.py).
@@ -165,6 +172,8 @@ class HardenedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
         self._head_bytes = 0
         self._in_body = self._chunk_head = False
         if self._head_since is None:

@@ -106,6 +106,7 @@ class Runtime:
         self._trusted_cache: dict[str, bool] = {}
         self.traffic = TrafficWindow(self.metrics)
         self._init_shadow(settings)
+        self._init_access(settings, snapshot)
         self._missing: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.table_version.set(snapshot.version)
@@ -128,6 +129,22 @@ class Runtime:
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
         self.recorder = Recorder(self.sink, self.worker)
+
+    def _init_access(self, settings: ProxySettings, snapshot: Snapshot) -> None:
+        """Who may call what (access/): the consumers this worker follows, the token issuers
+        of the table it serves, and the rate limiter (shared through Redis when there is one)."""
+        from proxy.access.gate import Gate
+        from proxy.access.ratelimit import Limiter
+        from proxy.store.consumers import ConsumerFollower
+
+        self.gate = Gate(settings.credentials_grace)
+        self.gate.issuers(snapshot.credentials.issuers)
+        self.consumers = ConsumerFollower(settings, self.gate.use)
+        self.gate.fresh = lambda: self.consumers.fresh_at
+        shared = settings.rate_limit_store or (None if settings.store == "file" else settings.store)
+        # Beside the route store's keys: strangler:routes: → strangler:limits:.
+        prefix = settings.store_prefix.removesuffix("routes:") + "limits:"
+        self.limiter = Limiter(shared, prefix, settings.workers, self.metrics)
 
     async def _share(self) -> None:
         """Once a second: this worker's shadow tallies to the sink, the recorder's turn, and
@@ -174,6 +191,7 @@ class Runtime:
         return forwarded_for.split(",", 1)[0].strip()
 
     def swap(self, snapshot: Snapshot) -> None:
+        self.gate.issuers(snapshot.credentials.issuers)
         self.snapshot = snapshot
         self.metrics.table_version.set(snapshot.version)
         self.forwarder.retire_unused(snapshot.upstreams.values())
@@ -207,6 +225,9 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._sample_traffic()))
         await self.pin_wire.start()
         self._tasks.append(asyncio.create_task(self._share()))
+        await self.consumers.start()
+        await self.gate.start()
+        await self.limiter.start()
         if self.settings.store != "file":
             # Serve once the live pins are loaded (a replica started mid-canary honours them),
             # but never wait long for a Redis that is down: the table is already served.
@@ -222,6 +243,9 @@ class Runtime:
                 await task
         self._tasks = []
         await self.mirror.stop()
+        await self.limiter.stop()
+        await self.gate.stop()
+        await self.consumers.stop()
         if self.mirror.tallies:
             with contextlib.suppress(Exception):  # the last numbers, if the sink answers
                 await self._share_tallies()

@@ -5,23 +5,35 @@ a proxied path). All three are served by one uvicorn server per worker (uvloop +
 never h11; no proxy headers, no Server or Date header of its own: the upstream's pass through),
 and the worker tells them apart by the local port a request arrived on. Sockets are bound once,
 before the workers start, so `--workers N` processes share each port and port 0 works.
+
+TLS is per listener (tls.py): the external and internal listeners each serve their own context
+when given a certificate, the admin listener is always plain HTTP. uvicorn gives one `ssl` to
+every socket, so ProxyServer creates the socket servers itself, and each worker of `--workers N`
+runs a ProxyServer too (WorkerProcess). Each worker reloads its certificates in a task of its
+own. The TLS files are loaded once before anything is bound: a missing or bad one stops `serve`
+with its name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess, multiprocess
 
 from proxy.dataplane.app import DataPlane
 from proxy.errors import ResponseAborted, problem_body, problem_headers
@@ -29,6 +41,7 @@ from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
 from proxy.store.pins import PIN_DIR_ENV
+from proxy.tls import ListenerTLS, reload_certificates, server_context, tls_files
 from proxy.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
@@ -41,11 +54,12 @@ class Listener:
     host: str
     port: int
     sock: socket.socket
+    tls: bool = False
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _loopback(host: str) -> bool:
@@ -55,7 +69,7 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def bind(role: str, address: tuple[str, int]) -> Listener:
+def bind(role: str, address: tuple[str, int], *, tls: bool = False) -> Listener:
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -69,11 +83,12 @@ def bind(role: str, address: tuple[str, int]) -> Listener:
         ) from None
     sock.listen(BACKLOG)
     sock.set_inheritable(True)
-    return Listener(role, host, sock.getsockname()[1], sock)
+    return Listener(role, host, sock.getsockname()[1], sock, tls)
 
 
 def bind_all(settings: ProxySettings) -> list[Listener]:
     listeners: list[Listener] = []
+    secured = tls_files(settings)
     for role, value in (
         ("external", settings.listen),
         ("internal", settings.internal_listen),
@@ -91,7 +106,7 @@ def bind_all(settings: ProxySettings) -> list[Listener]:
             for listener in listeners:
                 listener.sock.close()
             raise OSError(f"the {role} and {taken.role} listeners cannot share port {address[1]}")
-        listeners.append(bind(role, address))
+        listeners.append(bind(role, address, tls=role in secured))
     return listeners
 
 
@@ -120,10 +135,16 @@ class Router:
         if self.settings.routes is not None or self.settings.store != "file":
             from proxy.admin.app import create_admin_app
             from proxy.store import open_store
+            from proxy.store.consumers import open_consumer_store
 
             settings = self.settings
             store = open_store(settings.store, settings.routes, settings.store_prefix)
-            self.admin_api = create_admin_app(store, self.settings.admin_token, self.runtime)
+            self.admin_api = create_admin_app(
+                store,
+                settings.admin_token,
+                self.runtime,
+                consumers=lambda: open_consumer_store(settings),
+            )
         await self.runtime.start()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,13 +218,100 @@ class Router:
 
 
 class ProxyServer(uvicorn.Server):
-    """uvicorn re-raises a caught SIGTERM or SIGINT once its graceful shutdown is done, so the
-    process would die by the signal (exit -15); a proxy that drained cleanly exits 0, as nginx
-    does. (With --workers, uvicorn's supervisor already exits 0.)"""
+    """uvicorn's server with TLS per listener role, and a clean exit.
+
+    - startup: uvicorn's own (the application's lifespan, then one asyncio server per socket),
+      except that each socket gets its role's TLS context, or none, and a task that reloads the
+      certificates when their files change; shutdown ends that task.
+    - uvicorn re-raises a caught SIGTERM or SIGINT once its graceful shutdown is done, so the
+      process would die by the signal (exit -15); a proxy that drained cleanly exits 0, as nginx
+      does. (With --workers, uvicorn's supervisor already exits 0.)
+    """
+
+    _reloader: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        router = self.config.app
+        if sockets is None or not isinstance(router, Router):
+            await super().startup(sockets)
+            return
+        try:  # serve() loaded them already; they may have gone since (a worker restarted)
+            secured = {
+                role: ListenerTLS(files) for role, files in tls_files(router.settings).items()
+            }
+        except ValueError as exc:
+            log.error("%s", exc)
+            sys.exit(STARTUP_FAILURE)
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config, state, lifespan = self.config, self.server_state, self.lifespan
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=lifespan.state, _loop=_loop
+            )
+
+        loop = asyncio.get_running_loop()
+        self.servers = []
+        for sock in sockets:
+            listener = secured.get(router.roles.get(sock.getsockname()[1], ""))
+            tls: dict[str, Any] = {}
+            if listener is not None:  # a handshake is timed like a request head (slowloris)
+                tls = {
+                    "ssl": listener.context,
+                    "ssl_handshake_timeout": router.settings.header_timeout,
+                }
+            server = await loop.create_server(
+                create_protocol, sock=sock, backlog=config.backlog, **tls
+            )
+            self.servers.append(server)
+        if secured:
+            self._reloader = asyncio.create_task(
+                reload_certificates(secured.values(), router.settings.tls_reload_interval)
+            )
+        self.started = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            await asyncio.gather(self._reloader, return_exceptions=True)
+            self._reloader = None
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+
+class WorkerProcess(multiprocess.Process):
+    """A `--workers` process that runs a ProxyServer (uvicorn's runs a plain uvicorn.Server)."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = ProxyServer(config=self.config)
+        return self._server
+
+
+class ProxyMultiprocess(Multiprocess):
+    """uvicorn's supervisor, whose workers are WorkerProcesses. It makes a worker at start, when
+    one dies, and on SIGHUP or SIGTTIN, always as `Process` of its module and always from run()
+    in the main thread: while run() runs, that name is WorkerProcess."""
+
+    def run(self) -> None:
+        with _worker_class(WorkerProcess):
+            super().run()
+
+
+@contextlib.contextmanager
+def _worker_class(replacement: type[multiprocess.Process]) -> Iterator[None]:
+    original = multiprocess.Process
+    multiprocess.Process = replacement  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        multiprocess.Process = original  # type: ignore[misc]
 
 
 class QuietAborts(logging.Filter):
@@ -249,6 +357,8 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
         raise ValueError(
             f"the admin listener {settings.admin_listen} is not loopback: set STRANGLER_ADMIN_TOKEN"
         )
+    for files in tls_files(settings).values():
+        server_context(files)  # refuse an unreadable certificate or key before binding anything
     listeners = bind_all(settings)
     if not any(listener.role == "external" for listener in listeners):
         raise ValueError("the external listener cannot be off")
@@ -276,7 +386,7 @@ def serve(settings: ProxySettings, announce: Any = print) -> None:
     server = ProxyServer(config)
     try:
         if settings.workers > 1:
-            Multiprocess(config, sockets=sockets).run()
+            ProxyMultiprocess(config, sockets=sockets).run()
         else:
             server.run(sockets=sockets)
     finally:

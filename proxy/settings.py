@@ -9,7 +9,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +55,26 @@ class ProxySettings(BaseSettings):
     # Where a replica keeps its local state with the file store: shadow reports and recordings
     # (shadow/), shared by its workers and read by `strangler shadow report` and `record`.
     state_dir: Path = Path("var")
+    # Who may call what (proxy/access/). Consumers and their credentials live beside the
+    # route table: with the file store in this JSON file (its audit log beside it), with a
+    # Redis store under `consumers_prefix`.
+    consumers: Path = Path("var/consumers.json")
+    consumers_prefix: str = Field("strangler:consumers:", min_length=1, max_length=200)
+    # Fail closed: while the consumer store cannot be read, keys this replica already knows keep
+    # working this long after its last successful read; then every credential is refused (503).
+    credentials_grace: float = Field(300.0, gt=0, le=86_400)
+    # Rate limits shared by replicas: a redis:// URL (by default the route store's Redis, if
+    # any). Without one, or while it is down, each worker enforces its share of each limit.
+    rate_limit_store: str | None = Field(None, pattern=r"^(rediss?://.+|unix://.+)$")
+    # TLS on the external listener (PEM files, reloaded when they change: new handshakes use
+    # the new certificate, open connections keep theirs), and on the internal one, which may
+    # also require client certificates signed by `internal_client_ca` (mTLS identities).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    internal_tls_cert: Path | None = None
+    internal_tls_key: Path | None = None
+    internal_client_ca: Path | None = None
+    tls_reload_interval: float = Field(1.0, gt=0, le=3600)
     # Which listeners' responses carry the route-table version that served them.
     version_header: Literal["internal", "all", "off"] = "internal"
 
@@ -101,3 +121,15 @@ class ProxySettings(BaseSettings):
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ProxySettings:
+        for cert, key, name in (
+            (self.tls_cert, self.tls_key, "tls"),
+            (self.internal_tls_cert, self.internal_tls_key, "internal_tls"),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"{name}_cert and {name}_key go together")
+        if self.internal_client_ca is not None and self.internal_tls_cert is None:
+            raise ValueError("internal_client_ca needs internal_tls_cert and internal_tls_key")
+        return self

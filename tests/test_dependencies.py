@@ -664,3 +664,33 @@ def test_aiohttp_response_connection_tells_a_closed_upstream(
             await until(lambda: not protocol.is_connected(), "is_connected() to turn False")
 
     loop.run_until_complete(probe())
+
+
+def test_uvicorn_internals_the_per_listener_tls_server_uses() -> None:
+    """proxy/server.py starts one server per socket with its listener's TLS context (uvicorn's
+    startup gives every socket the same one), and makes --workers run that server by replacing
+    the name `Process` in uvicorn's supervisor module while it runs."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import multiprocess
+
+    assert STARTUP_FAILURE == 3, changed("uvicorn", "config.STARTUP_FAILURE", "changed")
+    process = attribute(multiprocess, "Process", "supervisors.multiprocess")
+    assert isinstance(inspect.getattr_static(process, "server"), property), changed(
+        "uvicorn", "multiprocess.Process.server", "is not a property"
+    )
+    assert "self.config" in inspect.getsource(process.__init__)
+    assert "self._server" in inspect.getsource(process), changed(
+        "uvicorn", "multiprocess.Process._server", "is gone"
+    )
+    assert "Process(" in inspect.getsource(multiprocess.Multiprocess), changed(
+        "uvicorn", "Multiprocess", "no longer makes its workers by the module's name `Process`"
+    )
+    assert parameters("uvicorn", uvicorn.Server, "startup") == ["sockets"]
+    source = inspect.getsource(uvicorn.Server)
+    for name in ("self.lifespan", "self.servers", "self.server_state", "self.started"):
+        assert name in source, changed("uvicorn", f"Server.{name[5:]}", "is gone")
+    config = uvicorn.Config(app=None)  # type: ignore[arg-type]
+    attribute(config, "backlog", "Config")
+    assert hasattr(uvicorn.Config, "http_protocol_class") or "http_protocol_class" in (
+        inspect.getsource(uvicorn.Config.load)
+    ), changed("uvicorn", "Config.http_protocol_class", "is gone")

@@ -24,6 +24,7 @@ POST /api/v1/routes/diff needs the token too: it makes the proxy ask the gate UR
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
@@ -44,6 +45,7 @@ from proxy.table.loader import TableInvalid
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
+    from proxy.store.consumers import ConsumerStore
 
 
 class AdminError(Exception):
@@ -141,11 +143,15 @@ def _version(version: Version) -> dict[str, Any]:
 
 
 def create_admin_app(
-    store: RouteStore, token: str | None, runtime: Runtime | None = None
+    store: RouteStore,
+    token: str | None,
+    runtime: Runtime | None = None,
+    consumers: Callable[[], ConsumerStore] | None = None,
 ) -> FastAPI:
     """The admin app over `store`. With no token, writes are refused (reads stay open: the
     listener is loopback by default). With the proxy's `runtime`, it also reports what this
-    replica serves and the traffic each route had lately."""
+    replica serves and the traffic each route had lately; with a `consumers` store, it manages
+    consumers and their credentials too (admin/consumers.py)."""
     app = FastAPI(
         title="strangler admin",
         version="1",
@@ -406,4 +412,8 @@ def create_admin_app(
         """What the same rollback would commit: nothing committed."""
         return rollback(author, body, True)
 
+    if consumers is not None:
+        from proxy.admin.consumers import consumers_router
+
+        app.include_router(consumers_router(consumers, _writer))
     return app

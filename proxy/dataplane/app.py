@@ -1,8 +1,10 @@
-"""The data plane's ASGI callable: one request, in four named steps.
+"""The data plane's ASGI callable: one request, in five named steps.
 
     admit    concurrency accounting (global and per client), method, headers, Host, loop
     resolve  pure: path, route, exposure, key, upstream (override, read-your-writes pin,
              weights), limits, safety nets, shadow sampling → a Plan (plan.py)
+    guard    who is calling (API key, bearer JWT, client certificate), may it use this route
+             and method, is it within the route's rate limit (access/): 401, 403, 429, 503
     serve    a static route's file, from its root directory, instead of forward (static.py)
     forward  read the body (buffered up to a bound), then try the plan's upstream: ejected or
              saturated upstreams are not tried; a failed try may be re-sent (stale connection,
@@ -25,6 +27,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from proxy.access.policy import Identity, authorize, upstream_fields
 from proxy.dataplane import static
 from proxy.dataplane.breaker import CLOSED, PROBING, Guard, Saturated, drop_one
 from proxy.dataplane.forward import (
@@ -68,7 +71,8 @@ from proxy.errors import (
 )
 from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
-from proxy.table.compile import CompiledRoute, Snapshot
+from proxy.table.compile import CompiledRoute, RatePolicy, Snapshot
+from proxy.tls import client_cert_name
 from proxy.types import Receive, Scope, Send
 
 log = logging.getLogger("strangler")
@@ -169,7 +173,10 @@ class DataPlane:
                 pins=runtime.pins,
                 https=facts.https,
             )
-            if plan.route is not None and plan.route.static is not None:
+            matched = plan.route
+            if snapshot.access is not None if matched is None else matched.guarded:
+                await self._guard(scope, facts, plan, snapshot, holder, outcome)
+            if matched is not None and matched.static is not None:
                 await self._serve(scope, receive, send, plan, outcome)
                 return
             if runtime.pins_arrive_late and plan.key is not None:
@@ -258,6 +265,59 @@ class DataPlane:
         self.in_flight -= 1
         if self.in_flight_gauge is not None:
             self.in_flight_gauge.dec()
+
+    # --- guard --------------------------------------------------------------------------------
+    async def _guard(
+        self,
+        scope: Scope,
+        facts: RequestFacts,
+        plan: Plan,
+        snapshot: Snapshot,
+        holder: str,
+        outcome: Outcome,
+    ) -> None:
+        """Who is calling, may it (access/policy.py), and is it within its rate limit: a 401,
+        403, 429 or 503 refuses the request before anything is read or sent upstream."""
+        route = plan.route
+        access = snapshot.access if route is None else route.access
+        identity: Identity | None = None
+        try:
+            if access is not None or (route is not None and route.identify):
+                identity = self.runtime.gate.identify(
+                    scope["headers"], snapshot.credentials, client_cert_name(scope)
+                )
+                if access is not None:
+                    authorize(access, identity, plan.method, snapshot.credentials)
+                if identity is not None:
+                    outcome.consumer = identity.consumer
+                    forward = route is not None and route.forward_credentials
+                    upstream_fields(facts.headers, identity, forward_credentials=forward)
+            if route is not None and route.rate_limit is not None:
+                await self._limit(route, route.rate_limit, identity, holder, outcome)
+        except ProxyError as exc:
+            self.runtime.metrics.access_refused.labels(plan.route_name, str(exc.status)).inc()
+            raise
+
+    async def _limit(
+        self,
+        route: CompiledRoute,
+        rate: RatePolicy,
+        identity: Identity | None,
+        holder: str,
+        outcome: Outcome,
+    ) -> None:
+        key = identity.consumer if identity is not None and rate.by == "consumer" else holder
+        decision = await self.runtime.limiter.hit(route.name, rate, key)
+        if not decision.allowed:
+            self.runtime.metrics.rate_limited.labels(route.name).inc()
+            raise ProxyError(
+                429,
+                "rate-limited",
+                f"more than {decision.limit} requests in the window on route {route.name}",
+                retry_after=max(1, decision.reset),
+                headers=[(n, v) for n, v in decision.headers() if n != b"retry-after"],
+            )
+        outcome.fields = decision.headers()
 
     # --- serve --------------------------------------------------------------------------------
     async def _serve(
@@ -565,6 +625,14 @@ class DataPlane:
         answer, whichever arm gives it), the version field (made once per table version, not
         per request), and the fallback's when one served the request."""
         cookie = plan.set_cookie if plan is not None else None
+        if outcome.fields is not None:  # rare: a rate-limited route's RateLimit-* fields
+            fields = self._fields(version, outcome, cookie)
+            return fields + outcome.fields if fields else outcome.fields
+        return self._fields(version, outcome, cookie)
+
+    def _fields(
+        self, version: int, outcome: Outcome, cookie: bytes | None
+    ) -> list[tuple[bytes, bytes]] | None:
         if not self.show_headers:
             return [(b"set-cookie", cookie)] if cookie else None
         cached = self._version_field

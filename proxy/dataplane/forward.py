@@ -97,6 +97,8 @@ class Outcome:
     tries: int = 0
     fallback_from: str = ""
     fallback_reason: str = ""
+    consumer: str = ""  # the identified caller (access/gate.py), for the access log
+    fields: list[tuple[bytes, bytes]] | None = None  # more response fields (RateLimit-*)
 
 
 Body = bytes | Callable[[], AsyncIterator[bytes]] | None

@@ -40,9 +40,24 @@ HOP_BY_HOP = frozenset(
 SPOOFABLE = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
 )
-# The proxy's own request fields: a client cannot send them (a real write marked as a shadow
-# copy could skip the service's side effects).
-PROXY_OWN = frozenset({b"strangler-shadow"})
+# The proxy's own request fields: a client cannot send them. A real write marked as a shadow
+# copy could skip the service's side effects; a client's X-Consumer-Id (the caller as the proxy
+# tells an upstream, access/policy.py, with the names other gateways use) could claim to be
+# anyone. Dropped on every route.
+PROXY_OWN = frozenset(
+    {
+        b"strangler-shadow",
+        b"x-consumer-id",
+        b"x-consumer-groups",
+        b"x-consumer-username",
+        b"x-consumer-custom-id",
+        b"x-credential-identifier",
+        b"x-anonymous-consumer",
+        b"x-authenticated-userid",
+        b"x-authenticated-groups",
+        b"x-authenticated-scope",
+    }
+)
 # A client's `Connection: content-length` must not strip the framing: the upstream would read
 # the body as the next request (nginx and Envoy ignore such options too).
 FRAMING = frozenset({b"host", b"content-length"})

@@ -1,9 +1,21 @@
 """The request path's pure middle: what to do with a request (`resolve`), and what to do after
 a try failed (`next_step`). No I/O; tested without sockets.
 
-resolve: target → match key → route (or the default) → listener exposure → the request's key
+resolve: target → readings → route (or the default) → listener exposure → the request's key
 → upstream (an override, else a live read-your-writes pin, else its `to` or its split; see
 split.py and pins.py) → limits, safety nets and whether a copy is shadowed → a Plan.
+
+Which route, when a path can be read several ways (normalize.py; the route its canonical key
+reaches is the answer for every plain path):
+- a strict reading (escaped slashes kept, decoded twice) that reaches another route: 400;
+- then every route a reading reaches (the key's, the lenient and case-folded readings') that is
+  protected on this listener (not exposed on it, or behind access rules; "no route" too when
+  the table has a default `access`) is a candidate: none → the key's route; one protection → its
+  route (the key's first), so the request is refused as that route would refuse it (404 on a
+  listener it is not exposed on, its access rules otherwise); routes protected differently →
+  400, no one protection covers the request.
+A request is never let through by a reading less protected than another: the bytes forwarded are
+the client's, and the backend may read them either way.
 
 next_step, after a try failed before any response byte reached the client:
 - **stale**: a request sent on a *reused* connection that closed before any response byte (the
@@ -27,8 +39,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.dataplane.match import find_route
-from proxy.dataplane.normalize import AmbiguousPath, match_key
+from proxy.dataplane.match import find_folded_route, find_route, folded
+from proxy.dataplane.normalize import AmbiguousPath, fold, plain_key, read_path
 from proxy.dataplane.pins import Pins, digest
 from proxy.dataplane.split import (
     KEY_COOKIE,
@@ -42,6 +54,7 @@ from proxy.dataplane.split import (
 from proxy.errors import ProxyError
 from proxy.table.compile import (
     STATIC,
+    AccessPolicy,
     CompiledRoute,
     Failures,
     FallbackPolicy,
@@ -151,6 +164,90 @@ def _shadow(route: CompiledRoute, plan: Plan) -> ShadowPolicy | None:
     return shadow
 
 
+def _route(
+    snapshot: Snapshot, external: bool, raw_path: bytes, method: str, host: bytes, headers: Headers
+) -> CompiledRoute | None:
+    """The route a request takes (module rules), None for the default; ProxyError 400."""
+    paths = snapshot.paths
+    key = plain_key(raw_path, paths.case_insensitive)
+    if key is None:
+        return _read_route(snapshot, external, raw_path, method, host, headers)
+    route = find_route(snapshot, key, method, host, headers)  # a plain path: one reading
+    if not snapshot.protected or paths.case_insensitive:
+        return route
+    lowered = key.lower()  # a plain path is ASCII
+    if lowered == key and not folded(snapshot).mixed:
+        return route
+    other = find_folded_route(snapshot, lowered, method, host, headers)
+    return settle(snapshot, external, route, (other,))
+
+
+def _read_route(
+    snapshot: Snapshot, external: bool, raw_path: bytes, method: str, host: bytes, headers: Headers
+) -> CompiledRoute | None:
+    """`_route` for a path that is not plain: every reading (normalize.read_path)."""
+    paths = snapshot.paths
+    try:
+        readings = read_path(
+            raw_path,
+            case_insensitive=paths.case_insensitive,
+            refuse_escaped_slashes=paths.escaped_slashes == "refuse",
+        )
+    except AmbiguousPath as exc:
+        raise ProxyError(400, "bad-target", str(exc)) from None
+    route = find_route(snapshot, readings.key, method, host, headers)
+    for reading in readings.strict:
+        if find_route(snapshot, reading, method, host, headers) is not route:
+            raise ProxyError(400, "bad-target", "the path's escapes can be read as another route")
+    if not (snapshot.protected or snapshot.access is not None):
+        return route
+    others = [find_route(snapshot, reading, method, host, headers) for reading in readings.lenient]
+    if snapshot.protected and not paths.case_insensitive:
+        mixed = folded(snapshot).mixed
+        for reading in dict.fromkeys(readings.all()):
+            lowered = fold(reading)
+            if lowered != reading or mixed:
+                others.append(find_folded_route(snapshot, lowered, method, host, headers))
+    return settle(snapshot, external, route, others)
+
+
+Guard = tuple[bool, AccessPolicy | None]  # (exposed on this listener, access rules)
+
+
+def _guard(snapshot: Snapshot, route: CompiledRoute | None, external: bool) -> Guard | None:
+    """What `route` (None: the default) holds back on this listener; None for nothing."""
+    if route is None:
+        return None if snapshot.access is None else (True, snapshot.access)
+    if not (route.external if external else route.internal):
+        return (False, None)  # refused whatever its access rules
+    return None if route.access is None else (True, route.access)
+
+
+def settle(
+    snapshot: Snapshot,
+    external: bool,
+    route: CompiledRoute | None,
+    others: Sequence[CompiledRoute | None],
+) -> CompiledRoute | None:
+    """The route of a request whose key reaches `route` and whose other readings reach
+    `others` (module rules): the protected one among them, else `route`; protected ones that
+    hold back different things → 400."""
+    guard = _guard(snapshot, route, external)
+    chosen = route
+    for other in others:
+        if other is route or other is chosen:
+            continue
+        other_guard = _guard(snapshot, other, external)
+        if other_guard is None or other_guard == guard:
+            continue
+        if guard is not None:
+            raise ProxyError(
+                400, "bad-target", "the path can be read as routes protected differently"
+            )
+        chosen, guard = other, other_guard
+    return chosen
+
+
 def resolve(
     snapshot: Snapshot,
     *,
@@ -167,11 +264,7 @@ def resolve(
 ) -> Plan:
     """The plan for one request, or a ProxyError (400 ambiguous target, 404 not exposed on
     this listener, 413 a declared body over the route's limit)."""
-    try:
-        key = match_key(raw_path)
-    except AmbiguousPath as exc:
-        raise ProxyError(400, "bad-target", str(exc)) from None
-    route = find_route(snapshot, key, method, host, headers)
+    route = _route(snapshot, external, raw_path, method, host, headers)
     if route is None:
         upstream = snapshot.default
         plan = Plan(

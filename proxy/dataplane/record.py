@@ -4,7 +4,8 @@ json.dumps of a whole dict per request is a measurable share of the hot path; he
 target and the method, the two fields a client controls, go through the JSON string encoder
 (which escapes control characters, so a client cannot forge log lines). Every other field is a
 number or a name the proxy validated. `choice` says how the upstream was chosen: default, to,
-split, override or pin (a read-your-writes pin overrode the weights).
+split, override or pin (a read-your-writes pin overrode the weights); `consumer` who called, when
+the route identified the caller (access/gate.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def access_line(
     if query:
         target += "?" + query.decode("latin-1")
     error = f'"{outcome.error}"' if outcome.error else "null"
+    consumer = f'"{outcome.consumer}"' if outcome.consumer else "null"  # a validated name
     fallback = (
         f'{{"from":"{outcome.fallback_from}","reason":"{outcome.fallback_reason}"}}'
         if outcome.fallback_from
@@ -46,5 +48,5 @@ def access_line(
         f'"status":{outcome.status},"bytes_in":{outcome.bytes_in},'
         f'"bytes_out":{outcome.bytes_out},"duration_ms":{elapsed * 1000:.3f},'
         f'"table_version":{version},"choice":"{choice}","tries":{outcome.tries},'
-        f'"fallback":{fallback},"error":{error}}}'
+        f'"fallback":{fallback},"consumer":{consumer},"error":{error}}}'
     )

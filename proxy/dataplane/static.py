@@ -7,9 +7,9 @@ without sockets), then `serve`, in four named steps:
     stream   the bytes, read off the event loop in 64 KiB pieces
 
 Rules, with their precedents:
-- Path safety (nginx's `root` + `try_files $uri =404`): the normaliser (normalize.py) has
-  already refused encoded '/', '\\', '.', NUL and broken escapes; here the path is decoded once
-  and any '.', '..' or empty segment is refused (400), a dotfile is never served (404), the
+- Path safety (nginx's `root` + `try_files $uri =404`): the route was chosen on every reading
+  of the path (normalize.py); here the path is decoded once and '\\', NUL, any '.', '..' or
+  empty segment is refused (400), a dotfile is never served (404), the
   resolved path (`os.path.realpath`, symlinks followed) must stay inside root (else 404), and a
   directory is 404 (no listing, nginx's `autoindex off`) unless `index: true` and it holds an
   index.html.

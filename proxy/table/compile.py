@@ -15,6 +15,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from proxy.shadow.compare import Rules
+from proxy.table.access import AccessRule, JwtIssuer, RateLimit
 from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable, Static
 from proxy.table.model import Upstream as UpstreamSpec
 from proxy.table.validate import methods_taken, override_always, specificity
@@ -150,6 +151,48 @@ class CompiledRoute:
     shadow: ShadowPolicy | None = None
     rules: Rules | None = None  # how answers are compared (shadow, contract replays)
     static: StaticPolicy | None = None  # files served by the proxy (no upstream)
+    access: AccessPolicy | None = None  # who may call it (None: anyone)
+    rate_limit: RatePolicy | None = None
+    forward_credentials: bool = False
+    # The caller must be identified: the route has access rules or limits by consumer.
+    identify: bool = False
+    guarded: bool = False  # access rules or a rate limit: the data plane's guard step runs
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One way into a route (table/access.py): empty `consumers` and `groups` admit any
+    identified consumer; `methods` None admits every method."""
+
+    consumers: frozenset[str]
+    groups: frozenset[str]
+    methods: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RatePolicy:
+    rate: str
+    burst: str | None
+    by: str  # "consumer" (else the client address) or "client"
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialPolicy:
+    api_key_header: bytes  # lower-case
+    issuers: tuple[JwtIssuer, ...]
+    api_key_name: str = "X-API-Key"  # as declared, for the 401's challenge
+
+
+@dataclass(frozen=True, slots=True)
+class PathPolicy:
+    case_insensitive: bool
+    escaped_slashes: str  # "check" or "refuse"
 
 
 class Node:
@@ -172,6 +215,12 @@ class Snapshot:
     trie: Node
     max_body: int
     table: RouteTable = field(repr=False)
+    access: AccessPolicy | None = None  # of requests no route takes
+    credentials: CredentialPolicy = CredentialPolicy(b"x-api-key", ())
+    paths: PathPolicy = PathPolicy(False, "check")
+    # Some route is not served on one listener or has access rules: a request whose path could
+    # be read as such a route's (another case, escape or spelling) must be checked.
+    protected: bool = False
 
 
 def _upstream(name: str, spec: UpstreamSpec) -> Upstream:
@@ -280,6 +329,33 @@ def _static(spec: Static | None, path: str) -> StaticPolicy | None:
     return StaticPolicy(spec.root, path, int(spec.max_age), re.compile(spec.immutable), spec.index)
 
 
+def _access(rules: tuple[AccessRule, ...] | None) -> AccessPolicy | None:
+    if rules is None:
+        return None
+    return AccessPolicy(
+        tuple(
+            Rule(frozenset(rule.consumers), frozenset(rule.groups), _methods(rule.methods))
+            for rule in rules
+        )
+    )
+
+
+def _route_access(route: Route, default: AccessPolicy | None) -> AccessPolicy | None:
+    if route.access == "public":
+        return None
+    return default if route.access is None else _access(route.access)
+
+
+def _rate(spec: RateLimit | None) -> RatePolicy | None:
+    if spec is None:
+        return None
+    return RatePolicy(spec.rate, spec.burst, spec.by, spec.strategy)
+
+
+def _path(path: str, paths: PathPolicy) -> str:
+    return path.lower() if paths.case_insensitive else path
+
+
 def compile_table(table: RouteTable) -> Snapshot:
     """Compile a validated table (see loader.load_text) into a Snapshot."""
     upstreams = {name: _upstream(name, spec) for name, spec in table.upstreams.items()}
@@ -288,9 +364,13 @@ def compile_table(table: RouteTable) -> Snapshot:
         key=lambda item: (specificity(item[1]), -item[0]),
         reverse=True,
     )
+    default_access = _access(table.access)
+    paths = PathPolicy(table.paths.case_insensitive, table.paths.escaped_slashes)
     compiled: list[CompiledRoute] = []
     for _, route in ranked:
         m = route.match
+        access = _route_access(route, default_access)
+        rate = _rate(route.rate_limit)
         compiled.append(
             CompiledRoute(
                 name=route.name,
@@ -317,16 +397,21 @@ def compile_table(table: RouteTable) -> Snapshot:
                 shadow=_shadow(route, upstreams),
                 rules=_rules(route) if route.compare is not None else None,
                 static=_static(route.static, m.path),
+                access=access,
+                rate_limit=rate,
+                forward_credentials=route.forward_credentials,
+                identify=access is not None or (rate is not None and rate.by == "consumer"),
+                guarded=access is not None or rate is not None,
             )
         )
     exact: dict[str, list[CompiledRoute]] = {}
     root = Node()
     for entry in compiled:  # already in precedence order
         if entry.exact:
-            exact.setdefault(entry.path, []).append(entry)
+            exact.setdefault(_path(entry.path, paths), []).append(entry)
             continue
         node = root
-        for segment in entry.path.split("/")[1:]:
+        for segment in _path(entry.path, paths).split("/")[1:]:
             if segment:
                 node = node.children.setdefault(segment, Node())
         node.routes = (*node.routes, entry)
@@ -339,4 +424,12 @@ def compile_table(table: RouteTable) -> Snapshot:
         trie=root,
         max_body=table.max_body,
         table=table,
+        access=default_access,
+        credentials=CredentialPolicy(
+            table.credentials.api_key_header.lower().encode("ascii"),
+            table.credentials.jwt,
+            table.credentials.api_key_header,
+        ),
+        paths=paths,
+        protected=any(r.access is not None or not (r.external and r.internal) for r in compiled),
     )

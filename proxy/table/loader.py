@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from proxy.table.access import JwtIssuer
 from proxy.table.model import Route, RouteTable, Upstream
 from proxy.table.validate import Loc, Problem, check_upstream_url, validate
 
@@ -209,6 +210,42 @@ def _static_roots(table: RouteTable, base: Path) -> tuple[RouteTable, list[Probl
     return (table.model_copy(update={"routes": tuple(routes)}) if changed else table), problems
 
 
+def _key_problem(issuer: JwtIssuer, field: str, path: Path) -> str | None:
+    """Why an issuer's key or secret file gives no usable key (a private key, a short secret,
+    not a key at all), or None."""
+    if not path.is_file() or not os.access(path, os.R_OK):
+        return f"{getattr(issuer, field)!r} is not a readable file ({path})"
+    from proxy.access.gate import issuer_specs  # only tables with issuers pay for the import
+
+    spec = issuer_specs((issuer.model_copy(update={field: str(path)}),))[0]
+    from proxy.access.jwt import key_file_problem
+
+    return key_file_problem(spec)
+
+
+def _key_files(table: RouteTable, base: Path) -> tuple[RouteTable, list[Problem]]:
+    """The table with every JWT issuer's key or secret file made absolute (relative to `base`,
+    as static roots are), and a problem for each one that cannot be read: a token refused for
+    a missing key file is found at load, not by the first partner's request."""
+    problems, issuers, changed = [], list(table.credentials.jwt), False
+    for index, issuer in enumerate(table.credentials.jwt):
+        for field in ("key_file", "secret_file"):
+            name = getattr(issuer, field)
+            if name is None:
+                continue
+            path = Path(os.path.realpath(base / name))
+            why = _key_problem(issuer, field, path)
+            if why is not None:
+                problems.append(Problem(("credentials", "jwt", index, field), why))
+            elif str(path) != name:
+                issuers[index] = issuer.model_copy(update={field: str(path)})
+                changed = True
+    if not changed:
+        return table, problems
+    credentials = table.credentials.model_copy(update={"jwt": tuple(issuers)})
+    return table.model_copy(update={"credentials": credentials}), problems
+
+
 def load_text(text: str, source: str = "routes.yaml", base: Path | None = None) -> RouteTable:
     """Parse and check a table; raise TableInvalid listing every problem with its line.
     `base` is the directory relative static roots are found in (default: the working
@@ -220,8 +257,10 @@ def load_text(text: str, source: str = "routes.yaml", base: Path | None = None) 
         problems = _pydantic_problems(document, exc) + _partial_problems(document)
         raise TableInvalid(source, _unique(problems)) from None
     table, roots = _static_roots(table, base or Path.cwd())
+    table, keys = _key_files(table, base or Path.cwd())
     problems = [
-        Problem(p.loc, p.message, _line_of(document, p.loc)) for p in [*validate(table), *roots]
+        Problem(p.loc, p.message, _line_of(document, p.loc))
+        for p in [*validate(table), *roots, *keys]
     ]
     if problems:
         raise TableInvalid(source, problems)

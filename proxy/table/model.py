@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.table.access import Access, Credentials, Paths, RateLimit
 from proxy.table.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -180,6 +181,10 @@ class Match(Strict):
         segments = value.split("/")
         if "." in segments or ".." in segments or "//" in value:
             raise ValueError("a path has no empty, '.' or '..' segments")
+        if ";" in value or any(s.endswith(".") for s in segments):
+            # Requests are routed with `;params` cut and trailing dots stripped
+            # (dataplane/normalize.py): such a route could never be reached.
+            raise ValueError("a path has no ';' and no segment ending in '.'")
         return value.rstrip("/") or "/"
 
     @field_validator("methods")
@@ -401,6 +406,11 @@ class Route(Strict):
         max_length=64,
         description="mixed into the sticky hash: this route's canary users differ from others'",
     )
+    # Who may call it (table/access.py): rules, or `public` to opt out of the table's default.
+    access: Access | Literal["public"] | None = None
+    rate_limit: RateLimit | None = None
+    # The credential the proxy checked (API key, bearer JWT) goes upstream only if this is set.
+    forward_credentials: bool = False
 
     @field_validator("name")
     @classmethod
@@ -457,6 +467,9 @@ class RouteTable(Strict):
     default: str
     routes: tuple[Route, ...] = ()
     max_body: Size = Field(DEFAULT_MAX_BODY, description="body cap of routes that set none")
+    credentials: Credentials = Credentials()
+    access: Access | None = Field(None, description="for routes without their own, and the rest")
+    paths: Paths = Paths()
 
     @field_validator("upstreams")
     @classmethod

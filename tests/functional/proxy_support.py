@@ -33,7 +33,7 @@ from proxy.procs import Child
 
 STRANGLER = str(Path(sys.executable).parent / "strangler")
 _ANNOUNCE = re.compile(r"strangler serving (.*)")
-_LISTENER = re.compile(r"(external|internal|admin) on http://([\d.]+):(\d+)")
+_LISTENER = re.compile(r"(external|internal|admin) on https?://([\d.]+):(\d+)")
 MiB = 1 << 20
 CLIENT_TIMEOUT = 10.0
 
@@ -769,12 +769,19 @@ def strangler_routes(
 
 
 def subscribers(url: str) -> set[str]:
-    """Ids of the clients of the Redis at `url` that hold a pub/sub subscription."""
+    """Ids of the clients of the Redis at `url` that hold a route-table subscription (the
+    consumers' follower names its own, FOLLOWER_NAME)."""
     import redis
+
+    from proxy.store.consumers import FOLLOWER_NAME
 
     client = redis.Redis.from_url(url)
     try:
-        return {entry["id"] for entry in client.client_list(_type="pubsub")}
+        return {
+            entry["id"]
+            for entry in client.client_list(_type="pubsub")
+            if entry.get("name") != FOLLOWER_NAME
+        }
     finally:
         client.close()
 

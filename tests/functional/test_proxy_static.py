@@ -148,6 +148,8 @@ def test_writes_are_refused_with_allow(proxy: ProxyProcess) -> None:
         b"/static/%2e%2e/secret.txt",
         b"/static/%252e%252e/secret.txt",
         b"/static/..%5csecret.txt",
+        b"/static/img%2F..%2F..%2Fsecret.txt",
+        b"/static/img\\..\\..\\secret.txt",
         b"/static/img%00.bin",
         b"/static/escape",
         b"/static/.env",

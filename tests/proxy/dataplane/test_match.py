@@ -3,11 +3,13 @@ within one path the most specific route; no match → None (the default upstream
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
 
-from proxy.dataplane.match import host_name
+from proxy.dataplane.match import find_folded_route, folded, host_name
 from tests.proxy.tables import make_snapshot, route, routed
 
 PAYMENTS = make_snapshot(
@@ -213,3 +215,60 @@ def test_matching_stays_correct_with_many_routes(count: int) -> None:
         if routed(snapshot, path, method) != name
     }
     assert wrong == {}
+
+
+# --- the folded index: case-folded readings against the routes' folded paths -----------------
+CASED = make_snapshot(
+    [
+        route("admin", "/admin"),
+        route("reports", "/Reports"),
+        route("exact", "/Exact/Path", exact=True),
+        route("posts", "/admin/Posts", methods=["POST"]),
+    ]
+)
+
+
+def folded_name(snapshot: Any, key: str, method: str = "GET") -> str | None:
+    found = find_folded_route(snapshot, key, method, b"shop.example", ())
+    return found.name if found is not None else None
+
+
+@pytest.mark.parametrize(
+    ("key", "method", "name"),
+    [
+        pytest.param("/admin/x", "GET", "admin", id="lower-case-route"),
+        pytest.param("/reports/q1", "GET", "reports", id="route-declared-with-capitals"),
+        pytest.param("/exact/path", "GET", "exact", id="exact-route"),
+        pytest.param("/exact/path/x", "GET", None, id="exact-is-not-a-prefix"),
+        pytest.param("/admin/posts", "POST", "posts", id="conditions-still-apply"),
+        pytest.param("/admin/posts", "GET", "admin", id="conditions-fail-to-the-prefix"),
+        pytest.param("/elsewhere", "GET", None, id="no-route"),
+    ],
+)
+def test_a_folded_key_matches_the_routes_folded_paths(
+    key: str, method: str, name: str | None
+) -> None:
+    assert folded_name(CASED, key, method) == name
+    assert routed(CASED, "/reports/q1") is None  # the plain matcher stays case-sensitive
+
+
+def test_the_folded_index_knows_whether_route_paths_have_capitals() -> None:
+    assert folded(CASED).mixed
+    assert not folded(PAYMENTS).mixed
+
+
+def test_the_folded_index_is_built_once_per_snapshot_and_not_kept_alive_by_it() -> None:
+    snapshot = make_snapshot([route("admin", "/Admin")])
+    assert folded(snapshot) is folded(snapshot)
+    other = make_snapshot([route("admin", "/Admin")])
+    assert folded(other) is not folded(snapshot)
+    gone = weakref.ref(snapshot)
+    del snapshot
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_case_insensitive_snapshot_is_its_own_folded_index() -> None:
+    snapshot = make_snapshot([route("reports", "/Reports")], paths={"case_insensitive": True})
+    assert folded(snapshot).trie is snapshot.trie
+    assert folded_name(snapshot, "/reports") == "reports"

@@ -21,7 +21,7 @@ from proxy.dataplane.plan import (
     resolve,
 )
 from proxy.errors import ProxyError
-from proxy.table.compile import compile_table
+from proxy.table.compile import Snapshot, compile_table
 from proxy.table.model import RouteTable
 
 SNAPSHOT = compile_table(
@@ -187,9 +187,10 @@ def test_a_route_not_exposed_on_the_listener_is_404(path: str, external: bool) -
 @pytest.mark.parametrize(
     "raw_path",
     [
-        pytest.param(b"/pay%2f..%2fadmin", id="encoded-slash"),
+        pytest.param(b"/pay/x%2f..%2f..%2fadmin", id="encoded-slash-out-of-a-route"),
         pytest.param(b"/pay/%zz", id="broken-escape"),
         pytest.param(b"/../pay", id="above-root"),
+        pytest.param(b"/pay%00", id="nul"),
         pytest.param(b"pay", id="not-a-path"),
     ],
 )
@@ -197,6 +198,271 @@ def test_an_ambiguous_target_is_400(raw_path: bytes) -> None:
     with pytest.raises(ProxyError) as caught:
         plan(raw_path=raw_path)
     assert (caught.value.status, caught.value.kind) == (400, "bad-target")
+
+
+# --- path spellings: the protection a path has cannot be bypassed by spelling it differently --
+
+
+def guarded(**fields: Any) -> Snapshot:
+    """/admin and /Reports (declared with capitals) on the internal listener only, /staff behind
+    access rules, /admin/health carved out of /admin on both listeners, plain payments and
+    public routes, and `fields` (paths, access)."""
+    return compile_table(
+        RouteTable.model_validate(
+            {
+                "upstreams": {
+                    "monolith": {"url": "http://127.0.0.1:8001"},
+                    "payment": {"url": "http://127.0.0.1:8002"},
+                },
+                "default": "monolith",
+                "routes": [
+                    {
+                        "name": "admin",
+                        "match": {"path": "/admin"},
+                        "to": "monolith",
+                        "expose": "internal",
+                    },
+                    {"name": "health", "match": {"path": "/admin/health"}, "to": "monolith"},
+                    {
+                        "name": "staff",
+                        "match": {"path": "/staff"},
+                        "to": "monolith",
+                        "access": {"groups": ["staff"]},
+                    },
+                    {
+                        "name": "reports",
+                        "match": {"path": "/Reports"},
+                        "to": "monolith",
+                        "expose": "internal",
+                    },
+                    {"name": "payments", "match": {"path": "/api/v1/payments"}, "to": "payment"},
+                    {
+                        "name": "public",
+                        "match": {"path": "/public"},
+                        "to": "payment",
+                        "access": "public",
+                    },
+                ],
+                **fields,
+            }
+        )
+    )
+
+
+GUARDED = guarded()
+REFUSING = guarded(paths={"escaped_slashes": "refuse"})
+FOLDING = guarded(paths={"case_insensitive": True})
+DEFAULT_ACCESS = guarded(access={"groups": ["staff"]})
+
+
+def taken(snapshot: Snapshot, raw_path: bytes, *, external: bool = True) -> str:
+    """The route a request takes ("default" for none), or "400"/"404" when it is refused."""
+    try:
+        found = resolve(
+            snapshot,
+            external=external,
+            role="external" if external else "internal",
+            method="GET",
+            raw_path=raw_path,
+            host=b"shop.example",
+            headers=[],
+            client="10.0.0.1",
+            content_length=None,
+        )
+    except ProxyError as exc:
+        refused = exc
+    else:
+        return found.route_name
+    assert refused.kind == ("bad-target" if refused.status == 400 else "not-found")
+    return str(refused.status)
+
+
+# Spellings a lenient backend reads as /admin or below, with what the proxy does with them on
+# the external listener (always a refusal: 404 as /admin itself, 400 where the escapes read as
+# another route) and on the internal one (where /admin is served; a case variant protects
+# nothing there and goes to the default upstream as before).
+ADMIN = [
+    pytest.param(b"/admin", "404", "admin", id="plain"),
+    pytest.param(b"/ADMIN/flip", "404", "default", id="upper-case"),
+    pytest.param(b"/Admin", "404", "default", id="capitalised"),
+    pytest.param(b"/aDmIn/flip", "404", "default", id="mixed-case"),
+    pytest.param(b"/%41DMIN", "404", "default", id="escaped-upper-case-letter"),
+    pytest.param(b"/admin./", "404", "admin", id="trailing-dot-and-slash"),
+    pytest.param(b"/admin.", "404", "admin", id="trailing-dot"),
+    pytest.param(b"/admin%2e", "404", "admin", id="escaped-trailing-dot"),
+    pytest.param(b"/admin%20", "404", "admin", id="trailing-space"),
+    pytest.param(b"/admin%20./flip", "404", "admin", id="trailing-space-and-dot"),
+    pytest.param(b"/admin;x=1", "404", "admin", id="path-parameter"),
+    pytest.param(b"/admin;jsessionid=1/flip", "404", "admin", id="path-parameter-mid-path"),
+    pytest.param(b"/./admin", "404", "admin", id="dot-segment"),
+    pytest.param(b"/x/../admin", "404", "admin", id="dot-dot"),
+    pytest.param(b"/x/..;/admin", "404", "admin", id="tomcat-dot-dot-semicolon"),
+    pytest.param(b"/x/%2e%2e/admin", "404", "admin", id="escaped-dot-dot"),
+    pytest.param(b"//admin", "404", "admin", id="double-slash"),
+    pytest.param(b"/ADMIN;x=1/./flip.", "404", "default", id="everything-at-once"),
+    pytest.param(b"/admin%2Fflip", "400", "400", id="escaped-slash"),
+    pytest.param(b"/admin%2fflip", "400", "400", id="escaped-slash-lower"),
+    pytest.param(b"/admin%2F", "400", "400", id="escaped-trailing-slash"),
+    pytest.param(b"/admin%5Cflip", "400", "400", id="escaped-backslash"),
+    pytest.param(b"/admin\\flip", "400", "400", id="backslash"),
+    pytest.param(b"/x%2F..%2Fadmin", "400", "400", id="escaped-slash-traversal"),
+    pytest.param(b"/x\\..\\admin", "400", "400", id="backslash-traversal"),
+    pytest.param(b"/admin%09", "400", "400", id="trailing-tab"),
+    pytest.param(b"/admin%252Fflip", "400", "400", id="double-escaped-slash"),
+    pytest.param(b"/%2561dmin", "400", "400", id="double-escaped-letter"),
+    pytest.param(b"/x%252F..%252Fadmin", "400", "400", id="double-escaped-traversal"),
+    pytest.param(b"/ADMIN%2Fflip", "404", "default", id="upper-case-and-escaped-slash"),
+    pytest.param(
+        b"/api/v1/payments/ab%2F..%2F..%2F..%2F..%2Fadmin", "400", "400", id="out-of-payments"
+    ),
+    pytest.param(b"/staff/../admin", "400", "staff", id="two-protected-readings"),
+]
+
+
+@pytest.mark.parametrize(("raw_path", "external", "internal"), ADMIN)
+def test_no_spelling_reaches_an_internal_route_from_the_external_listener(
+    raw_path: bytes, external: str, internal: str
+) -> None:
+    assert taken(GUARDED, raw_path) == external
+
+
+@pytest.mark.parametrize(("raw_path", "external", "internal"), ADMIN)
+def test_on_the_internal_listener_the_same_spellings_are_served(
+    raw_path: bytes, external: str, internal: str
+) -> None:
+    assert taken(GUARDED, raw_path, external=False) == internal
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "route"),
+    [
+        pytest.param(b"/staff/list", "staff", id="plain"),
+        pytest.param(b"/STAFF/list", "staff", id="upper-case"),
+        pytest.param(b"/Staff", "staff", id="capitalised"),
+        pytest.param(b"/staff;x=1", "staff", id="path-parameter"),
+        pytest.param(b"/staff./list", "staff", id="trailing-dot"),
+        pytest.param(b"/staff%20", "staff", id="trailing-space"),
+        pytest.param(b"/x/../staff", "staff", id="dot-dot"),
+        pytest.param(b"//staff", "staff", id="double-slash"),
+        pytest.param(b"/staff/list/..%2F..%2Fpublic", "400", id="escaped-slash-out"),
+        pytest.param(b"/staff%2Flist", "400", id="escaped-slash"),
+        pytest.param(b"/st%2561ff", "400", id="double-escaped-letter"),
+        pytest.param(b"/staff/../public", "staff", id="dot-dot-out-of-it"),
+        pytest.param(b"/staff/x/..;/../public", "staff", id="tomcat-dot-dot-out-of-it"),
+    ],
+)
+def test_a_route_with_access_rules_is_taken_by_every_spelling(raw_path: bytes, route: str) -> None:
+    """The route's access rules then decide (they run on plan.route)."""
+    assert taken(GUARDED, raw_path) == route
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "route"),
+    [
+        pytest.param(b"/admin/health", "health", id="plain"),
+        pytest.param(b"/admin/health/x", "health", id="below"),
+        pytest.param(b"/admin//health/", "health", id="empty-segments"),
+        pytest.param(b"/admin/health.", "404", id="trailing-dot-read-as-written-is-admin"),
+        pytest.param(b"/admin/health;x", "404", id="parameter-read-as-written-is-admin"),
+        pytest.param(b"/admin/x/../health", "404", id="dot-dot-read-as-written-is-admin"),
+        pytest.param(b"/admin/HEALTH", "404", id="case-variant-is-admin"),
+    ],
+)
+def test_a_route_carved_out_of_a_protected_one(raw_path: bytes, route: str) -> None:
+    """A spelling of /admin/health that a backend may read as another path under /admin is
+    /admin's: a backend taking it as written serves it as /admin's."""
+    assert taken(GUARDED, raw_path) == route
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "route"),
+    [
+        pytest.param(b"/api/v1/payments/ab%2Fcd", "payments", id="id-with-escaped-slash"),
+        pytest.param(b"/api/v1/payments/ab%2fcd", "payments", id="id-with-escaped-slash-lower"),
+        pytest.param(b"/api/v1/payments/ab%5Ccd", "payments", id="id-with-escaped-backslash"),
+        pytest.param(b"/api/v1/payments/ab%252Fcd", "payments", id="id-with-double-escape"),
+        pytest.param(b"/api/v1/payments/ab%2F..%2Fcd", "payments", id="escaped-dots-inside"),
+        pytest.param(b"/api/v1/payments;jsessionid=1", "payments", id="path-parameter"),
+        pytest.param(b"/api/v1/payments/7.", "payments", id="trailing-dot"),
+        pytest.param(b"/api/v1/%70ayments/7", "payments", id="escaped-letter"),
+        pytest.param(b"/API/v1/payments", "default", id="case-variant-routes-as-before"),
+        pytest.param(b"/api/v1/x/../payments/7", "payments", id="dot-dot"),
+        pytest.param(b"/api%2Fv1/payments/7", "400", id="escaped-slash-in-the-route-path"),
+        pytest.param(b"/api/v1/payments/ab%2F..%2F..%2Forders", "400", id="escaped-climb-out"),
+        pytest.param(b"/a%2Fb", "default", id="no-route-either-way"),
+        pytest.param(b"/public/x", "public", id="public"),
+    ],
+)
+def test_unprotected_routes_route_as_before(raw_path: bytes, route: str) -> None:
+    assert taken(GUARDED, raw_path) == route
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "route"),
+    [
+        pytest.param(b"/api/v1/payments/ab%2Fcd", "400", id="escaped-slash"),
+        pytest.param(b"/api/v1/payments/ab%5ccd", "400", id="escaped-backslash"),
+        pytest.param(b"/api/v1/payments/ab%252Fcd", "400", id="double-escaped-slash"),
+        pytest.param(b"/api/v1/payments/ab%41cd", "payments", id="other-escapes-read"),
+        pytest.param(b"/api/v1/payments/ab\\cd", "payments", id="raw-backslash-checked"),
+    ],
+)
+def test_escaped_slashes_refused_when_the_table_says_so(raw_path: bytes, route: str) -> None:
+    assert taken(REFUSING, raw_path) == route
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "external", "route"),
+    [
+        pytest.param(b"/ADMIN/flip", True, "404", id="upper-case-external"),
+        pytest.param(b"/ADMIN/flip", False, "admin", id="upper-case-internal"),
+        pytest.param(b"/reports", True, "404", id="route-path-with-capitals"),
+        pytest.param(b"/REPORTS", False, "reports", id="route-path-with-capitals-internal"),
+        pytest.param(b"/API/V1/Payments/AB%2Fcd", True, "payments", id="payments"),
+        pytest.param(b"/ADMIN%2Fflip", True, "400", id="escaped-slash"),
+        pytest.param(b"/St%41ff;x", True, "staff", id="staff"),
+    ],
+)
+def test_a_case_insensitive_table_matches_every_case(
+    raw_path: bytes, external: bool, route: str
+) -> None:
+    assert taken(FOLDING, raw_path, external=external) == route
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "route"),
+    [
+        pytest.param(b"/reports", "404", id="lower-case-spelling"),
+        pytest.param(b"/Reports", "404", id="as-declared"),
+        pytest.param(b"/REPORTS/x", "404", id="upper-case"),
+    ],
+)
+def test_a_route_declared_with_capitals_is_protected_in_every_case(
+    raw_path: bytes, route: str
+) -> None:
+    assert taken(GUARDED, raw_path) == route
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "route"),
+    [
+        pytest.param(b"/public/x", "public", id="public"),
+        pytest.param(b"/elsewhere", "default", id="default"),
+        pytest.param(b"/public/../elsewhere", "default", id="out-of-public"),
+        pytest.param(b"/elsewhere/../public", "default", id="into-public-read-as-the-default"),
+        pytest.param(b"/public;x", "default", id="parameter-read-as-the-default"),
+        pytest.param(b"/Public", "default", id="case-variant-takes-the-default"),
+        pytest.param(b"/staff/../admin", "400", id="two-protected-readings"),
+        # /staff's own rules are the default's: one protection, the key's route.
+        pytest.param(b"/staff;x", "staff", id="same-protection-either-way"),
+        pytest.param(b"/elsewhere/../staff", "staff", id="same-protection-into-staff"),
+        pytest.param(b"/staff/../elsewhere", "default", id="same-protection-out-of-staff"),
+    ],
+)
+def test_the_default_access_protects_what_no_route_takes(raw_path: bytes, route: str) -> None:
+    """With a default `access`, "no route" is protected too: a reading that reaches it wins
+    over an open route's."""
+    assert taken(DEFAULT_ACCESS, raw_path) == route
 
 
 @pytest.mark.parametrize(
