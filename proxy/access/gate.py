@@ -89,6 +89,7 @@ class Gate:
         self.fresh: Any = None  # a callable giving the follower's fresh_at, once following
         self._issuers: tuple[JwtIssuer, ...] = ()
         self.verifier: JwtVerifier | None = None
+        self._wanted: JwtVerifier | None = None  # the verifier of the latest issuers
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- what the follower and the runtime call ------------------------------------------------
@@ -102,9 +103,7 @@ class Gate:
         if issuers == self._issuers:
             return
         self._issuers = issuers
-        new = None
-        if issuers:
-            new = JwtVerifier(issuer_specs(issuers))
+        new = self._wanted = JwtVerifier(issuer_specs(issuers)) if issuers else None
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # compiling at start, before the loop: start() starts it
@@ -114,9 +113,17 @@ class Gate:
 
     async def _replace(self, new: JwtVerifier | None) -> None:
         """The new issuers' keys are fetched before their verifier takes over; the old one
-        serves until then."""
+        serves until then. A change overtaken by a later one while it fetched never takes over."""
         if new is not None:
-            await new.start()
+            try:
+                await new.start()
+            except BaseException:  # cancelled by stop(): its session must not leak
+                await new.stop()
+                raise
+        if new is not self._wanted:
+            if new is not None:
+                await new.stop()
+            return
         old, self.verifier = self.verifier, new
         if old is not None:
             await old.stop()

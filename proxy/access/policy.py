@@ -47,8 +47,8 @@ def admits(access: AccessPolicy, identity: Identity, method: str) -> bool:
 
 
 def challenge(credentials: CredentialPolicy, invalid_token: bool = False) -> bytes:
-    """The WWW-Authenticate value: an API key header always, a bearer token when issuers are
-    declared (API keys are accepted as bearer tokens too)."""
+    """The WWW-Authenticate value: a bearer token (a JWT of a declared issuer, or an API key:
+    both are accepted as bearer tokens) and the API key header."""
     header = credentials.api_key_name
     bearer = f"Bearer {REALM}" + (', error="invalid_token"' if invalid_token else "")
     return f'{bearer}, ApiKey {REALM}, header="{header}"'.encode()

@@ -58,8 +58,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _listed(value: object) -> object:
-    """A single object where a list is expected is a list of one (`access: {groups: [a]}`)."""
+def _rules(value: object) -> object:
+    """`public` is no rules (anyone may call); a single object is a list of one (`access:
+    {groups: [a]}`); an empty list would refuse everyone, which no one means."""
+    if value == "public":
+        return ()
+    if isinstance(value, list) and not value:
+        raise ValueError("list at least one rule, or say `public`")
     return [value] if isinstance(value, dict) else value
 
 
@@ -93,7 +98,8 @@ class AccessRule(Strict):
         return upper
 
 
-Access = Annotated[tuple[AccessRule, ...], BeforeValidator(_listed)]
+# Rules, or `public` (no rules: anyone; on a route, it opts out of the table's default).
+Access = Annotated[tuple[AccessRule, ...], BeforeValidator(_rules)]
 
 
 class RateLimit(Strict):

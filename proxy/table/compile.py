@@ -330,7 +330,8 @@ def _static(spec: Static | None, path: str) -> StaticPolicy | None:
 
 
 def _access(rules: tuple[AccessRule, ...] | None) -> AccessPolicy | None:
-    if rules is None:
+    """The compiled rules; None when anyone may call (no `access`, or `public`)."""
+    if not rules:
         return None
     return AccessPolicy(
         tuple(
@@ -341,8 +342,6 @@ def _access(rules: tuple[AccessRule, ...] | None) -> AccessPolicy | None:
 
 
 def _route_access(route: Route, default: AccessPolicy | None) -> AccessPolicy | None:
-    if route.access == "public":
-        return None
     return default if route.access is None else _access(route.access)
 
 

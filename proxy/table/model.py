@@ -407,7 +407,7 @@ class Route(Strict):
         description="mixed into the sticky hash: this route's canary users differ from others'",
     )
     # Who may call it (table/access.py): rules, or `public` to opt out of the table's default.
-    access: Access | Literal["public"] | None = None
+    access: Access | None = None
     rate_limit: RateLimit | None = None
     # The credential the proxy checked (API key, bearer JWT) goes upstream only if this is set.
     forward_credentials: bool = False
