@@ -236,10 +236,19 @@ def _document(data: Any) -> ConsumerDocument:
     return ConsumerDocument(version, tuple(sorted(consumers, key=lambda c: c.name)))
 
 
+def _named(value: Any, what: str) -> str:
+    """A name the data plane writes into X-Consumer-Id/-Groups and the access log as it is: a
+    document written by hand or straight into Redis is held to the CLI's rule (fail closed)."""
+    text = _text(value, what)
+    if not NAME.match(text):
+        raise ValueError(f"{what} {text!r} is not 1-64 of a-z, 0-9, '.', '_', '-'")
+    return text
+
+
 def _consumer(item: Any) -> Consumer:
     if not isinstance(item, Mapping):
         raise TypeError("a consumer is not a JSON object")
-    name = _text(item["name"], "a consumer's name")
+    name = _named(item["name"], "a consumer's name")
     keys = tuple(
         Key(
             _text(k["id"], "a key id"),
@@ -252,7 +261,7 @@ def _consumer(item: Any) -> Consumer:
     )
     return Consumer(
         name=name,
-        groups=tuple(_text(g, "a group") for g in _list(item.get("groups", []), "groups")),
+        groups=tuple(_named(g, "a group") for g in _list(item.get("groups", []), "groups")),
         keys=keys,
         subjects=tuple(_text(s, "a subject") for s in _list(item.get("subjects", []), "subjects")),
         jwt=tuple(

@@ -1,7 +1,8 @@
 """Who is calling: the request's credential → an Identity (or None: anonymous).
 
 One credential decides, in this order (the first one present is the one checked; a bad one is
-a 401 even if another would have passed, as Kong's auth plugins do):
+a 401 even if another would have passed, as Kong's auth plugins do; a credential field sent
+twice is a 400):
 1. the API key field (`credentials.api_key_header`, X-API-Key by default), or an
    `Authorization: Bearer sk_...` carrying an API key;
 2. an `Authorization: Bearer` JWT whose issuer the table declares (a bearer token of another
@@ -42,19 +43,27 @@ KEY_PREFIX = "sk_"
 AUTHORIZATION = b"authorization"
 
 
-def _bearer(headers: Headers) -> str | None:
-    for name, value in headers:
-        if name == AUTHORIZATION:
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
-
-
 def _field(headers: Headers, wanted: bytes) -> str | None:
+    """The one value of a credential field; two are refused (400): the proxy would check one
+    and an upstream given both might read the other (RFC 9110 §5.3: such a field is a list
+    only when its definition says so)."""
+    found: bytes | None = None
     for name, value in headers:
         if name == wanted:
-            return value.decode("latin-1").strip()
-    return None
+            if found is not None:
+                raise ProxyError(
+                    400, "bad-credential", f"the {wanted.decode()} field is sent more than once"
+                )
+            found = value
+    return None if found is None else found.decode("latin-1").strip()
+
+
+def _bearer(headers: Headers) -> str | None:
+    value = _field(headers, AUTHORIZATION)
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _looks_like_jwt(token: str) -> bool:

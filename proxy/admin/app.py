@@ -415,5 +415,5 @@ def create_admin_app(
     if consumers is not None:
         from proxy.admin.consumers import consumers_router
 
-        app.include_router(consumers_router(consumers, _writer))
+        app.include_router(consumers_router(consumers, _writer, _user_data_reader))
     return app

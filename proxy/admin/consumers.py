@@ -121,12 +121,18 @@ def _expected(if_match: str | None) -> int | None:
 
 
 def consumers_router(
-    store_factory: Callable[[], ConsumerStore], check_writer: Callable[..., str]
+    store_factory: Callable[[], ConsumerStore],
+    check_writer: Callable[..., str],
+    check_reader: Callable[..., None],
 ) -> APIRouter:
     """The consumers endpoints over the store `store_factory` makes (called once, at the first
     request); `check_writer` is the admin app's dependency that checks a write's bearer token
-    and answers its author."""
-    router = APIRouter(prefix="/api/v1/consumers", tags=["consumers"])
+    and answers its author, `check_reader` the one every request passes: who may call and with
+    which groups, subjects and key ids is not for anyone who reaches the admin listener, so
+    reads need the token too when one is set."""
+    router = APIRouter(
+        prefix="/api/v1/consumers", tags=["consumers"], dependencies=[Depends(check_reader)]
+    )
     # A plain default, not an Annotated alias: the alias would be local to this function, where
     # the postponed annotations cannot find it.
     writer_of = Depends(check_writer)

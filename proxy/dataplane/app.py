@@ -71,7 +71,7 @@ from proxy.errors import (
 )
 from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
-from proxy.table.compile import CompiledRoute, RatePolicy, Snapshot
+from proxy.table.compile import CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
 from proxy.types import Receive, Scope, Send
 
@@ -100,10 +100,11 @@ class Call:
     capture: Capture | None = None  # a copy of the answer, for a shadow or a recording
 
 
-def _keys_of(route: CompiledRoute) -> tuple[str, ...]:
-    """The headers that identify a user on `route` (its sticky key, its override): a recording
-    never keeps them (a key may be a bearer token or an API key)."""
-    names = []
+def _keys_of(route: CompiledRoute, credentials: CredentialPolicy) -> tuple[str, ...]:
+    """The headers that identify a user on `route` (the table's API key header, its sticky
+    key, its override): a recording never keeps them (a key may be a bearer token or an API
+    key)."""
+    names = [credentials.api_key_header.decode("ascii")]
     if route.sticky is not None and route.sticky[0] == "header":
         names.append(route.sticky[1].decode("latin-1"))
     if route.override is not None and route.override.header is not None:
@@ -306,7 +307,12 @@ class DataPlane:
         holder: str,
         outcome: Outcome,
     ) -> None:
-        key = identity.consumer if identity is not None and rate.by == "consumer" else holder
+        # Consumers and addresses in separate key spaces: a consumer named like an address
+        # must not share its counter.
+        if identity is not None and rate.by == "consumer":
+            key = "c:" + identity.consumer
+        else:
+            key = "a:" + holder
         decision = await self.runtime.limiter.hit(route.name, rate, key)
         if not decision.allowed:
             self.runtime.metrics.rate_limited.labels(route.name).inc()
@@ -579,7 +585,10 @@ class DataPlane:
             route = plan.route
             rules = route.rules
             runtime.recorder.offer(
-                exchange, secret=rules.secret if rules else (), rules=rules, drop=_keys_of(route)
+                exchange,
+                secret=rules.secret if rules else (),
+                rules=rules,
+                drop=_keys_of(route, runtime.snapshot.credentials),
             )
 
     # --- record -------------------------------------------------------------------------------

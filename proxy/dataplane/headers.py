@@ -56,6 +56,19 @@ PROXY_OWN = frozenset(
         b"x-authenticated-userid",
         b"x-authenticated-groups",
         b"x-authenticated-scope",
+        # A client certificate as a TLS-terminating proxy reports it (Envoy's XFCC, nginx's
+        # and HAProxy's conventions): services moved from behind one may trust these.
+        b"x-forwarded-client-cert",
+        b"x-client-cert",
+        b"x-client-verify",
+        b"x-ssl-client-cert",
+        b"x-ssl-client-dn",
+        b"x-ssl-client-s-dn",
+        b"x-ssl-client-verify",
+        b"ssl-client-cert",
+        b"ssl-client-verify",
+        b"x-remote-user",
+        b"remote-user",
     }
 )
 # A client's `Connection: content-length` must not strip the framing: the upstream would read

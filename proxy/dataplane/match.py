@@ -20,17 +20,21 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 
 def host_name(host: bytes) -> bytes:
-    """`host` (lower-cased) without its port (`[v6]:port` aware)."""
+    """`host` (lower-cased) without its port (`[v6]:port` aware) and without the one trailing
+    dot of a fully qualified name (`admin.example.` is `admin.example` to every vhost server:
+    a route's `host:` must not be escaped by spelling it so)."""
     if host.startswith(b"["):
         end = host.find(b"]")
         return host[: end + 1] if end != -1 else host
-    return host.split(b":", 1)[0]
+    name = host.split(b":", 1)[0]
+    return name[:-1] if name.endswith(b".") else name
 
 
 def _accepts(route: CompiledRoute, method: str, host: bytes, headers: Headers) -> bool:
     if route.methods is not None and method not in route.methods:
         return False
-    if route.host is not None and route.host != host and route.host != host_name(host):
+    # Host names only: the port a client wrote is not the listener it reached.
+    if route.host is not None and route.host != host_name(host):
         return False
     return all(any(n == name and v == value for n, v in headers) for name, value in route.headers)
 

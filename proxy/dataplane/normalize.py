@@ -81,15 +81,22 @@ class Readings:
         return (self.key, *self.strict, *self.lenient)
 
 
+# Java's equalsIgnoreCase and .NET's invariant culture compare char by char with simple case
+# mappings, under which the dotless i (U+0131) and the dotted capital I (U+0130) are `i`;
+# Unicode's full folding keeps the first and turns the second into `i` + U+0307.
+_DOTTED_I = str.maketrans({"\u0131": "i", "\u0130": "i"})
+
+
 def fold(text: str) -> str:
     """`text` case-folded as a case-insensitive backend may: ASCII lower-cased, else the
-    UTF-8 text case-folded (Unicode's full folding)."""
+    UTF-8 text case-folded (Unicode's full folding, and the Turkish i's simple mappings)."""
     if text.isascii():
         return text.lower()
     try:
-        return text.encode("latin-1").decode("utf-8").casefold()
+        decoded = text.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return text.casefold()
+        decoded = text
+    return decoded.translate(_DOTTED_I).casefold()
 
 
 def plain_key(raw_path: bytes, case_insensitive: bool = False) -> str | None:

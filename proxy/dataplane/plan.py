@@ -58,6 +58,7 @@ from proxy.table.compile import (
     CompiledRoute,
     Failures,
     FallbackPolicy,
+    RatePolicy,
     RetryPolicy,
     ShadowPolicy,
     Snapshot,
@@ -211,16 +212,20 @@ def _read_route(
     return settle(snapshot, external, route, others)
 
 
-Guard = tuple[bool, AccessPolicy | None]  # (exposed on this listener, access rules)
+# (exposed on this listener, access rules, rate limit): a rate limit protects too (a login
+# route's limit must not be escaped by spelling /LOGIN).
+Guard = tuple[bool, AccessPolicy | None, RatePolicy | None]
 
 
 def _guard(snapshot: Snapshot, route: CompiledRoute | None, external: bool) -> Guard | None:
     """What `route` (None: the default) holds back on this listener; None for nothing."""
     if route is None:
-        return None if snapshot.access is None else (True, snapshot.access)
+        return None if snapshot.access is None else (True, snapshot.access, None)
     if not (route.external if external else route.internal):
-        return (False, None)  # refused whatever its access rules
-    return None if route.access is None else (True, route.access)
+        return (False, None, None)  # refused whatever its access rules
+    if route.access is None and route.rate_limit is None:
+        return None
+    return (True, route.access, route.rate_limit)
 
 
 def settle(

@@ -218,8 +218,8 @@ class Snapshot:
     access: AccessPolicy | None = None  # of requests no route takes
     credentials: CredentialPolicy = CredentialPolicy(b"x-api-key", ())
     paths: PathPolicy = PathPolicy(False, "check")
-    # Some route is not served on one listener or has access rules: a request whose path could
-    # be read as such a route's (another case, escape or spelling) must be checked.
+    # Some route is not served on one listener, has access rules or a rate limit: a request
+    # whose path could be read as such a route's (another case, escape or spelling) is checked.
     protected: bool = False
 
 
@@ -351,6 +351,17 @@ def _rate(spec: RateLimit | None) -> RatePolicy | None:
     return RatePolicy(spec.rate, spec.burst, spec.by, spec.strategy)
 
 
+def _host(host: str) -> bytes:
+    """A route's `host:` as requests are compared to it (dataplane/match.host_name): the name,
+    lower-cased, without a port or a trailing dot."""
+    name = host.lower()
+    if not name.startswith("["):
+        name = name.split(":", 1)[0].removesuffix(".")
+    elif "]:" in name:
+        name = name[: name.index("]:") + 1]
+    return name.encode("ascii")
+
+
 def _path(path: str, paths: PathPolicy) -> str:
     return path.lower() if paths.case_insensitive else path
 
@@ -376,7 +387,7 @@ def compile_table(table: RouteTable) -> Snapshot:
                 path=m.path,
                 exact=m.exact,
                 methods=_methods(m.methods),
-                host=m.host.encode("ascii") if m.host else None,
+                host=_host(m.host) if m.host else None,
                 headers=tuple(
                     (k.encode("latin-1"), v.encode("latin-1")) for k, v in (m.headers or {}).items()
                 ),
@@ -430,5 +441,8 @@ def compile_table(table: RouteTable) -> Snapshot:
             table.credentials.api_key_header,
         ),
         paths=paths,
-        protected=any(r.access is not None or not (r.external and r.internal) for r in compiled),
+        protected=any(
+            r.access is not None or r.rate_limit is not None or not (r.external and r.internal)
+            for r in compiled
+        ),
     )

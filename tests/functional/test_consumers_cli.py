@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from proxy.access.cli import consumers_app
 from proxy.access.consumers import Registry
-from proxy.admin.app import _writer, create_admin_app
+from proxy.admin.app import _user_data_reader, _writer, create_admin_app
 from proxy.admin.consumers import consumers_router
 from proxy.store.consumers import FileConsumerStore, RedisConsumerStore
 from proxy.store.file import FileStore
@@ -226,7 +226,9 @@ def admin(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The admin app with the consumers endpoints over a file store, served on a free port."""
     path = tmp_path / "consumers.json"
     app = create_admin_app(FileStore(tmp_path / "routes.yaml"), TOKEN)
-    app.include_router(consumers_router(lambda: FileConsumerStore(path), _writer))
+    app.include_router(
+        consumers_router(lambda: FileConsumerStore(path), _writer, _user_data_reader)
+    )
     with serving(app) as url:
         yield url, path
 
@@ -249,7 +251,9 @@ def test_the_cli_through_the_admin_api_does_what_it_does_on_the_store(
     ok("update", "mobile-ios", "--clear", "groups", "--reason", "no groups", *remote, env=token)
     # reads answer the same through the API and from the store
     reads = (["list"], ["show", "mobile-ios"], ["history", "--json"])
-    answers = side_by_side(*([*c, *remote] for c in reads), *([*c, *local] for c in reads))
+    answers = side_by_side(
+        *([*c, *remote] for c in reads), *([*c, *local] for c in reads), env=token
+    )
     assert all(done.returncode == 0 for done in answers)
     assert [d.stdout for d in answers[: len(reads)]] == [d.stdout for d in answers[len(reads) :]]
     entries = json.loads(answers[2].stdout)
@@ -259,7 +263,7 @@ def test_the_cli_through_the_admin_api_does_what_it_does_on_the_store(
         ("add", "ops"),
     ]
     assert entries[2]["key_id"] == first_id
-    failure(consumers("show", "nobody", "--json", *remote), 1, "unknown-consumer")
+    failure(consumers("show", "nobody", "--json", *remote, env=token), 1, "unknown-consumer")
     failure(
         consumers("add", "mobile-ios", "--reason", "x", "--json", *remote, env=token),
         1,
@@ -276,4 +280,7 @@ def test_a_write_through_the_admin_api_needs_its_token(admin: tuple[str, Path]) 
     assert "bearer token" in refused["error"]["message"]
     failure(consumers(*add, env={"STRANGLER_ADMIN_TOKEN": "not-" + TOKEN}), 1, "unauthorized")
     assert FileConsumerStore(path).current().consumers == ()
-    assert "version 0: 0 consumers" in ok("list", "--admin", url)  # reads need no token
+    # Reads need the token too where one is set: who may call is not for anyone on the network.
+    failure(consumers("list", "--json", "--admin", url), 1, "unauthorized")
+    token = {"STRANGLER_ADMIN_TOKEN": TOKEN}
+    assert "version 0: 0 consumers" in ok("list", "--admin", url, env=token)

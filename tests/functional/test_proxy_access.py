@@ -251,11 +251,21 @@ def test_public_routes_pass_credentials_they_do_not_check_but_never_identity_fie
         ("X-Consumer-Id", "admin"),
         ("X-Consumer-Groups", "staff"),
         ("X-Credential-Identifier", "k_1"),
+        ("X-Forwarded-Client-Cert", 'By=spiffe://shop/admin;Subject="CN=admin"'),
+        ("X-SSL-Client-S-DN", "CN=admin"),
+        ("X-Remote-User", "admin"),
     ]
     assert send(proxy.external, "GET", "/open/profile", headers).status == 200
     seen = upstream.only()
     assert seen.values("authorization") == [f"Bearer {session}".encode()]
-    for name in ("x-consumer-id", "x-consumer-groups", "x-credential-identifier"):
+    for name in (
+        "x-consumer-id",
+        "x-consumer-groups",
+        "x-credential-identifier",
+        "x-forwarded-client-cert",
+        "x-ssl-client-s-dn",
+        "x-remote-user",
+    ):
         assert seen.value(name) is None, name
 
 
@@ -336,3 +346,31 @@ def test_the_access_log_names_the_consumer(
         ),
         what="an access-log line naming the consumer",
     )
+
+
+def test_a_credential_field_sent_twice_is_400(
+    proxy: ProxyProcess, upstream: Recorder, store: FileConsumerStore
+) -> None:
+    _, key = _consumer(store, "partners")
+    _known(proxy, key)
+    upstream.reset()
+    twice = [("X-API-Key", key), ("X-API-Key", "sk_someone-else")]
+    problem(send(proxy.external, "GET", "/partner/twice", twice), 400, "bad-credential")
+    bearer = [("Authorization", f"Bearer {key}"), ("Authorization", "Bearer sk_other")]
+    problem(send(proxy.external, "GET", "/partner/twice", bearer), 400, "bad-credential")
+    assert upstream.seen == []
+
+
+def test_a_consumer_named_like_an_address_has_a_limit_of_its_own(
+    proxy: ProxyProcess, upstream: Recorder, store: FileConsumerStore
+) -> None:
+    """Anonymous callers are counted by address, consumers by name: a consumer named
+    127.0.0.1 does not share the counter of the anonymous clients at 127.0.0.1."""
+    name, key = _consumer(store, "partners", name="127.0.0.1")
+    _known(proxy, key)  # one of its three
+    for _ in range(3):  # the address's own three, and more
+        send(proxy.external, "GET", "/limited/anonymous")
+    assert send(proxy.external, "GET", "/limited/anonymous").status == 429
+    statuses = [send(proxy.external, "GET", "/limited/n", [("X-API-Key", key)]).status]
+    statuses.append(send(proxy.external, "GET", "/limited/n", [("X-API-Key", key)]).status)
+    assert statuses == [200, 200], name

@@ -129,6 +129,7 @@ def test_contexts_follow_the_intermediate_profile(pki: PKI) -> None:
     assert context.verify_mode == ssl.CERT_NONE  # no client certificate asked for
     assert context.options & ssl.OP_NO_COMPRESSION
     assert context.options & ssl.OP_NO_TICKET
+    assert context.options & ssl.OP_NO_RENEGOTIATION  # the mTLS identity is read once
     tls12 = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
     assert tls12
     assert all(name.startswith(("ECDHE-", "DHE-")) for name in tls12)

@@ -364,6 +364,9 @@ def test_the_document_round_trips_through_json() -> None:
         {"schema": 1, "version": 1, "consumers": [{"keys": []}]},
         {"schema": 1, "version": 1, "consumers": [{"name": "a"}, {"name": "a"}]},
         {"schema": 1, "version": 1, "consumers": [{"name": "a", "keys": [{"id": "k"}]}]},
+        # Written by hand or into Redis: names the data plane would send upstream as they are.
+        {"schema": 1, "version": 1, "consumers": [{"name": 'a"b'}]},
+        {"schema": 1, "version": 1, "consumers": [{"name": "a", "groups": ["x, admin"]}]},
     ],
 )
 def test_a_document_that_is_not_one_is_refused(data: Any) -> None:

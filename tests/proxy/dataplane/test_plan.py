@@ -316,6 +316,9 @@ ADMIN = [
         b"/api/v1/payments/ab%2F..%2F..%2F..%2F..%2Fadmin", "400", "400", id="out-of-payments"
     ),
     pytest.param(b"/staff/../admin", "400", "staff", id="two-protected-readings"),
+    # Java's equalsIgnoreCase and .NET read the Turkish dotless i and dotted capital I as `i`.
+    pytest.param(b"/adm%C4%B1n", "404", "default", id="dotless-i"),
+    pytest.param(b"/adm%C4%B0n", "404", "default", id="dotted-capital-i"),
 ]
 
 
@@ -804,3 +807,62 @@ def test_a_write_that_never_reached_anything_may_still_fall_back() -> None:
     post = plan("/orders", "POST")
     assert next_step(post, "connect-failure", tries, reused=False, budget=False) == FALLBACK
     assert not tries.sent
+
+
+def test_a_rate_limited_route_is_taken_by_its_case_variants() -> None:
+    """A login route's limit must not be escaped by spelling it /LOGIN to a backend that folds
+    case: a rate limit protects as access rules do."""
+    snapshot = compile_table(
+        RouteTable.model_validate(
+            {
+                "upstreams": {"monolith": {"url": "http://127.0.0.1:8001"}},
+                "default": "monolith",
+                "routes": [
+                    {
+                        "name": "login",
+                        "match": {"path": "/login"},
+                        "to": "monolith",
+                        "rate_limit": {"rate": "5/minute", "by": "client"},
+                    }
+                ],
+            }
+        )
+    )
+    assert snapshot.protected
+    for raw_path in (b"/login", b"/LOGIN", b"/Login", b"/%4cogin", b"/login;x"):
+        assert taken(snapshot, raw_path) == "login", raw_path
+
+
+@pytest.mark.parametrize(
+    "host", [b"admin.example", b"admin.example.", b"ADMIN.example.:80", b"admin.example:8443"]
+)
+def test_a_host_route_is_not_escaped_by_a_trailing_dot_or_a_port(host: bytes) -> None:
+    snapshot = compile_table(
+        RouteTable.model_validate(
+            {
+                "upstreams": {"monolith": {"url": "http://127.0.0.1:8001"}},
+                "default": "monolith",
+                "routes": [
+                    {
+                        "name": "ops",
+                        "match": {"path": "/", "host": "admin.example:9000"},
+                        "to": "monolith",
+                        "expose": "internal",
+                    }
+                ],
+            }
+        )
+    )
+    with pytest.raises(ProxyError) as refused:
+        resolve(
+            snapshot,
+            external=True,
+            role="external",
+            method="GET",
+            raw_path=b"/flip",
+            host=host,
+            headers=[],
+            client="10.0.0.1",
+            content_length=None,
+        )
+    assert refused.value.status == 404
