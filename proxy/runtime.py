@@ -122,9 +122,8 @@ class Runtime:
         self.pins = Pins()
         self.pin_wire = open_wire(self.pins, settings.store, settings.store_prefix)
         self.subscribed = asyncio.Event()  # the store's channels (and the live pins) are read
-        # Pins from other workers reach this one through a task (Redis) rather than a socket
-        # callback (sibling datagrams): the data plane yields once before using them.
-        self.pins_arrive_late = isinstance(self.pin_wire, RedisWire)
+        # Pins from other workers are applied in a socket callback (Redis: store/pins.PinFeed;
+        # siblings: datagrams), before any request read in the same loop turn.
         self.mirror = Mirror(self.metrics)
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
@@ -234,6 +233,8 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SUBSCRIBE_WAIT):
                     await self.subscribed.wait()
+                    if isinstance(self.pin_wire, RedisWire):
+                        await self.pin_wire.ready.wait()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -299,20 +300,14 @@ class Runtime:
         )
         down = False
         refused: set[int] = set()
-        wire = self.pin_wire
-        pins = wire.channel if isinstance(wire, RedisWire) else None
-        channels = [prefix + "changes", *([pins] if pins else [])]
         try:
             while True:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 try:
-                    await pubsub.subscribe(*channels)
-                    loaded = False
+                    await pubsub.subscribe(prefix + "changes")
                     while True:
                         await self._catch_up(client, prefix, refused)
-                        if not loaded:  # the table first, then the pins set meanwhile
-                            loaded = True
-                            await self._load_pins(client)
+                        self.subscribed.set()
                         if down:
                             down = False
                             log.warning(
@@ -320,7 +315,7 @@ class Runtime:
                                 where,
                                 self.snapshot.version,
                             )
-                        await self._next_change(pubsub, pins)
+                        await self._next_change(pubsub)
                 except (RedisError, OSError) as exc:
                     if not down:
                         down = True
@@ -341,32 +336,9 @@ class Runtime:
         finally:
             await client.aclose()
 
-    async def _load_pins(self, client: Any) -> None:
-        """The live pins, after a (re)subscription: best effort, never in the way of the
-        table (a key the scan cannot read is logged, and the follower goes on)."""
-        wire = self.pin_wire
-        try:
-            if isinstance(wire, RedisWire):
-                await wire.load_live(client)
-        except Exception as exc:
-            log.warning("live read-your-writes pins not loaded: %s", exc)
-        finally:
-            self.subscribed.set()
-
-    async def _next_change(self, pubsub: Any, pins: str | None) -> None:
-        """Wait for a table change, at most the poll interval; pins arriving meanwhile go on the
-        board as they come (and do not cut the wait short)."""
-        deadline = time.monotonic() + self.settings.store_poll_interval
-        while (left := deadline - time.monotonic()) > 0:
-            message = await pubsub.get_message(timeout=left)
-            if message is None:
-                return
-            channel = message.get("channel")
-            if isinstance(channel, bytes):
-                channel = channel.decode()
-            if pins is None or channel != pins:
-                return
-            self.pin_wire.apply(message["data"])
+    async def _next_change(self, pubsub: Any) -> None:
+        """Wait for a table change, at most the poll interval."""
+        await pubsub.get_message(timeout=self.settings.store_poll_interval)
 
     async def _catch_up(self, client: Any, prefix: str, refused: set[int]) -> None:
         raw = await client.get(prefix + "current")

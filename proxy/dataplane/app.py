@@ -58,7 +58,6 @@ from proxy.dataplane.plan import (
     Tries,
     next_step,
     reacts_to,
-    repin,
     resolve,
 )
 from proxy.dataplane.record import access_line
@@ -180,8 +179,6 @@ class DataPlane:
             if matched is not None and matched.static is not None:
                 await self._serve(scope, receive, send, plan, outcome)
                 return
-            if runtime.pins_arrive_late and plan.key is not None:
-                await self._late_pins(plan, snapshot)
             await self._forward(scope, receive, send, plan, facts, holder, outcome)
         except ProxyError as exc:
             route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
@@ -521,16 +518,6 @@ class DataPlane:
             ).inc()
         else:
             metrics.retries.labels(plan.route_name, plan.upstream.name, step, reason).inc()
-
-    async def _late_pins(self, plan: Plan, snapshot: Snapshot) -> None:
-        """Pins from other replicas arrive on a Redis subscription that a task reads: one that
-        arrived in the same loop turn as this request is still queued behind it. One yield lets
-        it land before the request goes anywhere (only keyed requests on pinned routes pay).
-        While that task is busy with a table poll instead, a pin can still land a moment late."""
-        assert plan.route is not None
-        if plan.route.pin:
-            await asyncio.sleep(0)
-            repin(plan, snapshot, self.runtime.pins)
 
     def _capture(self, plan: Plan) -> Capture | None:
         """A copy of the answer is kept when the request is shadowed or recorded."""

@@ -319,21 +319,6 @@ def resolve(
 _NO_PINS = Pins(limit=1)
 
 
-def repin(plan: Plan, snapshot: Snapshot, pins: Pins) -> None:
-    """Apply a pin that arrived after `resolve` (from another replica, read in the same loop
-    turn as this request): the plan's upstream becomes the pinned one. An override still wins."""
-    route, key = plan.route, plan.key
-    if route is None or key is None or plan.choice in {BY_OVERRIDE, BY_PIN}:
-        return
-    pinned = _pinned(snapshot, pins, route, key, plan.upstream)
-    if pinned is None:
-        return
-    plan.upstream, plan.choice = pinned, BY_PIN
-    plan.read_timeout = route.timeout or plan.upstream.timeout
-    if plan.shadow is not None and plan.shadow.upstream is plan.upstream:
-        plan.shadow = None  # no copy to the upstream that answers
-
-
 @dataclass(slots=True)
 class Tries:
     """What one request has tried so far."""

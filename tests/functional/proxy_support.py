@@ -770,17 +770,18 @@ def strangler_routes(
 
 def subscribers(url: str) -> set[str]:
     """Ids of the clients of the Redis at `url` that hold a route-table subscription (the
-    consumers' follower names its own, FOLLOWER_NAME)."""
+    consumers' follower and the pins' feed name their own)."""
     import redis
 
     from proxy.store.consumers import FOLLOWER_NAME
+    from proxy.store.pins import FEED_NAME
 
     client = redis.Redis.from_url(url)
     try:
         return {
             entry["id"]
             for entry in client.client_list(_type="pubsub")
-            if entry.get("name") != FOLLOWER_NAME
+            if entry.get("name") not in (FOLLOWER_NAME, FEED_NAME)
         }
     finally:
         client.close()

@@ -335,18 +335,3 @@ def test_an_override_beats_a_pin() -> None:
 def test_a_request_without_pins_is_placed_by_the_weights() -> None:
     plan = arm("/all-monolith", b"user-1", Pins())
     assert (plan.upstream.name, plan.choice, plan.key) == ("monolith", "split", digest(b"user-1"))
-
-
-def test_a_pin_that_arrives_after_resolve_still_moves_the_request() -> None:
-    """A pin read from another replica in the same loop turn as the request lands after
-    `resolve`: `repin` applies it before the request goes anywhere; an override still wins."""
-    from proxy.dataplane.plan import repin
-
-    plan = arm("/all-monolith", b"user-1", Pins())
-    assert (plan.upstream.name, plan.choice) == ("monolith", "split")
-    late = pinned("all-monolith", [b"user-1"], "payment")
-    repin(plan, SNAPSHOT, late)
-    assert (plan.upstream.name, plan.choice) == ("payment", "pin")
-    forced = arm("/overridden", b"user-1", Pins(), [(b"x-canary", b"never")])
-    repin(forced, SNAPSHOT, pinned("overridden", [b"user-1"], "payment"))
-    assert (forced.upstream.name, forced.choice) == ("monolith", "override")

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from proxy.dataplane.pins import Pins, digest
-from proxy.store.pins import PinWire, RedisWire, SiblingWire, decode, encode
+from proxy.store.pins import (
+    PinWire,
+    RedisWire,
+    RespError,
+    SiblingWire,
+    decode,
+    encode,
+    parse_resp,
+)
 
 KEY = digest(b"user-1")
 
@@ -199,3 +207,66 @@ def test_a_sibling_that_reads_nothing_costs_a_write_at_most_the_publish_timeout(
     finally:
         stuck.close()
     assert took < 1.0, took
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b"+OK\r\n", b"OK"),
+        (b":1\r\n", b"1"),
+        (b"$3\r\nabc\r\n", b"abc"),
+        (b"$-1\r\n", None),
+        (b"*3\r\n$7\r\nmessage\r\n$4\r\npins\r\n$2\r\nhi\r\n", [b"message", b"pins", b"hi"]),
+    ],
+)
+def test_resp_values_are_read_whole(raw: bytes, value: object) -> None:
+    assert parse_resp(bytearray(raw)) == (value, len(raw))
+    for cut in range(len(raw)):  # any prefix is not a value yet
+        assert parse_resp(bytearray(raw[:cut])) is None
+
+
+def test_a_resp_error_or_garbage_is_said_so() -> None:
+    found = parse_resp(bytearray(b"-NOAUTH Authentication required.\r\n"))
+    assert found is not None
+    assert isinstance(found[0], RespError)
+    with pytest.raises(RespError):
+        parse_resp(bytearray(b"?what\r\n"))
+
+
+@pytest.mark.redis
+def test_a_pin_is_on_the_board_before_a_request_read_in_the_same_loop_turn(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Under uvloop, as the proxy runs: once the write's publish has returned, a request task
+    created on the subscribing worker (as uvicorn creates one for a request it has just read)
+    finds the pin at its first step, with no yield (the subscriber applies it in its socket's
+    callback, and uvloop's transports are not asyncio's)."""
+    import uvloop
+
+    async def scenario() -> None:
+        reader, writer = (
+            RedisWire(Pins(), redis_url, redis_prefix),
+            RedisWire(Pins(), redis_url, redis_prefix),
+        )
+        await reader.start()
+        await writer.start()
+        try:
+            await asyncio.wait_for(reader.ready.wait(), 5)
+            seen: list[str | None] = []
+            key = digest(b"user-7")
+
+            def request_arrives() -> None:  # what uvicorn does with a request it has read
+                async def request() -> None:
+                    seen.append(reader.pins.get("payments", key, time.monotonic()))
+
+                asyncio.get_running_loop().create_task(request())
+
+            await writer.publish("payments", key, "payment", 10.0)
+            asyncio.get_running_loop().call_soon(request_arrives)
+            await asyncio.sleep(0.05)
+            assert seen == ["payment"]
+        finally:
+            await reader.stop()
+            await writer.stop()
+
+    uvloop.run(scenario())
