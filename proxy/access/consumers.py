@@ -46,7 +46,7 @@ from typing import Any, TypeAlias
 from proxy.store.base import StoreError
 
 SCHEMA = 1  # the document's format; a newer one is refused rather than half read
-# The rule of upstream and route names (proxy.table.model.NAME; a test keeps the two the same).
+# The rule of upstream and route names (proxy.table.fields.NAME; a test keeps the two the same).
 # Not imported: the CLI's local path would load the table model and pydantic for one pattern.
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 RESERVED = frozenset({"history"})  # GET /api/v1/consumers/history is the audit log

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.access import CredentialRefused
-from proxy.access.jwt import IssuerSpec, JwtVerifier, UntrustedIssuer
+from proxy.access.jwt import IssuerSpec, JwtVerifier, UntrustedIssuer, bearer_of
 from proxy.access.policy import Identity, unauthenticated
 from proxy.errors import ProxyError
 from proxy.table.access import JwtIssuer
@@ -60,10 +60,7 @@ def _field(headers: Headers, wanted: bytes) -> str | None:
 
 def _bearer(headers: Headers) -> str | None:
     value = _field(headers, AUTHORIZATION)
-    if value is None:
-        return None
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None if value is None else bearer_of(value)
 
 
 def _looks_like_jwt(token: str) -> bool:

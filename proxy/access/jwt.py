@@ -151,16 +151,20 @@ class Verified:
     expires: float | None
 
 
+def bearer_of(value: str) -> str | None:
+    """The token of an `Authorization` value `Bearer <token>`; None for another scheme or no
+    token (RFC 6750 §2.1; the scheme is case-insensitive)."""
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The token of the request's (first) `Authorization: Bearer <token>` header; None when
-    there is none or it uses another scheme (RFC 6750 §2.1; the scheme is case-insensitive)."""
+    there is none or it uses another scheme."""
     for name, value in headers:
-        if name.lower() != b"authorization":
-            continue
-        scheme, _, token = value.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return None
-        return token.strip().decode("latin-1")
+        if name.lower() == b"authorization":
+            return bearer_of(value.decode("latin-1"))
     return None
 
 

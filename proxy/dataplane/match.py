@@ -14,20 +14,9 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from proxy.table.compile import CompiledRoute, Node, Snapshot
+from proxy.table.compile import CompiledRoute, Node, Snapshot, host_name
 
 Headers = Sequence[tuple[bytes, bytes]]
-
-
-def host_name(host: bytes) -> bytes:
-    """`host` (lower-cased) without its port (`[v6]:port` aware) and without the one trailing
-    dot of a fully qualified name (`admin.example.` is `admin.example` to every vhost server:
-    a route's `host:` must not be escaped by spelling it so)."""
-    if host.startswith(b"["):
-        end = host.find(b"]")
-        return host[: end + 1] if end != -1 else host
-    name = host.split(b":", 1)[0]
-    return name[:-1] if name.endswith(b".") else name
 
 
 def _accepts(route: CompiledRoute, method: str, host: bytes, headers: Headers) -> bool:

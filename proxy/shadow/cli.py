@@ -226,7 +226,7 @@ def record_command(
     import asyncio
 
     from proxy.shadow.sink import SinkError
-    from proxy.table.model import NAME
+    from proxy.table.fields import NAME
 
     if not NAME.match(route):
         _fail("record", f"{route!r} is not a route name", 2)

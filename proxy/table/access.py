@@ -34,14 +34,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from proxy.table.units import parse_duration
+from proxy.table.fields import NAME, TOKEN, Duration, Strict
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # One limit in the `limits` library's notation: "100/minute", "5 per second", "1000/2 hours".
 RATE = re.compile(
     r"^\s*[1-9][0-9]{0,8}\s*(?:/|per)\s*(?:[1-9][0-9]{0,5}\s*)?"
@@ -52,10 +48,6 @@ RATE = re.compile(
 JWT_ALGORITHMS = frozenset(
     {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
 )
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _rules(value: object) -> object:

@@ -351,15 +351,15 @@ def _rate(spec: RateLimit | None) -> RatePolicy | None:
     return RatePolicy(spec.rate, spec.burst, spec.by, spec.strategy)
 
 
-def _host(host: str) -> bytes:
-    """A route's `host:` as requests are compared to it (dataplane/match.host_name): the name,
-    lower-cased, without a port or a trailing dot."""
-    name = host.lower()
-    if not name.startswith("["):
-        name = name.split(":", 1)[0].removesuffix(".")
-    elif "]:" in name:
-        name = name[: name.index("]:") + 1]
-    return name.encode("ascii")
+def host_name(host: bytes) -> bytes:
+    """`host` (lower-cased) without its port (`[v6]:port` aware) and without the one trailing
+    dot of a fully qualified name (`admin.example.` is `admin.example` to every vhost server:
+    a route's `host:` must not be escaped by spelling it so)."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end != -1 else host
+    name = host.split(b":", 1)[0]
+    return name[:-1] if name.endswith(b".") else name
 
 
 def _path(path: str, paths: PathPolicy) -> str:
@@ -387,7 +387,7 @@ def compile_table(table: RouteTable) -> Snapshot:
                 path=m.path,
                 exact=m.exact,
                 methods=_methods(m.methods),
-                host=_host(m.host) if m.host else None,
+                host=host_name(m.host.lower().encode("ascii")) if m.host else None,
                 headers=tuple(
                     (k.encode("latin-1"), v.encode("latin-1")) for k, v in (m.headers or {}).items()
                 ),

@@ -24,22 +24,16 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
 from proxy.table.access import Access, Credentials, Paths, RateLimit
-from proxy.table.units import parse_duration, parse_size
+from proxy.table.fields import NAME, TOKEN, Duration, Size, Strict
+from proxy.table.units import parse_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (method, header name)
 # Kestrel's default MaxRequestBodySize (YARP's host): 30,000,000 bytes. nginx's 1m breaks uploads
 # a monolith already accepts, Traefik's default is unlimited.
 DEFAULT_MAX_BODY = 30_000_000
@@ -105,10 +99,6 @@ def _check_methods(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
     if len(set(upper)) != len(upper):
         raise ValueError("a method is listed twice")
     return tuple(sorted(upper))
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Outlier(Strict):

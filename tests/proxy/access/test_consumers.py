@@ -32,7 +32,7 @@ from proxy.access.consumers import (
     normalise_subject,
     parse_grace,
 )
-from proxy.table import model
+from proxy.table import fields
 
 T0 = 1_700_000_000.0
 HOUR = 3_600.0
@@ -51,7 +51,7 @@ def with_key(name: str = "mobile-ios", **fields: Any) -> tuple[ConsumerDocument,
 
 
 def test_consumer_names_follow_the_upstream_name_rule() -> None:
-    assert NAME.pattern == model.NAME.pattern
+    assert NAME.pattern == fields.NAME.pattern
 
 
 def test_adding_a_consumer_makes_a_key_shown_once_and_kept_only_as_its_hash() -> None:
