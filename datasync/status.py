@@ -180,7 +180,7 @@ def gather_status(
 
 
 def _cutover(gate: CutoverCheck) -> dict[str, Any]:
-    return {"ready": gate.ready, "reasons": list(gate.reasons), "checks": list(gate.checks)}
+    return gate.body()
 
 
 def _never_run(spec: Spec, gate: CutoverCheck) -> dict[str, Any]:
@@ -312,6 +312,19 @@ class CutoverCheck:
     ready: bool
     reasons: tuple[str, ...]
     checks: tuple[dict[str, Any], ...] = ()
+    lag_seconds: float | None = None  # follow's lag now (None: unknown)
+    drift: int | None = None  # rows the last reconcile found different (None: none ran)
+
+    def body(self) -> dict[str, Any]:
+        """The gate's answer as the services serve it (`GET /cutover`); the route table's
+        control plane keeps the lag and the drift as the evidence of the change it allowed."""
+        return {
+            "ready": self.ready,
+            "reasons": list(self.reasons),
+            "checks": list(self.checks),
+            "lag_seconds": self.lag_seconds,
+            "drift": self.drift,
+        }
 
 
 def _gate_state(
@@ -395,7 +408,8 @@ def cutover_check(
         f"the last {confirmations} reconciles found drift 0 within {max_age:g}s",
     )
     reasons = tuple(str(c["detail"]) for c in checks if not c["ok"])
-    return CutoverCheck(not reasons, reasons, tuple(checks))
+    drift = int(recent[0].drift) if recent and recent[0].drift is not None else None
+    return CutoverCheck(not reasons, reasons, tuple(checks), lag, drift)
 
 
 def _gate_lag(spec: Spec, follow: Checkpoint | None, now: datetime) -> float | None:

@@ -12,19 +12,22 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from proxy import __version__
 from proxy.access.cli import consumers_app
+from proxy.rollout.cli import rollout_app
 from proxy.shadow.cli import contract_app, record_command, shadow_app
 from proxy.store.base import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
-    from proxy.admin.client import AdminClient
-    from proxy.store.base import RouteStore
+    from proxy.control import ControlPlane, Outcome
+    from proxy.store.base import InvalidTable, RouteStore, StoreError
     from proxy.table.model import RouteTable
+
+T = TypeVar("T")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -83,6 +86,7 @@ app.add_typer(shadow_app, name="shadow", help="What shadowed services answered d
 app.command("record")(record_command)
 app.add_typer(contract_app, name="contract", help="Replay a recorded corpus against a service.")
 app.add_typer(consumers_app, name="consumers")
+app.add_typer(rollout_app, name="rollout")
 
 
 def _fail(
@@ -110,69 +114,58 @@ def _fail(
     return typer.Exit(code)
 
 
-def _problem_dicts(exc: Any) -> list[dict[str, Any]]:
-    """An invalid table's problems (a TableInvalid), by line."""
-    return [
-        {"line": p.line, "field": p.where(), "message": p.message}
-        for p in sorted(exc.problems, key=lambda p: p.line or 0)
-    ]
+REFUSED_INVALID = "refused: the table is invalid; nothing changed"
 
 
 def _invalid(
-    exc: Any,
-    json_output: bool,
-    message: str = "refused: the table is invalid; nothing changed",
-    say: bool = True,
+    exc: InvalidTable, json_output: bool, message: str = REFUSED_INVALID, say: bool = True
 ) -> typer.Exit:
-    """The failure of an invalid table (a TableInvalid): its problems, one line each."""
+    """The failure of an invalid table: its problems, one line each."""
     return _fail(
         message,
         json_output=json_output,
-        kind="invalid-table",
-        details=_problem_dicts(exc),
-        lines=exc.describe().splitlines(),
+        kind=exc.kind,
+        details=exc.details(),
+        lines=exc.lines,
         say=say,
     )
 
 
 def _failed(
-    exc: Exception,
+    exc: StoreError,
     json_output: bool,
     extra: dict[str, Any] | None = None,
     command: str = "routes",
+    invalid: str = REFUSED_INVALID,
 ) -> typer.Exit:
-    """The failure a refusal of the admin API (AdminRefused) or of a store (StoreError, a
-    closed gate with every gate's answer) means."""
+    """The failure a refusal of the control plane, a store or the admin API means, whichever
+    door it came through: its message, kind and particulars (an invalid table's problems as
+    `invalid` says, a closed gate's answers)."""
     from proxy.admin.client import AdminRefused
+    from proxy.store.base import InvalidTable
 
-    if isinstance(exc, AdminRefused):
-        return _fail(
-            str(exc),
-            json_output=json_output,
-            kind=exc.kind,
-            details=exc.details(),
-            lines=exc.problems,
-            extra=extra,
-            command=command,
-        )
-    answers = getattr(exc, "answers", None) or []
+    if isinstance(exc, InvalidTable):
+        return _invalid(exc, json_output, invalid)
     return _fail(
         str(exc),
         json_output=json_output,
-        kind=str(getattr(exc, "kind", "error")),
-        details=[a.as_dict() for a in answers],
+        kind=exc.kind,
+        details=exc.details(),
+        lines=exc.problems if isinstance(exc, AdminRefused) else [],
         extra=extra,
         command=command,
     )
 
 
 def _load_or_exit(path: Path, json_output: bool = False) -> RouteTable:
+    from proxy.store.base import InvalidTable
     from proxy.table.loader import TableInvalid, load_file
 
     try:
         return load_file(path)
     except TableInvalid as exc:
-        raise _invalid(exc, json_output, f"{path}: the table is invalid", say=False) from None
+        invalid = InvalidTable.of(exc)
+        raise _invalid(invalid, json_output, f"{path}: the table is invalid", say=False) from None
 
 
 @routes_app.command("validate")
@@ -181,6 +174,7 @@ def routes_validate(
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check a route table: exit 0 if it can be served, else 1 with one line per problem."""
+    from proxy.store.base import InvalidTable
     from proxy.table.loader import TableInvalid, load_file
 
     try:
@@ -189,7 +183,7 @@ def routes_validate(
         for line in exc.describe().splitlines():
             typer.echo(line, err=True)
         if json_output:
-            problems = _problem_dicts(exc)
+            problems = InvalidTable.of(exc).problems
             error = {"kind": "invalid-table", "message": f"{file}: invalid", "details": problems}
             typer.echo(
                 json.dumps({"valid": False, "problems": problems, "ok": False, "error": error})
@@ -280,21 +274,19 @@ AdminUrl = Annotated[
 ]
 
 
-def _report(result: dict[str, Any], json_output: bool) -> None:
-    """Print a committed version and what changed (file store and admin API alike), or what a
-    dry run would commit; a dry run a gate would refuse fails (exit 1)."""
-    changes = result.get("changes") or []
-    assert isinstance(changes, list)
-    if result.get("dry_run"):
-        refusal = result.get("refusal")
+def _report(outcome: Outcome, json_output: bool) -> None:
+    """Print a committed version and what changed (whichever door it took), or what a dry run
+    would commit; a dry run a gate would refuse fails (exit 1)."""
+    result = outcome.as_dict()
+    if outcome.dry_run:
         if not json_output:
-            _print_preview(result)
-        if refusal is not None:
+            _print_preview(outcome)
+        if outcome.refusal is not None:
             raise _fail(
-                str(refusal),
+                outcome.refusal,
                 json_output=json_output,
                 kind="gate-closed",
-                details=list(result.get("gates") or []),
+                details=outcome.gates,
                 extra=result,
             )
         if json_output:
@@ -303,17 +295,15 @@ def _report(result: dict[str, Any], json_output: bool) -> None:
     if json_output:
         typer.echo(json.dumps({k: v for k, v in result.items() if k not in {"text", "table"}}))
         return
-    typer.echo(f"version {result['version']} committed ({result['author']}: {result['reason']})")
-    _print_changes(changes, "  (no change to the table)")
+    typer.echo(f"version {outcome.version} committed ({outcome.author}: {outcome.reason})")
+    _print_changes(outcome.changes, "  (no change to the table)")
 
 
-def _print_preview(result: dict[str, Any]) -> None:
-    would = "would be committed" if result.get("refusal") is None else "would be refused"
-    typer.echo(
-        f"dry run: version {result['version']} {would} ({result['author']}: {result['reason']})"
-    )
-    _print_changes(list(result.get("changes") or []), "  (no change to the table)")
-    _print_gates(list(result.get("gates") or []))
+def _print_preview(outcome: Outcome) -> None:
+    would = "would be committed" if outcome.would_commit else "would be refused"
+    typer.echo(f"dry run: version {outcome.version} {would} ({outcome.author}: {outcome.reason})")
+    _print_changes(outcome.changes, "  (no change to the table)")
+    _print_gates(outcome.gates)
     typer.echo("nothing committed")
 
 
@@ -347,26 +337,6 @@ def _print_changes(changes: list[dict[str, Any]], when_none: str) -> None:
         typer.echo(when_none)
 
 
-def _remote(
-    admin: str,
-    author: str | None,
-    action: Callable[[AdminClient], dict[str, Any]],
-    json_output: bool,
-) -> None:
-    from proxy.admin.client import AdminClient, AdminRefused
-
-    try:
-        result = action(AdminClient(admin, _author(author)))
-    except AdminRefused as exc:
-        if exc.body.get("dry_run"):  # a dry run a gate would refuse: what it would have done
-            preview = {
-                k: v for k, v in exc.body.items() if k not in {"type", "title", "status", "detail"}
-            }
-            _report(preview, json_output)
-        raise _failed(exc, json_output) from None
-    _report(result, json_output)
-
-
 def _author(author: str | None) -> str:
     import getpass
 
@@ -378,48 +348,26 @@ def _author(author: str | None) -> str:
         return "unknown"
 
 
-def _commit(
-    store: RouteStore,
-    text: str,
-    author: str | None,
-    reason: str,
-    json_output: bool,
-    expect: int | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-) -> None:
-    """Commit `text` on top of the current version (after asking the cutover gates of the
-    upstreams it sends more traffic, unless `force`) and say what changed; `dry_run`: the same,
-    stopped before the commit, saying what would be committed."""
+def _control(routes: Path, store: str, prefix: str, admin: str | None) -> ControlPlane:
+    """The control plane a routes command works on: the running proxy's at --admin, else the
+    store's (--store, --routes)."""
+    from proxy.control import open_control
+
+    return open_control(admin, store=store, routes=routes, prefix=prefix)
+
+
+def _run(action: Callable[[], T], json_output: bool, invalid: str = REFUSED_INVALID) -> T:
+    """`action`'s answer; a refusal exits 1 with its reason, the same whichever door it came
+    through."""
     from proxy.store.base import StoreError
-    from proxy.table.diff import diff_tables
-    from proxy.table.gates import Preview, commit_through_gates
-    from proxy.table.loader import TableInvalid
 
     try:
-        before = store.current()
-        after = commit_through_gates(
-            store,
-            text,
-            before=before.table,
-            author=_author(author),
-            reason=reason,
-            expected_version=before.info.version if expect is None else expect,
-            force=force,
-            dry_run=dry_run,
-        )
-    except TableInvalid as exc:
-        raise _invalid(exc, json_output) from None
+        return action()
     except StoreError as exc:
-        raise _failed(exc, json_output) from None
-    if isinstance(after, Preview):
-        _report(after.as_dict(before.table), json_output)
-        return
-    changes = diff_tables(before.table, after.table)
-    _report({**after.info.as_dict(), "changes": [c.as_dict() for c in changes]}, json_output)
+        raise _failed(exc, json_output, invalid=invalid) from None
 
 
-def _read_table_file(file: Path, json_output: bool) -> str:
+def _read_table_file(file: Path, json_output: bool, invalid: str = REFUSED_INVALID) -> str:
     """FILE's text once it loads as a table (its problems name FILE and its lines)."""
     try:
         text = file.read_text(encoding="utf-8")
@@ -427,12 +375,13 @@ def _read_table_file(file: Path, json_output: bool) -> str:
         raise _fail(
             f"cannot read {file}: {exc.strerror}", json_output=json_output, kind="unreadable-file"
         ) from None
+    from proxy.store.base import InvalidTable
     from proxy.table.loader import TableInvalid, load_text
 
     try:
         load_text(text, str(file), Path(file).parent)
     except TableInvalid as exc:
-        raise _invalid(exc, json_output) from None
+        raise _invalid(InvalidTable.of(exc), json_output, invalid) from None
     return text
 
 
@@ -452,30 +401,14 @@ def routes_set(
 ) -> None:
     """Replace the served table with FILE, as a new version."""
     text = _read_table_file(file, json_output)
-    if admin:
-        _remote(
-            admin,
-            author,
-            lambda api: api.put(
-                text,
-                reason,
-                expect if expect is not None else int(api.current()["version"]),
-                force,
-                dry_run,
-            ),
-            json_output,
-        )
-        return
-    _commit(
-        _store(routes, store, store_prefix),
-        text,
-        author,
-        reason,
+    control, who = _control(routes, store, store_prefix, admin), _author(author)
+    outcome = _run(
+        lambda: control.set(
+            text, author=who, reason=reason, expect=expect, force=force, dry_run=dry_run
+        ),
         json_output,
-        expect,
-        force,
-        dry_run,
     )
+    _report(outcome, json_output)
 
 
 def _parse_split(value: str, json_output: bool = False) -> dict[str, int]:
@@ -524,35 +457,21 @@ def routes_flip(
             "give exactly one of --to and --split", 2, json_output=json_output, kind="usage"
         )
     weights = _parse_split(split, json_output) if split else None
-    if admin:
-        body = {
-            "route": route,
-            "to": to,
-            "split": weights,
-            "sticky": sticky,
-            "reason": reason,
-            "force": force,
-        }
-        path = "/api/v1/routes/flip/dry-run" if dry_run else "/api/v1/routes/flip"
-        _remote(admin, author, lambda api: api.call("POST", path, json=body), json_output)
-        return
-    from proxy.store.base import StoreError
-    from proxy.table.edit import flip
-
-    target = _store(routes, store, store_prefix)
-    try:
-        current = target.current()
-    except StoreError as exc:
-        raise _failed(exc, json_output) from None
-    try:
-        text = flip(current.text, route, to=to, split=weights, sticky=sticky)
-    except KeyError:
-        raise _fail(
-            f"version {current.info.version} has no route {route!r}",
-            json_output=json_output,
-            kind="unknown-route",
-        ) from None
-    _commit(target, text, author, reason, json_output, current.info.version, force, dry_run)
+    control, who = _control(routes, store, store_prefix, admin), _author(author)
+    outcome = _run(
+        lambda: control.flip(
+            route,
+            author=who,
+            reason=reason,
+            to=to,
+            split=weights,
+            sticky=sticky,
+            force=force,
+            dry_run=dry_run,
+        ),
+        json_output,
+    )
+    _report(outcome, json_output)
 
 
 @routes_app.command("rollback")
@@ -571,28 +490,13 @@ def routes_rollback(
     """Serve an earlier version's table again, as a new version."""
     # Its plain remote form is called by proxy/cli.py's quick_rollback, without typer's parser:
     # keep the two in step (tests/proxy/test_cli_imports.py compares them). --dry-run is left
-    # to typer.
-    if admin:  # one request: the proxy checks and commits it
-        body: dict[str, object] = {"version": version, "reason": reason, "force": force}
-        path = "/api/v1/routes/rollback/dry-run" if dry_run else "/api/v1/routes/rollback"
-        _remote(admin, author, lambda api: api.call("POST", path, json=body), json_output)
-        return
-    from proxy.store.base import StoreError
-
-    target = _store(routes, store, store_prefix)
-    try:
-        old = target.get(version)
-    except StoreError as exc:
-        raise _failed(exc, json_output) from None
-    _commit(
-        target,
-        old.text,
-        author,
-        f"rollback to version {version}: {reason}",
+    # to typer. Through the admin API it is one request: the proxy checks and commits it.
+    control, who = _control(routes, store, store_prefix, admin), _author(author)
+    outcome = _run(
+        lambda: control.rollback(version, author=who, reason=reason, force=force, dry_run=dry_run),
         json_output,
-        force=force,
-        dry_run=dry_run,
     )
+    _report(outcome, json_output)
 
 
 @routes_app.command("get")
@@ -608,27 +512,12 @@ def routes_get(
 ) -> None:
     """Print a version's table as YAML, as `routes set` takes it back (--json: its version,
     author, time, reason, text and table)."""
-    from proxy.admin.client import AdminClient, AdminRefused
-    from proxy.store.base import StoreError
-
-    try:
-        if admin:
-            path = "/api/v1/routes" if version is None else f"/api/v1/routes/versions/{version}"
-            found: dict[str, Any] = AdminClient(admin, "cli").call("GET", path)
-        else:
-            source = _store(routes, store, store_prefix)
-            got = source.current() if version is None else source.get(version)
-            found = {
-                **got.info.as_dict(),
-                "text": got.text,
-                "table": got.table.model_dump(mode="json", exclude_defaults=True),
-            }
-    except (AdminRefused, StoreError) as exc:
-        raise _failed(exc, json_output) from None
+    control = _control(routes, store, store_prefix, admin)
+    found = _run(lambda: control.get(version), json_output)
     if json_output:
-        typer.echo(json.dumps(found))
+        typer.echo(json.dumps(found.as_dict()))
     else:
-        typer.echo(found["text"], nl=not str(found["text"]).endswith("\n"))
+        typer.echo(found.text, nl=not found.text.endswith("\n"))
 
 
 @routes_app.command("history")
@@ -643,24 +532,14 @@ def routes_history(
     """The versions of the served table: who changed it, when and why."""
     import time as clock
 
-    from proxy.admin.client import AdminClient, AdminRefused
-    from proxy.store.base import StoreError
-
-    try:
-        if admin:
-            infos = AdminClient(admin, "cli").call(
-                "GET", "/api/v1/routes/history", params={"limit": limit}
-            )
-        else:
-            infos = [i.as_dict() for i in _store(routes, store, store_prefix).history(limit)]
-    except (AdminRefused, StoreError) as exc:
-        raise _failed(exc, json_output) from None
+    control = _control(routes, store, store_prefix, admin)
+    infos = _run(lambda: control.history(limit), json_output)
     if json_output:
-        typer.echo(json.dumps(infos))
+        typer.echo(json.dumps([info.as_dict() for info in infos]))
         return
     for info in infos:
-        when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info["time"]))
-        typer.echo(f"{info['version']:>5}  {when}  {info['author']:<12} {info['reason']}")
+        when = clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(info.time))
+        typer.echo(f"{info.version:>5}  {when}  {info.author:<12} {info.reason}")
 
 
 @app.command("ledger")
@@ -673,8 +552,8 @@ def ledger(
     json_output: JsonFlag = False,
 ) -> None:
     """The migration ledger: per route, its state (legacy, shadowed, canary N%, moved, static,
-    retired), since when, and every version that changed it (who and why), from the table's
-    history."""
+    retired), since when, every version that changed it (who, why, and the evidence it was
+    decided on), and what the monolith still serves, busiest first."""
     from proxy.admin.client import AdminClient, AdminRefused
     from proxy.store.base import StoreError
 
@@ -685,9 +564,7 @@ def ledger(
                 "GET", "/api/v1/ledger", params=params
             )
         else:
-            from proxy.store.ledger import ledger_of
-
-            built = ledger_of(_store(routes, store, store_prefix))
+            built = _local_ledger(_store(routes, store, store_prefix), store, store_prefix, routes)
             if route is not None and built.route(route) is None:
                 raise _fail(
                     f"no route {route!r} in the history",
@@ -706,43 +583,32 @@ def ledger(
 
 def _print_ledger(found: dict[str, Any]) -> None:
     """The ledger as `GET /api/v1/ledger` gives it, one block per route."""
-    import time as clock
+    from proxy.table.ledger import ledger_lines
 
-    def when(at: float) -> str:
-        return clock.strftime("%Y-%m-%d %H:%M:%S", clock.localtime(at))
+    for line in ledger_lines(found):
+        typer.echo(line)
 
-    versions = found["versions"]
-    if versions["first"] is None:
-        typer.echo("no versions yet")
-        return
-    typer.echo(f"versions {versions['first']} to {versions['last']}")
-    for entry in found["unreadable"]:
-        typer.echo(
-            f"version {entry['version']} ({when(entry['time'])}, {entry['author']}: "
-            f"{entry['reason']}): its table does not load here, left out: {entry['problem']}"
-        )
-    rows = found["routes"]
-    name_width = max((len(r["name"]) for r in rows), default=0)
-    state_width = max((len(r["state"]["label"]) for r in rows), default=0)
-    moves = [
-        ("(added)" if t["from"] is None else t["from"]["label"]) + " → " + t["to"]["label"]
-        for r in rows
-        for t in r["transitions"]
-    ]
-    move_width = min(max((len(m) for m in moves), default=0), 56)
-    for row in rows:
-        since = row["since"]
-        typer.echo(
-            f"{row['name']:<{name_width}}  {row['state']['label']:<{state_width}}  "
-            f"since version {since['version']} ({when(since['time'])})"
-        )
-        for step in row["transitions"]:
-            before = "(added)" if step["from"] is None else step["from"]["label"]
-            move = f"{before} → {step['to']['label']}"
-            typer.echo(
-                f"  {when(step['time'])}  v{step['version']:<4} {move:<{move_width}}  "
-                f"{step['author']}: {step['reason']}"
-            )
+
+def _local_ledger(route_store: RouteStore, store: str, prefix: str, routes: Path) -> Any:
+    """The ledger of a store, with the evidence and the traffic numbers the proxies share
+    (the Redis store's, or the state directory a proxy keeps beside routes.yaml) when any."""
+    import asyncio
+
+    from proxy.store.ledger import ledger_of, read_ledger
+
+    state_dir = routes.parent / "var"
+    if store == "file" and not state_dir.is_dir():
+        return ledger_of(route_store)
+    from proxy.shadow.sink import open_sink
+
+    async def read() -> Any:
+        sink = open_sink(store, prefix, state_dir)
+        try:
+            return await read_ledger(route_store, sink)
+        finally:
+            await sink.close()
+
+    return asyncio.run(read())
 
 
 def _fallback_text(fallback: dict[str, Any]) -> str:
@@ -803,47 +669,14 @@ def routes_status(
         )
 
 
-def _diff_file(
-    file: Path,
-    routes: Path,
-    store: str,
-    store_prefix: str,
-    admin: str | None,
-    json_output: bool,
-) -> None:
+def _diff_file(file: Path, control: ControlPlane, json_output: bool) -> None:
     """`routes diff --file NEW.yaml`: a dry run of `routes set NEW.yaml` that reports what the
     gates answer instead of failing on a closed one."""
-    from proxy.admin.client import AdminClient, AdminRefused
-    from proxy.store.base import StoreError
-    from proxy.table.gates import commit_through_gates
-    from proxy.table.loader import TableInvalid
-
-    text = _read_table_file(file, json_output)
-    try:
-        if admin:
-            result: dict[str, Any] = AdminClient(admin, _author(None)).call(
-                "POST",
-                "/api/v1/routes/diff",
-                content=text.encode(),
-                headers={"Content-Type": "application/yaml"},
-            )
-        else:
-            source = _store(routes, store, store_prefix)
-            current = source.current()
-            preview = commit_through_gates(
-                source,
-                text,
-                before=current.table,
-                author=_author(None),
-                reason="diff",
-                expected_version=current.info.version,
-                dry_run=True,
-            )
-            result = {"from": current.info.version, "valid": True, **preview.as_dict(current.table)}
-    except TableInvalid as exc:
-        raise _invalid(exc, json_output, f"{file}: the table is invalid") from None
-    except (AdminRefused, StoreError) as exc:
-        raise _failed(exc, json_output) from None
+    invalid = f"{file}: the table is invalid"
+    text = _read_table_file(file, json_output, invalid)
+    result = _run(
+        lambda: control.diff_text(text, author=_author(None)), json_output, invalid
+    ).as_dict()
     report = {
         "from": result["from"],
         "file": str(file),
@@ -884,40 +717,22 @@ def routes_diff(
     json_output: JsonFlag = False,
 ) -> None:
     """What changed between two versions, route by route (or what --file would change)."""
-    from proxy.admin.client import AdminClient, AdminRefused
-    from proxy.store.base import StoreError
-    from proxy.table.diff import diff_tables
-
+    control = _control(routes, store, store_prefix, admin)
     if file is not None:
         if old is not None:
             raise _fail(
                 "give versions or --file, not both", 2, json_output=json_output, kind="usage"
             )
-        _diff_file(file, routes, store, store_prefix, admin, json_output)
+        _diff_file(file, control, json_output)
         return
     if old is None:
         raise _fail("give a version (or --file)", 2, json_output=json_output, kind="usage")
-    if admin:
-        params: dict[str, int] = {"from": old} if new is None else {"from": old, "to": new}
-        try:
-            result = AdminClient(admin, "cli").call("GET", "/api/v1/routes/diff", params=params)
-        except AdminRefused as exc:
-            raise _failed(exc, json_output) from None
-        newest, changes = result["to"], result["changes"]
-    else:
-        source = _store(routes, store, store_prefix)
-        try:
-            before = source.get(old)
-            after = source.current() if new is None else source.get(new)
-        except StoreError as exc:
-            raise _failed(exc, json_output) from None
-        newest = after.info.version
-        changes = [c.as_dict() for c in diff_tables(before.table, after.table)]
+    found = _run(lambda: control.diff(old, new), json_output)
     if json_output:
-        typer.echo(json.dumps(changes))
+        typer.echo(json.dumps(found.changes))
         return
-    typer.echo(f"version {old} → {newest}")
-    _print_changes(changes, "  (the same table)")
+    typer.echo(f"version {old} → {found.target}")
+    _print_changes(found.changes, "  (the same table)")
 
 
 @app.command()

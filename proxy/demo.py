@@ -18,6 +18,10 @@ Act 8: the second service, the catalog's read side: two declared syncs (one tabl
 change column, refreshed) fill its read model and views; its gate opens after two reconciles;
 catalog reads are shadowed (ETags compared), canaried, moved; a staff price change still goes
 to the monolith and shows in the catalog after the sync's lag.
+Act 9: who may call what: a partner's key, refused without, rate limited, revoked.
+Act 10: evidence drives the move: a rollout moves payments 1 → 100 % while the apps read, a
+planted data fault closes the service's gate and the rollout rolls back by itself; the ledger
+before and after, and the dashboard.
 Everything runs as child processes started with the same commands the README gives, and is
 reached over HTTP only.
 """
@@ -750,6 +754,142 @@ def act_access(n: Narrator, sh: Shell, admin: str) -> None:
     sh.consumers("history")
 
 
+class Traffic:
+    """The apps' payment reads while a rollout runs: signed-in phones, each keyed by its own
+    session (the route's sticky key), and apps whose session expired (no key: placed afresh on
+    every request, their 401 answered by whichever arm); and order reads the monolith serves."""
+
+    def __init__(self, base: str, phones: list[dict[str, str]], orders: list[int]) -> None:
+        self.base, self.phones, self.orders = base, phones, orders
+        self.sent = self.failed = 0
+        self._stop = False
+        self._pool = ThreadPoolExecutor(4)
+        self._runs: list[Any] = []
+
+    def __enter__(self) -> Traffic:
+        self._runs = [self._pool.submit(self._run, n) for n in range(4)]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop = True
+        for run in self._runs:
+            run.result()
+        self._pool.shutdown()
+
+    def _run(self, lane: int) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            n = lane
+            while not self._stop:
+                n += 1
+                phone = self.phones[n % len(self.phones)]
+                client.cookies.clear()  # apps without a session keep no cookie either
+                if n % 3 == 0:
+                    answer = client.get("/api/v1/payments", params={"per_page": 1})
+                elif n % 3 == 1:
+                    answer = client.get("/api/v1/payments", params={"per_page": 1}, headers=phone)
+                else:
+                    order = self.orders[n % len(self.orders)]
+                    answer = client.get(f"/api/v1/orders/{order}", headers=phone)
+                self.sent += 1
+                self.failed += answer.status_code >= 500
+                time.sleep(0.01)
+
+
+def _currency(service_db: str, payment: int) -> str:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(service_db)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT currency FROM payments WHERE id = :id"), {"id": payment}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return str(found)
+
+
+def _rollout(admin: str) -> dict[str, Any]:
+    return dict(httpx.get(f"{admin}/api/v1/rollouts/payments", timeout=5).json())
+
+
+def _follow_rollout(
+    n: Narrator, admin: str, until: Callable[[dict[str, Any]], bool], timeout: float = 90
+) -> dict[str, Any]:
+    """Print each event of the payments rollout as the proxy's driver records it, until
+    `until` holds; the rollout."""
+    shown, deadline = 0, time.monotonic() + timeout
+    while True:
+        rollout = _rollout(admin)
+        for event in rollout["history"][shown:]:
+            version = f" (version {event['version']})" if event.get("version") else ""
+            n.echo(f"  {event['event']}{version}: {event['message']}")
+        shown = len(rollout["history"])
+        if until(rollout):
+            return rollout
+        if time.monotonic() > deadline:
+            n.echo(f"  the rollout did not get there in {timeout:.0f}s: {rollout['state']}")
+            raise typer.Exit(1)
+        time.sleep(0.2)
+
+
+# The demo's traffic is small: thresholds for a few requests a second per arm (the defaults
+# suit production traffic: 20 requests per arm and step, 2-minute bakes).
+DEMO_ROLLOUT = (
+    *("--steps", "1,5,25,50,100", "--bake", "6s", "--min-requests", "3"),
+    *("--max-p95-ratio", "4", "--max-p99-ratio", "8", "--quiet-limit", "20"),
+)
+
+
+def act_rollout(
+    n: Narrator, sh: Shell, admin: str, service_db: str, payment: int, dashboard: str
+) -> None:
+    """Evidence drives the move: payments moved 1 → 100 % by a rollout while the apps read,
+    one rollout rolled back by a planted fault, and the ledger before and after."""
+    n.say("Evidence drives the move: payments go back to the monolith, to be moved by a rollout")
+    sh.sync("to-legacy", "--once")  # every payment the service took is in the monolith first
+    sh.routes_cli("flip", "payments", "--to", "monolith", "--reason", "move it again, on evidence")
+    n.say("The ledger so far (the evidence of each change under it)")
+    sh.run("ledger", "payments", extra=("--routes", str(sh.routes)))
+    phones = [_login(n.client) for _ in range(6)]
+    orders = [_new_order(n.client, phones[0]) for _ in range(3)]
+    with Traffic(str(n.client.base_url), phones, orders) as traffic:
+        n.echo(f"  (the apps read payments and orders, {len(phones)} phones and expired sessions)")
+        n.say("A rollout moves payments step by step; each step is judged on both arms")
+        rollout = ("rollout", "start", "payments", "--to", "payment", *DEMO_ROLLOUT)
+        sh.run(*rollout, "--reason", "payment service v2", extra=("--routes", str(sh.routes)))
+        _follow_rollout(n, admin, lambda r: r["step"] >= 1 and r["state"] == "baking")
+        n.say("A bad script changes a payment in the service's database; reconcile finds it")
+        currency = _currency(service_db, payment)
+        _drift(service_db, payment, "XXX")
+        sh.sync("reconcile")
+        n.say("The service's data gate closes: the next analysis fails, the rollout rolls back")
+        failed = _follow_rollout(n, admin, lambda r: r["state"] in ROLLOUT_ENDS)
+        n.echo(f"  rollout {failed['state']}; payments are back on the monolith")
+        n.say("The data is fixed; two clean reconciles open the gate again")
+        _drift(service_db, payment, currency)
+        sh.sync("reconcile")
+        sh.sync("reconcile")
+        n.say("The rollout again, to the end: 1, 5, 25, 50 and 100 %")
+        sh.run(
+            *rollout,
+            "--reason",
+            "payment service v2, data fixed",
+            extra=("--routes", str(sh.routes)),
+        )
+        done = _follow_rollout(n, admin, lambda r: r["state"] in ROLLOUT_ENDS)
+        if done["state"] != "succeeded":
+            raise typer.Exit(1)
+    n.echo(f"  ({traffic.sent} requests while it ran, {traffic.failed} failed)")
+    sh.run("rollout", "status", "payments", extra=("--routes", str(sh.routes)))
+    n.say("The ledger after: each step with the evidence it passed on, and what is left to move")
+    sh.run("ledger", "payments", extra=("--routes", str(sh.routes)))
+    n.echo(f"  the dashboard shows all of it: {dashboard}")
+
+
+ROLLOUT_ENDS = ("rolled-back", "succeeded", "aborted", "failed")
+
+
 def _ejected_for(admin: str, upstream: str) -> float:
     """Seconds the proxy keeps `upstream` out of the path (its admin API's route status)."""
     status = httpx.get(f"{admin}/api/v1/routes/status", timeout=5).json()
@@ -969,6 +1109,14 @@ def run_demo(workdir: Path, *, keep_running: bool = False, echo: Echo = typer.ec
                     start_followers,
                 )
                 act_access(n, sh, proxy.listeners["admin"])
+                act_rollout(
+                    n,
+                    sh,
+                    proxy.listeners["admin"],
+                    service_db,
+                    taken,
+                    proxy.listeners["admin"] + "/dashboard",
+                )
             echo(typer.style(f"\ndemo done in {time.perf_counter() - started:.1f}s", bold=True))
             if keep_running:
                 echo(

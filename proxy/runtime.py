@@ -1,40 +1,40 @@
 """What one worker holds while it serves: the current snapshot (swapped in one assignment), the
-forwarder, metrics, the access log, and the watcher that follows the route store.
+forwarder, metrics, the access log, and the route store it follows.
 
-A new table is loaded, validated and compiled off to the side; only a table that passes is
-swapped in. Requests read `runtime.snapshot` once, so one in flight finishes on the snapshot it
-started with. An invalid file is refused with its problems logged; the running table stays.
-
-With the file store the watcher checks routes.yaml; with the Redis store it listens on the
-store's channel and polls the current version every `store_poll_interval` (a subscription can be
-lost without notice). It only ever moves forward: a store that reports an older version than
-the one served (its data was lost) is logged and ignored. Every table served from Redis is
-written to the last-known-good file, which the next start uses if Redis is down then.
+The store says what to serve (`RouteStore.watch`: routes.yaml's stamp with the file store; the
+Redis store's channel and a poll of its pointer every `store_poll_interval`, only ever forward):
+each version it yields was loaded and validated off to the side; here it is compiled, swapped in
+and, with a shared store, written to the last-known-good file, which the next start uses if the
+store is down then. Requests read `runtime.snapshot` once, so one in flight finishes on the
+snapshot it started with. A version that does not load is refused by the store's watch with its
+problems logged; the running table stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from proxy.dataplane.armstats import ArmStats
 from proxy.dataplane.breaker import Guards
 from proxy.dataplane.forward import Forwarder
 from proxy.dataplane.pins import Pins
 from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
-from proxy.store.base import StoreError
+from proxy.store.base import StoreError, Version, Watch
 from proxy.store.file import atomic_write
 from proxy.store.pins import RedisWire
 from proxy.table.compile import Snapshot, compile_table
-from proxy.table.edit import stated_version
 from proxy.table.loader import TableInvalid, load_file, single_upstream
+
+if TYPE_CHECKING:
+    from proxy.control import Outcome
+    from proxy.rollout.driver import RolloutDriver
 
 log = logging.getLogger("strangler")
 SHARE_INTERVAL = 1.0
@@ -105,10 +105,13 @@ class Runtime:
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_hops]
         self._trusted_cache: dict[str, bool] = {}
         self.traffic = TrafficWindow(self.metrics)
+        self.arm_stats = ArmStats()  # per-arm numbers, shared through the sink (rollouts, ledger)
         self._init_shadow(settings)
         self._init_access(settings, snapshot)
-        self._missing: set[int] = set()
+        self.rollout_driver = self._rollout_driver(settings)
+        self.watch = self._watch(settings)
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics.table_version.set(snapshot.version)
 
     def _init_shadow(self, settings: ProxySettings) -> None:
@@ -121,13 +124,33 @@ class Runtime:
 
         self.pins = Pins()
         self.pin_wire = open_wire(self.pins, settings.store, settings.store_prefix)
-        self.subscribed = asyncio.Event()  # the store's channels (and the live pins) are read
         # Pins from other workers are applied in a socket callback (Redis: store/pins.PinFeed;
         # siblings: datagrams), before any request read in the same loop turn.
         self.mirror = Mirror(self.metrics)
         self.worker = worker_id()
         self.sink = open_sink(settings.store, settings.store_prefix, settings.state_dir)
         self.recorder = Recorder(self.sink, self.worker)
+
+    def _rollout_driver(self, settings: ProxySettings) -> RolloutDriver | None:
+        """The rollout driver (rollout/driver.py): every worker of every replica runs one and
+        the store's lease lets one drive; none without a route store."""
+        if settings.store == "file" and settings.routes is None:
+            return None
+        from proxy.rollout.driver import RolloutDriver, SinkEvidence
+        from proxy.rollout.store import open_rollouts
+        from proxy.store import open_store
+        from proxy.store.ledger import record_evidence
+
+        routes = open_store(settings.store, settings.routes, settings.store_prefix)
+        rollouts = open_rollouts(settings.store, settings.routes, settings.store_prefix)
+
+        async def record(version: int, route: str) -> None:
+            await record_evidence(
+                self.sink, version, [route], worker=self.worker, local=self.arm_stats
+            )
+
+        evidence = SinkEvidence(self.sink)
+        return RolloutDriver(routes, rollouts, evidence, self.worker, record=record)
 
     def _init_access(self, settings: ProxySettings, snapshot: Snapshot) -> None:
         """Who may call what (access/): the consumers this worker follows, the token issuers
@@ -153,6 +176,7 @@ class Runtime:
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
+                await self.sink.put_stats(self.worker, self.arm_stats.doc())
                 if self.mirror.tallies:  # every turn: a put is also how a reset is learned
                     await self._share_tallies()
             except Exception:  # the sink is down: serving goes on, the next turn retries
@@ -196,43 +220,62 @@ class Runtime:
         self.forwarder.retire_unused(snapshot.upstreams.values())
         self.guards.keep_only(snapshot.upstreams.values())
 
-    def reload(self, path: Path) -> bool:
-        """Load `path`; swap it in if valid. Returns whether the served table changed."""
-        try:
-            table = load_file(path)
-        except TableInvalid as exc:
-            log.error(
-                "route table refused, still serving version %s:\n%s",
-                self.snapshot.version,
-                exc.describe(),
-            )
-            return False
-        self.swap(compile_table(table))
-        log.info(
-            "route table version %s loaded from %s (%d routes)",
-            table.version,
-            path,
-            len(table.routes),
+    def _watch(self, settings: ProxySettings) -> Watch | None:
+        """The store this worker follows: the Redis store, or routes.yaml (none with only a
+        default upstream)."""
+        if settings.store != "file":
+            from proxy.store.redis import RedisStore
+
+            store = RedisStore(settings.store, settings.store_prefix)
+            return store.watch(self._served, settings.store_poll_interval, settings.store_cache)
+        if settings.routes is not None:
+            from proxy.store.file import FileStore
+
+            return FileStore(settings.routes).watch(self._served, settings.watch_interval)
+        return None
+
+    def _served(self) -> int:
+        return self.snapshot.version
+
+    def record_commit(self, outcome: Outcome) -> None:
+        """Keep what a change committed here was decided on (control/evidence.py), from any
+        thread (the admin API's writes run in a thread pool): recorded on this worker's loop,
+        the numbers of this worker fresher than its last share."""
+        from proxy.control.evidence import routes_of
+        from proxy.store.ledger import record_evidence
+
+        routes = routes_of(outcome)
+        if not routes or self._loop is None:
+            return
+        evidence = record_evidence(
+            self.sink,
+            outcome.version,
+            routes,
+            gates=outcome.gates,
+            worker=self.worker,
+            local=self.arm_stats,
         )
-        return True
+        asyncio.run_coroutine_threadsafe(evidence, self._loop)
 
     async def start(self) -> None:
-        if self.settings.store != "file":
-            self._tasks.append(asyncio.create_task(self._follow_store()))
-        elif self.settings.routes is not None:
-            self._tasks.append(asyncio.create_task(self._watch_file(self.settings.routes)))
+        self._loop = asyncio.get_running_loop()
+        if self.watch is not None:
+            self._tasks.append(asyncio.create_task(self._follow(self.watch)))
         self._tasks.append(asyncio.create_task(self._sample_traffic()))
         await self.pin_wire.start()
         self._tasks.append(asyncio.create_task(self._share()))
         await self.consumers.start()
         await self.gate.start()
         await self.limiter.start()
-        if self.settings.store != "file":
-            # Serve once the live pins are loaded (a replica started mid-canary honours them),
-            # but never wait long for a Redis that is down: the table is already served.
+        if self.rollout_driver is not None:
+            self._tasks.append(asyncio.create_task(self.rollout_driver.run()))
+        if self.watch is not None:
+            # Serve once the store's feed and the live pins are read (a replica started
+            # mid-canary honours them), but never wait long for a Redis that is down: the table
+            # is already served.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SUBSCRIBE_WAIT):
-                    await self.subscribed.wait()
+                    await self.watch.ready.wait()
                     if isinstance(self.pin_wire, RedisWire):
                         await self.pin_wire.ready.wait()
 
@@ -242,7 +285,10 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
+        self._tasks = []  # the rollout driver, cancelled, has let its lease go
+        if self.rollout_driver is not None:
+            with contextlib.suppress(Exception):
+                self.rollout_driver.close()
         await self.mirror.stop()
         await self.limiter.stop()
         await self.gate.stop()
@@ -264,152 +310,28 @@ class Runtime:
                 log.debug("traffic sample failed", exc_info=True)
             await asyncio.sleep(self.traffic.step)
 
-    async def _watch_file(self, path: Path) -> None:
-        def stamp() -> tuple[int, int, int] | None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-        last = stamp()
-        while True:
-            await asyncio.sleep(self.settings.watch_interval)
-            current = stamp()
-            if current is not None and current != last:
-                last = current
+    async def _follow(self, watch: Watch) -> None:
+        """Serve each version the store yields: compile it, swap it in and, with a shared
+        store, keep it as the last-known-good table."""
+        async with contextlib.aclosing(watch.changes()) as changes:
+            async for version in changes:
                 try:
-                    self.reload(path)
-                except Exception:  # the watcher must outlive any one bad file
+                    await self._serve(version, watch.source)
+                except Exception:  # the follower must outlive any one bad version
                     log.exception(
-                        "route table reload failed, still serving version %s", self.snapshot.version
+                        "route table version %s could not be served, still serving version %s",
+                        version.info.version,
+                        self.snapshot.version,
                     )
 
-    async def _follow_store(self) -> None:
-        """Follow the Redis store: its channel for speed, a poll of the pointer for safety."""
-        import redis.asyncio as aioredis
-        from redis.exceptions import RedisError
-
-        from proxy.store.redis import describe
-
-        settings = self.settings
-        prefix = settings.store_prefix
-        where = describe(settings.store)
-        client = aioredis.Redis.from_url(
-            settings.store, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-        )
-        down = False
-        refused: set[int] = set()
-        try:
-            while True:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                try:
-                    await pubsub.subscribe(prefix + "changes")
-                    while True:
-                        await self._catch_up(client, prefix, refused)
-                        self.subscribed.set()
-                        if down:
-                            down = False
-                            log.warning(
-                                "route store %s reconnected; serving version %s",
-                                where,
-                                self.snapshot.version,
-                            )
-                        await self._next_change(pubsub)
-                except (RedisError, OSError) as exc:
-                    if not down:
-                        down = True
-                        log.warning(
-                            "route store %s: connection lost (%s); reconnecting, still serving "
-                            "version %s",
-                            where,
-                            exc,
-                            self.snapshot.version,
-                        )
-                    await asyncio.sleep(settings.store_poll_interval)
-                except Exception:  # the follower must outlive any one bad version
-                    log.exception("route store follower failed; retrying")
-                    await asyncio.sleep(settings.store_poll_interval)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-        finally:
-            await client.aclose()
-
-    async def _next_change(self, pubsub: Any) -> None:
-        """Wait for a table change, at most the poll interval."""
-        await pubsub.get_message(timeout=self.settings.store_poll_interval)
-
-    async def _catch_up(self, client: Any, prefix: str, refused: set[int]) -> None:
-        raw = await client.get(prefix + "current")
-        number = int(raw) if raw is not None else 0
-        served = self.snapshot.version
-        if number == served or number in refused:
-            return
-        if number < served:
-            refused.add(number)
-            restored = await self._restore_store(client, prefix, served)
-            log.warning(
-                "route store says version %s, older than the served version %s (its data was "
-                "lost?); keeping version %s%s",
-                number,
-                served,
-                served,
-                " and restoring it to the store" if restored else "",
-            )
-            return
-        text, compiled = await client.hmget(f"{prefix}v:{number}", "text", "table")
-        if text is None:
-            # Not readable yet (the next tick gets it) or gone (evicted: Redis must run with
-            # maxmemory-policy noeviction); said once per version.
-            if number not in self._missing:
-                self._missing.add(number)
-                log.warning(
-                    "route store points at version %s but it cannot be read; still serving "
-                    "version %s",
-                    number,
-                    served,
-                )
-            return
-        try:
-            snapshot = await asyncio.to_thread(self._compile_text, text.decode(), compiled, number)
-        except TableInvalid as exc:
-            refused.add(number)
-            log.error(
-                "route table version %s refused, still serving version %s:\n%s",
-                number,
-                served,
-                exc.describe(),
-            )
-            return
-        if snapshot.version <= self.snapshot.version:
-            return  # a newer one landed while this one compiled
+    async def _serve(self, version: Version, source: str) -> None:
+        snapshot = await asyncio.to_thread(compile_table, version.table)
         self.swap(snapshot)
         log.info(
-            "route table version %s loaded from the store (%d routes)", number, len(snapshot.routes)
+            "route table version %s loaded from %s (%d routes)",
+            snapshot.version,
+            source,
+            len(snapshot.routes),
         )
-        await asyncio.to_thread(_write_cache, self.settings.store_cache, text.decode())
-
-    async def _restore_store(self, client: Any, prefix: str, served: int) -> bool:
-        """Put the served version back in a store that went behind it (its data was lost and
-        it was re-seeded lower), so every replica and every later commit continue from the
-        newest version any replica serves, instead of a split fleet whose commits are ignored.
-        The text is the last-known-good file, which holds the served version."""
-        from proxy.store.redis import RESTORE
-
-        try:
-            text = self.settings.store_cache.read_text(encoding="utf-8")
-        except OSError:
-            return False
-        if stated_version(text) != served:
-            return False
-        sha = hashlib.sha256(text.encode()).hexdigest()
-        keys = [prefix + "current", f"{prefix}v:{served}", prefix + "changes"]
-        args = [served, text, "replica", round(time.time(), 3), "restored by a replica", sha]
-        return bool(await client.eval(RESTORE, 3, *keys, *args))
-
-    @staticmethod
-    def _compile_text(text: str, compiled: bytes | None, number: int) -> Snapshot:
-        from proxy.store.redis import table_of
-
-        return compile_table(table_of(compiled, text, number))
+        if self.settings.store != "file":
+            await asyncio.to_thread(_write_cache, self.settings.store_cache, version.text)

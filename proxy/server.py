@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -43,6 +43,10 @@ from proxy.settings import ProxySettings, parse_listen
 from proxy.store.pins import PIN_DIR_ENV
 from proxy.tls import ListenerTLS, reload_certificates, server_context, tls_files
 from proxy.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from proxy.rollout.control import Rollouts
+    from proxy.store.base import RouteStore
 
 log = logging.getLogger("strangler")
 BACKLOG = 2048  # uvicorn's default backlog
@@ -110,6 +114,20 @@ def bind_all(settings: ProxySettings) -> list[Listener]:
     return listeners
 
 
+def _rollouts(store: RouteStore, settings: ProxySettings) -> Rollouts:
+    """The rollouts of the served route store (admin/rollout.py's operations)."""
+    from proxy.rollout.control import Rollouts
+    from proxy.rollout.store import open_rollouts
+
+    return Rollouts(store, open_rollouts(settings.store, settings.routes, settings.store_prefix))
+
+
+def _admin_app_path(path: str) -> bool:
+    """Paths of the admin listener that the admin app answers: its API and the dashboard (`/`
+    redirects there); the rest (/healthz, /readyz, /metrics) is answered here without it."""
+    return path.startswith(("/api/", "/dashboard/")) or path in ("/", "/dashboard")
+
+
 class Router:
     """The worker's ASGI app: the data plane on the external and internal ports, the admin
     endpoints on the admin port. Picklable until startup (it crosses to worker processes)."""
@@ -144,6 +162,7 @@ class Router:
                 settings.admin_token,
                 self.runtime,
                 consumers=lambda: open_consumer_store(settings),
+                rollouts=lambda: _rollouts(store, settings),
             )
         await self.runtime.start()
 
@@ -182,7 +201,7 @@ class Router:
         runtime = self.runtime
         assert runtime is not None
         path = scope["path"]
-        if path.startswith("/api/") and self.admin_api is not None:
+        if self.admin_api is not None and _admin_app_path(path):
             await self.admin_api(scope, receive, send)
             return
         if scope["method"] not in {"GET", "HEAD"}:

@@ -375,7 +375,8 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert re.search(r"content-range: bytes 0-15/\d+", static)
     assert 'strangler_requests_total{code="206",route="static",upstream="static"} 1.0' in static
     # act 8: the catalog's read side: declared syncs (one refreshed), gate, shadow, canary, moved
-    catalog = out[out.index("The second service: the catalog's read side") :]
+    rollouts = out.index("Evidence drives the move")
+    catalog = out[out.index("The second service: the catalog's read side") : rollouts]
     assert "categories (key id, no change column: full refresh)" in catalog
     assert re.search(r"backfill done: 1\d rows", catalog)  # the categories
     assert catalog.count("reconcile passed: drift 0") == 4
@@ -403,6 +404,20 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert re.search(
         r"v8 +shadowed to catalog → canary 10% to catalog +platform-team: canary", ledger
     )
+    # act 10: a rollout moves payments on evidence; a planted data fault rolls one back
+    act = out[rollouts:]
+    assert "$ strangler rollout start payments --to payment --steps 1,5,25,50,100" in act
+    assert re.search(r"step \(version \d+\): step 1/5: 1% to payment", act)
+    assert "reconcile FAILED: drift 1" in act
+    assert re.search(r"rolled back: step \d/5 \(\d+% to payment\) failed: gate of upstream", act)
+    assert "rollout rolled-back; payments are back on the monolith" in act
+    assert act.count("reconcile passed: drift 0") == 2
+    assert "step 5/5: 100% to payment: the route has moved" in act
+    assert re.search(r"\(\d+ requests while it ran, 0 failed\)", act)
+    assert re.search(r"evidence \(60 s\): errors [\d.]+% vs [\d.]+% legacy", act)
+    assert "What the monolith still serves (last 15 min)" in act
+    assert re.search(r"\d+  GET /api/v1/orders/\{id\}", act)
+    assert re.search(r"the dashboard shows all of it: http://127\.0\.0\.1:\d+/dashboard", act)
     assert "Traceback" not in out + done.stderr
 
 

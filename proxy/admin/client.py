@@ -1,6 +1,7 @@
-"""The `strangler routes` commands' way to a remote proxy: its admin API (`--admin URL`, token
-from STRANGLER_ADMIN_TOKEN). Returns the API's JSON; refusals become AdminRefused with the
-problem's detail and, for an invalid table, each problem's line.
+"""The CLI's way to a remote proxy: its admin API (`--admin URL`, token from
+STRANGLER_ADMIN_TOKEN). Returns the API's JSON; refusals become AdminRefused with the problem's
+detail and, for an invalid table, each problem's line (the control plane's remote door,
+proxy/control/remote.py, rebuilds the store's errors from them).
 
 The standard library's urllib, not an HTTP client package: a rollback is typed in a hurry, and
 importing one (and building its TLS context) took longer than the request. Like before, the
@@ -18,13 +19,17 @@ from collections.abc import Mapping
 from http.client import HTTPException
 from typing import Any
 
+from proxy.store.base import StoreError
+
 TIMEOUT = 30.0  # seconds to connect, and for each read
+NO_ANSWER = 502  # the status of a refusal without an answer from the admin API (a bad gateway)
 
 
-class AdminRefused(Exception):
+class AdminRefused(StoreError):
     """The admin API refused (or could not be reached). `problems`: an invalid table's lines as
     the CLI prints them; `kind`: the problem's kind (`unreachable` when there was no answer);
-    `status`: the HTTP status (None: no answer); `body`: the problem as the API sent it."""
+    `status`: the HTTP status (NO_ANSWER when there was none, or none from the admin API);
+    `body`: the problem as the API sent it."""
 
     def __init__(
         self,
@@ -37,7 +42,8 @@ class AdminRefused(Exception):
     ) -> None:
         super().__init__(message)
         self.problems = problems or []
-        self.kind, self.status, self.body = kind, status, body or {}
+        self.kind, self.body = kind, body or {}
+        self.status = NO_ANSWER if status is None else status
 
     def details(self) -> list[Any]:
         """The problem's particulars: an invalid table's problems, the gates' answers, a
@@ -130,24 +136,4 @@ class AdminClient:
             raise AdminRefused(
                 f"{self.base} answered {status} without JSON: is it the admin API?",
                 kind="bad-answer",
-                status=status,
             ) from None
-
-    def current(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("GET", "/api/v1/routes")
-        return result
-
-    def put(
-        self, text: str, reason: str, expect: int, force: bool = False, dry_run: bool = False
-    ) -> dict[str, Any]:
-        params: dict[str, Any] = (
-            {"reason": reason, "force": "true"} if force else {"reason": reason}
-        )
-        result: dict[str, Any] = self.call(
-            "PUT",
-            "/api/v1/routes/dry-run" if dry_run else "/api/v1/routes",
-            params=params,
-            content=text.encode(),
-            headers={"Content-Type": "application/yaml", "If-Match": f'"{expect}"'},
-        )
-        return result

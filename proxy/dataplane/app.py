@@ -10,8 +10,9 @@
              saturated upstreams are not tried; a failed try may be re-sent (stale connection,
              retry) or served by the fallback (plan.next_step); a write's pin is shared before
              its answer goes back; the answer streams back (a copy kept if shadowed/recorded)
-    record   metrics, one access-log line; a kept copy goes to the shadow dispatcher and the
-             recorder, off the request's path
+    record   metrics, the arm statistics (armstats.py: per route and upstream tried, and what
+             the default upstream serves by path template), one access-log line; a kept copy
+             goes to the shadow dispatcher and the recorder, off the request's path
 
 No framework routing; per request only a few slotted objects (the Plan, the Call that carries
 it through its tries, the Outcome the record step reads); errors before the response starts
@@ -70,7 +71,7 @@ from proxy.errors import (
 )
 from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
-from proxy.table.compile import CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
+from proxy.table.compile import STATIC, CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
 from proxy.types import Receive, Scope, Send
 
@@ -80,6 +81,7 @@ VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 RECORD_LIMIT = 1 << 20  # answer bytes a recording keeps per pair
+UPSTREAM_FAILURES = ("upstream-", "bad-upstream-")  # kinds of an upstream's failure (errors.py)
 
 
 @dataclass(slots=True)
@@ -208,7 +210,7 @@ class DataPlane:
             raise
         finally:
             self._leave(holder)
-            self._record(scope, client, request_id, plan, outcome, started, snapshot.version)
+            self._record(scope, client, request_id, plan, outcome, started, snapshot)
 
     # --- admit --------------------------------------------------------------------------------
     def _enter(self) -> None:
@@ -464,6 +466,10 @@ class DataPlane:
                     response.close()  # its body is not wanted: the connection is not reused
                     self._count(plan, step, str(status), call.outcome)
                     return step
+            try:
+                whole = await forwarder.buffered(response, call.scope, plan.read_timeout)
+            except TryFailed as failed:  # judged by its status already: counted once
+                return self._next(call, plan, failed.kind, failed.error, False, guard)
             if (
                 plan.key is not None
                 and plan.method not in SAFE
@@ -476,6 +482,7 @@ class DataPlane:
                 call.scope,
                 call.receive,
                 call.send,
+                whole=whole,
                 streamed_body=callable(call.body),
                 read_timeout=plan.read_timeout,
                 send_timeout=self.runtime.settings.send_timeout,
@@ -587,12 +594,14 @@ class DataPlane:
         plan: Plan | None,
         outcome: Outcome,
         started: float,
-        version: int,
+        snapshot: Snapshot,
     ) -> None:
         runtime = self.runtime
         route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
         elapsed = time.perf_counter() - started
         runtime.metrics.observe(route, upstream, outcome.status, elapsed)
+        if plan is not None and outcome.tries and plan.upstream is not STATIC:
+            self._arm(plan, outcome, elapsed, scope["raw_path"], snapshot)
         choice = plan.choice if plan else "-"
         if choice == BY_PIN:
             runtime.metrics.pinned.labels(route, upstream).inc()
@@ -609,10 +618,24 @@ class DataPlane:
                     upstream,
                     outcome,
                     elapsed,
-                    version,
+                    snapshot.version,
                     choice,
                 )
             )
+
+    def _arm(
+        self, plan: Plan, outcome: Outcome, elapsed: float, raw_path: bytes, snapshot: Snapshot
+    ) -> None:
+        """The arm statistics (armstats.py) of a request an upstream was tried for; an answer
+        the upstream cut off after it started counts as a 502, and the default upstream's
+        requests by their path template too (templates.py)."""
+        status = outcome.status
+        if outcome.started and outcome.error.startswith(UPSTREAM_FAILURES):
+            status = 502
+        stats = self.runtime.arm_stats
+        stats.observe(plan.route_name, plan.upstream.name, status, elapsed)
+        if plan.upstream is snapshot.default:
+            stats.legacy(plan.method, raw_path)
 
     def _headers(
         self, version: int, outcome: Outcome, plan: Plan | None

@@ -421,6 +421,25 @@ class Forwarder:
         except Exception as exc:
             raise _failed(exc, reused=not fresh and not _OPENED.get()) from exc
 
+    async def buffered(
+        self, response: aiohttp.ClientResponse, scope: Scope, read_timeout: float
+    ) -> bytes | None:
+        """A small answer's whole body, or None when the answer is to be streamed. Small answers
+        are read whole before the client is written to, so the upstream connection goes back to
+        the pool first and a slow client holds none (nginx's proxy_buffering, in memory). A body
+        cut off here has reached no client: it is a failed try (TryFailed `reset`, or `timeout`
+        when it stalled), which the route's retry or fallback may still answer."""
+        if scope["method"] == "HEAD" or response.status in (204, 304):
+            return b""
+        length = response.content_length
+        if length is None or length > BUFFER_BYTES:
+            return None
+        try:
+            return await _read_body(response, read_timeout)
+        except ProxyError as error:
+            response.close()  # half a body: the connection cannot be reused
+            raise TryFailed("timeout" if error.status == 504 else "reset", error, False) from None
+
     async def reply(
         self,
         response: aiohttp.ClientResponse,
@@ -428,6 +447,7 @@ class Forwarder:
         receive: Receive,
         send: Send,
         *,
+        whole: bytes | None,
         streamed_body: bool,
         read_timeout: float,
         send_timeout: float,
@@ -435,17 +455,11 @@ class Forwarder:
         extra_headers: list[tuple[bytes, bytes]] | None,
         capture: Capture | None = None,
     ) -> None:
-        """Stream the answer to the client (see the module rules); `capture` keeps a copy."""
+        """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
+        (see the module rules); `capture` keeps a copy."""
         try:
             outcome.status = response.status
-            length = response.content_length
-            bodiless = scope["method"] == "HEAD" or response.status in (204, 304)
-            if bodiless or (length is not None and length <= BUFFER_BYTES):
-                # Small answers are read whole and the upstream connection goes back to the
-                # pool before the client is written to: a slow client holds no upstream
-                # connection (nginx's proxy_buffering, in memory). Read errors here come before
-                # the response starts, so they are still a clean 502/504.
-                whole = b"" if bodiless else await _read_body(response, read_timeout)
+            if whole is not None:
                 response.release()
                 outcome.bytes_out = len(whole)
                 await _start(send, response, extra_headers, capture)

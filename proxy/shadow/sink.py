@@ -9,6 +9,11 @@ the route history), or the Redis the replicas already share for their routes.
       recordings/{rid}.json   an armed recording  record:armed           hash: rid → spec JSON
       recordings/{rid}.jsonl  its lines           record:{rid}           list, expiring an hour
       recordings/{rid}.n      how many it holds                          after the recording ends
+      stats/{worker}.json     one worker's arm   stats:{worker}         hash: a field per bucket
+                              statistics                                 (rewritten while it
+                                                                         fills), expiring
+      evidence/{version}.json what a transition  evidence               hash: version → JSON
+                              was decided on
 
 Rules:
 - A snapshot replaces the worker's previous one whole; every worker writes only its own. A
@@ -22,6 +27,12 @@ Rules:
   Lines for a recording that was disarmed are dropped.
 - Recordings end at `until` (wall clock); their lines are deleted an hour later if no command
   collected them (Redis expiry; the file sink sweeps when the next recording is armed).
+- Arm statistics (dataplane/armstats.py) are a worker's document replaced whole once a second,
+  live only while it is: STATS_TTL seconds after its last put it expires (Redis) or is no
+  longer read (the file sink, by the file's time; the next reader deletes it), so a stopped
+  worker's numbers leave the windows (a window is of recent traffic, unlike the tallies).
+- Evidence (the ledger's: the arms, shadow and gates a transition was decided on) is one
+  document per route-table version, the last KEEP_EVIDENCE versions kept.
 - Failures are SinkError; an unreachable Redis or an unwritable directory is SinkUnavailable, so
   a worker can log the outage once and keep serving.
 - The file sink's files hold production traffic: every file it writes is mode 0600 (a file found
@@ -55,6 +66,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 TALLY_TTL = 7 * 86_400  # a stopped worker's numbers stay for a week of reports
+STATS_TTL = 30  # seconds a worker's arm statistics outlive its last put
+KEEP_EVIDENCE = 1_000  # versions whose evidence is kept
 KEEP_AFTER = 3_600  # a recording's lines outlive its end by an hour, for a slow collector
 ALL = "*"  # the generation every clear bumps
 _RID = re.compile(r"^[0-9a-f]{16}$")
@@ -76,15 +89,17 @@ def _open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (a temporary name, fsynced, renamed), mode 0600."""
+def write_private(path: Path, text: str, *, durable: bool = True) -> None:
+    """Write `text` to `path` atomically (a temporary name, fsynced unless not `durable`,
+    renamed), mode 0600."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = _open_private(temporary, os.O_WRONLY | os.O_TRUNC)
     with open(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
@@ -166,6 +181,24 @@ class Sink(Protocol):
         """Stop the recording and delete its lines."""
         ...
 
+    async def put_stats(self, worker: str, doc: dict[str, Any]) -> None:
+        """Replace `worker`'s arm statistics (ArmStats.doc()); they expire STATS_TTL seconds
+        after the last put."""
+        ...
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Every live worker's arm statistics, each with its `worker`."""
+        ...
+
+    async def put_evidence(self, version: int, doc: dict[str, Any]) -> None:
+        """Keep the evidence of route-table version `version` (replacing any it had); only the
+        last KEEP_EVIDENCE versions' are kept."""
+        ...
+
+    async def evidence(self) -> dict[int, dict[str, Any]]:
+        """Version → its evidence, for the versions that have one."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -236,6 +269,42 @@ def _snapshot(
     return json.dumps({"worker": worker, "at": time.time(), "seen": seen, "tallies": kept})
 
 
+def _check_evidence(version: int, doc: dict[str, Any]) -> str:
+    """The evidence as stored (JSON), once `version` and `doc` are checked."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SinkError(f"evidence is kept for a version number (1 or more), not {version!r}")
+    if not isinstance(doc, dict):
+        raise SinkError("evidence is a JSON object")
+    try:
+        return json.dumps(doc, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SinkError(f"evidence must be JSON: {exc}") from None
+
+
+Encoded = dict[str, tuple[bool, str]]  # bucket key → (closed when encoded, its JSON)
+
+
+def _encode_buckets(buckets: dict[str, Any], known: Encoded | None) -> Encoded:
+    """Each bucket of a statistics document as JSON; one `known` to have been encoded closed (a
+    newer bucket existed then: it never changes again) is not encoded again."""
+    newest = max((int(k) for k in buckets), default=0)
+    out: Encoded = {}
+    for key, bucket in buckets.items():
+        seen = known.get(key) if known is not None else None
+        out[key] = seen if seen is not None and seen[0] else (int(key) < newest, json.dumps(bucket))
+    return out
+
+
+def _object(text: str | bytes) -> dict[str, Any] | None:
+    """The JSON object `text` holds; None for anything else (a hand edit, a half-written file
+    of another version)."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
 # --- file -----------------------------------------------------------------------------------
 class FileSink:
     """The sink in a directory of one host; every call's file I/O runs in a thread."""
@@ -245,7 +314,10 @@ class FileSink:
         self._tallies = self.dir / "tallies"
         self._recordings = self.dir / "recordings"
         self._resets = self.dir / "resets.json"
+        self._stats = self.dir / "stats"
+        self._evidence = self.dir / "evidence"
         self._generations = _Generations()
+        self._encoded: dict[str, Encoded] = {}  # worker → its buckets as last written
 
     async def _run(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -419,6 +491,72 @@ class FileSink:
 
         await self._run("disarm a recording", disarm)
 
+    # --- arm statistics and evidence ----------------------------------------------------------
+    async def put_stats(self, worker: str, doc: dict[str, Any]) -> None:
+        meta = {k: v for k, v in doc.items() if k != "buckets"}
+        meta.update(worker=worker, at=time.time())
+        buckets: dict[str, Any] = doc.get("buckets") or {}
+
+        def put() -> None:  # off the event loop; its closed buckets were encoded before
+            encoded = _encode_buckets(buckets, self._encoded.get(worker))
+            self._encoded[worker] = encoded
+            inner = ", ".join(f"{json.dumps(k)}: {text}" for k, (_, text) in encoded.items())
+            self._mkdir(self._stats)
+            path = self._stats / f"{quote(worker, safe='')}.json"
+            # Recent traffic, not a record: no fsync (a lost file is the next second's put).
+            write_private(
+                path, json.dumps(meta)[:-1] + f', "buckets": {{{inner}}}}}', durable=False
+            )
+
+        await self._run("write the arm statistics", put)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            docs = []
+            oldest = time.time() - STATS_TTL
+            for path in sorted(self._stats.glob("*.json")):
+                try:
+                    if path.stat().st_mtime < oldest:
+                        path.unlink(missing_ok=True)  # its worker stopped
+                        continue
+                    doc = _object(path.read_bytes())
+                except FileNotFoundError:
+                    continue
+                if doc is not None:
+                    docs.append(doc)
+            return docs
+
+        return await self._run("read the arm statistics", read)
+
+    async def put_evidence(self, version: int, doc: dict[str, Any]) -> None:
+        text = _check_evidence(version, doc)
+
+        def put() -> None:
+            self._mkdir(self._evidence)
+            write_private(self._evidence / f"{version}.json", text)
+            kept = sorted(self._versions(), reverse=True)
+            for old in kept[KEEP_EVIDENCE:]:
+                (self._evidence / f"{old}.json").unlink(missing_ok=True)
+
+        await self._run("write evidence", put)
+
+    def _versions(self) -> list[int]:
+        return [int(p.stem) for p in self._evidence.glob("*.json") if p.stem.isdigit()]
+
+    async def evidence(self) -> dict[int, dict[str, Any]]:
+        def read() -> dict[int, dict[str, Any]]:
+            found = {}
+            for version in sorted(self._versions()):
+                try:
+                    doc = _object((self._evidence / f"{version}.json").read_bytes())
+                except FileNotFoundError:
+                    continue
+                if doc is not None:
+                    found[version] = doc
+            return found
+
+        return await self._run("read evidence", read)
+
     async def close(self) -> None:
         return None
 
@@ -472,10 +610,15 @@ class RedisSink:
         self._add = client.register_script(_ADD)
         self._armed = prefix + "record:armed"
         self._resets = prefix + "shadow:resets"
+        self._evidence = prefix + "evidence"
         self._generations = _Generations()
+        self._written: dict[str, Encoded] = {}  # worker → the buckets its hash holds
 
     def _tally_key(self, worker: str) -> str:
         return f"{self.prefix}shadow:tally:{worker}"
+
+    def _stats_key(self, worker: str) -> str:
+        return f"{self.prefix}stats:{worker}"
 
     def _list(self, rid: str) -> str:
         return f"{self.prefix}record:{rid}"
@@ -603,5 +746,98 @@ class RedisSink:
 
         await self._call("disarm a recording", disarm)
 
+    # --- arm statistics and evidence ----------------------------------------------------------
+    async def put_stats(self, worker: str, doc: dict[str, Any]) -> None:
+        """One hash per worker: `meta` and a field per bucket. A bucket written closed (a newer
+        one existed then) never changes again and is not written again, so a put costs the
+        filling bucket, not the worker's fifteen minutes. The first put, and the next one after
+        the hash was found not to hold what was written (Redis lost it), replaces it whole."""
+        buckets: dict[str, Any] = doc.get("buckets") or {}
+        meta = {k: v for k, v in doc.items() if k != "buckets"}
+        meta.update(worker=worker, at=time.time())
+        written = self._written.get(worker)
+        encoded = _encode_buckets(buckets, written)
+        fields: dict[str | bytes | bytearray | memoryview | int | float, str]
+        fields = {"meta": json.dumps(meta)}
+        for k, (_, text) in encoded.items():
+            if written is None or not written.get(k, (False, ""))[0]:
+                fields[f"b:{k}"] = text
+        gone = [f"b:{k}" for k in written or () if k not in buckets]
+        key = self._stats_key(worker)
+
+        async def put() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                if written is None:
+                    pipe.delete(key)
+                elif gone:
+                    pipe.hdel(key, *gone)
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, STATS_TTL)
+                pipe.hlen(key)
+                held = (await pipe.execute())[-1]
+            if int(held) == len(buckets) + 1:
+                self._written[worker] = encoded
+            else:
+                self._written.pop(worker, None)
+
+        try:
+            await self._call("write the arm statistics", put)
+        except SinkError:
+            self._written.pop(worker, None)  # what the hash holds is not known
+            raise
+
+    async def stats(self) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            match = _glob_escape(self._stats_key("")) + "*"
+            keys = sorted([key async for key in self._client.scan_iter(match=match, count=1000)])
+            if not keys:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                hashes = await pipe.execute()
+            return [doc for doc in map(_stats_doc, hashes) if doc is not None]
+
+        return await self._call("read the arm statistics", read)
+
+    async def put_evidence(self, version: int, doc: dict[str, Any]) -> None:
+        text = _check_evidence(version, doc)
+
+        async def put() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(self._evidence, str(version), text)
+                pipe.hlen(self._evidence)
+                held = (await pipe.execute())[-1]
+            if int(held) > KEEP_EVIDENCE:
+                versions = sorted(int(v) for v in await self._client.hkeys(self._evidence))
+                await self._client.hdel(
+                    self._evidence, *(str(v) for v in versions[: len(versions) - KEEP_EVIDENCE])
+                )
+
+        await self._call("write evidence", put)
+
+    async def evidence(self) -> dict[int, dict[str, Any]]:
+        async def read() -> dict[int, dict[str, Any]]:
+            found = {}
+            for version, text in (await self._client.hgetall(self._evidence)).items():
+                doc = _object(text)
+                if doc is not None and _text(version).isdigit():
+                    found[int(version)] = doc
+            return dict(sorted(found.items()))
+
+        return await self._call("read evidence", read)
+
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _stats_doc(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A worker's statistics document from its hash (None without its `meta`)."""
+    meta = _object(fields.get(b"meta", b""))
+    if meta is None:
+        return None
+    buckets = {}
+    for name, value in fields.items():
+        if name.startswith(b"b:") and (bucket := _object(value)) is not None:
+            buckets[name[2:].decode()] = bucket
+    return {**meta, "buckets": buckets}

@@ -8,22 +8,32 @@ Writers take an exclusive lock (flock) on the history directory; every file is w
 temporary name, fsynced and renamed, so a reader (or the proxy's watcher) never sees half a
 file. A hand edit of routes.yaml is not lost: the next store operation records it as a version
 of its own ("edited by hand") when it is valid.
+
+The proxy follows routes.yaml itself (`FileStore.watch`): it checks the file's modification
+time, size and inode every watch interval (as nginx's `open_file_cache_valid` re-checks a file,
+no inotify: it works on every file system, mounted volumes included) and serves what it holds
+once it loads, whatever its version number: the file is the operator's word. A file that does
+not load is refused with its problems and the served table stays.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 
 from proxy.store.base import Check, UnknownVersion, Version, VersionConflict, VersionInfo
 from proxy.table.edit import set_version, stamp_and_load
-from proxy.table.loader import TableInvalid, load_text
+from proxy.table.loader import TableInvalid, load_file, load_text
+
+log = logging.getLogger("strangler")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -66,10 +76,17 @@ class FileStore:
             return self._read(self._sync())
 
     def get(self, version: int) -> Version:
-        for info in self._infos():
-            if info.version == version:
-                return self._read(info)
-        raise UnknownVersion(version)
+        found = self._info(version)
+        if found is None:  # routes.yaml may be a version nothing recorded yet (or a hand edit)
+            with self._locked():
+                self._sync()
+            found = self._info(version)
+        if found is None:
+            raise UnknownVersion(version)
+        return self._read(found)
+
+    def _info(self, version: int) -> VersionInfo | None:
+        return next((info for info in self._infos() if info.version == version), None)
 
     def history(self, limit: int = 50) -> list[VersionInfo]:
         with self._locked():
@@ -150,3 +167,66 @@ class FileStore:
             info = self._record(text, version, author, reason)
             atomic_write(self.routes, text)
             return Version(info, text, table)
+
+    def watch(
+        self, served: Callable[[], int], every: float, last_good: Path | None = None
+    ) -> FileWatch:
+        """Follow routes.yaml for a proxy serving version `served()` (`last_good`: the file is
+        its own)."""
+        return FileWatch(self.routes, served, every)
+
+
+Stamp = tuple[int, int, int]  # modification time (ns), size, inode
+
+
+class FileWatch:
+    """`changes()` yields the table routes.yaml holds each time its stamp changed and it loads;
+    `ready` at once (there is no feed to subscribe to)."""
+
+    def __init__(self, routes: Path, served: Callable[[], int], every: float) -> None:
+        self.routes, self.served, self.every = routes, served, every
+        self.source = str(routes)
+        self.ready = asyncio.Event()
+        self.ready.set()
+        self._last = self._stamp()  # changes from now on: made once the served table is read
+
+    def _stamp(self) -> Stamp | None:
+        try:
+            st = os.stat(self.routes)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def changes(self) -> AsyncGenerator[Version, None]:
+        while True:
+            await asyncio.sleep(self.every)
+            stamp = self._stamp()
+            if stamp is None or stamp == self._last:
+                continue
+            self._last = stamp
+            try:
+                version = await asyncio.to_thread(self._load, stamp)
+            except TableInvalid as exc:
+                log.error(
+                    "route table refused, still serving version %s:\n%s",
+                    self.served(),
+                    exc.describe(),
+                )
+            except Exception:  # the watcher must outlive any one bad file
+                log.exception("route table reload failed, still serving version %s", self.served())
+            else:
+                yield version
+
+    def _load(self, stamp: Stamp) -> Version:
+        """What routes.yaml holds, as a version of its own (not recorded in the history: the
+        next store operation does that)."""
+        try:
+            text = self.routes.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            load_file(self.routes)  # raises TableInvalid saying why, as at the proxy's start
+            raise
+        table = load_text(text, str(self.routes), self.routes.parent)
+        info = VersionInfo(
+            table.version, "file", stamp[0] / 1e9, f"{self.routes.name} as written", _sha(text)
+        )
+        return Version(info, text, table)

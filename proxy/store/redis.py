@@ -11,10 +11,15 @@ pointer and publishes the number. Of two writers based on the same version exact
 the other gets a VersionConflict. Tables are validated before the script runs, so Redis never
 holds a table a replica would refuse.
 
-Replicas learn of a new version by the channel and, because a subscription can be lost without
-notice (a failover, a `CLIENT KILL`, a NAT dropping an idle connection), by polling the pointer
-too (`proxy.runtime`). Each replica keeps the last version it served on disk (last-known-good)
-and starts from it when Redis is down.
+Replicas follow the store (`RedisStore.watch`): they learn of a new version by the channel and,
+because a subscription can be lost without notice (a failover, a `CLIENT KILL`, a NAT dropping an
+idle connection), by polling the pointer every poll interval too. A replica only ever moves
+forward: a store that reports an older version than the one served (its data was lost and it was
+seeded again) is refused, said once, and given the served version back from the replica's
+last-known-good file, so the fleet and the next commits continue from the newest version any
+replica serves (etcd's and Consul's watches are the precedent: a follower resumes from the index
+it has, never from an older one). Each replica keeps the last version it served on disk
+(last-known-good) and starts from it when Redis is down.
 
 While Redis is down, reads and writes raise StoreUnavailable: the admin API answers 503 and the
 data plane keeps serving the last good table.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +38,8 @@ from proxy.store.base import (
     DEFAULT_PREFIX,
     Check,
     StoreError,
+    StoreMisconfigured,
+    StoreUnavailable,
     UnknownVersion,
     Version,
     VersionConflict,
@@ -44,6 +52,18 @@ from proxy.table.validate import validate
 
 if TYPE_CHECKING:
     import redis
+
+    from proxy.store.redis_watch import RedisWatch
+
+__all__ = [
+    "RESTORE",
+    "RedisStore",
+    "StoreMisconfigured",
+    "StoreUnavailable",
+    "describe",
+    "redis_client",
+    "table_of",
+]
 
 # KEYS: current pointer, new version's hash, channel. ARGV: expected, new, text, author, time,
 # reason, sha256. Returns the current version when it is not `expected` (a conflict), else -1.
@@ -90,21 +110,6 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 1
 """
-
-
-class StoreUnavailable(StoreError):
-    """The shared store cannot be reached: nothing was changed."""
-
-    status = 503
-    kind = "store-unavailable"
-
-
-class StoreMisconfigured(StoreError):
-    """The shared store answers but refuses this client (credentials, ACL): a configuration
-    error, never waited out like an outage."""
-
-    status = 500
-    kind = "store-misconfigured"
 
 
 def redis_client(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -273,6 +278,15 @@ class RedisStore:
         if current != -1:
             raise VersionConflict(expected, current)
         return Version(VersionInfo(version, author, at, reason, sha), text, table)
+
+    def watch(
+        self, served: Callable[[], int], every: float, last_good: Path | None = None
+    ) -> RedisWatch:
+        """Follow the store for a replica serving version `served()`: its channel for speed, a
+        poll of the pointer every `every` seconds for safety (RedisWatch)."""
+        from proxy.store.redis_watch import RedisWatch
+
+        return RedisWatch(self.url, self.prefix, served, every, last_good)
 
     def close(self) -> None:
         self._client.close()

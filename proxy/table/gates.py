@@ -48,6 +48,9 @@ class GateAnswer:
     open: bool
     status: int | None
     reasons: str
+    # What a data gate says of its sync (datasync's `GET /cutover`), kept as a change's evidence.
+    lag_seconds: float | None = None
+    drift: int | None = None
 
     def where(self) -> str:
         return f"upstream {self.upstream!r} (routes {', '.join(self.routes)})"
@@ -80,6 +83,8 @@ class GateAnswer:
             "open": self.open,
             "status": self.status,
             "reasons": self.reasons,
+            "lag_seconds": self.lag_seconds,
+            "drift": self.drift,
         }
 
 
@@ -183,6 +188,22 @@ def _reasons(answer: Any) -> str:
     return f"HTTP {answer.status_code}"
 
 
+def _data_state(answer: Any) -> tuple[float | None, int | None]:
+    """The sync lag and drift a data gate reports (`lag_seconds`, `drift`), when it does."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    lag, drift = body.get("lag_seconds"), body.get("drift")
+    number = (int, float)
+    return (
+        float(lag) if isinstance(lag, number) and not isinstance(lag, bool) else None,
+        int(drift) if isinstance(drift, int) and not isinstance(drift, bool) else None,
+    )
+
+
 def ask_gates(before: RouteTable, after: RouteTable) -> list[GateAnswer]:
     """Ask the gate of every upstream that `after` sends more traffic (and the gate `before`
     names when `after` changes or drops it: a change cannot remove the gate it would be
@@ -198,6 +219,7 @@ def ask_gates(before: RouteTable, after: RouteTable) -> list[GateAnswer]:
                 answers.append(GateAnswer(upstream, tuple(routes), gate, False, None, str(exc)))
                 continue
             is_open = 200 <= answer.status_code < 300
+            lag, drift = _data_state(answer)
             answers.append(
                 GateAnswer(
                     upstream,
@@ -206,6 +228,8 @@ def ask_gates(before: RouteTable, after: RouteTable) -> list[GateAnswer]:
                     is_open,
                     answer.status_code,
                     "" if is_open else _reasons(answer),
+                    lag,
+                    drift,
                 )
             )
     return answers
@@ -236,6 +260,7 @@ def commit_through_gates(
     expected_version: int,
     force: bool = ...,
     dry_run: Literal[False] = ...,
+    asked: list[GateAnswer] | None = ...,
 ) -> Version: ...
 @overload
 def commit_through_gates(
@@ -248,6 +273,7 @@ def commit_through_gates(
     expected_version: int,
     force: bool = ...,
     dry_run: Literal[True],
+    asked: list[GateAnswer] | None = ...,
 ) -> Preview: ...
 @overload
 def commit_through_gates(
@@ -260,6 +286,7 @@ def commit_through_gates(
     expected_version: int,
     force: bool = ...,
     dry_run: bool,
+    asked: list[GateAnswer] | None = ...,
 ) -> Version | Preview: ...
 def commit_through_gates(
     store: RouteStore,
@@ -271,9 +298,11 @@ def commit_through_gates(
     expected_version: int,
     force: bool = False,
     dry_run: bool = False,
+    asked: list[GateAnswer] | None = None,
 ) -> Version | Preview:
     """Commit `text` on top of `before` once the gates it concerns opened (asked on the table
     the store parses, so it is parsed once); `force` skips them and says so in the reason.
+    `asked` receives what the gates answered a real commit (the evidence it was made on).
 
     `dry_run`: the same commit, stopped by its check just before the store writes (the table
     parsed and valid), after the same version check; the gates are then asked outside the
@@ -283,10 +312,10 @@ def commit_through_gates(
     reason = f"{reason} [gates overridden]" if force else reason
     if dry_run:
         return _rehearse(store, text, before, author, reason, expected_version, force)
-    answers: list[GateAnswer] = []
+    answers: list[GateAnswer] = [] if asked is None else asked
 
     def gated(table: RouteTable) -> None:
-        answers.extend(ask_gates(before, table))
+        answers[:] = ask_gates(before, table)  # a retried check asks again
         _refuse_if_closed(answers, table)
 
     return store.commit(

@@ -32,6 +32,7 @@ from pydantic import (
 
 from proxy.table.access import Access, Credentials, Paths, RateLimit
 from proxy.table.fields import NAME, TOKEN, Duration, Size, Strict
+from proxy.table.rollout import RolloutPlan
 from proxy.table.units import parse_duration
 
 # Kestrel's default MaxRequestBodySize (YARP's host): 30,000,000 bytes. nginx's 1m breaks uploads
@@ -401,6 +402,8 @@ class Route(Strict):
     rate_limit: RateLimit | None = None
     # The credential the proxy checked (API key, bearer JWT) goes upstream only if this is set.
     forward_credentials: bool = False
+    # How `strangler rollout start` moves it to another upstream on evidence (table/rollout.py).
+    rollout: RolloutPlan | None = None
 
     @field_validator("name")
     @classmethod

@@ -202,8 +202,26 @@ def validate(table: RouteTable, positions: list[int] | None = None) -> list[Prob
                     f"unknown upstream {route.fallback.to!r}",
                 )
             )
+        problems.extend(_rollout_problems(route, index, names))
     problems.extend(_overlaps(table.routes, at))
     return problems
+
+
+def _rollout_problems(route: Route, index: int, names: set[str]) -> list[Problem]:
+    """A `rollout:` block names a known upstream, on a route that has upstreams."""
+    if route.rollout is None:
+        return []
+    if route.static is not None:
+        return [
+            Problem(
+                ("routes", index, "rollout"),
+                "a static route serves files itself: it takes no `rollout`",
+            )
+        ]
+    target = route.rollout.to
+    if target is not None and target not in names:
+        return [Problem(("routes", index, "rollout", "to"), f"unknown upstream {target!r}")]
+    return []
 
 
 def _named_upstreams(route: Route) -> list[tuple[Loc, str]]:

@@ -106,18 +106,17 @@ def gates(declarations: tuple[Spec, ...], engine: Engine) -> dict[str, Any]:
     reasons and checks of all, each named by its sync (raises what the gate raises)."""
     syncs: dict[str, Any] = {}
     for spec in declarations:
-        gate = cutover_check(spec, engine)
-        syncs[spec.name] = {
-            "ready": gate.ready,
-            "reasons": list(gate.reasons),
-            "checks": list(gate.checks),
-        }
+        syncs[spec.name] = cutover_check(spec, engine).body()
+    lags = [sync["lag_seconds"] for sync in syncs.values() if sync["lag_seconds"] is not None]
+    drifts = [sync["drift"] for sync in syncs.values() if sync["drift"] is not None]
     return {
         "ready": all(sync["ready"] for sync in syncs.values()),
         "reasons": [f"{name}: {r}" for name, sync in syncs.items() for r in sync["reasons"]],
         "checks": [
             {"sync": name, **check} for name, sync in syncs.items() for check in sync["checks"]
         ],
+        "lag_seconds": max(lags, default=None),  # the worst sync's
+        "drift": sum(drifts) if drifts else None,
         "syncs": syncs,
     }
 

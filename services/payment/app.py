@@ -139,8 +139,7 @@ def create_app(
             return problem(
                 503, "service-unavailable", "The database is unreachable", request.url.path
             )
-        body = {"ready": check.ready, "reasons": list(check.reasons), "checks": list(check.checks)}
-        return JSONResponse(body, status_code=200 if check.ready else 503)
+        return JSONResponse(check.body(), status_code=200 if check.ready else 503)
 
     @app.get("/readyz", tags=["health"], response_model=None)
     def readyz(request: Request) -> Any:

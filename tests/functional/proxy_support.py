@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -525,6 +526,17 @@ def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "co
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _own_state_dir(args: list[str], env: dict[str, str]) -> list[str]:
+    """A proxy keeps its state (shadow numbers, per-arm statistics, evidence) beside its
+    routes.yaml, where the CLI looks for it, or in a directory of its own: never in the
+    checkout's var/, which every other test's proxy would share."""
+    if "--state-dir" in args or "STRANGLER_STATE_DIR" in env:
+        return []
+    if "--routes" in args:
+        return ["--state-dir", str(Path(args[args.index("--routes") + 1]).parent / "var")]
+    return ["--state-dir", tempfile.mkdtemp(prefix="strangler-state-")]
+
+
 class ProxyProcess:
     """`strangler serve` on 127.0.0.1, every listener on port 0."""
 
@@ -539,6 +551,7 @@ class ProxyProcess:
             STRANGLER,
             "serve",
             *args,
+            *_own_state_dir(args, self.env),
             "--listen",
             "127.0.0.1:0",
             "--internal-listen",

@@ -279,6 +279,7 @@ async def _forward_once(
             scope,
             receive,
             send,
+            whole=await forwarder.buffered(response, scope, 10),
             streamed_body=False,
             read_timeout=10,
             send_timeout=10,

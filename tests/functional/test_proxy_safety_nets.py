@@ -431,6 +431,33 @@ def test_a_reset_falls_back_for_a_get_and_fails_a_post(
     assert monolith.count("POST") == 0
 
 
+def test_a_small_answer_cut_before_the_client_saw_it_falls_back_for_a_get(
+    proxy: ProxyProcess, ups: dict[str, FaultyUpstream]
+) -> None:
+    """A small answer is read whole before the client sees a byte: one cut short there has
+    reached no client, so a GET may still be served by the fallback; a POST, which reached the
+    upstream, is not sent anywhere else."""
+    payment, monolith = ups["payment"], ups["monolith"]
+    payment.mode = "reset_after:100:1000"
+    answer = get(proxy.internal, "/pay/cut")
+    served_by(answer, "monolith")
+    assert answer.value(FALLBACK) == b"payment; reason=reset"
+
+    answer = send(proxy.internal, "POST", "/pay/cut", body=b"a=1")
+    problem(answer, 502, "upstream-body-incomplete")
+    assert payment.count("POST", "/pay/cut") == 1
+    assert monolith.count("POST") == 0
+
+
+def test_a_get_whose_small_answer_is_cut_is_retried(
+    proxy: ProxyProcess, ups: dict[str, FaultyUpstream]
+) -> None:
+    flaky = ups["flaky"]
+    flaky.script(["reset_after:100:1000", "ok"])
+    served_by(get(proxy.external, "/retry/cut"), "flaky")
+    assert flaky.count("GET", "/retry/cut") == 2
+
+
 def test_fallback_methods_limit_which_requests_fall_back(
     proxy: ProxyProcess, ups: dict[str, FaultyUpstream]
 ) -> None:

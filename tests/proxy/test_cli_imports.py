@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from proxy import cli
 from proxy.admin.client import AdminClient, AdminRefused
+from proxy.control.remote import RemoteControl
 
 # What a command that does not use them must not import (a module or a package and its modules).
 HEAVY = (
@@ -473,11 +474,13 @@ def test_an_unreachable_admin_api_fails_the_same_both_ways(
 
 
 def test_the_admin_client_sends_queries_and_bodies_as_before(admin: AdminStub) -> None:
-    client = AdminClient(admin.url + "/", "ana é", token="t")
+    client = AdminClient(admin.url + "/", "cli", token="t")
     admin.answer = {"version": 3}
-    assert client.current() == {"version": 3}
+    assert client.call("GET", "/api/v1/routes") == {"version": 3}
     client.call("GET", "/api/v1/routes/history", params={"limit": 5})
-    client.put("version: 1\n", "why not → é", 3, force=True)
+    RemoteControl(client).set(
+        "version: 1\n", author="ana é", reason="why not → é", expect=3, force=True
+    )
     current, history, put = admin.seen
     assert (current.method, current.path) == ("GET", "/api/v1/routes")
     assert current.headers["authorization"] == "Bearer t"
@@ -485,6 +488,7 @@ def test_the_admin_client_sends_queries_and_bodies_as_before(admin: AdminStub) -
     assert (put.method, put.body) == ("PUT", b"version: 1\n")
     assert put.path == "/api/v1/routes?reason=why%20not%20%E2%86%92%20%C3%A9&force=true"
     assert (put.headers["content-type"], put.headers["if-match"]) == ("application/yaml", '"3"')
+    assert put.headers["x-author"] == "ana é"
 
 
 def test_the_admin_client_follows_no_redirect(admin: AdminStub) -> None:
@@ -497,7 +501,7 @@ def test_the_admin_client_follows_no_redirect(admin: AdminStub) -> None:
 
 def test_the_admin_client_wants_an_http_url() -> None:
     with pytest.raises(AdminRefused, match="cannot reach the admin API at localhost:9090: give"):
-        AdminClient("localhost:9090", "ana").current()
+        AdminClient("localhost:9090", "ana").call("GET", "/api/v1/routes")
 
 
 def test_an_answer_that_is_not_json_is_a_clear_failure_not_a_traceback(

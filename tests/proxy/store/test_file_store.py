@@ -85,6 +85,13 @@ def test_an_invalid_hand_edit_is_not_recorded(store: FileStore) -> None:
     assert store.current().info.version == 7
 
 
+def test_the_served_file_is_a_version_before_anything_recorded_it(store: FileStore) -> None:
+    """`routes rollback 7` (or `routes get 7`) on a routes.yaml no command has read yet."""
+    assert store.get(7).text == TABLE
+    store.routes.write_text(TABLE.replace("to: monolith", "to: payment"))  # by hand
+    assert store.get(8).table.routes[0].to == "payment"
+
+
 def test_unknown_versions(store: FileStore) -> None:
     with pytest.raises(UnknownVersion):
         store.get(99)
