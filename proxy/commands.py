@@ -594,9 +594,10 @@ def _local_ledger(route_store: RouteStore, store: str, prefix: str, routes: Path
     (the Redis store's, or the state directory a proxy keeps beside routes.yaml) when any."""
     import asyncio
 
+    from proxy.control.evidence import state_dir_of
     from proxy.store.ledger import ledger_of, read_ledger
 
-    state_dir = routes.parent / "var"
+    state_dir = state_dir_of(routes)
     if store == "file" and not state_dir.is_dir():
         return ledger_of(route_store)
     from proxy.shadow.sink import open_sink

@@ -13,12 +13,14 @@ problems logged; the running table stays.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.dataplane.armstats import ArmStats
 from proxy.dataplane.breaker import Guards
@@ -84,6 +86,14 @@ def _initial_from_store(settings: ProxySettings) -> Snapshot:
     return compile_table(version.table)
 
 
+def _said_if_failed(version: int) -> Callable[[concurrent.futures.Future[Any]], None]:
+    def said(kept: concurrent.futures.Future[Any]) -> None:
+        if not kept.cancelled() and kept.exception() is not None:
+            log.warning("evidence of version %s not kept: %s", version, kept.exception())
+
+    return said
+
+
 def _write_cache(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,9 +154,9 @@ class Runtime:
         routes = open_store(settings.store, settings.routes, settings.store_prefix)
         rollouts = open_rollouts(settings.store, settings.routes, settings.store_prefix)
 
-        async def record(version: int, route: str) -> None:
+        async def record(version: int, route: str, gates: list[Any]) -> None:
             await record_evidence(
-                self.sink, version, [route], worker=self.worker, local=self.arm_stats
+                self.sink, version, [route], gates=gates, worker=self.worker, local=self.arm_stats
             )
 
         evidence = SinkEvidence(self.sink)
@@ -176,11 +186,14 @@ class Runtime:
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
-                await self.sink.put_stats(self.worker, self.arm_stats.doc())
                 if self.mirror.tallies:  # every turn: a put is also how a reset is learned
                     await self._share_tallies()
             except Exception:  # the sink is down: serving goes on, the next turn retries
                 log.debug("shadow sharing failed", exc_info=True)
+            try:
+                await self.sink.put_stats(self.worker, self.arm_stats.doc())
+            except Exception:  # the same: rollouts and the ledger see this worker's last put
+                log.debug("sharing the per-arm numbers failed", exc_info=True)
 
     async def _share_tallies(self) -> None:
         """This worker's tallies to the sink; the routes whose report was reset since are
@@ -255,7 +268,8 @@ class Runtime:
             worker=self.worker,
             local=self.arm_stats,
         )
-        asyncio.run_coroutine_threadsafe(evidence, self._loop)
+        kept = asyncio.run_coroutine_threadsafe(evidence, self._loop)
+        kept.add_done_callback(_said_if_failed(outcome.version))
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -206,11 +206,11 @@ def open_control(
         from proxy.control.remote import RemoteControl
 
         return RemoteControl(AdminClient(admin, "cli"))
-    from proxy.control.evidence import evidence_recorder
+    from proxy.control.evidence import evidence_recorder, state_dir_of
     from proxy.control.local import LocalControl
     from proxy.store import open_store
 
-    state_dir = None if routes is None else routes.parent / "var"  # `strangler serve`'s default
+    state_dir = None if routes is None else state_dir_of(routes)
     return LocalControl(
         open_store(store, routes, prefix), on_commit=evidence_recorder(store, prefix, state_dir)
     )

@@ -5,18 +5,28 @@ only (as Flagger records its analysis beside a promotion, not in its way).
 
 The proxy records it on its own loop (runtime.Runtime.record_commit); the CLI's local door
 records it in the sink the proxies share: the Redis store's, or the state directory beside
-routes.yaml when a proxy made one there (`var/`, where `strangler serve` keeps it by default).
+routes.yaml (`var/`, where `strangler serve` keeps it by default; STRANGLER_STATE_DIR names
+another).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.control import Outcome
+
+
+def state_dir_of(routes: Path) -> Path:
+    """Where the proxies serving `routes` keep their state, as the CLI finds it:
+    STRANGLER_STATE_DIR (as `strangler serve` reads it), else `var/` beside routes.yaml (serve's
+    default, run where its routes.yaml is)."""
+    named = os.environ.get("STRANGLER_STATE_DIR")
+    return Path(named) if named else routes.parent / "var"
 
 
 def routes_of(outcome: Outcome) -> list[str]:

@@ -627,12 +627,16 @@ class DataPlane:
         self, plan: Plan, outcome: Outcome, elapsed: float, raw_path: bytes, snapshot: Snapshot
     ) -> None:
         """The arm statistics (armstats.py) of a request an upstream was tried for; an answer
-        the upstream cut off after it started counts as a 502, and the default upstream's
-        requests by their path template too (templates.py)."""
+        the upstream cut off after it started counts as a 502; a request the fallback answered
+        counts as a failure of the upstream it fell back from too (a rollout must not see a
+        failing service as healthy because its fallback hid the failures from the clients);
+        and the default upstream's requests count by their path template (templates.py)."""
         status = outcome.status
         if outcome.started and outcome.error.startswith(UPSTREAM_FAILURES):
             status = 502
         stats = self.runtime.arm_stats
+        if outcome.fallback_from:
+            stats.observe(plan.route_name, outcome.fallback_from, 502, elapsed)
         stats.observe(plan.route_name, plan.upstream.name, status, elapsed)
         if plan.upstream is snapshot.default:
             stats.legacy(plan.method, raw_path)

@@ -284,6 +284,9 @@ def rollout_start(
     settle: Annotated[
         str | None, typer.Option(help="Left out of each step's window at its start [5s].")
     ] = None,
+    latency_floor: Annotated[
+        str | None, typer.Option(help="Latencies under it count as it in the ratios [25ms].")
+    ] = None,
     webhook: Annotated[
         list[str] | None,
         typer.Option(
@@ -318,6 +321,7 @@ def rollout_start(
         "quiet_limit": quiet_limit,
         "interval": interval,
         "settle": settle,
+        "latency_floor": latency_floor,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     who = _author(author)

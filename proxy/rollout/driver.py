@@ -62,11 +62,13 @@ TICK = 1.0  # seconds between two moves of a rollout
 # Kubernetes' leader election renews its lease every 2 s of a 15 s lease; a rollout's moves are
 # quick, so 5 s renewed every tick: a dead driver's rollouts wait at most 5 s.
 LEASE = 5.0
+RELEASE_WAIT = 0.5  # seconds a stopping driver waits to release its lease
 
 
 # Called with each version a rollout commits and its route, to keep the evidence it was
 # decided on beside it (the ledger's, store/ledger.record_evidence); its failure is only logged.
-Recorder = Callable[[int, str], Awaitable[Any]]
+# Keeps a version's evidence for the ledger: the version, its route, the gates' answers to it.
+Recorder = Callable[[int, str, list[Any]], Awaitable[Any]]
 
 
 class RolloutDriver:
@@ -101,10 +103,18 @@ class RolloutDriver:
     async def run(self) -> None:
         """Tick until cancelled; the lease is released on the way out."""
         try:
+            down = False
             while True:
                 try:
                     await self.tick_once()
-                except Exception:  # a store or a bug: logged, and the next tick tries again
+                    if down:
+                        log.warning("rollouts: the store answers again")
+                    down = False
+                except StoreError as exc:  # the store is down: said once, tried every tick
+                    if not down:
+                        log.warning("rollouts: the store does not answer: %s", exc)
+                    down = True
+                except Exception:  # a bug: logged, and the next tick tries again
                     log.exception("the rollout driver's tick failed")
                 await asyncio.sleep(self.tick)
         finally:
@@ -144,10 +154,13 @@ class RolloutDriver:
             await asyncio.wait([renewing])  # never swallows this task's own cancellation
 
     async def _let_go(self) -> None:
+        """Release the lease (not waiting long for a store that does not answer: the lease
+        then expires by itself)."""
         if self.leading:
             self.leading = False
-            with contextlib.suppress(StoreError):
-                await asyncio.to_thread(self.rollouts.release, self.holder)
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(RELEASE_WAIT):
+                    await asyncio.to_thread(self.rollouts.release, self.holder)
 
     async def _hold(self) -> bool:
         try:
@@ -277,6 +290,7 @@ class RolloutDriver:
         from proxy.table.gates import GateClosed, commit_through_gates
 
         what = f"{r.label()}: {weight}% to {r.to}"
+        asked: list[Any] = []
         try:
             text = flip(current.text, r.route, **step_action(r.source, r.to, weight))
             committed = await asyncio.to_thread(
@@ -287,6 +301,7 @@ class RolloutDriver:
                 author=AUTHOR,
                 reason=f"rollout {r.route} {what} ({r.reason})",
                 expected_version=current.info.version,
+                asked=asked,
             )
         except VersionConflict:
             return  # another change landed: the next tick looks again (and sees any drift)
@@ -300,7 +315,7 @@ class RolloutDriver:
             return
         baseline = shadow_counts(await self._shadow_total(r, committed.table))
         version = committed.info.version
-        await self._recorded(version, r.route)
+        await self._recorded(version, r.route, asked)
         done = await self._save(
             r, lambda x: stepped(x, weight, version, self.clock(), baseline), fact=True
         )
@@ -308,11 +323,11 @@ class RolloutDriver:
         if done is not None and done.state == "succeeded":
             await self._notify("post-rollout", done)
 
-    async def _recorded(self, version: int, route: str) -> None:
+    async def _recorded(self, version: int, route: str, gates: list[Any] | None = None) -> None:
         if self.record is None:
             return
         try:
-            await self.record(version, route)
+            await self.record(version, route, gates or [])
         except Exception:  # the ledger's evidence is a record: the rollout goes on without it
             log.warning(
                 "rollout of %s: version %s's evidence not kept", route, version, exc_info=True

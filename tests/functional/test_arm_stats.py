@@ -36,6 +36,10 @@ routes:
   - name: payments
     match: {{path: /api/v1/payments}}
     split: {{monolith: 50, payment: 50}}
+  - name: refunds
+    match: {{path: /api/v1/refunds}}
+    to: payment
+    fallback: {{to: monolith, on: [500]}}
   - name: assets
     match: {{path: /static}}
     static: {{root: files}}
@@ -146,3 +150,23 @@ def test_workers_share_their_numbers_through_the_sink(world: tuple[ProxyProcess,
         lambda: len(list((folder / "shadow" / "stats").glob("*.json"))) == 2,
         what="two workers' statistics documents",
     )
+
+
+def test_a_fallback_does_not_hide_the_failures_of_the_arm_it_fell_back_from(
+    world: tuple[ProxyProcess, Recorder],
+) -> None:
+    """The client is served by the monolith, but the service failed each of these: a rollout
+    judging the service must see its errors, not a healthy monolith only."""
+    proxy, _ = world
+    for n in range(4):
+        answer = get(proxy.internal, f"/api/v1/refunds/{n}")
+        assert answer.status == 200
+        assert answer.value("strangler-fallback") is not None
+
+    def counted() -> bool:
+        return requests_of(stats(proxy), "refunds") == 8
+
+    wait_until(counted, what="both arms of the fallen-back requests in /api/v1/stats")
+    arms = stats(proxy)["routes"]["refunds"]
+    assert (arms["payment"]["requests"], arms["payment"]["errors"]) == (4, 4)
+    assert (arms["monolith"]["requests"], arms["monolith"]["errors"]) == (4, 0)

@@ -20,6 +20,9 @@
 
   const EXPOSE = { external: "external listener only", internal: "internal listener only" };
   const OPTIONAL_RETRY_MS = 30000; // an endpoint this proxy lacks (404) is asked again this late
+  // The ledger reads the whole history: asked again this late, or at the next poll once the
+  // served version has changed.
+  const LEDGER_MS = 10000;
   const $ = (id) => document.getElementById(id);
   const view = {
     status: null,
@@ -34,6 +37,9 @@
     timer: null,
     busy: false,
     lacking: new Map(), // optional endpoint -> [when to ask again, its 404]
+    ledger: null, // the last ledger answer, and when and at which served version it came
+    ledgerAt: 0,
+    ledgerVersion: null,
   };
 
   function pollInterval() {
@@ -222,7 +228,7 @@
     try {
       const [status, ledger, stats, shadow, rollouts] = await Promise.allSettled([
         api("/api/v1/routes/status"),
-        api("/api/v1/ledger"),
+        ledgerAnswer(),
         optional(`/api/v1/stats?window=${STATS_WINDOW}`),
         api("/api/v1/shadow"),
         optional("/api/v1/rollouts"),
@@ -241,6 +247,17 @@
       view.busy = false;
       schedule();
     }
+  }
+
+  async function ledgerAnswer() {
+    const served = view.status ? view.status.served_version : null;
+    const fresh = Date.now() - view.ledgerAt < LEDGER_MS && served === view.ledgerVersion;
+    if (view.ledger && fresh) return view.ledger;
+    const answer = await api("/api/v1/ledger");
+    view.ledger = answer;
+    view.ledgerAt = Date.now();
+    view.ledgerVersion = served;
+    return answer;
   }
 
   async function optional(path) {

@@ -151,7 +151,8 @@ def test_each_version_a_rollout_commits_can_have_its_evidence_kept(tmp_path: Pat
     b = bench_for(tmp_path, routes_yaml(rollout=block))
     kept: list[tuple[int, str]] = []
 
-    async def record(version: int, route: str) -> None:
+    async def record(version: int, route: str, gates: list[Any]) -> None:
+        assert isinstance(gates, list)  # the gates' answers to that version, kept beside it
         kept.append((version, route))
         if version == 3:
             raise OSError("the sink is down")  # a record the rollout goes on without

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from proxy.table.gates import GateClosed, check_gates
+from proxy.table.gates import GateClosed, ask_gates, check_gates
 from proxy.table.loader import load_text
 from services.payment.app import create_app
 from services.payment.settings import Settings
@@ -60,6 +60,7 @@ def test_cutover_opens_once_the_data_is_ready(pair: Pair, client: TestClient) ->
         "follow has not run, so its lag is unknown",
         "0 of the 2 reconciles needed have run",
     ]
+    assert (body["lag_seconds"], body["drift"]) == (None, None)  # nothing has run: unknown
 
     backfill(pair.legacy, pair.service)
     follow_once(pair.legacy, pair.service, safety_delay=0)
@@ -71,6 +72,9 @@ def test_cutover_opens_once_the_data_is_ready(pair: Pair, client: TestClient) ->
     body = cutover(client, 200)
     assert body["reasons"] == []
     assert all(c["ok"] for c in body["checks"])
+    # What the route table's control plane keeps as the evidence of the change it allows.
+    assert body["drift"] == 0
+    assert 0 <= body["lag_seconds"] < 60
 
 
 def test_a_route_table_gated_on_cutover_moves_payments_only_when_ready(
@@ -96,6 +100,10 @@ def test_a_route_table_gated_on_cutover_moves_payments_only_when_ready(
         for _ in range(2):
             reconcile(sqlite_pair.legacy, sqlite_pair.service, settle=0)
         assert check_gates(before, after) == ["payment"]
+        (answer,) = ask_gates(before, after)
+        assert (answer.open, answer.drift) == (True, 0)
+        assert answer.lag_seconds is not None
+        assert answer.lag_seconds >= 0
 
 
 def test_cutover_without_its_tables_is_a_503_problem(tmp_path: Path) -> None:
