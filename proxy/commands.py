@@ -18,6 +18,7 @@ import typer
 
 from proxy import __version__
 from proxy.access.cli import consumers_app
+from proxy.cli_options import AdminUrl, Author, JsonFlag, RoutesFile, StorePrefix, StoreUrl
 from proxy.rollout.cli import rollout_app
 from proxy.shadow.cli import contract_app, record_command, shadow_app
 from proxy.store.base import DEFAULT_PREFIX
@@ -217,21 +218,7 @@ def routes_show(
         typer.echo(describe(snapshot))
 
 
-RoutesFile = Annotated[
-    Path,
-    typer.Option(
-        "--routes",
-        envvar="STRANGLER_ROUTES",
-        help="The served routes.yaml (its history is kept under var/ beside it).",
-    ),
-]
 Reason = Annotated[str, typer.Option("--reason", help="Why: kept in the history.")]
-Author = Annotated[
-    str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
-]
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Machine-readable output (failures too: ok false).")
-]
 ForceFlag = Annotated[
     bool,
     typer.Option("--force", help="Commit even if a cutover gate is closed (kept in the reason)."),
@@ -244,34 +231,12 @@ DryRunFlag = Annotated[
         "nothing. Exit 1 if it would be refused.",
     ),
 ]
-StoreUrl = Annotated[
-    str,
-    typer.Option(
-        "--store",
-        envvar="STRANGLER_STORE",
-        help="'file' (routes.yaml and its history) or the replicas' shared redis:// store.",
-    ),
-]
-StorePrefix = Annotated[
-    str,
-    typer.Option("--store-prefix", envvar="STRANGLER_STORE_PREFIX", help="Redis key prefix."),
-]
 
 
 def _store(routes: Path, store: str, prefix: str) -> RouteStore:
     from proxy.store import open_store
 
     return open_store(store, routes, prefix)
-
-
-AdminUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--admin",
-        envvar="STRANGLER_ADMIN",
-        help="A running proxy's admin API (token from STRANGLER_ADMIN_TOKEN) instead of --routes.",
-    ),
-]
 
 
 def _report(outcome: Outcome, json_output: bool) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from proxy.cli_options import AdminUrl, Author, JsonFlag, RoutesFile, StorePrefix, StoreUrl
 from proxy.store.base import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
@@ -45,40 +46,10 @@ rollout_app = typer.Typer(
 )
 
 API = "/api/v1/rollouts"
-FINAL = ("rolled-back", "succeeded", "aborted", "failed")
+FINAL = ("rolled-back", "succeeded", "aborted", "failed")  # rollout/model.py's, kept light
 WATCH_EVERY = 1.0  # seconds between two looks of `status --watch` and `--wait`
 WAIT_FOR = 30.0  # how long `--wait` waits for the driver
 
-RoutesFile = Annotated[
-    Path,
-    typer.Option(
-        "--routes",
-        envvar="STRANGLER_ROUTES",
-        help="The served routes.yaml (its rollouts are kept under var/ beside it).",
-    ),
-]
-StoreUrl = Annotated[
-    str,
-    typer.Option(
-        "--store",
-        envvar="STRANGLER_STORE",
-        help="'file' (routes.yaml and its history) or the replicas' shared redis:// store.",
-    ),
-]
-Prefix = Annotated[
-    str,
-    typer.Option(
-        "--prefix", "--store-prefix", envvar="STRANGLER_STORE_PREFIX", help="Redis key prefix."
-    ),
-]
-AdminUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--admin",
-        envvar="STRANGLER_ADMIN",
-        help="A running proxy's admin API instead of --routes/--store.",
-    ),
-]
 Token = Annotated[
     str | None,
     typer.Option(
@@ -89,12 +60,6 @@ Token = Annotated[
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why: kept in the rollout and its versions.")]
-Author = Annotated[
-    str | None, typer.Option("--author", envvar="STRANGLER_AUTHOR", help="Who [default: $USER].")
-]
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Machine-readable output (failures too: ok false).")
-]
 WaitFlag = Annotated[
     bool, typer.Option("--wait", help="Wait (up to 30s) until a proxy's driver has acted.")
 ]
@@ -298,7 +263,7 @@ def rollout_start(
     author: Author = None,
     routes: RoutesFile = Path("routes.yaml"),
     store: StoreUrl = "file",
-    prefix: Prefix = DEFAULT_PREFIX,
+    prefix: StorePrefix = DEFAULT_PREFIX,
     admin: AdminUrl = None,
     token: Token = None,
     json_output: JsonFlag = False,
@@ -348,7 +313,7 @@ def rollout_status(
     ] = False,
     routes: RoutesFile = Path("routes.yaml"),
     store: StoreUrl = "file",
-    prefix: Prefix = DEFAULT_PREFIX,
+    prefix: StorePrefix = DEFAULT_PREFIX,
     admin: AdminUrl = None,
     token: Token = None,
     json_output: JsonFlag = False,
@@ -449,7 +414,7 @@ def _command(action: str, doc: str) -> None:
         author: Author = None,
         routes: RoutesFile = Path("routes.yaml"),
         store: StoreUrl = "file",
-        prefix: Prefix = DEFAULT_PREFIX,
+        prefix: StorePrefix = DEFAULT_PREFIX,
         admin: AdminUrl = None,
         token: Token = None,
         json_output: JsonFlag = False,
@@ -471,7 +436,7 @@ def _ending(action: str, doc: str) -> None:
         author: Author = None,
         routes: RoutesFile = Path("routes.yaml"),
         store: StoreUrl = "file",
-        prefix: Prefix = DEFAULT_PREFIX,
+        prefix: StorePrefix = DEFAULT_PREFIX,
         admin: AdminUrl = None,
         token: Token = None,
         json_output: JsonFlag = False,

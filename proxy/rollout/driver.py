@@ -285,9 +285,14 @@ class RolloutDriver:
 
     async def _commit(self, r: Rollout, current: Version, weight: int) -> None:
         """Commit step `r.step` at `weight` % through the gates; a refusal rolls back (or fails
-        a rollout that has moved nothing yet)."""
+        a rollout that has moved nothing yet). A rollout paused, aborted or otherwise changed
+        while its webhooks were asked is not moved: the next tick decides again."""
         from proxy.table.edit import flip
         from proxy.table.gates import GateClosed, commit_through_gates
+
+        fresh = await asyncio.to_thread(self.rollouts.get, r.route)
+        if fresh is None or fresh.revision != r.revision:
+            return
 
         what = f"{r.label()}: {weight}% to {r.to}"
         asked: list[Any] = []

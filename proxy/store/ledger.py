@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proxy.store.base import RouteStore
+from proxy.store.base import RouteStore, VersionInfo
 from proxy.table.ledger import (
     EVIDENCE_WINDOW,
     LEGACY_WINDOW,
@@ -29,8 +29,27 @@ from proxy.table.loader import TableInvalid
 if TYPE_CHECKING:
     from proxy.dataplane.armstats import ArmStats
     from proxy.shadow.sink import Sink
+    from proxy.table.model import RouteTable
 
 EVERY_VERSION = 1 << 40  # a `history()` limit no history reaches
+
+
+# A version never changes: its table, once loaded, is kept by its checksum (and the store it
+# came from, whose folder relative paths are read from), so a ledger read again (the
+# dashboard's) loads only the versions it has not seen.
+_TABLES: dict[tuple[str, str], RouteTable] = {}
+TABLES_KEPT = 4096
+
+
+def _table_of(store: RouteStore, info: VersionInfo) -> RouteTable:
+    key = (repr(getattr(store, "routes", type(store).__name__)), info.sha256)
+    table = _TABLES.get(key)
+    if table is None:
+        table = store.get(info.version).table
+        if len(_TABLES) >= TABLES_KEPT:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
 
 
 def entries_of(store: RouteStore) -> list[Entry]:
@@ -39,7 +58,7 @@ def entries_of(store: RouteStore) -> list[Entry]:
     for info in reversed(store.history(EVERY_VERSION)):
         problem = None
         try:
-            table = store.get(info.version).table
+            table = _table_of(store, info)
         except TableInvalid as exc:
             table, problem = None, "; ".join(exc.describe().splitlines())
         except OSError as exc:  # its text is gone from the file store's history

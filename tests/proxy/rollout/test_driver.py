@@ -385,6 +385,7 @@ class Hooks:
     url: str = ""
     status: dict[str, int] = field(default_factory=dict)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    on: dict[str, Callable[[], None]] = field(default_factory=dict)  # kind -> done when called
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def kinds(self) -> list[str]:
@@ -402,6 +403,8 @@ def hooks() -> Iterator[Hooks]:
         body = await request.json()
         with receiver.lock:
             receiver.seen.append(body)
+        if kind in receiver.on:
+            receiver.on[kind]()
         status = receiver.status.get(kind, 200)
         return JSONResponse({"said": f"{kind} {status}"}, status_code=status)
 
@@ -477,6 +480,20 @@ def test_refusing_rollout_and_confirm_webhooks_hold_the_rollout(
     hooks.status["confirm-promotion"] = 200
     done = b.run(driver)
     assert done.state == "succeeded"
+
+
+def test_a_pause_typed_while_the_webhooks_are_asked_stops_the_step(
+    tmp_path: Path, hooks: Hooks
+) -> None:
+    """A person who pauses while a step's webhooks answer sees no traffic move."""
+    b = with_hooks(tmp_path, hooks, steps="[10]")
+    rollouts = Rollouts(b.routes, b.rollouts)
+    hooks.on["rollout"] = lambda: rollouts.pause("payments", reason="a look first", author="ana")
+    b.start()
+    held = b.ticks(b.driver(), 4)
+    assert (held.state, held.weight) == ("paused", 0)
+    assert len(b.versions()) == 1  # no step was committed
+    assert hooks.kinds().count("rollout") == 1
 
 
 def test_a_rollback_notifies_the_rollback_webhooks(tmp_path: Path, hooks: Hooks) -> None:
