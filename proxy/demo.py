@@ -836,7 +836,7 @@ def _follow_rollout(
 # The demo's traffic is small: thresholds for a few requests a second per arm (the defaults
 # suit production traffic: 20 requests per arm and step, 2-minute bakes).
 DEMO_ROLLOUT = (
-    *("--steps", "1,5,25,50,100", "--bake", "6s", "--min-requests", "3"),
+    *("--steps", "1,5,25,50,100", "--bake", "4s", "--settle", "2s", "--min-requests", "3"),
     *("--max-p95-ratio", "4", "--max-p99-ratio", "8", "--quiet-limit", "20"),
 )
 

@@ -298,7 +298,7 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
         [str(BIN / "strangler"), "demo", "--workdir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=420,
         check=False,
         env=env,
     )

@@ -163,10 +163,14 @@ def test_a_fallback_does_not_hide_the_failures_of_the_arm_it_fell_back_from(
         assert answer.status == 200
         assert answer.value("strangler-fallback") is not None
 
-    def counted() -> bool:
-        return requests_of(stats(proxy), "refunds") == 8
+    body: dict[str, Any] = {}
+
+    def counted() -> bool:  # every worker's share arrived (each shares once a second)
+        nonlocal body
+        body = stats(proxy)
+        return requests_of(body, "refunds") == 8
 
     wait_until(counted, what="both arms of the fallen-back requests in /api/v1/stats")
-    arms = stats(proxy)["routes"]["refunds"]
+    arms = body["routes"]["refunds"]
     assert (arms["payment"]["requests"], arms["payment"]["errors"]) == (4, 4)
     assert (arms["monolith"]["requests"], arms["monolith"]["errors"]) == (4, 0)
