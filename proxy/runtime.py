@@ -149,15 +149,12 @@ class Runtime:
         from proxy.rollout.driver import RolloutDriver, SinkEvidence
         from proxy.rollout.store import open_rollouts
         from proxy.store import open_store
-        from proxy.store.ledger import record_evidence
 
         routes = open_store(settings.store, settings.routes, settings.store_prefix)
         rollouts = open_rollouts(settings.store, settings.routes, settings.store_prefix)
 
         async def record(version: int, route: str, gates: list[Any]) -> None:
-            await record_evidence(
-                self.sink, version, [route], gates=gates, worker=self.worker, local=self.arm_stats
-            )
+            await self.keep_evidence(version, [route], gates)
 
         evidence = SinkEvidence(self.sink)
         return RolloutDriver(routes, rollouts, evidence, self.worker, record=record)
@@ -255,21 +252,23 @@ class Runtime:
         thread (the admin API's writes run in a thread pool): recorded on this worker's loop,
         the numbers of this worker fresher than its last share."""
         from proxy.control.evidence import routes_of
-        from proxy.store.ledger import record_evidence
 
         routes = routes_of(outcome)
         if not routes or self._loop is None:
             return
-        evidence = record_evidence(
-            self.sink,
-            outcome.version,
-            routes,
-            gates=outcome.gates,
-            worker=self.worker,
-            local=self.arm_stats,
-        )
+        evidence = self.keep_evidence(outcome.version, routes, outcome.gates)
         kept = asyncio.run_coroutine_threadsafe(evidence, self._loop)
         kept.add_done_callback(_said_if_failed(outcome.version))
+
+    async def keep_evidence(self, version: int, routes: list[str], gates: list[Any]) -> None:
+        """The evidence of committed `version` for the ledger (store/ledger.record_evidence),
+        with this worker's numbers fresher than its last share; every change this replica
+        commits (the admin API's, the rollout driver's) is kept by it."""
+        from proxy.store.ledger import record_evidence
+
+        await record_evidence(
+            self.sink, version, routes, gates=gates, worker=self.worker, local=self.arm_stats
+        )
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
