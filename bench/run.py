@@ -38,6 +38,7 @@ from bench.common import ROOT, children, cpu_seconds, wait_port
 UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT, BASE_PORT = range(18181, 18187)
 SHADOW20_PORT, SHADOW100_PORT = 18187, 18188
 ACCESS_PORT, ACCESS_REDIS_PORT = 18189, 18190
+AIOHTTP_PORT = 18191
 WORKLOADS = {  # path, POST body size, think time (ms) per request and connection
     "small": ("/small", None, 0),
     "big": ("/big", None, 0),
@@ -245,7 +246,8 @@ def main() -> int:
     parser.add_argument("--workloads", default="small,big,post")
     parser.add_argument(
         "--targets",
-        help="comma-separated subset of: strangler, strangler+nets, strangler+shadow20, "
+        help="comma-separated subset of: strangler, strangler+aiohttp (the upstream client the "
+        "proxy's own HTTP/1.1 one replaced), strangler+nets, strangler+shadow20, "
         "strangler+shadow100, strangler+access, strangler+access-redis, raw-aiohttp, nginx "
         "(default: strangler, strangler+nets, raw-aiohttp, nginx)",
     )
@@ -297,8 +299,11 @@ def main() -> int:
     access.env = {"STRANGLER_CONSUMERS": str(work / "consumers.json")}
     shared = strangler("strangler+access-redis", ACCESS_REDIS_PORT, "routes-access.yaml")
     shared.env = {**access.env, "STRANGLER_RATE_LIMIT_STORE": args.redis}
+    on_aiohttp = strangler("strangler+aiohttp", AIOHTTP_PORT, "routes.yaml")
+    on_aiohttp.env = {"STRANGLER_UPSTREAM_CLIENT": "aiohttp"}
     targets = [
         strangler("strangler", PROXY_PORT, "routes.yaml"),
+        on_aiohttp,
         access,
         shared,
         strangler("strangler+nets", NETS_PORT, "routes-nets.yaml"),
@@ -390,6 +395,7 @@ def render(
         raw_by_round = {r["round"]: r["rps"] for r in results.get((workload, "raw-aiohttp"), [])}
         for name in (
             "strangler",
+            "strangler+aiohttp",
             "strangler+nets",
             "strangler+shadow20",
             "strangler+shadow100",

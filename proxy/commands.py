@@ -754,6 +754,10 @@ def serve(
         Path | None,
         typer.Option(help="Require client certificates signed by this CA (internal, mTLS)."),
     ] = None,
+    upstream_client: Annotated[
+        str | None,
+        typer.Option(help="The upstream side: h1 (the proxy's own HTTP/1.1) or aiohttp."),
+    ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
@@ -784,6 +788,7 @@ def serve(
         "internal_tls_cert": internal_tls_cert,
         "internal_tls_key": internal_tls_key,
         "internal_client_ca": internal_client_ca,
+        "upstream_client": upstream_client,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.dataplane.armstats import ArmStats
 from proxy.dataplane.breaker import Guards
-from proxy.dataplane.forward import Forwarder
+from proxy.dataplane.forward import Forwarder, Forwarding
+from proxy.dataplane.h1client import Forwarder as H1Forwarder
 from proxy.dataplane.pins import Pins
 from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
@@ -106,7 +107,9 @@ class Runtime:
     def __init__(self, settings: ProxySettings, snapshot: Snapshot) -> None:
         self.settings = settings
         self.snapshot = snapshot
-        self.forwarder = Forwarder()
+        self.forwarder: Forwarding = (
+            Forwarder() if settings.upstream_client == "aiohttp" else H1Forwarder()
+        )
         self.metrics = Metrics()
         self.guards = Guards(self.metrics.upstream_changed)
         self.access_log = AccessLog(None, enabled=settings.access_log)

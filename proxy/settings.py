@@ -106,6 +106,10 @@ class ProxySettings(BaseSettings):
     upstream_share_per_client: float = Field(0.5, gt=0, le=1)
     # HTTP/1.1 pipelined requests queued on one connection before it is refused.
     max_pipelined: int = Field(16, ge=1)
+    # The upstream side of the data plane: "h1", the proxy's own HTTP/1.1 client
+    # (dataplane/h1client.py), or "aiohttp", the client it replaces, kept selectable until
+    # the new one has served as long.
+    upstream_client: Literal["h1", "aiohttp"] = "h1"
     # Kubernetes' default termination grace period.
     graceful_timeout: float = Field(30.0, gt=0)
 

@@ -20,9 +20,9 @@ import asyncio
 import contextvars
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -306,6 +306,47 @@ class Pool:
             await self.fresh.close()
 
 
+class Forwarding(Protocol):
+    """The upstream side of the data plane, as app.py uses it: this module's aiohttp
+    Forwarder or the proxy's own HTTP/1.1 client (h1client.py). `enter` gives the upstream's
+    pool, `open` a response whose head has arrived; the response types are each client's own."""
+
+    def enter(self, upstream: Upstream) -> Any: ...
+    def leave(self, pool: Any) -> None: ...
+    @property
+    def open_sessions(self) -> int: ...
+    def retire_unused(self, upstreams: Iterable[Upstream]) -> None: ...
+    async def close(self) -> None: ...
+    async def open(
+        self,
+        pool: Any,
+        upstream: Upstream,
+        scope: Scope,
+        headers: list[tuple[str, str]],
+        body: Body,
+        *,
+        read_timeout: float,
+        head_timeout: float | None = None,
+        fresh: bool = False,
+    ) -> Any: ...
+    async def buffered(self, response: Any, scope: Scope, read_timeout: float) -> bytes | None: ...
+    async def reply(
+        self,
+        response: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        whole: bytes | None,
+        streamed_body: bool,
+        read_timeout: float,
+        send_timeout: float,
+        outcome: Outcome,
+        extra_headers: list[tuple[bytes, bytes]] | None,
+        capture: Capture | None = None,
+    ) -> None: ...
+
+
 class Forwarder:
     """One aiohttp session per upstream (each with its own connection pool), per worker.
 
@@ -455,59 +496,109 @@ class Forwarder:
         extra_headers: list[tuple[bytes, bytes]] | None,
         capture: Capture | None = None,
     ) -> None:
-        """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
-        (see the module rules); `capture` keeps a copy."""
+        """Send the answer to the client (`answer_client`); aiohttp's read errors become
+        UpstreamAborted in `_reader`."""
+        await answer_client(
+            response,
+            _reader(response),
+            receive,
+            send,
+            whole=whole,
+            streamed_body=streamed_body,
+            read_timeout=read_timeout,
+            send_timeout=send_timeout,
+            outcome=outcome,
+            extra_headers=extra_headers,
+            capture=capture,
+        )
+
+
+class Answered(Protocol):
+    """What `answer_client` needs of an upstream's answer, from either client."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    def release(self) -> None: ...
+
+
+ReadSome = Callable[[float, "asyncio.Future[None] | None"], Awaitable[bytes]]
+
+
+def _reader(response: aiohttp.ClientResponse) -> ReadSome:
+    async def read_some(read_timeout: float, gone: asyncio.Future[None] | None) -> bytes:
         try:
-            outcome.status = response.status
-            if whole is not None:
-                response.release()
-                outcome.bytes_out = len(whole)
-                await _start(send, response, extra_headers, capture)
-                outcome.started = True
-                if capture is not None:
-                    capture.add(whole)
-                await send({"type": "http.response.body", "body": whole, "more_body": False})
-                return
+            return await _read_some(response, response.content, read_timeout, gone)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamAborted(_body_failure(exc)) from exc
+
+    return read_some
+
+
+async def answer_client(
+    response: Answered,
+    read_some: ReadSome,
+    receive: Receive,
+    send: Send,
+    *,
+    whole: bytes | None,
+    streamed_body: bool,
+    read_timeout: float,
+    send_timeout: float,
+    outcome: Outcome,
+    extra_headers: list[tuple[bytes, bytes]] | None,
+    capture: Capture | None = None,
+) -> None:
+    """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
+    (see the module rules); `capture` keeps a copy. `read_some(read_timeout, gone)` gives the
+    next body bytes (b"" at the end) or raises UpstreamAborted."""
+    try:
+        outcome.status = response.status
+        if whole is not None:
+            response.release()
+            outcome.bytes_out = len(whole)
             await _start(send, response, extra_headers, capture)
             outcome.started = True
-            content = response.content
-            # uvicorn's send() returns quietly once the client has gone: watch for it, or a
-            # long stream would hold its upstream connection to the end. (A streamed request
-            # body still owns receive(): its end is watched by the body stream.)
-            gone = None if streamed_body else asyncio.ensure_future(_disconnect(receive))
-            try:
-                while True:
-                    # uvicorn's send() waits for the client to drain before it writes, and an
-                    # empty body writes nothing: the next chunk is taken from the upstream only
-                    # once the client has taken the last one, so a stalled client holds none.
-                    try:
-                        async with asyncio.timeout(send_timeout):
-                            await send(_NOTHING_MORE)
-                    except TimeoutError:
-                        raise ClientTooSlow("client-send-timeout") from None
-                    chunk = await _read_some(response, content, read_timeout, gone)
-                    if not chunk:
-                        break
-                    outcome.bytes_out += len(chunk)
-                    if capture is not None:
-                        capture.add(chunk)
-                    try:
-                        async with asyncio.timeout(send_timeout):
-                            await send(
-                                {"type": "http.response.body", "body": chunk, "more_body": True}
-                            )
-                    except TimeoutError:
-                        raise ClientTooSlow("client-send-timeout") from None
-                    if gone is not None and gone.done():
-                        raise ClientGone
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise UpstreamAborted(_body_failure(exc)) from exc
-            finally:
-                if gone is not None:
-                    gone.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if capture is not None:
+                capture.add(whole)
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
+            return
+        await _start(send, response, extra_headers, capture)
+        outcome.started = True
+        # uvicorn's send() returns quietly once the client has gone: watch for it, or a long
+        # stream would hold its upstream connection to the end. (A streamed request body still
+        # owns receive(): its end is watched by the body stream.)
+        gone = None if streamed_body else asyncio.ensure_future(_disconnect(receive))
+        try:
+            while True:
+                # uvicorn's send() waits for the client to drain before it writes, and an empty
+                # body writes nothing: the next chunk is taken from the upstream only once the
+                # client has taken the last one, so a stalled client holds none.
+                try:
+                    async with asyncio.timeout(send_timeout):
+                        await send(_NOTHING_MORE)
+                except TimeoutError:
+                    raise ClientTooSlow("client-send-timeout") from None
+                chunk = await read_some(read_timeout, gone)
+                if not chunk:
+                    break
+                outcome.bytes_out += len(chunk)
+                if capture is not None:
+                    capture.add(chunk)
+                try:
+                    async with asyncio.timeout(send_timeout):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except TimeoutError:
+                    raise ClientTooSlow("client-send-timeout") from None
+                if gone is not None and gone.done():
+                    raise ClientGone
         finally:
-            response.release()
+            if gone is not None:
+                gone.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        response.release()
 
 
 async def _disconnect(receive: Receive) -> None:
@@ -518,7 +609,7 @@ async def _disconnect(receive: Receive) -> None:
 
 async def _start(
     send: Send,
-    response: aiohttp.ClientResponse,
+    response: Answered,
     extra: list[tuple[bytes, bytes]] | None,
     capture: Capture | None = None,
 ) -> None:

@@ -546,6 +546,10 @@ class ProxyProcess:
             for k, v in os.environ.items()
             if not k.startswith("STRANGLER_") and k != "PROMETHEUS_MULTIPROC_DIR"
         }
+        # The whole suite can run on either upstream client: STRANGLER_TEST_UPSTREAM_CLIENT.
+        chosen = os.environ.get("STRANGLER_TEST_UPSTREAM_CLIENT")
+        if chosen:
+            base["STRANGLER_UPSTREAM_CLIENT"] = chosen
         self.env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.args = [
             STRANGLER,

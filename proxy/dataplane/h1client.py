@@ -1,0 +1,825 @@
+"""Forwarding one request to one upstream over the proxy's own HTTP/1.1 client (`h1`).
+
+One asyncio Protocol per upstream connection, httptools (llhttp) parsing the answers, a
+keep-alive pool per upstream; no aiohttp on the request path. It keeps the forwarder's contract
+(forward.py: `open`, `buffered`, `reply`, the same TryFailed kinds and problem answers), so the
+data plane's retries, fallbacks and ejection work unchanged on either client.
+
+Rules, with their precedents:
+- **The request as the client sent it.** `METHOD target HTTP/1.1`, the target's bytes as they
+  came (origin-form, RFC 9112 §3.2.1), the prepared headers in order; nothing added but the
+  framing: Content-Length when the length is known, else chunked (RFC 9112 §7.1), never both
+  (§6.1). POST, PUT and PATCH without a body say `Content-Length: 0` (RFC 9110 §8.6: a user
+  agent should). No cookies, redirects, decompression or environment proxies: none exists.
+- **Answers.** Interim 1xx answers are skipped (the client side answers its own Expect);
+  HEAD, 204 and 304 answers have no body (RFC 9110 §6.4.1), whatever their fields say; a body
+  with neither length nor chunking ends when the upstream closes (RFC 9112 §6.3 (8)); a
+  malformed head or chunk, or a Content-Length beside Transfer-Encoding, is a bad response
+  (llhttp, strict).
+- **Reuse.** A connection goes back to the pool only when its answer was read whole, both
+  sides kept it alive (RFC 9112 §9.3, HTTP/1.0 closes by default), and the request was sent
+  whole. The pool hands out the most recently used connection first (nginx's keepalive
+  cache), drops idle ones after KEEPALIVE_SECONDS (below uvicorn's 5 s, so the proxy closes
+  first: the stale keep-alive race) and never hands out one the upstream has closed.
+- **An early answer wins.** An upstream that answers before it has read the whole body (a 413,
+  a 401) gets no more of it: sending stops, so no reset destroys the answer on its way, and the
+  connection is not reused (nginx does the same).
+- **Timeouts.** `connect` covers the wait for a pool slot and the connect (as aiohttp's did);
+  the read timeout runs between two reads of the answer (nginx's proxy_read_timeout); a try's
+  `head_timeout` bounds the wait for the head.
+- **Flow control.** A connection stops reading once READ_HIGH_WATER body bytes wait unread
+  (a slow client holds that much of a download, not all of it), and a streamed request body
+  waits while the upstream's write buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+
+import httptools
+
+from proxy.dataplane.forward import (
+    BUFFER_BYTES,
+    LIVENESS_PROBE_SECONDS,
+    UPSTREAM_RCVBUF,
+    Body,
+    BodyIdle,
+    BodyTooLarge,
+    Capture,
+    ClientGone,
+    Outcome,
+    TryFailed,
+    _stalled,
+    _too_large,
+    answer_client,
+)
+from proxy.errors import ProxyError, UpstreamAborted
+from proxy.table.compile import Upstream
+from proxy.types import Receive, Scope, Send
+
+log = logging.getLogger("strangler")
+KEEPALIVE_SECONDS = 4.0
+READ_HIGH_WATER = 32_768  # unread body bytes before the connection stops reading
+MAX_HEAD_BYTES = 65_536  # an upstream's answer head (nginx: proxy_buffer_size, larger here)
+MAX_HEADERS = 256
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_CRLF = b"\r\n"
+
+
+def _unreachable() -> ProxyError:
+    return ProxyError(502, "upstream-unreachable", "the upstream is unreachable")
+
+
+def _connect_timeout() -> ProxyError:
+    return ProxyError(504, "upstream-connect-timeout", "the upstream did not accept in time")
+
+
+def _timed_out() -> ProxyError:
+    return ProxyError(504, "upstream-timeout", "the upstream did not answer in time")
+
+
+def _disconnected() -> ProxyError:
+    return ProxyError(502, "upstream-disconnected", "the upstream closed without answering")
+
+
+def _malformed() -> ProxyError:
+    return ProxyError(502, "bad-upstream-response", "the upstream's answer is malformed")
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class Answer:
+    """One upstream answer: its head once `head_ready`, then its body as it arrives. The
+    forwarder's `response` (forward.py's contract: `status`, `raw_headers`, `close`)."""
+
+    __slots__ = (
+        "bodiless",
+        "chunks",
+        "client_error",
+        "conn",
+        "content_length",
+        "done",
+        "error",
+        "failure",
+        "head_ready",
+        "raw_headers",
+        "reason",
+        "status",
+        "unread",
+        "waiter",
+    )
+
+    def __init__(self, conn: Connection, bodiless: bool) -> None:
+        self.conn: Connection | None = conn
+        self.bodiless = bodiless  # a HEAD request's answer
+        self.status = 0
+        self.reason = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.content_length: int | None = None
+        self.head_ready = False
+        self.chunks: deque[bytes] = deque()
+        self.unread = 0
+        self.done = False
+        self.failure = ""  # a TryFailed kind before the head, an UpstreamAborted kind after
+        self.error: ProxyError | None = None
+        self.client_error: BaseException | None = None  # the request body's failure
+        self.waiter: asyncio.Future[bool] | None = None
+
+    # --- fed by the connection ----------------------------------------------------------------
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def fail(self, kind: str, error: ProxyError) -> None:
+        if self.done or self.failure:
+            return
+        self.failure, self.error = kind, error
+        self.wake()
+
+    # --- read by the data plane ---------------------------------------------------------------
+    async def _wait(self, seconds: float) -> bool:
+        """Wait for news from the connection; False when `seconds` passed without any."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self.waiter = waiter
+        handle = loop.call_later(seconds, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            handle.cancel()
+            self.waiter = None
+
+    async def head(self, seconds: float) -> None:
+        """Wait for the head. Raises TryFailed, or the request body's own failure."""
+        conn = self.conn
+        assert conn is not None
+        while not self.head_ready:
+            if self.client_error is not None:
+                raise self.client_error
+            if self.failure:
+                assert self.error is not None
+                raise TryFailed(self.failure, self.error, conn.reused)
+            if not await self._wait(seconds):
+                raise TryFailed("timeout", _timed_out(), conn.reused)
+
+    async def read_some(self, read_timeout: float, gone: asyncio.Future[None] | None) -> bytes:
+        """The next body bytes, b"" at the end. Raises UpstreamAborted (cut off, stalled) or
+        ClientGone (seen while waiting)."""
+        waited = 0.0
+        while not self.chunks:
+            if self.done:
+                return b""
+            if self.failure:
+                raise UpstreamAborted(self.failure)
+            probe = min(LIVENESS_PROBE_SECONDS, read_timeout - waited)
+            if not await self._wait(probe):
+                waited += probe
+                if gone is not None and gone.done():
+                    raise ClientGone
+                if waited >= read_timeout:
+                    raise UpstreamAborted("upstream-timeout")
+        chunk = self.chunks.popleft() if len(self.chunks) == 1 else self._take_all()
+        self.unread -= len(chunk)
+        conn = self.conn
+        if conn is not None and conn.paused and self.unread < READ_HIGH_WATER:
+            conn.resume()
+        return chunk
+
+    def _take_all(self) -> bytes:
+        chunk = b"".join(self.chunks)
+        self.chunks.clear()
+        return chunk
+
+    def close(self) -> None:
+        """The answer is not wanted (or not wanted whole): its connection is not reused."""
+        conn, self.conn = self.conn, None
+        if conn is not None and conn.answer is self:
+            conn.abandon()
+
+    def release(self) -> None:
+        """The data plane is done with the answer: an unfinished one closes its connection."""
+        if not self.done:
+            self.close()
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection: writes requests, parses their answers (httptools)."""
+
+    __slots__ = (
+        "answer",
+        "body_sent",
+        "closed",
+        "drained",
+        "field_bytes",
+        "head_bytes",
+        "idle_since",
+        "keep",
+        "parser",
+        "paused",
+        "pool",
+        "reused",
+        "sending",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.answer: Answer | None = None
+        self.closed = False
+        self.paused = False
+        self.keep = True
+        self.body_sent = True
+        self.sending = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.head_bytes = 0
+        self.field_bytes = 0
+        self.drained: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment] # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UPSTREAM_RCVBUF)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # not a TCP socket (a test's pipe): nothing to tune
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        answer = self.answer
+        if answer is None:  # bytes nobody asked for: the connection cannot be trusted again
+            self.keep = False
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            answer.fail("bad-response", _malformed())  # a 101 nobody asked for
+            self.close()
+            return
+        except httptools.HttpParserError:
+            self._malformed(answer)
+            return
+        # A head still unfinished after MAX_HEAD_BYTES (on_header counts a finished one's
+        # fields exactly, whatever the reads' sizes).
+        if not answer.head_ready and not answer.failure:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                answer.fail("bad-response", _malformed())
+                self.close()
+
+    def _malformed(self, answer: Answer) -> None:
+        if answer.head_ready:
+            answer.fail("upstream-body-incomplete", _malformed())
+        else:
+            answer.fail("bad-response", _malformed())
+        self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        answer = self.answer
+        if answer is None or answer.done:
+            return
+        if not answer.head_ready:
+            answer.fail("reset", _disconnected())
+        elif self._delimited_by_close(answer):
+            answer.done = True
+            answer.wake()
+        else:
+            answer.fail("upstream-body-incomplete", _disconnected())
+
+    @staticmethod
+    def _delimited_by_close(answer: Answer) -> bool:
+        """No length and no final chunked coding: the body ends at the close (RFC 9112 §6.3)."""
+        if answer.content_length is not None:
+            return False
+        codings = b",".join(v for n, v in answer.raw_headers if n.lower() == b"transfer-encoding")
+        return codings.rsplit(b",", 1)[-1].strip().lower() != b"chunked"
+
+    def pause_writing(self) -> None:
+        if self.drained is None or self.drained.done():
+            self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # --- httptools callbacks ------------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        assert self.answer is not None
+        self.answer.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        answer = self.answer
+        assert answer is not None
+        headers = answer.raw_headers
+        headers.append((name, value))
+        self.field_bytes += len(name) + len(value) + 4
+        if len(headers) > MAX_HEADERS or self.field_bytes > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("too many or too long header fields")
+        if len(name) == 14 and name.lower() == b"content-length":
+            answer.content_length = int(value) if value.isdigit() else None
+
+    def on_headers_complete(self) -> None:
+        answer = self.answer
+        assert answer is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim: the final answer follows on this connection
+            if status == 101:
+                raise httptools.HttpParserError("an upgrade nobody asked for")
+            answer.raw_headers, answer.reason = [], b""
+            answer.content_length = None
+            return
+        answer.status = status
+        answer.head_ready = True
+        if not self.parser.should_keep_alive():
+            self.keep = False
+        if answer.bodiless or status in (204, 304):
+            self._complete(answer)
+            # llhttp would wait for the body the fields announce: the next answer on this
+            # connection needs a parser that starts at a head.
+            self.parser = httptools.HttpResponseParser(self)
+            return
+        answer.wake()
+
+    def on_body(self, body: bytes) -> None:
+        answer = self.answer
+        if answer is None or answer.done:  # a body after a HEAD answer: not to be trusted
+            self.close()
+            return
+        answer.chunks.append(body)
+        answer.unread += len(body)
+        if answer.unread >= READ_HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        answer.wake()
+
+    def on_message_complete(self) -> None:
+        answer = self.answer
+        if answer is None or not answer.head_ready:
+            if answer is not None:
+                self.head_bytes = self.field_bytes = 0
+            return  # an interim answer ended
+        if not answer.done:
+            self._complete(answer)
+
+    def _complete(self, answer: Answer) -> None:
+        """The answer is all here: it no longer needs its connection, which goes back to the
+        pool (or closes) unless a request body is still being sent (`_send_body` decides)."""
+        answer.done = True
+        answer.conn = None
+        answer.wake()
+        if not self.sending:
+            self.finish()
+
+    def finish(self) -> None:
+        self.answer = None
+        if self.keep and self.body_sent and not self.closed:
+            if self.paused:
+                self.resume()
+            self.pool.put_back(self)
+        else:
+            self.close()
+
+    # --- used by the pool and the forwarder ---------------------------------------------------
+    def resume(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def usable(self, now: float) -> bool:
+        return (
+            not self.closed
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and now - self.idle_since < KEEPALIVE_SECONDS
+        )
+
+    def start(self, bodiless: bool) -> Answer:
+        self.answer = answer = Answer(self, bodiless)
+        self.head_bytes = self.field_bytes = 0
+        self.keep = True
+        return answer
+
+    def abandon(self) -> None:
+        """The answer's reader left before its end: the connection cannot be reused."""
+        self.answer = None
+        self.close()
+
+    def close(self) -> None:
+        self.keep = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+        self.pool.forget(self)
+
+    async def drain(self) -> None:
+        drained = self.drained
+        if drained is not None and not drained.done():
+            await drained
+
+
+class Pool:
+    """One upstream's connections: idle ones (most recently used first), how many are open,
+    and the tries waiting for a slot when `limit` are open."""
+
+    __slots__ = (
+        "active",
+        "authority",
+        "idle",
+        "limit",
+        "open",
+        "retired",
+        "sweeping",
+        "upstream",
+        "waiting",
+    )
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.limit = upstream.max_connections
+        default = (upstream.scheme == "https" and upstream.port == 443) or (
+            upstream.scheme == "http" and upstream.port == 80
+        )
+        host = (
+            f"[{upstream.host}]" if ":" in upstream.host else upstream.host.encode("idna").decode()
+        )
+        self.authority = (host if default else f"{host}:{upstream.port}").encode("ascii")
+        self.idle: list[Connection] = []
+        self.open: set[Connection] = set()
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.active = 0  # requests using this pool (a retired pool closes at 0)
+        self.retired = False
+        self.sweeping: asyncio.TimerHandle | None = None
+
+    async def connection(
+        self, ssl_context: ssl.SSLContext | None, connect_timeout: float, fresh: bool
+    ) -> Connection:
+        """A usable idle connection (`reused`), else a new one within the connect timeout."""
+        if not fresh and (conn := self._idle_one()) is not None:
+            return conn  # the common case: no timer, no wait
+        try:
+            async with asyncio.timeout(connect_timeout):
+                while self.limit and len(self.open) >= self.limit:
+                    if fresh and self.idle:
+                        self.idle[0].close()  # room for the new connection: drop the oldest
+                        continue
+                    await self._slot()
+                    if not fresh and (conn := self._idle_one()) is not None:
+                        return conn
+                return await self._connect(ssl_context)
+        except TimeoutError:
+            raise TryFailed("connect-failure", _connect_timeout(), False) from None
+        except OSError as exc:
+            log.warning("upstream %s unreachable: %s", self.upstream.name, exc)
+            raise TryFailed("connect-failure", _unreachable(), False) from None
+
+    def _idle_one(self) -> Connection | None:
+        now = asyncio.get_running_loop().time()
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable(now):
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    async def _slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+    async def _connect(self, ssl_context: ssl.SSLContext | None) -> Connection:
+        conn = Connection(self)
+        self.open.add(conn)
+        upstream = self.upstream
+        try:
+            await asyncio.get_running_loop().create_connection(
+                lambda: conn,
+                upstream.host,
+                upstream.port,
+                ssl=ssl_context,
+                server_hostname=upstream.host if ssl_context else None,
+            )
+        except BaseException:
+            self.forget(conn)
+            raise
+        return conn
+
+    def put_back(self, conn: Connection) -> None:
+        if self.retired or conn.closed:
+            conn.close()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self.idle.append(conn)
+        self._wake_one()
+        if self.sweeping is None:
+            self.sweeping = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._sweep)
+
+    def forget(self, conn: Connection) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            self._wake_one()
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def _wake_one(self) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        """Close the connections idle longer than KEEPALIVE_SECONDS."""
+        self.sweeping = None
+        now = asyncio.get_running_loop().time()
+        for conn in [c for c in self.idle if not c.usable(now)]:
+            conn.close()
+        if self.idle:
+            oldest = min(c.idle_since for c in self.idle)
+            delay = max(0.05, oldest + KEEPALIVE_SECONDS - now)
+            self.sweeping = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def close(self) -> None:
+        if self.sweeping is not None:
+            self.sweeping.cancel()
+            self.sweeping = None
+        for conn in list(self.open):
+            if conn.answer is None or conn.answer.done:
+                conn.close()
+        self.idle.clear()
+
+
+def _request_head(
+    method: bytes, target: bytes, headers: list[tuple[str, str]], framing: bytes
+) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name.encode("ascii"), b": ", value.encode("utf-8"), _CRLF)
+    parts += (framing, _CRLF)
+    return b"".join(parts)
+
+
+def _framing(
+    method: bytes, headers: list[tuple[str, str]], body: Body, authority: bytes
+) -> tuple[bytes, bool]:
+    """The fields the request needs beyond its headers, and whether its body is chunked: the
+    framing, and a Host when the client sent none (an HTTP/1.0 client; RFC 9112 §3.2: a
+    HTTP/1.1 request must have one), naming the upstream."""
+    has_length = has_host = False
+    for name, _ in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            has_length = True
+        elif len(name) == 4 and name.lower() == "host":
+            has_host = True
+    framing, chunked = _length(method, body, has_length)
+    return (framing if has_host else b"host: " + authority + _CRLF + framing), chunked
+
+
+def _length(method: bytes, body: Body, has_length: bool) -> tuple[bytes, bool]:
+    if callable(body):
+        return (b"", False) if has_length else (b"transfer-encoding: chunked\r\n", True)
+    if has_length:
+        return b"", False
+    if body:
+        return b"content-length: %d\r\n" % len(body), False
+    return (b"content-length: 0\r\n" if method in _BODY_METHODS else b""), False
+
+
+async def _send_body(
+    conn: Connection, answer: Answer, stream: AsyncIterator[bytes], chunked: bool
+) -> None:
+    """Stream the request body to the upstream, with flow control, until it ends or the
+    upstream answers first (then no more is sent: the early answer must not be reset)."""
+    transport = conn.transport
+    assert transport is not None
+    try:
+        async for chunk in stream:
+            if answer.head_ready or conn.closed:
+                conn.keep = False
+                return
+            if chunk:
+                if chunked:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    transport.write(chunk)
+            await conn.drain()
+        if chunked and not conn.closed:
+            transport.write(b"0\r\n\r\n")
+        conn.body_sent = True
+    except (ClientGone, BodyTooLarge, BodyIdle) as exc:
+        answer.client_error = (
+            exc
+            if isinstance(exc, ClientGone)
+            else _too_large()
+            if isinstance(exc, BodyTooLarge)
+            else _stalled()
+        )
+        conn.close()
+        answer.wake()
+    finally:
+        conn.sending = False
+        if answer.done and conn.answer is answer:
+            conn.finish()
+
+
+class Forwarder:
+    """One pool per upstream, per worker; retired pools close when their last request ends."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, int], Pool] = {}
+        self._retired: set[Pool] = set()
+        self._senders: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
+
+    def pool(self, upstream: Upstream) -> Pool:
+        key = (upstream.url, upstream.max_connections)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(upstream)
+        return pool
+
+    def enter(self, upstream: Upstream) -> Pool:
+        pool = self.pool(upstream)
+        pool.active += 1
+        return pool
+
+    def leave(self, pool: Pool) -> None:
+        pool.active -= 1
+        if pool.retired and pool.active == 0:
+            self._retired.discard(pool)
+            pool.close()
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._pools) + len(self._retired)
+
+    def retire_unused(self, upstreams: Iterable[Upstream]) -> None:
+        keep = {(u.url, u.max_connections) for u in upstreams}
+        for key in [k for k in self._pools if k not in keep]:
+            pool = self._pools.pop(key)
+            pool.retired = True
+            if pool.active == 0:
+                pool.close()
+            else:
+                self._retired.add(pool)
+
+    async def close(self) -> None:
+        pools = [*self._pools.values(), *self._retired]
+        self._pools, self._retired = {}, set()
+        for pool in pools:
+            pool.close()
+        for task in list(self._senders):
+            task.cancel()
+
+    def _ssl(self, upstream: Upstream) -> ssl.SSLContext | None:
+        if upstream.scheme != "https":
+            return None
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def open(
+        self,
+        pool: Pool,
+        upstream: Upstream,
+        scope: Scope,
+        headers: list[tuple[str, str]],
+        body: Body,
+        *,
+        read_timeout: float,
+        head_timeout: float | None = None,
+        fresh: bool = False,
+    ) -> Answer:
+        """Send the request and wait for the answer's head. Raises TryFailed (the upstream
+        failed), ClientGone or a ProxyError about the client's body."""
+        method = scope["method"].encode("ascii")
+        target = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        framing, chunked = _framing(method, headers, body, pool.authority)
+        head = _request_head(method, target, headers, framing)
+        wait = read_timeout if head_timeout is None else min(read_timeout, head_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (head_timeout or 0.0)
+        conn = await self._connection(pool, upstream, fresh, head_timeout)
+        answer = conn.start(method == b"HEAD")
+        if fresh:  # a re-send after a stale pooled connection: its connection is not kept
+            conn.keep = False
+        transport = conn.transport
+        assert transport is not None
+        if conn.closed or transport.is_closing():  # closed while it was being opened
+            conn.close()
+            raise TryFailed("reset", _disconnected(), conn.reused)
+        if callable(body):
+            conn.body_sent, conn.sending = False, True
+            transport.write(head)
+            task = loop.create_task(_send_body(conn, answer, body(), chunked))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        else:
+            transport.write(head + body if body else head)
+        if head_timeout is not None:
+            wait = max(0.0, min(wait, deadline - loop.time()))
+        try:
+            await answer.head(wait)
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    async def _connection(
+        self, pool: Pool, upstream: Upstream, fresh: bool, head_timeout: float | None
+    ) -> Connection:
+        timeout = upstream.connect_timeout
+        if head_timeout is not None:
+            timeout = min(timeout, head_timeout)
+        try:
+            conn = await pool.connection(self._ssl(upstream), timeout, fresh)
+        except TryFailed as failed:
+            shorter = head_timeout is not None and head_timeout <= upstream.connect_timeout
+            if shorter and failed.error.kind == "upstream-connect-timeout":
+                raise TryFailed("timeout", _timed_out(), False) from None
+            raise
+        return conn
+
+    async def buffered(self, response: Answer, scope: Scope, read_timeout: float) -> bytes | None:
+        """A small answer's whole body (see forward.py's `buffered`), or None to stream it."""
+        if response.bodiless or response.status in (204, 304):
+            return b""
+        length = response.content_length
+        if length is None or length > BUFFER_BYTES:
+            return None
+        if response.done and len(response.chunks) <= 1:
+            whole = response.chunks.popleft() if response.chunks else b""
+            response.unread = 0
+            return whole
+        parts = []
+        try:
+            while chunk := await response.read_some(read_timeout, None):
+                parts.append(chunk)
+        except UpstreamAborted as exc:
+            response.close()
+            if exc.kind == "upstream-timeout":
+                raise TryFailed("timeout", _timed_out(), False) from None
+            error = ProxyError(502, exc.kind, "the upstream's answer was cut off")
+            raise TryFailed("reset", error, False) from None
+        return b"".join(parts)
+
+    async def reply(
+        self,
+        response: Answer,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        whole: bytes | None,
+        streamed_body: bool,
+        read_timeout: float,
+        send_timeout: float,
+        outcome: Outcome,
+        extra_headers: list[tuple[bytes, bytes]] | None,
+        capture: Capture | None = None,
+    ) -> None:
+        """Send the answer to the client (forward.py's `answer_client`, one implementation for
+        both clients)."""
+        await answer_client(
+            response,
+            response.read_some,
+            receive,
+            send,
+            whole=whole,
+            streamed_body=streamed_body,
+            read_timeout=read_timeout,
+            send_timeout=send_timeout,
+            outcome=outcome,
+            extra_headers=extra_headers,
+            capture=capture,
+        )

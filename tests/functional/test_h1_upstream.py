@@ -1,0 +1,698 @@
+"""The proxy's own HTTP/1.1 upstream client (`strangler serve --upstream-client h1`), seen from
+both ends: a raw client in front of the real proxy and a raw recorder upstream behind it, which
+counts the connections it accepts and keeps every request's bytes. Each test gets a recorder of
+its own (a new table version), so its connection pool starts empty.
+
+- Requests: sequential requests share one upstream connection; the request line, Host and
+  header values reach the upstream byte for byte; an HTTP/1.0 request without Host still goes
+  upstream with one. A small body goes with its Content-Length, a small chunked upload with a
+  Content-Length, a large chunked upload streams chunked, a large upload keeps its length, a
+  body-less write says `Content-Length: 0`. An upstream that answers 413 to a large upload
+  before reading it gets its answer to the client.
+- Answers: HEAD, 204 and 304 answers carry no body whatever their Content-Length says, and the
+  next answer on that connection is read right; interim 1xx answers are skipped; a body
+  without a length or chunking ends when the upstream closes; a large answer written at once
+  with its head, and downloads of several MiB (chunked or with a length), arrive byte-exact.
+- Malformed answers (Content-Length beside chunked, conflicting lengths, a bad status line, an
+  unasked 101, a head over 64 KiB or over 256 fields) are a 502 `bad-upstream-response`, while
+  a 60 KiB head is served; a malformed chunk after the head cuts the client's answer off.
+- Connections: an HTTP/1.0 or `Connection: close` answer is not reused; bytes the upstream
+  sends on an idle connection make the proxy drop it; the proxy closes an idle connection on
+  its own; `max_connections` bounds the connections opened; a pooled connection the upstream
+  closed (after its answer, while idle, or on the next request) never costs a GET its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.functional.proxy_support import (
+    CLIENT_TIMEOUT,
+    OK,
+    Conn,
+    Handler,
+    MiB,
+    ProxyProcess,
+    Reader,
+    Recorder,
+    Response,
+    Seen,
+    Table,
+    Writer,
+    build,
+    exchange,
+    get,
+    problem,
+    read_body,
+    recorder,
+    reply,
+    running,
+    send,
+    trickle,
+    wait_until,
+)
+
+H1 = ["--upstream-client", "h1", "--no-access-log"]
+KiB = 1 << 10
+CHUNKED = [("Transfer-Encoding", "chunked")]
+TOO_LARGE_BODY = b'{"error":"payload too large"}'
+TOO_LARGE = (
+    b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(TOO_LARGE_BODY), TOO_LARGE_BODY)
+)
+
+
+def pattern(size: int, seed: int) -> bytes:
+    """`size` reproducible bytes of every value, CR and LF included."""
+    return random.Random(seed).randbytes(size)
+
+
+def chunked(body: bytes, sizes: list[int]) -> bytes:
+    """`body` in chunked framing, its chunks sized by `sizes` in turn, then the last chunk."""
+    out, at, turn = [], 0, 0
+    while at < len(body):
+        piece = body[at : at + sizes[turn % len(sizes)]]
+        out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+        at += len(piece)
+        turn += 1
+    return b"".join(out) + b"0\r\n\r\n"
+
+
+class Tracker:
+    """Wraps a handler: the proxy's port of the upstream connection each request came on, and
+    whether the proxy has closed that connection since."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.ports: list[int] = []
+        self._readers: dict[int, Reader] = {}
+
+    async def __call__(self, seen: Seen, reader: Reader, writer: Writer) -> bool:
+        port = writer.get_extra_info("peername")[1]
+        self.ports.append(port)
+        self._readers[port] = reader
+        return await self.handler(seen, reader, writer)
+
+    def closed(self, port: int) -> bool:
+        return self._readers[port].at_eof()
+
+
+def by_method(**handlers: Handler) -> Handler:
+    """Answer each request with the handler named after its method (`default` for the rest)."""
+
+    async def handle(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        method = seen.request_line.split(b" ", 1)[0].decode()
+        return await handlers.get(method, handlers["default"])(seen, reader, writer)
+
+    return handle
+
+
+def per_connection(*handlers: Handler) -> Handler:
+    """The n-th request on an upstream connection gets the n-th handler (the last for the rest)."""
+    served: dict[Writer, int] = {}
+
+    async def handle(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        number = served.get(writer, 0)
+        served[writer] = number + 1
+        return await handlers[min(number, len(handlers) - 1)](seen, reader, writer)
+
+    return handle
+
+
+def ok_twice(port: int) -> tuple[Response, Response]:
+    """Two GETs on one client connection, each read whole."""
+    with Conn(port) as conn:
+        conn.sendall(build("GET", "/first"))
+        first = conn.read_response()
+        conn.sendall(build("GET", "/second"))
+        return first, conn.read_response()
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Table:
+    path = tmp_path_factory.mktemp("h1") / "routes.yaml"
+    return Table(path, {"main": "http://127.0.0.1:9"})  # replaced by each test's upstream
+
+
+@pytest.fixture(scope="module")
+def proxy(table: Table) -> Iterator[ProxyProcess]:
+    with running(["--routes", str(table.write()), *H1]) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def upstream(proxy: ProxyProcess, table: Table) -> Iterator[Recorder]:
+    """A recorder of its own per test, served as a new table version: a new upstream URL is a
+    new connection pool, so every test starts with no upstream connection."""
+    with recorder() as up:
+        table.upstreams = {"main": up.url}
+        table.version += 1
+        table.write()
+        wait_until(
+            lambda: proxy.readyz()["table_version"] == table.version,
+            what=f"version {table.version} served",
+        )
+        yield up
+
+
+# --- keep-alive and the request line --------------------------------------------------------------
+def test_sequential_requests_share_one_upstream_connection_and_keep_their_targets(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    requests = [
+        ("GET", b"/a/../b?x=%20&y"),
+        ("POST", b"/orders/%7E1;v=2?q=a+b&r=%2F"),
+        ("GET", b"/c//d/./e"),
+        ("DELETE", b"/items/%E2%82%AC?force"),
+        ("GET", b"/last?" + b"k=" + b"v" * 2000),
+    ]
+    with Conn(proxy.external) as conn:
+        for method, target in requests:
+            body = b"{}" if method == "POST" else b""
+            conn.sendall(build(method, target, body=body))
+            answer = conn.read_response()
+            assert (answer.status, answer.body) == (200, b"ok"), answer.head
+    assert upstream.connections == 1
+    assert [seen.request_line for seen in upstream.seen] == [
+        method.encode() + b" " + target + b" HTTP/1.1" for method, target in requests
+    ]
+    assert upstream.seen[1].body == b"{}"
+
+
+def test_host_and_header_values_reach_the_upstream_byte_for_byte(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    note = 'café ☕ "quoted"; a=b, c'
+    answer = send(proxy.external, "GET", "/h", [("X-Note", note)], host="Shop.Example:8443")
+    assert answer.status == 200
+    seen = upstream.only()
+    assert seen.values("host") == [b"Shop.Example:8443"]
+    assert seen.values("x-note") == [note.encode()]
+
+
+def test_a_request_without_host_reaches_the_upstream_with_one(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """HTTP/1.0 allows a request without Host; upstream the proxy speaks HTTP/1.1, where Host
+    is required (RFC 9112 §3.2, servers answer 400 without it): it sends the upstream's own
+    host:port, as the aiohttp client does."""
+    with Conn(proxy.external) as conn:
+        conn.sendall(b"GET /old-client HTTP/1.0\r\nUser-Agent: legacy\r\n\r\n")
+        answer = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"ok")
+    seen = upstream.only()
+    assert seen.request_line == b"GET /old-client HTTP/1.1"
+    assert seen.values("host") == [f"127.0.0.1:{upstream.port}".encode()], seen.head
+
+
+# --- bodiless answers -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "status", "head"),
+    [
+        pytest.param(
+            "HEAD",
+            200,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n",
+            id="head",
+        ),
+        pytest.param(
+            "GET",
+            304,
+            b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1000\r\n\r\n',
+            id="304",
+        ),
+        pytest.param("GET", 204, b"HTTP/1.1 204 No Content\r\n\r\n", id="204"),
+    ],
+)
+def test_a_bodiless_answer_then_a_get_on_the_same_upstream_connection(
+    proxy: ProxyProcess, upstream: Recorder, method: str, status: int, head: bytes
+) -> None:
+    full = pattern(1000, 2)
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + full
+    upstream.handler = per_connection(reply(head), reply(whole))
+    with Conn(proxy.external) as conn:
+        conn.sendall(build(method, "/doc", [("If-None-Match", '"v1"')] if status == 304 else []))
+        first = conn.read_response(head_request=method == "HEAD")
+        conn.sendall(build("GET", "/doc"))
+        second = conn.read_response()
+    assert first.status == status, first.head
+    assert first.body == b""
+    if method == "HEAD":
+        assert first.value("content-length") == b"1000"
+    assert (second.status, second.body) == (200, full)
+    assert upstream.connections == 1
+
+
+# --- interim answers ------------------------------------------------------------------------------
+HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+FINAL = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["one-write", "apart"])
+def test_interim_answers_are_skipped_for_the_final_one(
+    proxy: ProxyProcess, upstream: Recorder, apart: bool
+) -> None:
+    parts = (HINTS, CONTINUE, FINAL) if apart else (HINTS + CONTINUE + FINAL,)
+    upstream.handler = per_connection(trickle(*parts, then_close=False), reply())
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("GET", "/hinted"))
+        answer = conn.read_response()
+        conn.sendall(build("GET", "/after"))
+        after = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"hello"), answer.head
+    assert answer.values("link") == []  # the 103's fields are not the final answer's
+    assert (after.status, after.body) == (200, b"ok")
+    assert upstream.connections == 1
+
+
+# --- close-delimited answers ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("size", "fields"),
+    [
+        pytest.param(5, b"", id="small"),
+        pytest.param(300 * KiB, b"", id="large"),
+        # RFC 9112 §6.3 (4): a coding other than chunked leaves the length to the close.
+        pytest.param(5, b"Transfer-Encoding: gzip\r\n", id="not-chunked-coding"),
+    ],
+)
+def test_a_body_delimited_by_close_arrives_whole(
+    proxy: ProxyProcess, upstream: Recorder, size: int, fields: bytes
+) -> None:
+    body = pattern(size, 4)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + fields + b"\r\n"
+    third = len(body) // 3
+    upstream.handler = trickle(head, body[:third], body[third : 2 * third], body[2 * third :])
+    first, second = ok_twice(proxy.external)
+    assert (first.status, first.complete, first.body) == (200, True, body)
+    assert (second.status, second.complete, second.body) == (200, True, body)
+    assert upstream.connections == 2
+
+
+# --- connections the upstream does not keep -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("answer", "connections"),
+    [
+        pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 2, id="http10"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            2,
+            id="connection-close",
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            1,
+            id="http10-keep-alive",
+        ),
+    ],
+)
+def test_an_answer_that_ends_its_connection_is_not_reused(
+    proxy: ProxyProcess, upstream: Recorder, answer: bytes, connections: int
+) -> None:
+    """The recorder keeps every connection open: only the proxy decides not to reuse it."""
+    upstream.handler = reply(answer)
+    first, second = ok_twice(proxy.external)
+    assert (first.status, first.body) == (200, b"ok")
+    assert (second.status, second.body) == (200, b"ok")
+    assert upstream.connections == connections
+
+
+def test_an_idle_upstream_connection_is_closed_by_the_proxy(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """Before the upstream's own keep-alive timeout would (uvicorn's 5 s): the proxy closes
+    first, so it never sends a request on a connection the upstream is closing."""
+    tracker = Tracker(reply())
+    upstream.handler = tracker
+    assert get(proxy.external, "/one").status == 200
+    (port,) = tracker.ports
+    wait_until(lambda: tracker.closed(port), timeout=15, what="the proxy to close it")
+    assert get(proxy.external, "/two").body == b"ok"
+    assert upstream.connections == 2
+
+
+def test_max_connections_bounds_the_upstream_connections(tmp_path: Path) -> None:
+    env = {"STRANGLER_UPSTREAM_SHARE_PER_CLIENT": "1"}  # one client address plays four clients
+    answers: list[Response] = []
+
+    def ask(port: int, number: int) -> None:
+        answers.append(get(port, f"/concurrent/{number}"))
+
+    with recorder() as upstream:
+        upstream.handler = reply(delay=0.2)
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            "upstreams:\n"
+            f'  main: {{url: "{upstream.url}", max_connections: 1, max_requests: 4}}\n'
+            "default: main\n"
+        )
+        with running(["--routes", str(routes), *H1], env) as proxy:
+            threads = [threading.Thread(target=ask, args=(proxy.external, n)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert [(a.status, a.body) for a in answers] == [(200, b"ok")] * 4
+        assert upstream.connections == 1
+        assert len(upstream.seen) == 4
+
+
+# --- malformed answers ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+            id="length-and-chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+            id="two-lengths",
+        ),
+        pytest.param(b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok", id="bad-status"),
+        pytest.param(b"SPDY/3 200 OK\r\nContent-Length: 2\r\n\r\nok", id="not-http"),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket"
+            b"\r\n\r\n",
+            id="unasked-101",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * (70 * KiB) + b"\r\nContent-Length: 2\r\n\r\nok",
+            id="70-KiB-head",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\n"
+            + b"".join(b"X-F-%d: v\r\n" % i for i in range(300))
+            + b"Content-Length: 2\r\n\r\nok",
+            id="300-fields",
+        ),
+    ],
+)
+def test_a_malformed_answer_is_a_502(
+    proxy: ProxyProcess, upstream: Recorder, answer: bytes
+) -> None:
+    upstream.handler = by_method(GET=reply(answer), default=reply())
+    problem(get(proxy.external, "/malformed"), 502, "bad-upstream-response")
+    # The connection that carried it is not reused.
+    upstream.handler = reply()
+    assert get(proxy.external, "/after").body == b"ok"
+    assert upstream.connections == 2
+
+
+def test_a_head_under_the_limit_is_not_refused_for_the_body_behind_it(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """A 60 KiB head, its last bytes arriving together with an 8 KiB body: the limit (64 KiB)
+    is on the head, the body's bytes do not count."""
+    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * (60 * KiB) + b"\r\nContent-Length: 8192\r\n\r\n"
+    body = pattern(8 * KiB, 10)
+    upstream.handler = trickle(head[: 60 * KiB], head[60 * KiB :] + body, then_close=False)
+    answer = get(proxy.external, "/large-head")
+    assert answer.status == 200, (answer.head[:200], answer.body[:300])
+    assert len(answer.value("x-big") or b"") == 60 * KiB
+    assert answer.body == body
+
+
+def test_a_large_answer_written_at_once_is_served(proxy: ProxyProcess, upstream: Recorder) -> None:
+    """A small head and a 200 KiB body in one write, as most servers send a file: whatever
+    the proxy reads at once, the body is not taken for part of the head."""
+    body = pattern(200 * KiB, 15)
+    upstream.handler = reply(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    statuses = []
+    with Conn(proxy.external) as conn:
+        for _ in range(5):
+            conn.sendall(build("GET", "/file.bin"))
+            answer = conn.read_response()
+            statuses.append(answer.status)
+            assert answer.status != 200 or answer.body == body
+    assert statuses == [200] * 5
+
+
+def test_a_malformed_chunk_after_the_head_cuts_the_answer_off(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    upstream.handler = trickle(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        b"zz\r\nnot a chunk\r\n",
+        then_close=False,
+    )
+    answer = get(proxy.external, "/cut")
+    assert answer.status == 200
+    assert not answer.complete  # never ended as if whole
+    assert b"not a chunk" not in answer.body
+
+
+# --- unsolicited bytes ----------------------------------------------------------------------------
+EXTRA = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+
+
+@pytest.mark.parametrize("glued", [False, True], ids=["while-idle", "after-the-answer"])
+def test_bytes_sent_on_an_idle_connection_drop_it(
+    proxy: ProxyProcess, upstream: Recorder, glued: bool
+) -> None:
+    """The bytes come after the answer (in the same write, or later on the idle connection);
+    the next request, sent well before the idle connection would expire, is answered on a
+    new connection, not with them."""
+    written = threading.Event()
+
+    async def answer_and_more(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        await read_body(seen, reader)
+        writer.write(OK + EXTRA if glued else OK)
+        await writer.drain()
+        if not glued:
+            await asyncio.sleep(0.1)  # the answer has gone, the connection is idle
+            writer.write(EXTRA)
+            await writer.drain()
+        written.set()
+        return True
+
+    upstream.handler = per_connection(answer_and_more, reply())
+    assert get(proxy.external, "/first").body == b"ok"
+    assert written.wait(CLIENT_TIMEOUT)
+    time.sleep(0.5)  # for the proxy to read them: a pause, not a measure
+    answer = get(proxy.external, "/second")
+    assert (answer.status, answer.body) == (200, b"ok")
+    assert upstream.connections == 2
+
+
+# --- stale pooled connections ---------------------------------------------------------------------
+async def answer_then_close_later(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    await reply()(seen, reader, writer)
+    await asyncio.sleep(0.2)  # idle, kept alive; then the upstream closes it
+    return False
+
+
+async def drop(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Read the request, close without a byte of answer."""
+    await read_body(seen, reader)
+    return False
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        pytest.param(reply(close=True), id="closed-after-the-answer"),
+        pytest.param(answer_then_close_later, id="closed-while-idle"),
+        pytest.param(per_connection(reply(), drop), id="dropped-when-reused"),
+    ],
+)
+def test_a_stale_pooled_connection_costs_a_get_nothing(
+    proxy: ProxyProcess, upstream: Recorder, handler: Handler
+) -> None:
+    upstream.handler = handler
+    first, second = ok_twice(proxy.external)
+    assert (first.status, first.body) == (200, b"ok")
+    assert (second.status, second.body) == (200, b"ok"), second.body[:300]
+    assert upstream.connections == 2
+
+
+def test_a_get_dropped_on_a_reused_connection_is_sent_again_on_a_new_one(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    upstream.handler = per_connection(reply(), drop)
+    first, second = ok_twice(proxy.external)
+    assert [first.status, second.status] == [200, 200]
+    assert [seen.target for seen in upstream.seen] == [b"/first", b"/second", b"/second"]
+    assert upstream.connections == 2
+
+
+# --- request bodies -------------------------------------------------------------------------------
+def test_a_small_body_goes_upstream_with_its_length(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    body = pattern(1000, 8)
+    assert send(proxy.external, "POST", "/small", body=body).status == 200
+    seen = upstream.only()
+    assert seen.values("content-length") == [b"1000"]
+    assert not seen.chunked
+    assert seen.body == body
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_a_write_without_a_body_says_content_length_0(
+    proxy: ProxyProcess, upstream: Recorder, method: str
+) -> None:
+    assert send(proxy.external, method, "/empty").status == 200
+    seen = upstream.only()
+    assert seen.values("content-length") == [b"0"]
+    assert seen.values("transfer-encoding") == []
+
+
+def test_a_get_without_a_body_has_no_framing(proxy: ProxyProcess, upstream: Recorder) -> None:
+    assert get(proxy.external, "/plain").status == 200
+    seen = upstream.only()
+    assert seen.values("content-length") == []
+    assert seen.values("transfer-encoding") == []
+
+
+def test_a_small_chunked_upload_goes_upstream_with_a_content_length(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    body = pattern(5000, 9)
+    raw = build("POST", "/chunked", CHUNKED) + chunked(body, [1, 100, 4096])
+    assert exchange(proxy.external, raw).status == 200
+    seen = upstream.only()
+    assert seen.values("content-length") == [b"5000"]
+    assert seen.values("transfer-encoding") == []
+    assert seen.body == body
+
+
+def test_a_large_chunked_upload_streams_upstream_chunked(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    body = pattern(300 * KiB, 11)
+    raw = build("POST", "/chunked", CHUNKED) + chunked(body, [10_000, 1, 65_536])
+    answer = exchange(proxy.external, raw, timeout=30)
+    assert (answer.status, answer.body) == (200, b"ok")
+    seen = upstream.only()
+    assert seen.chunked
+    assert seen.values("content-length") == []
+    assert seen.complete
+    assert seen.body == body
+
+
+def test_a_large_upload_with_a_length_keeps_it(proxy: ProxyProcess, upstream: Recorder) -> None:
+    body = pattern(MiB + 7, 12)
+    answer = send(proxy.external, "PUT", "/large", body=body, timeout=30)
+    assert (answer.status, answer.body) == (200, b"ok")
+    seen = upstream.only()
+    assert seen.values("content-length") == [b"%d" % len(body)]
+    assert not seen.chunked
+    assert seen.body == body
+
+
+# --- an early answer to an upload -----------------------------------------------------------------
+async def refuse_early(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Answer 413 having read only the head, then read and drop whatever still comes until the
+    proxy closes (a lingering close: no reset destroys the answer at this end)."""
+    writer.write(TOO_LARGE)
+    await writer.drain()
+    while await reader.read(MiB):
+        pass
+    return False
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the proxy closes once it has answered: expected
+        sock.sendall(data)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["body-sent-whole", "client-waits"])
+def test_an_early_413_to_a_large_upload_reaches_the_client(
+    proxy: ProxyProcess, upstream: Recorder, whole: bool
+) -> None:
+    """The upload is larger than the proxy's request buffer (64 KiB), so it streams; the
+    upstream answers before reading any of it. With `client-waits`, the client sends a part
+    and waits for the answer before sending more."""
+    upstream.handler = by_method(POST=refuse_early, default=reply())
+    size = 4 * MiB
+    body = pattern(size, 13)
+    with Conn(proxy.external, timeout=30) as conn:
+        conn.sendall(build("POST", "/upload", [("Content-Length", str(size))]))
+        sending = threading.Thread(
+            target=_send_quietly, args=(conn.sock, body if whole else body[: 128 * KiB])
+        )
+        sending.start()
+        answer = conn.read_response()
+        sending.join(timeout=30)  # the proxy drops the rest of the body, or closes
+        # That upstream connection is not reused: the next request, on another client
+        # connection, is answered on a new one.
+        after = get(proxy.external, "/after")
+    assert (answer.status, answer.body) == (413, TOO_LARGE_BODY), answer.head
+    assert answer.value("content-type") == b"application/json"
+    assert (after.status, after.body) == (200, b"ok")
+    assert upstream.connections == 2
+
+
+# --- downloads ------------------------------------------------------------------------------------
+def chunked_download(body: bytes, sizes: list[int]) -> Handler:
+    """Answer `body` chunked (chunks sized by `sizes` in turn, one with an extension), with a
+    trailer field; the connection stays open."""
+
+    async def handle(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        await read_body(seen, reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n")
+        at, turn = 0, 0
+        while at < len(body):
+            piece = body[at : at + sizes[turn % len(sizes)]]
+            extension = b";name=value" if turn == 1 else b""
+            writer.write(b"%x%s\r\n%s\r\n" % (len(piece), extension, piece))
+            await writer.drain()
+            at += len(piece)
+            turn += 1
+        writer.write(b"0\r\nX-Sum: 1\r\n\r\n")
+        await writer.drain()
+        return True
+
+    return handle
+
+
+def length_download(body: bytes) -> Handler:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    async def handle(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        await read_body(seen, reader)
+        writer.write(head)
+        for at in range(0, len(body), 300_001):
+            writer.write(body[at : at + 300_001])
+            await writer.drain()
+        return True
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda body: chunked_download(body, [1, 17, 4096, 65_539, 300_000, MiB])),
+        pytest.param(length_download),
+    ],
+    ids=["chunked", "content-length"],
+)
+def test_a_streamed_download_arrives_byte_exact(
+    proxy: ProxyProcess, upstream: Recorder, make: Callable[[bytes], Handler]
+) -> None:
+    body = pattern(6 * MiB + 3, 14)
+    upstream.handler = per_connection(make(body), reply())
+    with Conn(proxy.external, timeout=30) as conn:
+        conn.sendall(build("GET", "/download.bin"))
+        answer = conn.read_response()
+        conn.sendall(build("GET", "/after"))
+        after = conn.read_response()
+    assert answer.status == 200
+    assert answer.complete
+    assert len(answer.body) == len(body)
+    assert answer.body == body
+    assert (after.status, after.body) == (200, b"ok")
+    assert upstream.connections == 1  # the download's end was found: the connection was reused

@@ -1,0 +1,61 @@
+"""The h1 upstream client's request heads and framing: what the upstream reads is what the client
+sent, plus exactly one framing field when one is needed (RFC 9112 §6.1, §7.1)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from proxy.dataplane.h1client import _framing, _request_head
+
+UP = b"10.0.0.7:8000"
+HOST = [("host", "shop.example")]
+
+
+async def _stream() -> AsyncIterator[bytes]:
+    yield b"x"
+
+
+def test_the_head_keeps_the_target_bytes_and_the_header_order() -> None:
+    head = _request_head(
+        b"GET",
+        b"/a/../b?x=%20&y",
+        [("host", "shop.example"), ("x-dup", "1"), ("accept", "*/*"), ("x-dup", "2")],
+        b"",
+    )
+    assert head == (
+        b"GET /a/../b?x=%20&y HTTP/1.1\r\n"
+        b"host: shop.example\r\nx-dup: 1\r\naccept: */*\r\nx-dup: 2\r\n\r\n"
+    )
+
+
+def test_header_values_go_out_as_utf8() -> None:
+    head = _request_head(b"GET", b"/", [("x-name", "café")], b"")
+    assert b"x-name: caf\xc3\xa9\r\n" in head
+
+
+def test_a_client_length_is_kept_and_none_is_added() -> None:
+    assert _framing(b"POST", [("host", "h"), ("content-length", "3")], b"abc", UP) == (b"", False)
+    assert _framing(b"POST", [("Host", "h"), ("Content-Length", "3")], b"abc", UP) == (b"", False)
+
+
+def test_a_buffered_chunked_upload_is_sent_with_its_length() -> None:
+    assert _framing(b"POST", HOST, b"abcd", UP) == (b"content-length: 4\r\n", False)
+
+
+def test_writes_without_a_body_say_length_zero_and_reads_say_nothing() -> None:
+    for method in (b"POST", b"PUT", b"PATCH"):
+        assert _framing(method, HOST, None, UP) == (b"content-length: 0\r\n", False)
+    for method in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        assert _framing(method, HOST, None, UP) == (b"", False)
+
+
+def test_a_streamed_body_is_chunked_unless_its_length_is_known() -> None:
+    assert _framing(b"POST", HOST, _stream, UP) == (b"transfer-encoding: chunked\r\n", True)
+    assert _framing(b"POST", [*HOST, ("content-length", "100000")], _stream, UP) == (b"", False)
+
+
+def test_a_request_without_host_names_the_upstream() -> None:
+    assert _framing(b"GET", [("user-agent", "legacy")], None, UP) == (
+        b"host: 10.0.0.7:8000\r\n",
+        False,
+    )
