@@ -458,39 +458,43 @@ class DataPlane:
                 if not (failed.reused and failed.kind == "reset"):
                     judged = self._judge(guard, True, probe)
                 return self._next(call, plan, failed.kind, failed.error, failed.reused, guard)
-            status = response.status
-            judged = self._judge(guard, status in GATEWAY_STATUSES, probe)
-            if reacts_to(plan, status):
-                step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
-                if step != GIVE_UP:
-                    response.close()  # its body is not wanted: the connection is not reused
-                    self._count(plan, step, str(status), call.outcome)
-                    return step
             try:
-                whole = await forwarder.buffered(response, call.scope, plan.read_timeout)
-            except TryFailed as failed:  # judged by its status already: counted once
-                return self._next(call, plan, failed.kind, failed.error, False, guard)
-            if (
-                plan.key is not None
-                and plan.method not in SAFE
-                and status < 500  # a failed write changed nothing to read back
-                and plan.route is not None
-            ):
-                await self._pin(plan)
-            await forwarder.reply(
-                response,
-                call.scope,
-                call.receive,
-                call.send,
-                whole=whole,
-                streamed_body=callable(call.body),
-                read_timeout=plan.read_timeout,
-                send_timeout=self.runtime.settings.send_timeout,
-                outcome=call.outcome,
-                extra_headers=self._headers(plan.version, call.outcome, plan),
-                capture=call.capture,
-            )
-            return None
+                status = response.status
+                judged = self._judge(guard, status in GATEWAY_STATUSES, probe)
+                if reacts_to(plan, status):
+                    step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
+                    if step != GIVE_UP:
+                        response.close()  # its body is not wanted: the connection is not reused
+                        self._count(plan, step, str(status), call.outcome)
+                        return step
+                try:
+                    whole = await forwarder.buffered(response, call.scope, plan.read_timeout)
+                except TryFailed as failed:  # judged by its status already: counted once
+                    return self._next(call, plan, failed.kind, failed.error, False, guard)
+                if (
+                    plan.key is not None
+                    and plan.method not in SAFE
+                    and status < 500  # a failed write changed nothing to read back
+                    and plan.route is not None
+                ):
+                    await self._pin(plan)
+                await forwarder.reply(
+                    response,
+                    call.scope,
+                    call.receive,
+                    call.send,
+                    whole=whole,
+                    streamed_body=callable(call.body),
+                    read_timeout=plan.read_timeout,
+                    send_timeout=self.runtime.settings.send_timeout,
+                    outcome=call.outcome,
+                    extra_headers=self._headers(plan.version, call.outcome, plan),
+                    capture=call.capture,
+                )
+                return None
+            except BaseException:
+                response.close()  # never leave an answer's connection behind (idempotent)
+                raise
         finally:
             if probe and probe == guard.rounds and not judged:
                 guard.unprobe()  # no verdict (the client left): another probe may go

@@ -24,9 +24,10 @@ Rules, with their precedents:
 - **An early answer wins.** An upstream that answers before it has read the whole body (a 413,
   a 401) gets no more of it: sending stops, so no reset destroys the answer on its way, and the
   connection is not reused (nginx does the same).
-- **Timeouts.** `connect` covers the wait for a pool slot and the connect (as aiohttp's did);
-  the read timeout runs between two reads of the answer (nginx's proxy_read_timeout); a try's
-  `head_timeout` bounds the wait for the head.
+- **Timeouts.** `connect` covers the wait for a pool slot and the connect; the read timeout
+  runs from the request's last byte to the head and between two reads of the answer (nginx's
+  proxy_read_timeout), and bounds each wait for room to send more of an upload
+  (proxy_send_timeout); a try's `head_timeout` bounds the wait for the head.
 - **Flow control.** A connection stops reading once READ_HIGH_WATER body bytes wait unread
   (a slow client holds that much of a download, not all of it), and a streamed request body
   waits while the upstream's write buffer is full.
@@ -96,6 +97,16 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
+def _persistent(parser: httptools.HttpResponseParser, answer: Answer) -> bool:
+    """Whether a bodiless answer keeps its connection (RFC 9112 §9.3): llhttp's own answer takes
+    a HEAD answer without a length for a body read to the close."""
+    tokens = b",".join(v for n, v in answer.raw_headers if n.lower() == b"connection").lower()
+    words = {word.strip() for word in tokens.split(b",")}
+    if parser.get_http_version() == "1.0":
+        return b"keep-alive" in words
+    return b"close" not in words
+
+
 class Answer:
     """One upstream answer: its head once `head_ready`, then its body as it arrives. The
     forwarder's `response` (forward.py's contract: `status`, `raw_headers`, `close`)."""
@@ -111,7 +122,6 @@ class Answer:
         "failure",
         "head_ready",
         "raw_headers",
-        "reason",
         "status",
         "unread",
         "waiter",
@@ -121,7 +131,6 @@ class Answer:
         self.conn: Connection | None = conn
         self.bodiless = bodiless  # a HEAD request's answer
         self.status = 0
-        self.reason = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.head_ready = False
@@ -159,16 +168,27 @@ class Answer:
             self.waiter = None
 
     async def head(self, seconds: float) -> None:
-        """Wait for the head. Raises TryFailed, or the request body's own failure."""
+        """Wait for the head. Raises TryFailed, or the request body's own failure. The time runs
+        from the request's last byte (aiohttp's and nginx's rule): a long upload being read is
+        no silent upstream (the client's body timeout and the send timeout bound the upload)."""
         conn = self.conn
         assert conn is not None
+        loop = asyncio.get_running_loop()
+        deadline = None
         while not self.head_ready:
             if self.client_error is not None:
                 raise self.client_error
             if self.failure:
                 assert self.error is not None
                 raise TryFailed(self.failure, self.error, conn.reused)
-            if not await self._wait(seconds):
+            if conn.sending:
+                deadline = None
+                await self._wait(LIVENESS_PROBE_SECONDS)  # the sender wakes it at its end
+                continue
+            if deadline is None:
+                deadline = loop.time() + seconds
+            left = deadline - loop.time()
+            if left <= 0 or not await self._wait(left):
                 raise TryFailed("timeout", _timed_out(), conn.reused)
 
     async def read_some(self, read_timeout: float, gone: asyncio.Future[None] | None) -> bytes:
@@ -222,6 +242,7 @@ class Connection(asyncio.Protocol):
         "field_bytes",
         "head_bytes",
         "idle_since",
+        "in_trailers",
         "keep",
         "parser",
         "paused",
@@ -245,6 +266,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.head_bytes = 0
         self.field_bytes = 0
+        self.in_trailers = False
         self.drained: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -282,6 +304,13 @@ class Connection(asyncio.Protocol):
                 self.close()
 
     def _malformed(self, answer: Answer) -> None:
+        if self.in_trailers and answer.head_ready and not answer.done:
+            # Every chunk has arrived; a malformed trailer section (never forwarded; llhttp
+            # refuses a Content-Length there) ends the answer, not its body: the connection
+            # closes.
+            self.keep = False
+            self._complete(answer)
+            return
         if answer.head_ready:
             answer.fail("upstream-body-incomplete", _malformed())
         else:
@@ -326,36 +355,46 @@ class Connection(asyncio.Protocol):
             drained.set_result(None)
 
     # --- httptools callbacks ------------------------------------------------------------------
-    def on_status(self, status: bytes) -> None:
-        assert self.answer is not None
-        self.answer.reason += status
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        answer = self.answer
-        assert answer is not None
+        answer = self._current()
+        self.field_bytes += len(name) + len(value) + 4
+        if self.field_bytes > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("too long header fields")
+        if answer.head_ready:
+            return  # a trailer field: never a header field (RFC 9110 §6.5.1), not forwarded
         headers = answer.raw_headers
         headers.append((name, value))
-        self.field_bytes += len(name) + len(value) + 4
-        if len(headers) > MAX_HEADERS or self.field_bytes > MAX_HEAD_BYTES:
-            raise httptools.HttpParserError("too many or too long header fields")
+        if len(headers) > MAX_HEADERS:
+            raise httptools.HttpParserError("too many header fields")
         if len(name) == 14 and name.lower() == b"content-length":
-            answer.content_length = int(value) if value.isdigit() else None
+            length = value.strip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
+            answer.content_length = int(length) if length.isdigit() else None
+
+    def _current(self) -> Answer:
+        """The answer a head's bytes belong to; bytes beyond a finished answer are not one."""
+        answer = self.answer
+        if answer is None or answer.done:
+            raise httptools.HttpParserError("bytes after the answer")
+        return answer
 
     def on_headers_complete(self) -> None:
-        answer = self.answer
-        assert answer is not None
-        status = self.parser.get_status_code()
+        answer = self._current()
+        parser = self.parser
+        status = parser.get_status_code()
         if 100 <= status < 200:  # interim: the final answer follows on this connection
             if status == 101:
                 raise httptools.HttpParserError("an upgrade nobody asked for")
-            answer.raw_headers, answer.reason = [], b""
+            answer.raw_headers = []
             answer.content_length = None
             return
         answer.status = status
         answer.head_ready = True
-        if not self.parser.should_keep_alive():
+        bodiless = answer.bodiless or status in (204, 304)
+        if not (_persistent(parser, answer) if bodiless else parser.should_keep_alive()):
             self.keep = False
-        if answer.bodiless or status in (204, 304):
+        if self.sending and status >= 300:
+            self.stop_sending()  # an early refusal: no more of the body (see _send_body)
+        if bodiless:
             self._complete(answer)
             # llhttp would wait for the body the fields announce: the next answer on this
             # connection needs a parser that starts at a head.
@@ -363,7 +402,11 @@ class Connection(asyncio.Protocol):
             return
         answer.wake()
 
+    def on_chunk_header(self) -> None:
+        self.in_trailers = True  # until a body byte: the last chunk (size 0) has none
+
     def on_body(self, body: bytes) -> None:
+        self.in_trailers = False
         answer = self.answer
         if answer is None or answer.done:  # a body after a HEAD answer: not to be trusted
             self.close()
@@ -419,6 +462,7 @@ class Connection(asyncio.Protocol):
     def start(self, bodiless: bool) -> Answer:
         self.answer = answer = Answer(self, bodiless)
         self.head_bytes = self.field_bytes = 0
+        self.in_trailers = False
         self.keep = True
         return answer
 
@@ -428,16 +472,37 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        """Close now; with bytes still unsent (an upload the upstream stopped reading), abort,
+        or the close would wait for them for ever."""
         self.keep = False
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
         self.closed = True
+        self.stop_sending()
         self.pool.forget(self)
 
-    async def drain(self) -> None:
+    def stop_sending(self) -> None:
+        """Wake a request body waiting for the upstream to read (it stops there)."""
         drained = self.drained
         if drained is not None and not drained.done():
-            await drained
+            drained.set_result(None)
+
+    async def drain(self, seconds: float) -> bool:
+        """Wait while the upstream's write buffer is full; False after `seconds` without room
+        (nginx's proxy_send_timeout)."""
+        drained = self.drained
+        if drained is None or drained.done():
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await drained
+        except TimeoutError:
+            return False
+        return True
 
 
 class Pool:
@@ -511,9 +576,12 @@ class Pool:
         self.waiting.append(waiter)
         try:
             await waiter
-        finally:
-            if not waiter.done():
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # woken, then timed out or cancelled: pass the turn on
+            else:
                 waiter.cancel()
+            raise
 
     async def _connect(self, ssl_context: ssl.SSLContext | None) -> Connection:
         conn = Connection(self)
@@ -571,10 +639,8 @@ class Pool:
         if self.sweeping is not None:
             self.sweeping.cancel()
             self.sweeping = None
-        for conn in list(self.open):
-            if conn.answer is None or conn.answer.done:
-                conn.close()
-        self.idle.clear()
+        for conn in list(self.idle):
+            conn.close()
 
 
 def _request_head(
@@ -613,27 +679,45 @@ def _length(method: bytes, body: Body, has_length: bool) -> tuple[bytes, bool]:
     return (b"content-length: 0\r\n" if method in _BODY_METHODS else b""), False
 
 
+def _refused(answer: Answer) -> bool:
+    """The upstream answered before the body's end with a final refusal, or answered whole."""
+    return answer.done or (answer.head_ready and answer.status >= 300)
+
+
 async def _send_body(
-    conn: Connection, answer: Answer, stream: AsyncIterator[bytes], chunked: bool
+    conn: Connection,
+    answer: Answer,
+    stream: AsyncIterator[bytes],
+    chunked: bool,
+    send_timeout: float,
 ) -> None:
-    """Stream the request body to the upstream, with flow control, until it ends or the
-    upstream answers first (then no more is sent: the early answer must not be reset)."""
+    """Stream the request body to the upstream, with flow control, until it ends, or until
+    the upstream refuses it early (then no more is sent: a reset would destroy the refusal on
+    its way; nginx does the same). An early 2xx head (an upload's progress, an echo) keeps
+    the body flowing. The connection is not reused when its answer began before the body
+    ended."""
     transport = conn.transport
     assert transport is not None
     try:
         async for chunk in stream:
-            if answer.head_ready or conn.closed:
+            if _refused(answer) or conn.closed:
                 conn.keep = False
                 return
             if chunk:
-                if chunked:
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                else:
-                    transport.write(chunk)
-            await conn.drain()
-        if chunked and not conn.closed:
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if not await conn.drain(send_timeout):
+                kind = "upstream-timeout" if answer.head_ready else "timeout"
+                answer.fail(kind, _timed_out())
+                conn.close()
+                return
+        if _refused(answer) or conn.closed:
+            conn.keep = False
+            return
+        if chunked:
             transport.write(b"0\r\n\r\n")
         conn.body_sent = True
+        if answer.head_ready:
+            conn.keep = False
     except (ClientGone, BodyTooLarge, BodyIdle) as exc:
         answer.client_error = (
             exc
@@ -643,9 +727,9 @@ async def _send_body(
             else _stalled()
         )
         conn.close()
-        answer.wake()
     finally:
         conn.sending = False
+        answer.wake()  # the wait for the head counts from here
         if answer.done and conn.answer is answer:
             conn.finish()
 
@@ -695,6 +779,7 @@ class Forwarder:
         pools = [*self._pools.values(), *self._retired]
         self._pools, self._retired = {}, set()
         for pool in pools:
+            pool.retired = True  # a connection still answering closes when it ends
             pool.close()
         for task in list(self._senders):
             task.cancel()
@@ -741,11 +826,14 @@ class Forwarder:
         if callable(body):
             conn.body_sent, conn.sending = False, True
             transport.write(head)
-            task = loop.create_task(_send_body(conn, answer, body(), chunked))
+            task = loop.create_task(_send_body(conn, answer, body(), chunked, read_timeout))
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
         else:
-            transport.write(head + body if body else head)
+            if body:
+                transport.writelines((head, body))
+            else:
+                transport.write(head)
         if head_timeout is not None:
             wait = max(0.0, min(wait, deadline - loop.time()))
         try:

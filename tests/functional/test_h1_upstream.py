@@ -20,6 +20,12 @@ its own (a new table version), so its connection pool starts empty.
   sends on an idle connection make the proxy drop it; the proxy closes an idle connection on
   its own; `max_connections` bounds the connections opened; a pooled connection the upstream
   closed (after its answer, while idle, or on the next request) never costs a GET its answer.
+- Uploads that overlap their answer: one streamed more slowly than the upstream's `timeout`
+  (read as it comes) gets its answer, not a 504; a 200 head sent before the body was read still
+  gets all of the body; a 413 sent by an upstream that then reads nothing more frees the pool
+  slot (`max_connections: 1`); an unasked answer glued behind the answer changes nothing of it.
+- Trailer fields (a `Content-Length` among them) never become header fields and leave the
+  chunked body whole; a HEAD answer without a length keeps its connection.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from tests.functional.proxy_support import (
     reply,
     running,
     send,
+    sink,
     trickle,
     wait_until,
 )
@@ -696,3 +703,237 @@ def test_a_streamed_download_arrives_byte_exact(
     assert answer.body == body
     assert (after.status, after.body) == (200, b"ok")
     assert upstream.connections == 1  # the download's end was found: the connection was reused
+
+
+# --- upstream fields of routes.yaml ---------------------------------------------------------------
+@contextlib.contextmanager
+def tuned(proxy: ProxyProcess, table: Table, fields: str) -> Iterator[Recorder]:
+    """What the `upstream` fixture does, the upstream served with routes.yaml fields of its own
+    (`timeout: 1s, max_connections: 1`): a recorder of its own as a new table version."""
+    with recorder() as up:
+        table.upstreams = {"main": up.url}
+        table.version += 1
+        plain = f'{{url: "{up.url}"}}'
+        text = table.text()
+        assert plain in text
+        temporary = table.path.with_suffix(".tmp")
+        temporary.write_text(text.replace(plain, f'{{url: "{up.url}", {fields}}}'))
+        temporary.replace(table.path)
+        wait_until(
+            lambda: proxy.readyz()["table_version"] == table.version,
+            what=f"version {table.version} served",
+        )
+        yield up
+
+
+# --- a slow upload --------------------------------------------------------------------------------
+def test_an_upload_slower_than_the_timeout_gets_the_upstreams_answer(
+    proxy: ProxyProcess, table: Table
+) -> None:
+    """The upstream's `timeout` (1 s) is the time it may stay silent once it has the whole
+    request (nginx's proxy_read_timeout, aiohttp's sock_read): an upload that takes the client
+    3 s, which the upstream reads as it comes, is no silent upstream. It streams (400 KiB, over
+    the proxy's 64 KiB buffer), so the upstream is contacted before its end."""
+    size, pieces = 400 * KiB, 20
+    body = pattern(size, 20)
+    step = size // pieces
+    with tuned(proxy, table, "timeout: 1s") as upstream:
+        upstream.handler = sink()
+        with Conn(proxy.external, timeout=30) as conn:
+            conn.sendall(build("POST", "/upload", [("Content-Length", str(size))]))
+            for at in range(0, size, step):
+                try:
+                    conn.sendall(body[at : at + step])
+                except OSError:  # the proxy answered and closed: the answer says why
+                    break
+                time.sleep(0.15)
+            answer = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"%d" % size), (answer.head, answer.body[:300])
+    seen = upstream.only()
+    assert (seen.complete, seen.body_size) == (True, size)
+
+
+# --- trailer fields -------------------------------------------------------------------------------
+TRAILED_BODY = b"hello, trailers"
+TRAILED_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+    b"Trailer: X-Trailer, Set-Cookie\r\n\r\n"
+)
+TRAILED_CHUNKS = b"5\r\nhello\r\n2\r\n, \r\n8\r\ntrailers\r\n"
+TRAILER_FIELDS = b"X-Trailer: leaked\r\nSet-Cookie: from=trailer\r\n"
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["one-write", "apart"])
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        pytest.param(TRAILER_FIELDS, id="fields"),
+        pytest.param(TRAILER_FIELDS + b"Content-Length: 2\r\n", id="content-length"),
+    ],
+)
+def test_trailer_fields_never_become_header_fields(
+    proxy: ProxyProcess, upstream: Recorder, trailer: bytes, apart: bool
+) -> None:
+    """RFC 9110 §6.5.1: a trailer field is no header field, and the proxy does not forward
+    trailers. Written at once with the head, they are parsed before the head goes on; apart,
+    after it. A `Content-Length` among them frames nothing (framing is no trailer's to give,
+    RFC 9110 §6.5.1; nginx ignores trailers): the chunked body still arrives whole."""
+    last = b"0\r\n" + trailer + b"\r\n"
+    parts = (
+        (TRAILED_HEAD, TRAILED_CHUNKS, last) if apart else (TRAILED_HEAD + TRAILED_CHUNKS + last,)
+    )
+    upstream.handler = per_connection(trickle(*parts, then_close=False), reply())
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("GET", "/trailed"))
+        answer = conn.read_response()
+        assert answer.status == 200, answer.head
+        assert answer.values("x-trailer") == [], answer.head
+        assert answer.values("set-cookie") == [], answer.head
+        assert answer.value("content-length") in (None, b"%d" % len(TRAILED_BODY)), answer.head
+        assert (answer.complete, answer.body) == (True, TRAILED_BODY)
+        conn.sendall(build("GET", "/after"))
+        after = conn.read_response()
+    # llhttp refuses a Content-Length among trailers: the proxy ends the answer there and does
+    # not reuse that upstream connection, so the next GET meets the trailers again, on a new one.
+    framed = b"content-length" in trailer.lower()
+    assert (after.status, after.complete) == (200, True)
+    assert after.body == (TRAILED_BODY if framed else b"ok")
+    assert upstream.connections == (2 if framed else 1)
+
+
+# --- an answer that begins before the upload ends -------------------------------------------------
+async def count_while_answering(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Send the 200 head at once, then read the upload as it comes (giving up after 2 s
+    without a byte), then end the chunked body with how much was read: an upload's progress
+    or an echo endpoint."""
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    await writer.drain()
+    expected = seen.content_length or 0
+    with contextlib.suppress(TimeoutError):
+        while seen.body_size < expected:
+            data = await asyncio.wait_for(reader.read(min(expected - seen.body_size, MiB)), 2)
+            if not data:
+                break
+            seen.body_size += len(data)
+    count = b"read %d of %d" % (seen.body_size, expected)
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(count), count))
+    await writer.drain()
+    return False
+
+
+def test_an_upload_answered_200_before_its_end_still_reaches_the_upstream_whole(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """Only a refusal (3xx and above) stops an upload early: a 2xx head sent before the
+    upstream reads the body is the start of an answer that wants all of it."""
+    size, step = 200_000, 10_000  # over the proxy's 64 KiB buffer: it streams
+    body = pattern(size, 21)
+    upstream.handler = count_while_answering
+    with Conn(proxy.external, timeout=30) as conn:
+        conn.sendall(build("POST", "/echo", [("Content-Length", str(size))]))
+        for at in range(0, size, step):  # in pieces: the head arrives while the body flows
+            conn.sendall(body[at : at + step])
+            time.sleep(0.02)
+        answer = conn.read_response()
+    assert answer.status == 200, answer.head
+    assert answer.body == b"read %d of %d" % (size, size)
+    assert answer.complete
+
+
+# --- an early refusal that does not read the upload -----------------------------------------------
+async def refuse_and_stop_reading(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Read nothing of the body; once the proxy has filled every buffer between them (a
+    pause, not a measure), answer 413 and keep the connection open, reading nothing more."""
+    await asyncio.sleep(0.5)
+    writer.write(TOO_LARGE)
+    await writer.drain()
+    await asyncio.sleep(3600)  # the recorder's close ends it
+    return False
+
+
+def test_an_early_refusal_the_upstream_does_not_read_past_frees_the_pool(
+    proxy: ProxyProcess, table: Table
+) -> None:
+    """With a single upstream connection allowed, the refused upload's connection (its write
+    buffer full, the upstream reading nothing) must be let go, or every later request waits
+    for a slot that never frees."""
+    size = 16 * MiB  # more than the kernel's buffers on both sides hold
+    block = bytes(MiB)
+    fields = "max_connections: 1, connect_timeout: 1s, timeout: 2s"
+    with tuned(proxy, table, fields) as upstream:
+        upstream.handler = by_method(POST=refuse_and_stop_reading, default=reply())
+        with Conn(proxy.external, timeout=30) as conn:
+            conn.sendall(build("POST", "/upload", [("Content-Length", str(size))]))
+            sending = threading.Thread(target=_send_quietly, args=(conn.sock, block * 16))
+            sending.start()
+            answer = conn.read_response()
+            sending.join(timeout=30)
+        after = get(proxy.external, "/after")
+        again = get(proxy.external, "/again")
+    assert (answer.status, answer.body) == (413, TOO_LARGE_BODY), answer.head
+    assert (after.status, after.body) == (200, b"ok"), (after.head, after.body[:300])
+    assert (again.status, again.body) == (200, b"ok"), (again.head, again.body[:300])
+
+
+# --- a HEAD answer without a length ---------------------------------------------------------------
+def test_a_head_answer_without_a_length_keeps_its_connection(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """A HEAD answer has no body whatever its fields say (RFC 9110 §9.3.2), so without a length
+    or chunking it does not run to the close: an HTTP/1.1 answer without `Connection: close`
+    keeps its connection for the next request."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    upstream.handler = by_method(HEAD=reply(head), default=reply())
+    answers = []
+    with Conn(proxy.external) as conn:
+        for method in ("HEAD", "GET", "HEAD", "GET"):
+            conn.sendall(build(method, "/doc"))
+            answers.append(conn.read_response(head_request=method == "HEAD"))
+    assert [(a.status, a.body) for a in answers] == [(200, b""), (200, b"ok")] * 2
+    assert answers[0].value("content-type") == b"text/plain"
+    assert [seen.request_line.split(b" ")[0] for seen in upstream.seen] == [
+        b"HEAD",
+        b"GET",
+        b"HEAD",
+        b"GET",
+    ]
+    assert upstream.connections == 1
+
+
+# --- bytes after an answer while the upload streams -----------------------------------------------
+INJECTED = b"HTTP/1.1 500 Oops\r\nX-Injected: yes\r\nContent-Length: 0\r\n\r\n"
+
+
+async def answer_and_more_while_uploading(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Answer 200 at once, an unasked second answer glued behind it, before reading the body;
+    then read and drop the rest until the proxy closes."""
+    writer.write(OK + INJECTED)
+    await writer.drain()
+    while await reader.read(MiB):
+        pass
+    return False
+
+
+def test_bytes_after_an_answer_during_an_upload_do_not_change_it(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """The client sends part of a 400 KiB upload (more than the proxy's buffer: it streams)
+    and waits for the answer: the upstream's answer is whole before the upload ends, and the
+    bytes behind it (an unasked 500) are no part of it, nor of the next request's answer."""
+    upstream.handler = by_method(POST=answer_and_more_while_uploading, default=reply())
+    size = 400 * KiB
+    body = pattern(size, 22)
+    with Conn(proxy.external, timeout=30) as conn:
+        conn.sendall(build("POST", "/upload", [("Content-Length", str(size))]))
+        sending = threading.Thread(target=_send_quietly, args=(conn.sock, body[: 128 * KiB]))
+        sending.start()
+        answer = conn.read_response()
+        sending.join(timeout=30)
+    after = get(proxy.external, "/after")
+    assert (answer.status, answer.body) == (200, b"ok"), answer.head
+    assert answer.values("x-injected") == []
+    assert answer.value("content-type") == b"text/plain"
+    assert (after.status, after.body) == (200, b"ok")
+    assert after.values("x-injected") == []
