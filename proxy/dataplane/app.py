@@ -38,6 +38,7 @@ from proxy.dataplane.forward import (
     Outcome,
     Pool,
     TryFailed,
+    answer_client,
     read_body,
 )
 from proxy.dataplane.headers import (
@@ -478,9 +479,9 @@ class DataPlane:
                     and plan.route is not None
                 ):
                     await self._pin(plan)
-                await forwarder.reply(
+                await answer_client(
                     response,
-                    call.scope,
+                    forwarder.reader(response),
                     call.receive,
                     call.send,
                     whole=whole,

@@ -306,6 +306,19 @@ class Pool:
             await self.fresh.close()
 
 
+class Answered(Protocol):
+    """What `answer_client` needs of an upstream's answer, from either client."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    def release(self) -> None: ...
+
+
+ReadSome = Callable[[float, "asyncio.Future[None] | None"], Awaitable[bytes]]
+
+
 class Forwarding(Protocol):
     """The upstream side of the data plane, as app.py uses it: this module's aiohttp
     Forwarder or the proxy's own HTTP/1.1 client (h1client.py). `enter` gives the upstream's
@@ -330,21 +343,7 @@ class Forwarding(Protocol):
         fresh: bool = False,
     ) -> Any: ...
     async def buffered(self, response: Any, scope: Scope, read_timeout: float) -> bytes | None: ...
-    async def reply(
-        self,
-        response: Any,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        whole: bytes | None,
-        streamed_body: bool,
-        read_timeout: float,
-        send_timeout: float,
-        outcome: Outcome,
-        extra_headers: list[tuple[bytes, bytes]] | None,
-        capture: Capture | None = None,
-    ) -> None: ...
+    def reader(self, response: Any) -> ReadSome: ...
 
 
 class Forwarder:
@@ -481,59 +480,18 @@ class Forwarder:
             response.close()  # half a body: the connection cannot be reused
             raise TryFailed("timeout" if error.status == 504 else "reset", error, False) from None
 
-    async def reply(
-        self,
-        response: aiohttp.ClientResponse,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        whole: bytes | None,
-        streamed_body: bool,
-        read_timeout: float,
-        send_timeout: float,
-        outcome: Outcome,
-        extra_headers: list[tuple[bytes, bytes]] | None,
-        capture: Capture | None = None,
-    ) -> None:
-        """Send the answer to the client (`answer_client`); aiohttp's read errors become
-        UpstreamAborted in `_reader`."""
-        await answer_client(
-            response,
-            _reader(response),
-            receive,
-            send,
-            whole=whole,
-            streamed_body=streamed_body,
-            read_timeout=read_timeout,
-            send_timeout=send_timeout,
-            outcome=outcome,
-            extra_headers=extra_headers,
-            capture=capture,
-        )
+    @staticmethod
+    def reader(response: aiohttp.ClientResponse) -> ReadSome:
+        """How `answer_client` reads an aiohttp answer's body: its read errors become
+        UpstreamAborted."""
 
+        async def read_some(read_timeout: float, gone: asyncio.Future[None] | None) -> bytes:
+            try:
+                return await _read_some(response, response.content, read_timeout, gone)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamAborted(_body_failure(exc)) from exc
 
-class Answered(Protocol):
-    """What `answer_client` needs of an upstream's answer, from either client."""
-
-    @property
-    def status(self) -> int: ...
-    @property
-    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
-    def release(self) -> None: ...
-
-
-ReadSome = Callable[[float, "asyncio.Future[None] | None"], Awaitable[bytes]]
-
-
-def _reader(response: aiohttp.ClientResponse) -> ReadSome:
-    async def read_some(read_timeout: float, gone: asyncio.Future[None] | None) -> bytes:
-        try:
-            return await _read_some(response, response.content, read_timeout, gone)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamAborted(_body_failure(exc)) from exc
-
-    return read_some
+        return read_some
 
 
 async def answer_client(

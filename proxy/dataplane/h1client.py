@@ -2,8 +2,9 @@
 
 One asyncio Protocol per upstream connection, httptools (llhttp) parsing the answers, a
 keep-alive pool per upstream; no aiohttp on the request path. It keeps the forwarder's contract
-(forward.py: `open`, `buffered`, `reply`, the same TryFailed kinds and problem answers), so the
-data plane's retries, fallbacks and ejection work unchanged on either client.
+(forward.py's `Forwarding`: `open`, `buffered`, a `reader` for `answer_client`, the same
+TryFailed kinds and problem answers), so the data plane's retries, fallbacks and ejection work
+unchanged on either client.
 
 Rules, with their precedents:
 - **The request as the client sent it.** `METHOD target HTTP/1.1`, the target's bytes as they
@@ -51,17 +52,15 @@ from proxy.dataplane.forward import (
     Body,
     BodyIdle,
     BodyTooLarge,
-    Capture,
     ClientGone,
-    Outcome,
+    ReadSome,
     TryFailed,
     _stalled,
     _too_large,
-    answer_client,
 )
 from proxy.errors import ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
-from proxy.types import Receive, Scope, Send
+from proxy.types import Scope
 
 log = logging.getLogger("strangler")
 KEEPALIVE_SECONDS = 4.0
@@ -881,33 +880,7 @@ class Forwarder:
             raise TryFailed("reset", error, False) from None
         return b"".join(parts)
 
-    async def reply(
-        self,
-        response: Answer,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        whole: bytes | None,
-        streamed_body: bool,
-        read_timeout: float,
-        send_timeout: float,
-        outcome: Outcome,
-        extra_headers: list[tuple[bytes, bytes]] | None,
-        capture: Capture | None = None,
-    ) -> None:
-        """Send the answer to the client (forward.py's `answer_client`, one implementation for
-        both clients)."""
-        await answer_client(
-            response,
-            response.read_some,
-            receive,
-            send,
-            whole=whole,
-            streamed_body=streamed_body,
-            read_timeout=read_timeout,
-            send_timeout=send_timeout,
-            outcome=outcome,
-            extra_headers=extra_headers,
-            capture=capture,
-        )
+    @staticmethod
+    def reader(response: Answer) -> ReadSome:
+        """How `answer_client` (forward.py) reads this client's answer body."""
+        return response.read_some

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession, web
 
-from proxy.dataplane.forward import Forwarder, Outcome
+from proxy.dataplane.forward import Forwarder, Outcome, answer_client
 from proxy.store.redis import RedisStore
 from proxy.table.compile import Upstream, compile_table
 from proxy.table.loader import load_text
@@ -274,9 +274,9 @@ async def _forward_once(
         response = await forwarder.open(
             pool, upstream, scope, [("host", "upstream.test")], None, read_timeout=10
         )
-        await forwarder.reply(
+        await answer_client(
             response,
-            scope,
+            forwarder.reader(response),
             receive,
             send,
             whole=await forwarder.buffered(response, scope, 10),

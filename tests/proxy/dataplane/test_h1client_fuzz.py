@@ -39,7 +39,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from uvloop import new_event_loop
 
-from proxy.dataplane.forward import Outcome, TryFailed
+from proxy.dataplane.forward import Outcome, TryFailed, answer_client
 from proxy.dataplane.h1client import Forwarder
 from proxy.dataplane.headers import prepare_response
 from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
@@ -468,9 +468,9 @@ async def ask(
             fresh=fresh,
         )
         whole = await forwarder.buffered(answer, scope, READ_TIMEOUT)
-        await forwarder.reply(
+        await answer_client(
             answer,
-            scope,
+            forwarder.reader(answer),
             receive,
             send,
             whole=whole,
