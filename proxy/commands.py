@@ -758,6 +758,10 @@ def serve(
         str | None,
         typer.Option(help="The upstream side: h1 (the proxy's own HTTP/1.1) or aiohttp."),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="The client side: h1 (the proxy's own HTTP/1.1) or asgi (uvicorn)."),
+    ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
@@ -789,6 +793,7 @@ def serve(
         "internal_tls_key": internal_tls_key,
         "internal_client_ca": internal_client_ca,
         "upstream_client": upstream_client,
+        "engine": engine,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:

@@ -173,6 +173,21 @@ class Metrics:
             ("route", "status"),
             registry=self.registry,
         )
+        self.tunnels_open = Gauge(
+            "strangler_tunnels_open",
+            "Upgrade (WebSocket) tunnels open now, by route.",
+            ("route",),
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.tunnels = Counter(
+            "strangler_tunnels",
+            "Upgrade (WebSocket) requests on tunnel routes, by result: tunnelled (the upstream "
+            "switched protocols), declined (it answered otherwise), over-limit (the route's "
+            "max_connections, 503), failed (no upstream connection or answer).",
+            ("route", "upstream", "result"),
+            registry=self.registry,
+        )
         self.table_version = Gauge(
             "strangler_route_table_version",
             "Version of the route table being served.",

@@ -28,20 +28,10 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from proxy.dataplane.headers import ALLOW, request_id_of, transfer_coding_problem
-from proxy.errors import problem_body, problem_headers
+from proxy.h1server import WRITE_BUFFER_HIGH, Refused, refusal
+from proxy.h1server import StopReading as StopReading
 from proxy.settings import ProxySettings
 from proxy.tls import TLSExtension, connection_tls
-
-WRITE_BUFFER_HIGH = 16_384
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-}
 
 
 class _Sweeper:
@@ -67,19 +57,6 @@ class _Sweeper:
             loop.call_later(cls.INTERVAL, sweep)
 
         loop.call_later(cls.INTERVAL, sweep)
-
-
-class StopReading(Exception):
-    """Too many pipelined requests: answer the accepted ones, then close."""
-
-
-class Refused(Exception):
-    def __init__(
-        self, status: int, kind: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.kind, self.detail = status, kind, detail
-        self.headers = headers or []
 
 
 class HardenedProtocol(HttpToolsProtocol):
@@ -259,7 +236,7 @@ class HardenedProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._deferred is not None:
             return
         request_id = request_id_of(self.headers or ())
-        answer = self._answer(refused, request_id)
+        answer = refusal(refused, request_id)
         cycle: RequestResponseCycle | None = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.more_body:
             # The malformed part is in the body of the last request parsed.
@@ -294,12 +271,3 @@ class HardenedProtocol(HttpToolsProtocol):
             return
         self.transport.write(answer)
         self.transport.close()
-
-    @staticmethod
-    def _answer(refused: Refused, request_id: str) -> bytes:
-        """The refusal's bytes: a problem+json answer that closes the connection."""
-        body = problem_body(refused.status, refused.kind, refused.detail, request_id)
-        head = [b"HTTP/1.1 %d %s\r\n" % (refused.status, _REASONS.get(refused.status, b""))]
-        fields = problem_headers(body, request_id=request_id, close=True) + refused.headers
-        head += [name + b": " + value + b"\r\n" for name, value in fields]
-        return b"".join(head) + b"\r\n" + body

@@ -27,6 +27,7 @@ from proxy.dataplane.breaker import Guards
 from proxy.dataplane.forward import Forwarder, Forwarding
 from proxy.dataplane.h1client import Forwarder as H1Forwarder
 from proxy.dataplane.pins import Pins
+from proxy.dataplane.tunnel import Tunnels
 from proxy.observability import AccessLog, Metrics, TrafficWindow
 from proxy.settings import ProxySettings
 from proxy.store.base import StoreError, Version, Watch
@@ -115,6 +116,7 @@ class Runtime:
         self.access_log = AccessLog(None, enabled=settings.access_log)
         self.in_flight = 0
         self.per_client: dict[str, int] = {}
+        self.tunnels = Tunnels(self.metrics)  # Upgrade tunnels open, per route
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_hops]
         self._trusted_cache: dict[str, bool] = {}
         self.traffic = TrafficWindow(self.metrics)

@@ -1,9 +1,12 @@
 """`strangler serve`: binds the listeners, then runs one or several workers on them.
 
 Listeners: external (mobile apps), internal (services), admin (health, readiness, metrics; never
-a proxied path). All three are served by one uvicorn server per worker (uvloop + httptools,
-never h11; no proxy headers, no Server or Date header of its own: the upstream's pass through),
-and the worker tells them apart by the local port a request arrived on. Sockets are bound once,
+a proxied path). All three are served by one uvicorn server per worker on uvloop, its protocol
+the proxy's own HTTP/1.1 engine (h1server.py; `--engine asgi`: uvicorn's httptools protocol,
+hardened in protocol.py); no proxy headers, no Server or Date header of its own: the
+upstream's pass through. uvicorn's server keeps the lifecycle (lifespan, sockets, workers,
+graceful shutdown), and the worker tells the listeners apart by the local port a request
+arrived on. Sockets are bound once,
 before the workers start, so `--workers N` processes share each port and port 0 works.
 
 TLS is per listener (tls.py): the external and internal listeners each serve their own context
@@ -37,6 +40,7 @@ from uvicorn.supervisors import Multiprocess, multiprocess
 
 from proxy.dataplane.app import DataPlane
 from proxy.errors import ResponseAborted, problem_body, problem_headers
+from proxy.h1server import H1Connection
 from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
@@ -146,7 +150,7 @@ class Router:
         self.__init__(state["settings"], state["roles"])  # type: ignore[misc]
 
     async def startup(self) -> None:
-        HardenedProtocol.limits = self.settings
+        HardenedProtocol.limits = H1Connection.limits = self.settings
         logging.getLogger("uvicorn.error").addFilter(QuietAborts())
         self.runtime = Runtime(self.settings, initial_table(self.settings))
         self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}
@@ -354,7 +358,7 @@ def uvicorn_config(settings: ProxySettings, listeners: list[Listener]) -> uvicor
     return uvicorn.Config(
         Router(settings, roles),
         loop="uvloop",
-        http=HardenedProtocol,
+        http=H1Connection if settings.engine == "h1" else HardenedProtocol,
         ws="none",
         lifespan="on",
         proxy_headers=False,

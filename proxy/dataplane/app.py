@@ -5,7 +5,8 @@
              weights), limits, safety nets, shadow sampling → a Plan (plan.py)
     guard    who is calling (API key, bearer JWT, client certificate), may it use this route
              and method, is it within the route's rate limit (access/): 401, 403, 429, 503
-    serve    a static route's file, from its root directory, instead of forward (static.py)
+    serve    a static route's file, from its root directory, instead of forward (static.py);
+             or an Upgrade request's tunnel on a route that allows it (tunnel.py)
     forward  read the body (buffered up to a bound), then try the plan's upstream: ejected or
              saturated upstreams are not tried; a failed try may be re-sent (stale connection,
              retry) or served by the fallback (plan.next_step); a write's pin is shared before
@@ -82,6 +83,7 @@ VERSION_HEADER = b"strangler-route-version"
 FALLBACK_HEADER = b"strangler-fallback"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 RECORD_LIMIT = 1 << 20  # answer bytes a recording keeps per pair
+_NONE: dict[str, object] = {}
 UPSTREAM_FAILURES = ("upstream-", "bad-upstream-")  # kinds of an upstream's failure (errors.py)
 
 
@@ -182,6 +184,13 @@ class DataPlane:
             if matched is not None and matched.static is not None:
                 await self._serve(scope, receive, send, plan, outcome)
                 return
+            if matched is not None and matched.websocket is not None:
+                attach = scope.get("extensions", _NONE).get("strangler.upgrade")
+                if attach is not None:
+                    await runtime.tunnels.serve(
+                        plan, matched.websocket, scope, facts.headers, attach, send, outcome
+                    )
+                    return
             await self._forward(scope, receive, send, plan, facts, holder, outcome)
         except ProxyError as exc:
             route, upstream = (plan.route_name, plan.upstream.name) if plan else ("-", "-")
@@ -242,6 +251,7 @@ class DataPlane:
                 trusted=trusted,
                 via=self.via,
                 http_version=scope["http_version"],
+                spelled=scope.get("extensions", _NONE).get("strangler.names"),
             )
         except BadHeaders as exc:
             raise ProxyError(exc.status, exc.kind, str(exc)) from None
@@ -569,7 +579,7 @@ class DataPlane:
             plan.upstream.name,
             plan.method,
             target,
-            tuple((n.encode(), v.encode()) for n, v in call.facts.headers),  # as decoded
+            tuple((n.lower().encode(), v.encode()) for n, v in call.facts.headers),  # as decoded
             call.body if isinstance(call.body, bytes) else b"",
             capture.status,
             capture.headers,

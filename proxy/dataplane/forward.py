@@ -313,6 +313,8 @@ class Answered(Protocol):
     def status(self) -> int: ...
     @property
     def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def reason(self) -> bytes | str | None: ...
     def release(self) -> None: ...
 
 
@@ -577,12 +579,26 @@ async def _start(
         raise ProxyError(502, "bad-upstream-response", "the upstream sent an invalid header")
     if response.status in (204, 304):
         # No body follows; a forwarded Content-Length would make uvicorn wait for one.
-        headers = [(n, v) for n, v in headers if n != b"content-length"]
-    if capture is not None:
-        capture.status, capture.headers = response.status, tuple(headers)
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+    if capture is not None:  # compared and recorded by lower-case name
+        capture.status = response.status
+        capture.headers = tuple((n.lower(), v) for n, v in headers)
     if extra:
         headers.extend(extra)
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": headers,
+            "reason": _reason(response),  # written by the engine (h1server.py)
+        }
+    )
+
+
+def _reason(response: Answered) -> bytes:
+    """The upstream's reason phrase (h1client keeps its bytes, aiohttp a str)."""
+    reason = response.reason or b""
+    return reason.encode("latin-1", "replace") if isinstance(reason, str) else reason
 
 
 async def _read_body(response: aiohttp.ClientResponse, read_timeout: float) -> bytes:

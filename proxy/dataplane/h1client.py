@@ -106,6 +106,15 @@ def _persistent(parser: httptools.HttpResponseParser, answer: Answer) -> bool:
     return b"close" not in words
 
 
+def authority(upstream: Upstream) -> bytes:
+    """The Host a request to `upstream` names when the client sent none (RFC 9112 §3.2)."""
+    default = (upstream.scheme == "https" and upstream.port == 443) or (
+        upstream.scheme == "http" and upstream.port == 80
+    )
+    host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host.encode("idna").decode()
+    return (host if default else f"{host}:{upstream.port}").encode("ascii")
+
+
 class Answer:
     """One upstream answer: its head once `head_ready`, then its body as it arrives. The
     forwarder's `response` (forward.py's contract: `status`, `raw_headers`, `close`)."""
@@ -121,6 +130,7 @@ class Answer:
         "failure",
         "head_ready",
         "raw_headers",
+        "reason",
         "status",
         "unread",
         "waiter",
@@ -131,6 +141,7 @@ class Answer:
         self.bodiless = bodiless  # a HEAD request's answer
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""  # the status line's reason phrase, passed on to the client
         self.content_length: int | None = None
         self.head_ready = False
         self.chunks: deque[bytes] = deque()
@@ -354,6 +365,12 @@ class Connection(asyncio.Protocol):
             drained.set_result(None)
 
     # --- httptools callbacks ------------------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        answer = self._current()
+        answer.reason += reason  # llhttp may hand it over in pieces
+        if len(answer.reason) > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("too long a reason phrase")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self._current()
         self.field_bytes += len(name) + len(value) + 4
@@ -384,6 +401,7 @@ class Connection(asyncio.Protocol):
             if status == 101:
                 raise httptools.HttpParserError("an upgrade nobody asked for")
             answer.raw_headers = []
+            answer.reason = b""
             answer.content_length = None
             return
         answer.status = status
@@ -523,13 +541,7 @@ class Pool:
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.limit = upstream.max_connections
-        default = (upstream.scheme == "https" and upstream.port == 443) or (
-            upstream.scheme == "http" and upstream.port == 80
-        )
-        host = (
-            f"[{upstream.host}]" if ":" in upstream.host else upstream.host.encode("idna").decode()
-        )
-        self.authority = (host if default else f"{host}:{upstream.port}").encode("ascii")
+        self.authority = authority(upstream)
         self.idle: list[Connection] = []
         self.open: set[Connection] = set()
         self.waiting: deque[asyncio.Future[None]] = deque()

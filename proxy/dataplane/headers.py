@@ -159,8 +159,11 @@ def prepare_request(
     trusted: bool,
     via: bytes,
     http_version: str = "1.1",
+    spelled: Sequence[bytes] | None = None,
 ) -> RequestFacts:
-    """Headers to send upstream, plus the facts the data plane checks. Raises BadHeaders."""
+    """Headers to send upstream, plus the facts the data plane checks. Raises BadHeaders.
+    `spelled`: the names as the client wrote them, in the order of `headers` (the engine's
+    `strangler.names`); the fields forwarded keep that case."""
     facts = RequestFacts()
     out = facts.headers
     hosts = 0
@@ -169,7 +172,7 @@ def prepare_request(
     named = connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else ()
     forwarded_for = b""
     trace: re.Match[bytes] | None = None
-    for name, value in headers:
+    for at, (name, value) in enumerate(headers):
         if name in HOP_BY_HOP or name in named:
             if name == b"transfer-encoding":
                 codings.append(value)
@@ -203,7 +206,7 @@ def prepare_request(
             trace = _TRACEPARENT.match(value)
             continue
         try:
-            out.append((name.decode("ascii"), value.decode("utf-8")))
+            out.append(((spelled[at] if spelled else name).decode("ascii"), value.decode("utf-8")))
         except UnicodeDecodeError:
             # aiohttp writes header values as UTF-8; a latin-1 byte would change on the wire.
             raise BadHeaders(
@@ -227,12 +230,12 @@ def prepare_request(
             raise BadHeaders("bad-content-length", "Content-Length is invalid or conflicting")
         if facts.chunked:
             # Transfer-Encoding overrides Content-Length, which must then go (RFC 9112 §6.1).
-            out[:] = [(n, v) for n, v in out if n != "content-length"]
+            out[:] = [(n, v) for n, v in out if n.lower() != "content-length"]
         else:
             facts.content_length = int(lengths[0])
             if lengths[0] != b"%d" % facts.content_length:  # leading zeros: send the number
                 number = str(facts.content_length)
-                out[:] = [(n, number if n == "content-length" else v) for n, v in out]
+                out[:] = [(n, number if n.lower() == "content-length" else v) for n, v in out]
     if not facts.request_id:
         facts.request_id = new_request_id()
     if forwarded_for:
@@ -247,12 +250,12 @@ def prepare_request(
     out.append(
         ("x-forwarded-for", (forwarded_for + b", " + peer if forwarded_for else peer).decode())
     )
-    proto = next((v for n, v in out if n == "x-forwarded-proto"), None) if trusted else None
+    proto = next((v for n, v in out if n.lower() == "x-forwarded-proto"), None) if trusted else None
     if proto is None:
         out.append(("x-forwarded-proto", scheme))
     # A chain of hops lists one scheme each, the client's first.
     facts.https = (proto or scheme).split(",", 1)[0].strip().lower() == "https"
-    if hosts and (not trusted or not any(n == "x-forwarded-host" for n, _ in out)):
+    if hosts and (not trusted or not any(n.lower() == "x-forwarded-host" for n, _ in out)):
         out.append(("x-forwarded-host", facts.host.decode("latin-1")))
     out.append(("via", "1.1 " + via.decode()))
     out.append(("x-request-id", facts.request_id))
@@ -273,7 +276,8 @@ def headers_sendable(headers: Sequence[tuple[bytes, bytes]]) -> bool:
 
 
 def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers for the client: names lower-cased, hop-by-hop removed."""
+    """Upstream response headers for the client: names in the upstream's case (the engine
+    writes them so; uvicorn lower-cases them), hop-by-hop removed."""
     named: frozenset[bytes] = frozenset()
     out = []
     for name, value in raw:
@@ -282,7 +286,7 @@ def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
             if lower == b"connection":
                 named |= connection_tokens([(lower, value)])
             continue
-        out.append((lower, value))
+        out.append((name, value))
     if named:  # rare: `Connection: keep-alive` names nothing beyond the standard set
-        out = [(n, v) for n, v in out if n not in named]
+        out = [(n, v) for n, v in out if n.lower() not in named]
     return out

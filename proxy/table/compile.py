@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from proxy.shadow.compare import Rules
 from proxy.table.access import AccessRule, JwtIssuer, RateLimit
-from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable, Static
+from proxy.table.model import Fallback, Outlier, Retry, Route, RouteTable, Static, WebSocket
 from proxy.table.model import Upstream as UpstreamSpec
 from proxy.table.validate import methods_taken, override_always, specificity
 
@@ -105,6 +105,15 @@ class StaticPolicy:
     index: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TunnelPolicy:
+    """Upgrade requests (WebSocket) on the route become tunnels to its upstream: closed after
+    `idle_timeout` seconds with no bytes either way, at most `max_connections` open per worker."""
+
+    idle_timeout: float
+    max_connections: int
+
+
 # The name a static route's requests carry in metrics and the access log, where an upstream's
 # name would be.
 STATIC = Upstream(
@@ -157,6 +166,7 @@ class CompiledRoute:
     # The caller must be identified: the route has access rules or limits by consumer.
     identify: bool = False
     guarded: bool = False  # access rules or a rate limit: the data plane's guard step runs
+    websocket: TunnelPolicy | None = None  # Upgrade requests are tunnelled (None: forwarded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +361,12 @@ def _rate(spec: RateLimit | None) -> RatePolicy | None:
     return RatePolicy(spec.rate, spec.burst, spec.by, spec.strategy)
 
 
+def _tunnel(spec: WebSocket | None) -> TunnelPolicy | None:
+    if spec is None:
+        return None
+    return TunnelPolicy(spec.idle_timeout, spec.max_connections)
+
+
 def host_name(host: bytes) -> bytes:
     """`host` (lower-cased) without its port (`[v6]:port` aware) and without the one trailing
     dot of a fully qualified name (`admin.example.` is `admin.example` to every vhost server:
@@ -412,6 +428,7 @@ def compile_table(table: RouteTable) -> Snapshot:
                 forward_credentials=route.forward_credentials,
                 identify=access is not None or (rate is not None and rate.by == "consumer"),
                 guarded=access is not None or rate is not None,
+                websocket=_tunnel(route.websocket),
             )
         )
     exact: dict[str, list[CompiledRoute]] = {}

@@ -57,6 +57,12 @@ ZERO_DURATIONS = frozenset({"0", "0s", "0ms", "0m", "0h"})
 # `error timeout http_502 http_503 http_504`). A number names one status (500-599).
 FAILURE_NAMES = frozenset({"connect-failure", "reset", "timeout", "gateway-error"})
 DEFAULT_FAILURES: tuple[str | int, ...] = ("connect-failure", "reset", "timeout", "gateway-error")
+# A WebSocket tunnel with no bytes either way for this long is closed: nginx's proxy_read_timeout
+# is 60s (too short for a quiet socket with no pings), Envoy's stream idle_timeout 5m: Envoy's.
+DEFAULT_TUNNEL_IDLE = 300.0
+MAX_TUNNEL_IDLE = 86_400.0
+DEFAULT_TUNNELS = 1000
+MAX_TUNNELS = 1_000_000
 
 
 def _on_off(value: object) -> object:
@@ -357,6 +363,36 @@ class Static(Strict):
         return value
 
 
+class WebSocket(Strict):
+    """HTTP/1.1 Upgrade tunnels (WebSocket, RFC 6455) through the proxy to the route's upstream.
+    `websocket: true` takes the defaults. A tunnel with no bytes either way for `idle_timeout`
+    is closed; at most `max_connections` tunnels are open on the route per worker, a further
+    Upgrade gets a 503. Off (absent or `false`): an Upgrade is forwarded as a plain request."""
+
+    idle_timeout: Duration = Field(
+        DEFAULT_TUNNEL_IDLE, description="no bytes either way this long: the tunnel is closed"
+    )
+    max_connections: int = Field(
+        DEFAULT_TUNNELS, description="open tunnels on the route per worker; more get a 503"
+    )
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle(cls, value: float) -> float:
+        if value > MAX_TUNNEL_IDLE:
+            raise ValueError(f"idle_timeout is {value:g}s, more than 24h (86400s)")
+        return value
+
+    @field_validator("max_connections", mode="before")
+    @classmethod
+    def _cap(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"max_connections is a whole number of tunnels, not {value!r}")
+        if not 1 <= value <= MAX_TUNNELS:
+            raise ValueError(f"max_connections is {value}, not within 1-{MAX_TUNNELS}")
+        return value
+
+
 def _pin(value: object) -> object:
     """`pin: off` (or false, or 0) switches read-your-writes pins off; `pin: 30s` sets the
     window."""
@@ -404,6 +440,8 @@ class Route(Strict):
     forward_credentials: bool = False
     # How `strangler rollout start` moves it to another upstream on evidence (table/rollout.py).
     rollout: RolloutPlan | None = None
+    # Upgrade requests become tunnels to the upstream (`websocket: true`, or its limits).
+    websocket: Annotated[WebSocket | None, BeforeValidator(_on_off)] = None
 
     @field_validator("name")
     @classmethod
@@ -451,7 +489,16 @@ class Route(Strict):
 
 
 # What a static route cannot have: every one of these is about an upstream.
-STATIC_EXCLUDES = ("to", "split", "shadow", "sticky", "override", "retry", "fallback")
+STATIC_EXCLUDES = (
+    "to",
+    "split",
+    "shadow",
+    "sticky",
+    "override",
+    "retry",
+    "fallback",
+    "websocket",
+)
 
 
 class RouteTable(Strict):

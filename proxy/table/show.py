@@ -45,6 +45,9 @@ def _nets(route: CompiledRoute) -> str:
         parts.append(f"shadow {route.shadow.upstream.name} {route.shadow.sample:.0%}")
     if route.keyed and route.pin:
         parts.append(f"pin {route.pin:g}s")
+    if route.websocket is not None:
+        tunnel = route.websocket
+        parts.append(f"websocket idle {tunnel.idle_timeout:g}s max {tunnel.max_connections}")
     return ", ".join(parts) or "-"
 
 

@@ -430,10 +430,10 @@ def test_other_headers_keep_their_order_and_duplicates() -> None:
     ]
 
 
-def test_response_names_are_lower_cased_and_values_untouched() -> None:
+def test_response_names_keep_the_upstreams_case_and_values_are_untouched() -> None:
     assert prepare_response([(b"Content-Type", b"Text/HTML"), (b"ETag", b'W/"1"')]) == [
-        (b"content-type", b"Text/HTML"),
-        (b"etag", b'W/"1"'),
+        (b"Content-Type", b"Text/HTML"),
+        (b"ETag", b'W/"1"'),
     ]
 
 
@@ -450,12 +450,12 @@ def test_response_names_are_lower_cased_and_values_untouched() -> None:
     ],
 )
 def test_hop_by_hop_response_fields_are_removed(name: bytes) -> None:
-    assert prepare_response([(name, b"close"), (b"X-Kept", b"1")]) == [(b"x-kept", b"1")]
+    assert prepare_response([(name, b"close"), (b"X-Kept", b"1")]) == [(b"X-Kept", b"1")]
 
 
 def test_response_fields_named_in_connection_are_removed() -> None:
     raw = [(b"X-Internal", b"1"), (b"Connection", b"close, X-Internal"), (b"X-Kept", b"2")]
-    assert prepare_response(raw) == [(b"x-kept", b"2")]
+    assert prepare_response(raw) == [(b"X-Kept", b"2")]
 
 
 def test_response_fields_named_in_every_connection_header_are_removed() -> None:
@@ -470,12 +470,7 @@ def test_response_keeps_order_and_every_set_cookie() -> None:
         (b"Set-Cookie", b"b=2; HttpOnly"),
         (b"set-cookie", b"a=3; Path=/api"),
     ]
-    assert prepare_response(raw) == [
-        (b"set-cookie", b"a=1; Path=/"),
-        (b"content-type", b"application/json"),
-        (b"set-cookie", b"b=2; HttpOnly"),
-        (b"set-cookie", b"a=3; Path=/api"),
-    ]
+    assert prepare_response(raw) == raw
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,806 @@
+"""The proxy's own HTTP/1.1 server side (`--engine h1`): one asyncio Protocol per client
+connection on uvloop, llhttp (httptools) parsing the requests, the application called through
+ASGI's three arguments (scope, receive, send) without uvicorn's request cycle. It keeps every
+limit of the engine it replaces (protocol.py) and adds what that one could not say:
+
+Heads
+- A request head that is too slow (408, slowloris: a sweep once a second, one timer per worker,
+  never one per request), a target that is too long (414), too many or too large header fields
+  (431, counted as they arrive, so an oversized head in one read is refused too), a target that
+  is not origin-form (400), CONNECT (405), a transfer coding that cannot be framed (400) or
+  forwarded (501, RFC 9112 §6.1), an Upgrade with a body (400) are each a problem+json answer
+  that closes the connection: the rest of a refused request is never read.
+- Header names keep the case the client sent: `scope["headers"]` is lower-cased as ASGI
+  requires, and `scope["extensions"]["strangler.names"]` lists the names as sent, in the same
+  order, for the data plane to forward them so (nginx and HAProxy keep the case too).
+- An HTTP/1.0 request without Host is served (RFC 9112 §3.2 asks Host of HTTP/1.1 only).
+
+Bodies
+- Content-Length and chunked requests; trailer fields are discarded, never merged into the
+  header fields (RFC 9110 §6.5.1: an `Authorization` trailer must not authenticate), and count
+  against the header limit (431).
+- `Expect: 100-continue` (HTTP/1.1 only): `100 Continue` is written when the application first
+  reads the body, so a request refused on its head (401, 413 by its Content-Length) never has
+  its body sent (RFC 9110 §10.1.1); the field itself is the proxy's, never forwarded.
+- Flow control both ways: reading pauses while more than READ_HIGH_WATER body bytes wait for
+  the application, and resumes when it reads; send() waits while the client's write buffer is
+  above its high-water mark, so a slow reader holds a bounded amount.
+- A malformed body (a bad chunk size) is answered 400 if the answer has not started; the
+  application then sees the client as gone and the scope says what it was answered
+  (`strangler.refused`). After the start, the connection is closed (a truncated answer never
+  looks complete).
+
+Answers
+- The status line carries the application's reason phrase (`"reason"` in the start message:
+  the upstream's own), else the standard one.
+- Framing is the engine's: a Content-Length answer is sent as is (a body longer or shorter
+  than it closes the connection), an answer without one is chunked to an HTTP/1.1 client and
+  delimited by the close to an HTTP/1.0 one; HEAD, 1xx, 204 and 304 answers carry no body.
+  Header values with CR, LF or NUL are refused (the application answers 502 before that).
+- The head is written with the first body bytes (one write for a whole answer); an empty
+  body message with more to come flushes it, so a streamed answer's head is never held.
+
+Connections
+- Pipelined requests are answered in order, one at a time; the next one's head is parsed when
+  it arrives but its application starts only once the previous answer is complete, and
+  reading pauses meanwhile (at most `max_pipelined` wait). A refusal never overtakes the
+  answers to earlier requests: it is written after them, then the connection closes
+  (RFC 9112 §9.3.2).
+- Keep-alive: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection:
+  keep-alive`. An idle connection closes after `keepalive_timeout` (the same sweep).
+- An Upgrade request offers the application `strangler.upgrade`: on a route that allows
+  tunnels, the data plane (dataplane/tunnel.py) makes the connection one end of a tunnel once
+  the upstream has switched protocols; the bytes the client sent after its head go first.
+  Otherwise it is answered as a plain request and the connection closes after the answer
+  (nothing after the head is read). A tunnel idle too long closes (the same sweep).
+- Graceful stop: `shutdown()` closes idle connections at once and the others after their
+  current answer; the server waits for the running requests (uvicorn's Server drives it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import urllib.parse
+from collections import deque
+from collections.abc import MutableMapping
+from functools import partial
+from typing import Any, ClassVar
+
+import httptools
+
+from proxy.dataplane.headers import ALLOW, request_id_of, transfer_coding_problem
+from proxy.dataplane.tunnel import Tunnel
+from proxy.errors import ResponseAborted, problem_body, problem_headers
+from proxy.settings import ProxySettings
+from proxy.tls import connection_tls
+from proxy.types import ASGIApp
+
+log = logging.getLogger("strangler")
+
+READ_HIGH_WATER = 65_536  # request body bytes held for the application before reading pauses
+LINGER_SECONDS = 5.0  # nginx's lingering_timeout
+# A streamed answer waits for the client to drain this much before the next upstream read
+# (uvloop's own low-water mark is 16 bytes): what a slow reader holds stays bounded.
+WRITE_BUFFER_HIGH = 16_384
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus
+}
+_BODILESS = frozenset({204, 304})
+_CLOSE_FIELD = b"connection: close\r\n"
+_KEEP_FIELD = b"connection: keep-alive\r\n"
+_CHUNKED_FIELD = b"transfer-encoding: chunked\r\n"
+_DISCONNECT = {"type": "http.disconnect"}
+
+
+class Refused(Exception):
+    """A request the engine answers itself, with a problem+json, and closes on."""
+
+    def __init__(
+        self, status: int, kind: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail = status, kind, detail
+        self.headers = headers or []
+
+
+class StopReading(Exception):
+    """Too many pipelined requests: answer the accepted ones, then close."""
+
+
+class _Sweeper:
+    """Once a second: refuses request heads older than the header timeout (408) and closes
+    keep-alive connections idle longer than the keep-alive timeout. One timer per worker."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        self.loop, self.connections, self.running = loop, connections, False
+
+    def watch(self) -> None:
+        if not self.running:
+            self.running = True
+            self.loop.call_later(self.INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        if not self.connections:
+            self.running = False
+            return
+        now = self.loop.time()
+        for connection in list(self.connections):
+            if isinstance(connection, H1Connection):
+                connection.check_clock(now)
+        self.loop.call_later(self.INTERVAL, self._sweep)
+
+
+class Exchange:
+    """One request and its answer: the ASGI receive() and send() of the application."""
+
+    __slots__ = (
+        "all_given",
+        "body",
+        "chunked",
+        "complete",
+        "connection",
+        "continue_expected",
+        "gone",
+        "head_only",
+        "keep_alive",
+        "more_body",
+        "pending_head",
+        "remaining",
+        "scope",
+        "started",
+        "until_close",
+        "waiter",
+    )
+
+    def __init__(
+        self, connection: H1Connection, scope: dict[str, Any], keep_alive: bool, expect: bool
+    ) -> None:
+        self.connection = connection
+        self.scope = scope
+        self.body = bytearray()
+        self.more_body = True
+        self.all_given = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.continue_expected = expect
+        self.keep_alive = keep_alive
+        self.head_only = scope["method"] == "HEAD"
+        self.started = self.complete = self.gone = False
+        self.pending_head: bytes | None = None
+        self.chunked = self.until_close = False
+        self.remaining = 0  # body bytes still due under a Content-Length
+
+    # --- the request body ---------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        self.body += data
+        if len(self.body) > READ_HIGH_WATER:
+            self.connection.pause_reading()
+        self.wake()
+
+    def end(self) -> None:
+        self.more_body = False
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        connection = self.connection
+        if self.continue_expected:
+            self.continue_expected = False
+            if not self.started and self.more_body and not connection.closing:
+                connection.transport.write(_CONTINUE)
+        while not (self.gone or self.complete):
+            if not self.all_given and (self.body or not self.more_body):
+                body, more = bytes(self.body), self.more_body
+                self.body.clear()
+                self.all_given = not more  # from now on, receive() waits for the end
+                connection.resume_reading()
+                return {"type": "http.request", "body": body, "more_body": more}
+            connection.resume_reading()
+            self.waiter = connection.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return _DISCONNECT
+
+    # --- the answer ---------------------------------------------------------------------------
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        connection = self.connection
+        if connection.write_paused and not self.gone:
+            await connection.drain()
+        if self.gone:
+            return  # the client left: what the application still sends goes nowhere
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("the answer has started already")
+            self.pending_head = self._head(message)
+            self.started = True
+            self.continue_expected = False
+        elif kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError("a body message outside an answer")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _head(self, message: MutableMapping[str, Any]) -> bytes:
+        """The status line and fields, with the engine's framing (see the module rules)."""
+        status = message["status"]
+        reason = message.get("reason")
+        if reason:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        else:
+            line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+        parts = [line]
+        length: int | None = None
+        chunked = close = False
+        for name, value in message.get("headers", ()):
+            if b"\r" in value or b"\n" in value or b"\0" in value:
+                raise RuntimeError("a response header value with CR, LF or NUL")
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                length = int(value)
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+                if not chunked:
+                    raise RuntimeError("a transfer coding the engine does not frame")
+                continue  # the engine's own field below
+            elif size == 10 and name.lower() == b"connection":
+                if b"close" in value.lower():
+                    close = True
+                continue  # the engine says it below
+            parts += (name, b": ", value, _CRLF)
+        if close or (self.continue_expected and self.more_body):
+            # Refused before `100 Continue`: the client may or may not send the body now, so
+            # what follows on the connection cannot be framed (RFC 9110 §10.1.1).
+            self.keep_alive = False
+        if self.head_only or status in _BODILESS or status < 200:
+            self.head_only = True
+        elif length is not None and not chunked:
+            self.remaining = length
+        elif self.scope["http_version"] == "1.1":
+            self.chunked = True
+            parts.append(_CHUNKED_FIELD)
+        else:
+            self.until_close, self.keep_alive = True, False  # an HTTP/1.0 client, no length
+        if not self.keep_alive:
+            parts.append(_CLOSE_FIELD)
+        elif self.scope["http_version"] == "1.0":
+            parts.append(_KEEP_FIELD)
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    def _body(self, body: bytes, more: bool) -> None:
+        if self.connection.closing:
+            return
+        head, self.pending_head = self.pending_head, None
+        if self.head_only:
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            if not more:
+                data += _LAST_CHUNK
+        else:
+            data = body
+            if not self.until_close:
+                self.remaining -= len(body)
+                if self.remaining < 0 or (not more and self.remaining):
+                    self.connection.abort_answer(self, head, data if self.remaining >= 0 else b"")
+                    return
+        if head is not None:
+            data = head + data
+        if data:
+            self.connection.transport.write(data)
+        if not more:
+            self.complete = True
+            self.wake()
+            self.connection.answered(self)
+
+
+class H1Connection(asyncio.Protocol):
+    """One client connection. uvicorn's Server makes one per accepted socket (the
+    `http_protocol_class` contract: config, server_state, app_state) and drives shutdown."""
+
+    limits: ClassVar[ProxySettings]
+    _sweepers: ClassVar[dict[int, _Sweeper]] = {}
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.app: ASGIApp = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.connections: set[Any] = server_state.connections
+        self.tasks: set[asyncio.Task[None]] = server_state.tasks
+        self.app_state = app_state
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.tls: dict[str, Any] | None = None
+        self.closing = False
+        self.tunnel: Tunnel | None = None  # an upgraded connection's tunnel
+        self.early = b""  # bytes after an Upgrade head, for its tunnel
+        self.client_eof = False
+        self.linger_until = 0.0  # a closing connection's deadline for the client's FIN
+        self.read_paused = self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.running: Exchange | None = None  # the exchange whose application runs
+        self.queue: deque[Exchange] = deque()  # pipelined, parsed, waiting for their turn
+        self.parsing: Exchange | None = None  # the exchange whose request is being parsed
+        self.stopped = False  # nothing more is read (a refusal, the pipelining limit)
+        self.deferred: bytes | None = None  # a refusal written after the earlier answers
+        self.head_since: float | None = None  # when the head being read began
+        self.idle_since: float | None = None  # when the connection last became idle
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._names: list[bytes] = []
+        self._head_bytes = 0
+        self._raw_head = 0  # bytes received while a head is open
+        self._raw_trailer = 0
+        self._chunk_head = False
+        self._in_body = False
+        self._expect = False
+
+    # --- the connection -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+            self.tls = {"tls": connection_tls(transport)}
+        self.head_since = self.loop.time()  # a connection that never sends a head is timed too
+        sweeper = self._sweepers.get(id(self.loop))
+        if sweeper is None or sweeper.loop is not self.loop:
+            sweeper = self._sweepers[id(self.loop)] = _Sweeper(self.loop, self.connections)
+        sweeper.watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self.closing = True
+        if self.tunnel is not None:
+            self.tunnel.close("client")
+        for exchange in (self.running, *self.queue, self.parsing):
+            if exchange is not None and not exchange.complete:
+                exchange.gone = True
+                exchange.wake()
+        self.queue.clear()
+        self._wake_writer()
+
+    def eof_received(self) -> bool | None:
+        """The client has sent all it will. The requests it sent whole are still answered
+        (a half-closed client reads on), then the connection closes; a request cut short is
+        dropped, and if it is the one being answered, its client is gone."""
+        self.client_eof = True
+        self.head_since = None  # a head cut short is no slow head: no 408 for it
+        self.stopped = True
+        parsing = self.parsing
+        if parsing is not None and not parsing.complete:
+            if parsing is self.running:
+                self.closing = True
+                return None  # its body can never be whole: the transport closes itself
+            if parsing in self.queue:
+                self.queue.remove(parsing)  # it never runs
+            self.parsing = None
+        if self.closing or (self.running is None and not self.queue):
+            self.closing = True
+            return None
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.tunnel is not None:
+            self.tunnel.client_full(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.client_full(False)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def drain(self) -> None:
+        if self.drained is None:
+            self.drained = self.loop.create_future()
+        await asyncio.shield(self.drained)
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.stopped and not self.queue and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after what is written. While the client may still be sending (the rest of
+        a refused request, a body after an early answer), its bytes are read and dropped for
+        up to LINGER_SECONDS after a FIN: a close with unread bytes would reset the
+        connection and could destroy the answer before the client reads it (nginx's
+        lingering_close)."""
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        unread = self.parsing is not None or self.stopped or self._raw_head
+        if not unread or self.client_eof or not transport.can_write_eof():
+            transport.close()  # at a message boundary: nothing of the client's is lost
+            return
+        transport.write_eof()
+        self.linger_until = self.loop.time() + LINGER_SECONDS
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """A graceful stop: idle connections close now, busy ones after their answer."""
+        running = self.running
+        if self.tunnel is not None:
+            self.tunnel.close("shutdown")  # its client reconnects, to another replica
+        elif running is None or running.complete:
+            self.close()
+        else:
+            running.keep_alive = False
+            self.queue.clear()
+            self.stopped = True
+
+    def check_clock(self, now: float) -> None:
+        """The sweep: a head too slow is refused, a connection idle too long closed."""
+        limits = self.limits
+        if self.tunnel is not None:
+            if self.tunnel.idle(now):
+                self.tunnel.close("idle")
+        elif self.closing:
+            if self.linger_until and now > self.linger_until:
+                self.transport.close()
+        elif self.head_since is not None and now - self.head_since > limits.header_timeout:
+            self._refuse(Refused(408, "request-timeout", "the request head took too long"))
+        elif self.idle_since is not None and now - self.idle_since > limits.keepalive_timeout:
+            self.close()
+
+    # --- reading ------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self.stopped or self.closing:
+            return  # lingering, or past a refusal: dropped
+        if self.head_since is not None:
+            self._raw_head += len(data)
+        if self._chunk_head:
+            self._raw_trailer += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # An Upgrade request (bodiless, see on_headers_complete): the parser stops there.
+            # What follows is the new protocol's, kept for a tunnel (dataplane/tunnel.py);
+            # without one the request goes on as a plain one and nothing more is read.
+            self.stopped = True
+            self.early = data[upgrade.args[0] :]
+            self.pause_reading()
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, StopReading):
+                self._stop_after_answers()
+            elif isinstance(cause, Refused):
+                self._refuse(cause)
+            else:
+                self._refuse(Refused(400, "bad-request", "the request is not valid HTTP/1.1"))
+            return
+        # llhttp grows an unfinished field without bound before on_header runs: a head (or
+        # trailer section) still open after this many raw bytes is refused.
+        limit = self.limits.max_uri_bytes + self.limits.max_header_bytes + 1024
+        if self.head_since is not None and self._raw_head > limit:
+            self._refuse(Refused(431, "headers-too-large", "the request head is too large"))
+        elif self._chunk_head and self._raw_trailer > limit:
+            self._refuse(Refused(431, "headers-too-large", "the trailer section is too large"))
+
+    def on_message_begin(self) -> None:
+        self.idle_since = None
+        self._url = b""
+        self._headers = []
+        self._names = []
+        self._head_bytes = 0
+        self._in_body = self._chunk_head = self._expect = False
+        if self.head_since is None:
+            self.head_since = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_uri_bytes:
+            raise Refused(
+                414, "uri-too-long", f"the request target exceeds {self.limits.max_uri_bytes} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > limits.max_header_bytes:
+            raise Refused(
+                431,
+                "headers-too-large",
+                f"the {'trailer' if self._in_body else 'header'} fields exceed "
+                f"{limits.max_header_bytes} bytes",
+            )
+        if self._in_body:
+            return  # a trailer field: discarded, never a header field (RFC 9110 §6.5.1)
+        value = value.rstrip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
+        lower = name.lower()
+        if lower == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+            return  # the engine's to answer, not the upstream's
+        self._headers.append((lower, value))
+        self._names.append(name)
+        if len(self._headers) > limits.max_headers:
+            raise Refused(431, "headers-too-large", f"more than {limits.max_headers} header fields")
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.head_since = None
+        self._raw_head = 0
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise Refused(405, "method-not-allowed", "CONNECT is not proxied", [(b"allow", ALLOW)])
+        url = self._url
+        if not url.startswith(b"/"):
+            raise Refused(400, "bad-target", "only origin-form request targets are proxied")
+        headers = self._headers
+        codings = [value for name, value in headers if name == b"transfer-encoding"]
+        if codings and (problem := transfer_coding_problem(codings)) is not None:
+            raise Refused(problem.status, problem.kind, str(problem))
+        if len(self.queue) >= self.limits.max_pipelined:
+            raise StopReading
+        upgrade = parser.should_upgrade()
+        if upgrade and any(n in (b"content-length", b"transfer-encoding") for n, _ in headers):
+            # llhttp hands what follows an Upgrade head to the new protocol: a body would be
+            # parsed as a request of its own (smuggling).
+            raise Refused(400, "bad-request", "an Upgrade request with a body is not proxied")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise Refused(400, "bad-request", f"HTTP/{version} is not served")
+        exchange = Exchange(
+            self,
+            self._scope(method, url, version),
+            # An HTTP/1.0 message with Transfer-Encoding closes its connection: a 1.0 hop
+            # before the proxy may have framed it otherwise (RFC 9112 §6.1).
+            keep_alive=parser.should_keep_alive()
+            and not upgrade
+            and not (codings and version == "1.0"),
+            expect=self._expect and version == "1.1",
+        )
+        if upgrade:
+            exchange.scope["extensions"]["strangler.upgrade"] = partial(self._attach, exchange)
+        self.parsing = exchange
+        self._in_body = True
+        self._head_bytes = 0  # from here on, the trailer section's size
+        if self.running is None:
+            self._start(exchange)
+        else:
+            self.queue.append(exchange)
+            self.pause_reading()
+
+    def _scope(self, method: bytes, url: bytes, version: str) -> dict[str, Any]:
+        query = b""
+        path = url
+        if b"?" in url:
+            path, query = url.split(b"?", 1)
+        if b"#" in query:
+            query = query.split(b"#", 1)[0]
+        text = path.decode("latin-1")
+        extensions: dict[str, Any] = {"strangler.names": self._names}
+        if self.tls is not None:
+            extensions.update(self.tls)
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method.decode("ascii"),
+            "root_path": "",
+            "path": urllib.parse.unquote(text) if "%" in text else text,
+            "raw_path": path,
+            "query_string": query,
+            "headers": self._headers,
+            "state": self.app_state.copy(),
+            "extensions": extensions,
+        }
+
+    def on_chunk_header(self) -> None:
+        self._chunk_head = True
+        self._raw_trailer = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_head = False
+
+    def on_body(self, body: bytes) -> None:
+        self._chunk_head = False
+        exchange = self.parsing
+        if exchange is not None and not exchange.complete and not exchange.gone:
+            exchange.feed(body)
+
+    def on_message_complete(self) -> None:
+        self._chunk_head = False
+        exchange, self.parsing = self.parsing, None
+        if exchange is not None:
+            exchange.end()
+
+    # --- running the application ---------------------------------------------------------------
+    def _start(self, exchange: Exchange) -> None:
+        self.running = exchange
+        task = self.loop.create_task(self._run(exchange))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await self.app(exchange.scope, exchange.receive, exchange.send)
+        except asyncio.CancelledError:
+            self._unfinished(exchange)
+            raise
+        except ResponseAborted as exc:
+            log.warning("response aborted mid-way (%s): client connection closed", exc.kind)
+            self._unfinished(exchange)
+        except Exception:
+            log.exception("the application failed on a request")
+            if not (exchange.started or exchange.gone):
+                await self._internal_error(exchange)
+            self._unfinished(exchange)
+        else:
+            if not (exchange.started or exchange.gone):
+                log.error("the application returned without answering")
+                await self._internal_error(exchange)
+            self._unfinished(exchange)
+
+    def _unfinished(self, exchange: Exchange) -> None:
+        """An answer the application left unfinished cannot be finished: the connection
+        closes (a cut answer never looks whole)."""
+        if not exchange.complete:
+            exchange.gone = True
+            self.close()
+
+    async def _internal_error(self, exchange: Exchange) -> None:
+        body = problem_body(500, "internal-error", "the proxy failed on this request")
+        exchange.keep_alive = False
+        await exchange.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": problem_headers(body, close=True),
+            }
+        )
+        await exchange.send({"type": "http.response.body", "body": body})
+
+    def answered(self, exchange: Exchange) -> None:
+        """An answer is complete: close, or go on with the next pipelined request."""
+        if not exchange.keep_alive or self.closing or self.client_eof:
+            self.close()
+            return
+        # An answer before the body's end (an early refusal): the rest is read and dropped by
+        # the parser (on_body), as the next message's framing depends on it.
+        self.running = None
+        if self.queue:
+            self._start(self.queue.popleft())
+            self.resume_reading()
+        elif self.deferred is not None:
+            self.transport.write(self.deferred)
+            self.close()
+        else:
+            # Idle from now (a body still arriving after an early answer is timed too, so a
+            # stalled one cannot hold the connection).
+            self.idle_since = self.loop.time()
+            self.resume_reading()
+
+    def abort_answer(self, exchange: Exchange, head: bytes | None, data: bytes) -> None:
+        """A body that does not match its Content-Length: what fits is written, then the
+        connection closes (the client sees a cut answer, never a wrong one)."""
+        if head is not None:
+            self.transport.write(head)
+        if data:
+            self.transport.write(data)
+        exchange.complete = exchange.gone = True
+        log.warning("an answer's body did not match its Content-Length: connection closed")
+        self.close()
+
+    def _attach(self, exchange: Exchange, tunnel: Tunnel, head: bytes) -> None:
+        """The `strangler.upgrade` extension: the upstream switched protocols, so this
+        connection becomes one end of `tunnel`; `head` is the 101 answer for the client."""
+        if self.closing:
+            tunnel.close("client")
+            return
+        exchange.started = exchange.complete = True
+        self.running = None
+        self.tunnel = tunnel
+        early, self.early = self.early, b""
+        tunnel.attach(self.transport, head, early)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # --- refusals -----------------------------------------------------------------------------
+    def _stop_after_answers(self) -> None:
+        """Read no more; answer what was accepted, then close (the pipelining limit)."""
+        self.stopped = True
+        self.pause_reading()
+        last = self.queue[-1] if self.queue else self.running
+        if last is None or last.complete:
+            self.close()
+        else:
+            last.keep_alive = False
+
+    def _refuse(self, refused: Refused) -> None:
+        if self.closing or self.deferred is not None:
+            return
+        self.head_since = None
+        request_id = request_id_of(self._headers)
+        answer = refusal(refused, request_id)
+        exchange = self.parsing
+        if exchange is not None and not exchange.complete and exchange.more_body:
+            # The malformed part is in the body of the last request parsed.
+            self.parsing = None
+            if exchange is not self.running:
+                self.queue.remove(exchange)  # queued: it never runs; refused after the others
+            elif exchange.started:
+                self.close()  # its answer cannot be finished
+                return
+            else:
+                # Answered here: the application's receive() says the client is gone, what it
+                # still sends is not written, and the scope says what the client was told.
+                exchange.gone = True
+                exchange.wake()
+                exchange.scope["extensions"]["strangler.refused"] = {
+                    "status": refused.status,
+                    "kind": refused.kind,
+                    "request_id": request_id,
+                }
+                self.running = None
+        self.stopped = True
+        self.pause_reading()
+        running = self.running
+        if (running is not None and not running.complete) or self.queue:
+            self.deferred = answer  # written once the earlier answers are complete, in order
+            return
+        self.transport.write(answer)
+        self.close()
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    return (str(value[0]), int(value[1])) if isinstance(value, tuple) else None
+
+
+def refusal(refused: Refused, request_id: str) -> bytes:
+    """The refusal's bytes: a problem+json answer that closes the connection."""
+    body = problem_body(refused.status, refused.kind, refused.detail, request_id)
+    fields = problem_headers(body, request_id=request_id, close=True) + refused.headers
+    head = [_STATUS_LINES[refused.status]]
+    head += [name + b": " + value + _CRLF for name, value in fields]
+    return b"".join(head) + _CRLF + body
