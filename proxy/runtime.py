@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import ipaddress
 import logging
 import time
@@ -102,6 +103,25 @@ def _write_cache(path: Path, text: str) -> None:
         atomic_write(path, text)
     except OSError as exc:  # serving matters more than the cache
         log.warning("could not write the last-known-good table to %s: %s", path, exc)
+
+
+# A young-generation collection walks the objects of the requests in flight, whatever the
+# threshold: collecting every 700 allocations (the default, a few requests) costs ~10% of a
+# loaded worker's CPU, every 20,000 a fraction of that; a cycle left by a request waits a
+# little longer to be freed.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def settle_heap() -> None:
+    """Move what lives as long as the worker (modules, the served table, its compiled routes)
+    out of the cyclic garbage collector's sight (gc.freeze, as Instagram's Django workers do):
+    otherwise each full collection walks them all, a 20-50 ms pause of every request in
+    flight with a 1,000-route table (the p99 of a loaded proxy). Called at start and after a
+    table change: what the change left behind is collected once, then the rest frozen again."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Runtime:
@@ -229,11 +249,13 @@ class Runtime:
         return forwarded_for.split(",", 1)[0].strip()
 
     def swap(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` from the next request on."""
         self.gate.issuers(snapshot.credentials.issuers)
         self.snapshot = snapshot
         self.metrics.table_version.set(snapshot.version)
         self.forwarder.retire_unused(snapshot.upstreams.values())
         self.guards.keep_only(snapshot.upstreams.values())
+        settle_heap()  # once the new table serves: the old one is collected, the new one frozen
 
     def _watch(self, settings: ProxySettings) -> Watch | None:
         """The store this worker follows: the Redis store, or routes.yaml (none with only a
@@ -296,6 +318,7 @@ class Runtime:
                     await self.watch.ready.wait()
                     if isinstance(self.pin_wire, RedisWire):
                         await self.pin_wire.ready.wait()
+        settle_heap()
 
     async def stop(self) -> None:
         for task in self._tasks:

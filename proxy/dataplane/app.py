@@ -501,6 +501,7 @@ class DataPlane:
                     outcome=call.outcome,
                     extra_headers=self._headers(plan.version, call.outcome, plan),
                     capture=call.capture,
+                    checked=forwarder.strict,
                 )
                 return None
             except BaseException:

@@ -326,6 +326,10 @@ class Forwarding(Protocol):
     Forwarder or the proxy's own HTTP/1.1 client (h1client.py). `enter` gives the upstream's
     pool, `open` a response whose head has arrived; the response types are each client's own."""
 
+    # Its answer parser refuses every field `headers_sendable` would (llhttp, strict): the
+    # check is not made again for each answer.
+    strict: bool
+
     def enter(self, upstream: Upstream) -> Any: ...
     def leave(self, pool: Any) -> None: ...
     @property
@@ -354,6 +358,8 @@ class Forwarder:
     When a new table drops an upstream, its session is retired: closed at once if idle, else
     when the last request using it ends (a slow download outlives the table that started it).
     """
+
+    strict = False  # aiohttp's parser lets through fields uvicorn and the engine refuse
 
     def __init__(self) -> None:
         self._pools: dict[tuple[str, int], Pool] = {}
@@ -509,22 +515,24 @@ async def answer_client(
     outcome: Outcome,
     extra_headers: list[tuple[bytes, bytes]] | None,
     capture: Capture | None = None,
+    checked: bool = False,
 ) -> None:
     """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
     (see the module rules); `capture` keeps a copy. `read_some(read_timeout, gone)` gives the
-    next body bytes (b"" at the end) or raises UpstreamAborted."""
+    next body bytes (b"" at the end) or raises UpstreamAborted. `checked`: the answer's parser
+    has refused what `headers_sendable` would (the forwarder's `strict`)."""
     try:
         outcome.status = response.status
         if whole is not None:
             response.release()
             outcome.bytes_out = len(whole)
-            await _start(send, response, extra_headers, capture)
+            await _start(send, response, extra_headers, capture, checked)
             outcome.started = True
             if capture is not None:
                 capture.add(whole)
             await send({"type": "http.response.body", "body": whole, "more_body": False})
             return
-        await _start(send, response, extra_headers, capture)
+        await _start(send, response, extra_headers, capture, checked)
         outcome.started = True
         # uvicorn's send() returns quietly once the client has gone: watch for it, or a long
         # stream would hold its upstream connection to the end. (A streamed request body still
@@ -572,9 +580,10 @@ async def _start(
     response: Answered,
     extra: list[tuple[bytes, bytes]] | None,
     capture: Capture | None = None,
+    checked: bool = False,
 ) -> None:
     headers = prepare_response(response.raw_headers)
-    if not headers_sendable(headers):
+    if not checked and not headers_sendable(headers):
         # uvicorn would refuse them after marking the response started: no 502 possible then.
         raise ProxyError(502, "bad-upstream-response", "the upstream sent an invalid header")
     if response.status in (204, 304):

@@ -748,6 +748,8 @@ async def _send_body(
 class Forwarder:
     """One pool per upstream, per worker; retired pools close when their last request ends."""
 
+    strict = True  # llhttp refuses control characters in values and non-token names
+
     def __init__(self) -> None:
         self._pools: dict[tuple[str, int], Pool] = {}
         self._retired: set[Pool] = set()

@@ -34,7 +34,9 @@ raw client in front of the real proxy and a raw recorder upstream behind it.
 - Stopping: a slow answer in flight at SIGTERM still completes, an idle connection is closed,
   and the proxy exits 0.
 - Flow control: a 16 MiB chunked upload that an upstream reads for longer than the route's
-  `timeout` (never silent that long) reaches it whole and gets its answer.
+  `timeout` (never silent that long) reaches it whole and gets its answer; one that a hung
+  upstream never reads gets the 504 when the timeout ends the try, and the connection ends
+  (never left paused).
 
 Every test passes `--engine h1` itself; on `--engine asgi` (uvicorn) the spelling, reason-phrase,
 HTTP/1.0, HTTP/1.0 `Expect` and half-close tests fail: what the new engine adds.
@@ -894,3 +896,38 @@ def test_a_chunked_upload_read_slower_than_the_route_timeout_arrives_whole(
     seen = slow.only()
     assert (seen.complete, seen.body_size) == (True, size)
     assert seen.body == body
+
+
+async def reads_nothing(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Take the head, then neither read the body nor answer (a hung upstream)."""
+    await asyncio.sleep(30)
+    return False
+
+
+def test_an_upload_paused_behind_a_hung_upstream_gets_its_504_and_is_not_left_paused(
+    proxy: ProxyProcess, slow: Recorder
+) -> None:
+    """The proxy stops reading the client while the upstream takes nothing (flow control);
+    when the route's timeout (2 s) ends the try, the client gets the 504 problem and the
+    connection ends: it is never left paused with the client's upload stuck behind it."""
+    slow.reset(reads_nothing)
+    sent: list[BaseException | None] = []
+
+    def send_body(sock: socket.socket) -> None:
+        try:
+            sock.sendall(chunked(pattern(16 * MiB, 5), 64 * KiB))
+            sent.append(None)
+        except OSError as exc:  # the proxy closed the connection mid-upload: allowed
+            sent.append(exc)
+
+    with Conn(proxy.external, timeout=30) as conn:
+        conn.sendall(build("POST", "/slow/hung", CHUNKED))
+        sending = threading.Thread(target=send_body, args=(conn.sock,), daemon=True)
+        sending.start()
+        answer = conn.read_response()
+        problem(answer, 504, "upstream-timeout")
+        sending.join(timeout=30)
+        assert sent, "the client's upload is still stuck behind a paused connection"
+        conn.sock.settimeout(15)
+        while conn.sock.recv(65536):  # nothing more is answered; the proxy closes
+            pass
