@@ -702,7 +702,7 @@ class H1Connection(asyncio.Protocol):
 
     def answered(self, exchange: Exchange) -> None:
         """An answer is complete: close, or go on with the next pipelined request."""
-        if not exchange.keep_alive or self.closing or self.client_eof:
+        if not exchange.keep_alive or self.closing:
             self.close()
             return
         # An answer before the body's end (an early refusal): the rest is read and dropped by
@@ -714,6 +714,8 @@ class H1Connection(asyncio.Protocol):
         elif self.deferred is not None:
             self.transport.write(self.deferred)
             self.close()
+        elif self.client_eof:
+            self.close()  # a half-closed client has had every answer it asked for
         else:
             # Idle from now (a body still arriving after an early answer is timed too, so a
             # stalled one cannot hold the connection).
