@@ -285,23 +285,29 @@ class Exchange:
         if self.connection.closing:
             return
         head, self.pending_head = self.pending_head, None
+        # One write (writev) of the pieces, none of them copied into another.
+        pieces: list[bytes] = [] if head is None else [head]
         if self.head_only:
-            data = b""
+            pass
         elif self.chunked:
-            data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            if body:
+                pieces += (b"%x\r\n" % len(body), body, _CRLF)
             if not more:
-                data += _LAST_CHUNK
-        else:
-            data = body
+                pieces.append(_LAST_CHUNK)
+        elif body:
+            pieces.append(body)
             if not self.until_close:
                 self.remaining -= len(body)
-                if self.remaining < 0 or (not more and self.remaining):
-                    self.connection.abort_answer(self, head, data if self.remaining >= 0 else b"")
+                if self.remaining < 0:
+                    self.connection.abort_answer(self, head, b"")
                     return
-        if head is not None:
-            data = head + data
-        if data:
-            self.connection.transport.write(data)
+        if not more and self.remaining and not (self.head_only or self.chunked):
+            self.connection.abort_answer(self, head, body)
+            return
+        if len(pieces) == 1:
+            self.connection.transport.write(pieces[0])
+        elif pieces:
+            self.connection.transport.writelines(pieces)
         if not more:
             self.complete = True
             self.wake()
