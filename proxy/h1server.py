@@ -347,6 +347,7 @@ class H1Connection(asyncio.Protocol):
         self.early = b""  # bytes after an Upgrade head, for its tunnel
         self.client_eof = False
         self.linger_until = 0.0  # a closing connection's deadline for the client's FIN
+        self.pending_at_deadline = 1 << 62  # bytes left to write at its last deadline
         self.read_paused = self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.running: Exchange | None = None  # the exchange whose application runs
@@ -445,37 +446,51 @@ class H1Connection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    def close(self) -> None:
+    def close(self, linger: bool = True) -> None:
         """Close after what is written. While the client may still be sending (the rest of
         a refused request, a body after an early answer), its bytes are read and dropped for
         up to LINGER_SECONDS after a FIN: a close with unread bytes would reset the
         connection and could destroy the answer before the client reads it (nginx's
-        lingering_close)."""
+        lingering_close). Whatever the way, a connection still open LINGER_SECONDS later is
+        seen to by the sweep (_closing_overdue)."""
         if self.closing:
             return
         self.closing = True
+        self.linger_until = self.loop.time() + LINGER_SECONDS
         transport = self.transport
         unread = self.parsing is not None or self.stopped or self._raw_head
-        if not unread or self.client_eof or not transport.can_write_eof():
+        if not (linger and unread) or self.client_eof or not transport.can_write_eof():
             transport.close()  # at a message boundary: nothing of the client's is lost
             return
         transport.write_eof()
-        self.linger_until = self.loop.time() + LINGER_SECONDS
         if self.read_paused:
             self.read_paused = False
             transport.resume_reading()
 
     def shutdown(self) -> None:
-        """A graceful stop: idle connections close now, busy ones after their answer."""
+        """A graceful stop: idle connections close now (a head begun gets no answer: nothing
+        to linger for), busy ones after their answer."""
         running = self.running
         if self.tunnel is not None:
             self.tunnel.close("shutdown")  # its client reconnects, to another replica
         elif running is None or running.complete:
-            self.close()
+            self.close(linger=False)
         else:
             running.keep_alive = False
             self.queue.clear()
-            self.stopped = True
+
+    def _closing_overdue(self, now: float) -> None:
+        """A closing connection past its deadline: closed if all is written; while its client
+        still takes what is left to write, given the send timeout again; else aborted (it
+        reads nothing: it must not hold the connection for ever)."""
+        pending = self.transport.get_write_buffer_size()
+        if not pending:
+            self.transport.close()
+        elif pending < self.pending_at_deadline:
+            self.pending_at_deadline = pending
+            self.linger_until = now + self.limits.send_timeout
+        else:
+            self.transport.abort()
 
     def check_clock(self, now: float) -> None:
         """The sweep: a head too slow is refused, a connection idle too long closed."""
@@ -484,8 +499,8 @@ class H1Connection(asyncio.Protocol):
             if self.tunnel.idle(now):
                 self.tunnel.close("idle")
         elif self.closing:
-            if self.linger_until and now > self.linger_until:
-                self.transport.close()
+            if now > self.linger_until:
+                self._closing_overdue(now)
         elif self.head_since is not None and now - self.head_since > limits.header_timeout:
             self._refuse(Refused(408, "request-timeout", "the request head took too long"))
         elif self.idle_since is not None and now - self.idle_since > limits.keepalive_timeout:

@@ -822,20 +822,27 @@ def test_a_half_closed_client_gets_every_pipelined_answer(
 
 # --- graceful stop --------------------------------------------------------------------------------
 def test_sigterm_lets_a_slow_answer_finish_then_exits_0(main: Recorder) -> None:
-    """SIGTERM while one answer is upstream (1.5 s) and another connection is idle: the idle
-    one is closed, the slow answer arrives whole, then the proxy exits 0 on its own."""
+    """SIGTERM while one answer is upstream (1.5 s), another connection is idle and a third
+    has sent half a head: the idle one and the begun one are closed, the slow answer arrives
+    whole, then the proxy exits 0 on its own."""
     main.reset(reply(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone", delay=1.5))
     proxy = ProxyProcess(["--default-upstream", main.url, *ENGINE]).start()
     try:
-        with Conn(proxy.external) as idle, Conn(proxy.external) as conn:
+        with (
+            Conn(proxy.external) as idle,
+            Conn(proxy.external) as begun,
+            Conn(proxy.external) as conn,
+        ):
             idle.sendall(build("GET", "/before"))
             assert idle.read_response().status == 200
+            begun.sendall(b"GET /half-a-head HTTP/1.1\r\nHost: x\r\n")
             conn.sendall(build("GET", "/slow-report"))
             wait_until(lambda: len(main.seen) == 2, what="the request upstream")
             assert proxy.proc is not None
             proxy.proc.send_signal(signal.SIGTERM)
             answer = conn.read_response()
             assert idle.closed_by_peer()
+            assert begun.closed_by_peer()  # a head begun gets no answer, nothing lingers
         assert (answer.status, answer.complete, answer.body) == (200, True, b"done"), answer.head
         code = proxy.wait(timeout=15)
     finally:
