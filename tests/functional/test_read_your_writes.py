@@ -325,8 +325,15 @@ def serving(*children: Child | Job | ProxyProcess) -> Iterator[None]:
         start_together(*(child.start for child in children))
         yield
     finally:
+        # Every child is stopped, even when one's stop fails (else the rest outlive the test).
+        failed: list[BaseException] = []
         for child in children:
-            child.stop()
+            try:
+                child.stop()
+            except Exception as exc:  # re-raised below, once the others are stopped
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
 
 def access_log(replicas: list[ProxyProcess], wanted: set[str]) -> dict[str, Logged]:
