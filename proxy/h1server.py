@@ -301,7 +301,7 @@ class Exchange:
                 if self.remaining < 0:
                     self.connection.abort_answer(self, head, b"")
                     return
-        if not more and self.remaining and not (self.head_only or self.chunked):
+        if not more and self.remaining:  # only an answer with a length has bytes still due
             self.connection.abort_answer(self, head, body)
             return
         if len(pieces) == 1:
