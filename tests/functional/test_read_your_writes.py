@@ -19,15 +19,18 @@ is never moved by a flip at all; a fresh key per visit is a user paying once in 
 the weights do move and only the pin may hold.
 
 1. Control: pins off (`pin: off`, the route as it was without them), flips to 50/50, to the
-   service and back while users pay. A user moved between a payment and its reads misses it (404,
-   or not in the order's list) until follow has copied it: the failure this test exists to
-   catch, so it can fail.
-2. `pin: 10s` (`strangler routes set`), then the documented canary, a flip every ~1.75 s: 1 %,
-   25 %, 50 % (`--split`), 100 % (`--to payment`), a rollback (`--to monolith`) and forward
-   again. No user misses a payment just made; every POST is answered 201; every read is served
-   by the upstream that took its payment (the access logs); and pins did move reads, some of
-   them set by another replica (strangler_pinned_total and the logs' "choice":"pin"), so the
-   test does not pass by luck.
+   service and back while users pay, with follow and to-legacy not started yet (a sync that
+   lags without end). A user moved between a payment and its reads misses it (404, or not in
+   the order's list): the failure this test exists to catch, so it can fail. With the sync
+   running, whether a moved user misses is a race against follow's lag, and a slow machine
+   sometimes saw none at all; without it, every moved user misses.
+2. Follow and to-legacy start (and catch up on the control's payments); `pin: 10s` (`strangler
+   routes set`), then the documented canary, a flip every ~1.75 s: 1 %, 25 %, 50 % (`--split`),
+   100 % (`--to payment`), a rollback (`--to monolith`) and forward again. No user misses a
+   payment just made; every POST is answered 201; every read is served by the upstream that
+   took its payment (the access logs); and pins did move reads, some of them set by another
+   replica (strangler_pinned_total and the logs' "choice":"pin"), so the test does not pass by
+   luck.
 3. Once follow and to-legacy have caught up, each Idempotency-Key made exactly one payment, the
    same one in both databases.
 """
@@ -92,9 +95,7 @@ TAIL = 2.0  # seconds of traffic after a phase's last flip
 CONTROL_FLIPS = [
     (("--split", "monolith=50,payment=50"), "control: half"),
     (("--to", "payment"), "control: all"),
-    # A rollback too: the payments the service took in the last second are not in the
-    # monolith yet, so without pins a miss is all but certain (two flips alone sometimes
-    # moved no user at the wrong moment, and the control proved nothing).
+    # A rollback too, so users are moved both ways.
     (("--to", "monolith"), "control: back"),
 ]
 CANARY_FLIPS = [
@@ -410,17 +411,19 @@ def test_users_read_their_payments_on_any_replica_while_the_route_is_canaried(
     monolith = [PYTHON, "-m", "legacy_monolith", "--port", str(monolith_port)]
     payment = [PYTHON, "-m", "services.payment", "--port", str(payment_port)]
     follow = [STRANGLER, "sync", "follow", "--metrics-port", "0", *databases]  # its defaults
-    children: list[Child | Job | ProxyProcess] = [
+    servers: list[Child | Job | ProxyProcess] = [
         Child("monolith", [*monolith, "--database-url", legacy_db]),
         Child("payment", [*payment, "--database-url", service_db, "--legacy-url", monolith_url]),
+        *replicas,
+    ]
+    sync = [
         Child("follow", follow, ready=SYNC_METRICS),
         Job(tmp_path / "to-legacy.log", "to-legacy", *databases),
-        *replicas,
     ]
     with contextlib.ExitStack() as stack:
         for engine in (legacy, service):
             stack.callback(engine.dispose)
-        stack.enter_context(serving(*children))
+        stack.enter_context(serving(*servers))
         catalog = httpx.get(
             f"{monolith_url}/api/v1/products",
             params={"in_stock": True, "sort": "-price", "per_page": 100},
@@ -429,13 +432,14 @@ def test_users_read_their_payments_on_any_replica_while_the_route_is_canaried(
         assert len(stocked) >= 5, catalog.json()
         products = [stocked[n % len(stocked)] for n in range(USERS)]
 
-        # --- 1. control: pins that lapse at once; users moved by a flip miss their payment ---
+        # --- 1. control: no pins, no sync yet; users moved by a flip miss their payment ---
         control, control_flips = run_phase(
             replicas, emails, products, CONTROL_FLIPS, store, tmp_path
         )
         assert control.errors == []
 
-        # --- 2. pins on, then the canary, a rollback and forward again ---
+        # --- 2. the sync starts; pins on, then the canary, a rollback and forward again ---
+        stack.enter_context(serving(*sync))
         pinned_table = tmp_path / "routes.yaml"
         pinned_table.write_text(TABLE.format(pin="10s", **ports))
         done = strangler_routes(
@@ -465,9 +469,10 @@ def test_users_read_their_payments_on_any_replica_while_the_route_is_canaried(
         # --- the replicas' access logs: who served what, and how it was chosen ---
         wanted = {v.request_id for v in visits} | {r.request_id for v in visits for r in v.reads}
         lines = access_log(replicas, wanted)
-        for visit in control.visits:  # each miss: a read the route sent to the other upstream
-            for read in visit.misses():
-                assert lines[read.request_id].entry["upstream"] != visit.upstream, (visit, read)
+        for visit in control.visits:  # a miss is a read the route sent to the other upstream
+            for read in visit.reads:
+                moved = lines[read.request_id].entry["upstream"] != visit.upstream
+                assert moved == (not read.found), (visit, read)
         by_pin = dict.fromkeys(UPSTREAMS, 0)  # reads a pin sent to this upstream
         across_replicas = 0
         for visit in canary.visits:
