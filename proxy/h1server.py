@@ -16,9 +16,11 @@ Heads
 - An HTTP/1.0 request without Host is served (RFC 9112 §3.2 asks Host of HTTP/1.1 only).
 
 Bodies
-- Content-Length and chunked requests; trailer fields are discarded, never merged into the
-  header fields (RFC 9110 §6.5.1: an `Authorization` trailer must not authenticate), and count
-  against the header limit (431).
+- Content-Length and chunked requests; a request's trailer fields are discarded, never merged
+  into the header fields (RFC 9110 §6.5.1: an `Authorization` trailer must not authenticate),
+  and count against the header limit (431). They are not forwarded either: an upstream that
+  merges trailers into its headers (uvicorn does) would be handed fields the proxy strips or
+  checks (X-Consumer-Id, a route's API key), past its checks (nginx drops them too).
 - `Expect: 100-continue` (HTTP/1.1 only): `100 Continue` is written when the application first
   reads the body, so a request refused on its head (401, 413 by its Content-Length) never has
   its body sent (RFC 9110 §10.1.1); the field itself is the proxy's, never forwarded.
@@ -36,6 +38,10 @@ Answers
 - Framing is the engine's: a Content-Length answer is sent as is (a body longer or shorter
   than it closes the connection), an answer without one is chunked to an HTTP/1.1 client and
   delimited by the close to an HTTP/1.0 one; HEAD, 1xx, 204 and 304 answers carry no body.
+- Trailer fields: the engine offers ASGI's `http.response.trailers`; a chunked answer started
+  with `"trailers": True` ends with the fields of the `http.response.trailers` message in its
+  trailer section (RFC 9112 §7.1.2), after the last chunk. An answer framed otherwise (a
+  length, an HTTP/1.0 client) has nowhere to carry them: they are dropped.
   Header values with CR, LF or NUL are refused (the application answers 502 before that).
 - The head is written with the first body bytes (one write for a whole answer); an empty
   body message with more to come flushes it, so a streamed answer's head is never held.
@@ -75,7 +81,7 @@ from proxy.dataplane.tunnel import Tunnel
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.settings import ProxySettings
 from proxy.tls import connection_tls
-from proxy.types import ASGIApp
+from proxy.types import TRAILERS, ASGIApp
 
 log = logging.getLogger("strangler")
 
@@ -95,6 +101,7 @@ _CLOSE_FIELD = b"connection: close\r\n"
 _KEEP_FIELD = b"connection: keep-alive\r\n"
 _CHUNKED_FIELD = b"transfer-encoding: chunked\r\n"
 _DISCONNECT = {"type": "http.disconnect"}
+_OFFERED: dict[str, Any] = {}  # an extension the engine offers (nothing to configure)
 
 
 class Refused(Exception):
@@ -155,6 +162,7 @@ class Exchange:
         "remaining",
         "scope",
         "started",
+        "trailers",
         "until_close",
         "waiter",
     )
@@ -175,6 +183,7 @@ class Exchange:
         self.pending_head: bytes | None = None
         self.chunked = self.until_close = False
         self.remaining = 0  # body bytes still due under a Content-Length
+        self.trailers = False  # a chunked answer's end waits for its trailer fields
 
     # --- the request body ---------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -231,6 +240,11 @@ class Exchange:
             if not self.started or self.complete:
                 raise RuntimeError("a body message outside an answer")
             self._body(message.get("body", b""), message.get("more_body", False))
+        elif kind == "http.response.trailers":
+            if not self.started:
+                raise RuntimeError("trailer fields before the answer")
+            if self.trailers and not self.complete:
+                self._trailers(message.get("headers", ()))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
@@ -271,6 +285,7 @@ class Exchange:
             self.remaining = length
         elif self.scope["http_version"] == "1.1":
             self.chunked = True
+            self.trailers = bool(message.get("trailers"))
             parts.append(_CHUNKED_FIELD)
         else:
             self.until_close, self.keep_alive = True, False  # an HTTP/1.0 client, no length
@@ -280,6 +295,21 @@ class Exchange:
             parts.append(_KEEP_FIELD)
         parts.append(_CRLF)
         return b"".join(parts)
+
+    def _trailers(self, fields: Any) -> None:
+        """The last chunk and the trailer section (RFC 9112 §7.1.2), then the answer is done."""
+        if self.connection.closing:
+            return
+        pieces = [b"0\r\n"]
+        for name, value in fields:
+            if b"\r" in value or b"\n" in value or b"\0" in value:
+                raise RuntimeError("a trailer field value with CR, LF or NUL")
+            pieces += (name, b": ", value, _CRLF)
+        pieces.append(_CRLF)
+        self.connection.transport.writelines(pieces)
+        self.complete = True
+        self.wake()
+        self.connection.answered(self)
 
     def _body(self, body: bytes, more: bool) -> None:
         if self.connection.closing:
@@ -292,7 +322,9 @@ class Exchange:
         elif self.chunked:
             if body:
                 pieces += (b"%x\r\n" % len(body), body, _CRLF)
-            if not more:
+            if not more and self.trailers:
+                more = True  # the last chunk goes with the trailer section (_trailers)
+            elif not more:
                 pieces.append(_LAST_CHUNK)
         elif body:
             pieces.append(body)
@@ -636,7 +668,7 @@ class H1Connection(asyncio.Protocol):
         if b"#" in query:
             query = query.split(b"#", 1)[0]
         text = path.decode("latin-1")
-        extensions: dict[str, Any] = {"strangler.names": self._names}
+        extensions: dict[str, Any] = {"strangler.names": self._names, TRAILERS: _OFFERED}
         if self.tls is not None:
             extensions.update(self.tls)
         return {

@@ -10,3 +10,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# ASGI's extension for an answer's trailer fields: a server that offers it in the scope takes
+# `"trailers": True` in the start message, then an `http.response.trailers` message at the end.
+TRAILERS = "http.response.trailers"

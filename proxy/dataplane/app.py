@@ -75,7 +75,7 @@ from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
 from proxy.table.compile import STATIC, CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
-from proxy.types import Receive, Scope, Send
+from proxy.types import TRAILERS, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
@@ -502,6 +502,7 @@ class DataPlane:
                     extra_headers=self._headers(plan.version, call.outcome, plan),
                     capture=call.capture,
                     checked=forwarder.strict,
+                    trailers=TRAILERS in call.scope.get("extensions", ()),
                 )
                 return None
             except BaseException:

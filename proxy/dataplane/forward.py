@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
-from proxy.dataplane.headers import headers_sendable, prepare_response
+from proxy.dataplane.headers import headers_sendable, prepare_response, prepare_trailers
 from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
 from proxy.types import Receive, Scope, Send
@@ -516,11 +516,14 @@ async def answer_client(
     extra_headers: list[tuple[bytes, bytes]] | None,
     capture: Capture | None = None,
     checked: bool = False,
+    trailers: bool = False,
 ) -> None:
     """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
     (see the module rules); `capture` keeps a copy. `read_some(read_timeout, gone)` gives the
     next body bytes (b"" at the end) or raises UpstreamAborted. `checked`: the answer's parser
-    has refused what `headers_sendable` would (the forwarder's `strict`)."""
+    has refused what `headers_sendable` would (the forwarder's `strict`). `trailers`: the
+    client's side takes ASGI's `http.response.trailers` (the engine does): a streamed answer
+    ends with the upstream's trailer fields (prepare_trailers), if it sent any."""
     try:
         outcome.status = response.status
         if whole is not None:
@@ -532,7 +535,7 @@ async def answer_client(
                 capture.add(whole)
             await send({"type": "http.response.body", "body": whole, "more_body": False})
             return
-        await _start(send, response, extra_headers, capture, checked)
+        await _start(send, response, extra_headers, capture, checked, trailers)
         outcome.started = True
         # uvicorn's send() returns quietly once the client has gone: watch for it, or a long
         # stream would hold its upstream connection to the end. (A streamed request body still
@@ -565,6 +568,9 @@ async def answer_client(
             if gone is not None:
                 gone.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if trailers:
+            fields = prepare_trailers(getattr(response, "trailers", ()))  # aiohttp keeps none
+            await send({"type": "http.response.trailers", "headers": fields})
     finally:
         response.release()
 
@@ -581,6 +587,7 @@ async def _start(
     extra: list[tuple[bytes, bytes]] | None,
     capture: Capture | None = None,
     checked: bool = False,
+    trailers: bool = False,
 ) -> None:
     headers = prepare_response(response.raw_headers)
     if not checked and not headers_sendable(headers):
@@ -600,6 +607,7 @@ async def _start(
             "status": response.status,
             "headers": headers,
             "reason": _reason(response),  # written by the engine (h1server.py)
+            "trailers": trailers,
         }
     )
 

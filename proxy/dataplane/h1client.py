@@ -16,7 +16,9 @@ Rules, with their precedents:
   HEAD, 204 and 304 answers have no body (RFC 9110 §6.4.1), whatever their fields say; a body
   with neither length nor chunking ends when the upstream closes (RFC 9112 §6.3 (8)); a
   malformed head or chunk, or a Content-Length beside Transfer-Encoding, is a bad response
-  (llhttp, strict).
+  (llhttp, strict). A chunked answer's trailer fields are kept apart (`Answer.trailers`) and
+  passed on as trailers (headers.prepare_trailers), never as header fields; a malformed trailer
+  section ends the answer without them and closes the connection.
 - **Reuse.** A connection goes back to the pool only when its answer was read whole, both
   sides kept it alive (RFC 9112 §9.3, HTTP/1.0 closes by default), and the request was sent
   whole. The pool hands out the most recently used connection first (nginx's keepalive
@@ -132,6 +134,7 @@ class Answer:
         "raw_headers",
         "reason",
         "status",
+        "trailers",
         "unread",
         "waiter",
     )
@@ -141,6 +144,7 @@ class Answer:
         self.bodiless = bodiless  # a HEAD request's answer
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] = []  # a chunked body's trailer section
         self.reason = b""  # the status line's reason phrase, passed on to the client
         self.content_length: int | None = None
         self.head_ready = False
@@ -315,10 +319,11 @@ class Connection(asyncio.Protocol):
 
     def _malformed(self, answer: Answer) -> None:
         if self.in_trailers and answer.head_ready and not answer.done:
-            # Every chunk has arrived; a malformed trailer section (never forwarded; llhttp
-            # refuses a Content-Length there) ends the answer, not its body: the connection
-            # closes.
+            # Every chunk has arrived; a malformed trailer section (none of it passed on;
+            # llhttp refuses a Content-Length there) ends the answer, not its body: the
+            # connection closes.
             self.keep = False
+            answer.trailers = []
             self._complete(answer)
             return
         if answer.head_ready:
@@ -377,7 +382,12 @@ class Connection(asyncio.Protocol):
         if self.field_bytes > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("too long header fields")
         if answer.head_ready:
-            return  # a trailer field: never a header field (RFC 9110 §6.5.1), not forwarded
+            # A trailer field: kept apart, passed on as a trailer (forward.py), never merged
+            # into the header fields (RFC 9110 §6.5.1).
+            answer.trailers.append((name, value.rstrip(b" \t")))
+            if len(answer.trailers) > MAX_HEADERS:
+                raise httptools.HttpParserError("too many trailer fields")
+            return
         headers = answer.raw_headers
         headers.append((name, value))
         if len(headers) > MAX_HEADERS:
@@ -442,6 +452,10 @@ class Connection(asyncio.Protocol):
                 self.head_bytes = self.field_bytes = 0
             return  # an interim answer ended
         if not answer.done:
+            if not self.parser.should_keep_alive():
+                # `Connection: close` in a trailer section: llhttp takes it so, and would
+                # refuse the next answer's bytes as data after the close.
+                self.keep = False
             self._complete(answer)
 
     def _complete(self, answer: Answer) -> None:

@@ -275,6 +275,46 @@ def headers_sendable(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     return not _BAD_NAME.search(names) and not _BAD_VALUE.search(values)
 
 
+# Fields an answer's trailer section never passes on (RFC 9110 §6.5.1 lists what a trailer
+# must not carry: framing, routing, request modifiers, authentication, response control and
+# how to process the content): a client that merges trailers into the header fields, as some
+# do, must not be told a cookie, a redirect or a length there. The rest pass, in the
+# upstream's case and order (HAProxy passes trailers too; nginx drops them).
+NEVER_TRAILERS = HOP_BY_HOP | {
+    b"age",
+    b"authorization",
+    b"cache-control",
+    b"content-encoding",
+    b"content-length",
+    b"content-range",
+    b"content-type",
+    b"cookie",
+    b"date",
+    b"expires",
+    b"host",
+    b"location",
+    b"max-forwards",
+    b"pragma",
+    b"range",
+    b"retry-after",
+    b"set-cookie",
+    b"vary",
+    b"www-authenticate",
+}
+
+
+def prepare_trailers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An upstream answer's trailer fields for the client: those a trailer may carry
+    (NEVER_TRAILERS, and no conditional `If-*`), in the upstream's case."""
+    out = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in NEVER_TRAILERS or lower.startswith(b"if-"):
+            continue
+        out.append((name, value))
+    return out
+
+
 def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Upstream response headers for the client: names in the upstream's case (the engine
     writes them so; uvicorn lower-cases them), hop-by-hop removed."""

@@ -207,12 +207,14 @@ def _data_state(answer: Any) -> tuple[float | None, int | None]:
 def ask_gates(before: RouteTable, after: RouteTable) -> list[GateAnswer]:
     """Ask the gate of every upstream that `after` sends more traffic (and the gate `before`
     names when `after` changes or drops it: a change cannot remove the gate it would be
-    refused by); what each said, a non-2xx answer or none being a refusal."""
-    import httpx
-
+    refused by); what each said, a non-2xx answer or none being a refusal. httpx is imported
+    only when a gate is there to ask: most flips have none, and a rollback is timed from the
+    command's start."""
     answers = []
     for upstream, routes in sorted(traffic_gains(before, after).items()):
         for gate in _gates_for(upstream, before, after):
+            import httpx
+
             try:
                 answer = httpx.get(gate, timeout=GATE_TIMEOUT, follow_redirects=False)
             except httpx.HTTPError as exc:

@@ -48,6 +48,7 @@ class Response:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     complete: bool = True  # False: the connection closed before the framing said the body ended
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)  # of a chunked body
 
     def values(self, name: str) -> list[bytes]:
         wanted = name.lower().encode()
@@ -121,7 +122,7 @@ class Conn:
         if head_request or response.status in (204, 304) or 100 <= response.status < 200:
             return response
         if b"chunked" in lowered.get(b"transfer-encoding", b"").lower():
-            response.body, response.complete = self._read_chunked()
+            response.body, response.complete = self._read_chunked(response.trailers)
         elif b"content-length" in lowered:
             response.body, response.complete = self._read_exactly(int(lowered[b"content-length"]))
         else:
@@ -141,21 +142,28 @@ class Conn:
         data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data, True
 
-    def _read_chunked(self) -> tuple[bytes, bool]:
+    def _line(self) -> bytes | None:
+        """The next CRLF-ended line, None if the connection closes first."""
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                return None
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _read_chunked(self, trailers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
+        """The body; the trailer section's fields are added to `trailers`."""
         body = b""
         try:
             while True:
-                while b"\r\n" not in self.buffer:
-                    if not self._fill():
-                        return body, False
-                line, self.buffer = self.buffer.split(b"\r\n", 1)
+                line = self._line()
+                if line is None:
+                    return body, False
                 size = int(line.split(b";")[0], 16)
                 if size == 0:
-                    while b"\r\n" not in self.buffer:
-                        if not self._fill():
-                            return body, False
-                    _, self.buffer = self.buffer.split(b"\r\n", 1)  # no trailers expected
-                    return body, True
+                    while line := self._line():
+                        name, _, value = line.partition(b":")
+                        trailers.append((name, value.strip()))
+                    return body, line is not None
                 data, whole = self._read_exactly(size + 2)
                 body += data[:size]
                 if not whole:

@@ -11,6 +11,7 @@ from proxy.dataplane.headers import (
     RequestFacts,
     prepare_request,
     prepare_response,
+    prepare_trailers,
     transfer_coding_problem,
 )
 
@@ -494,3 +495,40 @@ def test_whether_the_client_uses_tls_follows_only_a_trusted_hop(
 def test_a_client_cannot_send_the_shadow_marker() -> None:
     facts = prepare(HOST, (b"strangler-shadow", b"1"))
     assert values(facts, "strangler-shadow") == []
+
+
+def test_trailer_fields_keep_the_upstreams_case_order_and_duplicates() -> None:
+    raw = [(b"X-Checksum", b"sha256=1"), (b"Server-Timing", b"db;dur=5"), (b"x-checksum", b"2")]
+    assert prepare_trailers(raw) == raw
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"Trailer",
+        b"Connection",
+        b"Host",
+        b"Set-Cookie",
+        b"Cookie",
+        b"Authorization",
+        b"WWW-Authenticate",
+        b"Proxy-Authenticate",
+        b"Content-Type",
+        b"Content-Encoding",
+        b"Content-Range",
+        b"Location",
+        b"Cache-Control",
+        b"Expires",
+        b"Vary",
+        b"Retry-After",
+        b"If-None-Match",
+        b"If-Modified-Since",
+    ],
+)
+def test_fields_no_trailer_may_carry_are_dropped_from_trailers(name: bytes) -> None:
+    """RFC 9110 §6.5.1: framing, routing, credentials, response control, content processing
+    and conditions are never trailers (a client merging trailers into its headers would take
+    them as the answer's)."""
+    assert prepare_trailers([(name, b"x"), (b"X-Kept", b"1")]) == [(b"X-Kept", b"1")]
