@@ -131,6 +131,7 @@ class Answer:
         "error",
         "failure",
         "head_ready",
+        "loop",
         "raw_headers",
         "reason",
         "status",
@@ -141,6 +142,7 @@ class Answer:
 
     def __init__(self, conn: Connection, bodiless: bool) -> None:
         self.conn: Connection | None = conn
+        self.loop = conn.pool.loop
         self.bodiless = bodiless  # a HEAD request's answer
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -171,7 +173,7 @@ class Answer:
     # --- read by the data plane ---------------------------------------------------------------
     async def _wait(self, seconds: float) -> bool:
         """Wait for news from the connection; False when `seconds` passed without any."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiter = waiter
         handle = loop.call_later(seconds, _expire, waiter)
@@ -187,7 +189,7 @@ class Answer:
         no silent upstream (the client's body timeout and the send timeout bound the upload)."""
         conn = self.conn
         assert conn is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = None
         while not self.head_ready:
             if self.client_error is not None:
@@ -362,7 +364,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.drained is None or self.drained.done():
-            self.drained = asyncio.get_running_loop().create_future()
+            self.drained = self.pool.loop.create_future()
 
     def resume_writing(self) -> None:
         drained = self.drained
@@ -545,6 +547,7 @@ class Pool:
         "authority",
         "idle",
         "limit",
+        "loop",
         "open",
         "retired",
         "sweeping",
@@ -553,6 +556,9 @@ class Pool:
     )
 
     def __init__(self, upstream: Upstream) -> None:
+        # The worker's loop, looked up once: on Python 3.11 each asyncio.get_running_loop()
+        # is a getpid() system call (its fork check), five a request before this.
+        self.loop = asyncio.get_running_loop()
         self.upstream = upstream
         self.limit = upstream.max_connections
         self.authority = authority(upstream)
@@ -586,7 +592,7 @@ class Pool:
             raise TryFailed("connect-failure", _unreachable(), False) from None
 
     def _idle_one(self) -> Connection | None:
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         idle = self.idle
         while idle:
             conn = idle.pop()
@@ -597,7 +603,7 @@ class Pool:
         return None
 
     async def _slot(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self.loop.create_future()
         self.waiting.append(waiter)
         try:
             await waiter
@@ -613,7 +619,7 @@ class Pool:
         self.open.add(conn)
         upstream = self.upstream
         try:
-            await asyncio.get_running_loop().create_connection(
+            await self.loop.create_connection(
                 lambda: conn,
                 upstream.host,
                 upstream.port,
@@ -629,11 +635,11 @@ class Pool:
         if self.retired or conn.closed:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = self.loop.time()
         self.idle.append(conn)
         self._wake_one()
         if self.sweeping is None:
-            self.sweeping = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._sweep)
+            self.sweeping = self.loop.call_later(KEEPALIVE_SECONDS, self._sweep)
 
     def forget(self, conn: Connection) -> None:
         if conn in self.open:
@@ -652,13 +658,13 @@ class Pool:
     def _sweep(self) -> None:
         """Close the connections idle longer than KEEPALIVE_SECONDS."""
         self.sweeping = None
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         for conn in [c for c in self.idle if not c.usable(now)]:
             conn.close()
         if self.idle:
             oldest = min(c.idle_since for c in self.idle)
             delay = max(0.05, oldest + KEEPALIVE_SECONDS - now)
-            self.sweeping = asyncio.get_running_loop().call_later(delay, self._sweep)
+            self.sweeping = self.loop.call_later(delay, self._sweep)
 
     def close(self) -> None:
         if self.sweeping is not None:
@@ -839,7 +845,7 @@ class Forwarder:
         framing, chunked = _framing(method, headers, body, pool.authority)
         head = _request_head(method, target, headers, framing)
         wait = read_timeout if head_timeout is None else min(read_timeout, head_timeout)
-        loop = asyncio.get_running_loop()
+        loop = pool.loop
         deadline = loop.time() + (head_timeout or 0.0)
         conn = await self._connection(pool, upstream, fresh, head_timeout)
         answer = conn.start(method == b"HEAD")
