@@ -146,7 +146,9 @@ class Runtime:
         self.rollout_driver = self._rollout_driver(settings)
         self.watch = self._watch(settings)
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The worker's loop once started (the data plane's timeouts use it: see
+        # dataplane/forward.Deadline).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics.table_version.set(snapshot.version)
 
     def _init_shadow(self, settings: ProxySettings) -> None:
@@ -281,10 +283,10 @@ class Runtime:
         from proxy.control.evidence import routes_of
 
         routes = routes_of(outcome)
-        if not routes or self._loop is None:
+        if not routes or self.loop is None:
             return
         evidence = self.keep_evidence(outcome.version, routes, outcome.gates)
-        kept = asyncio.run_coroutine_threadsafe(evidence, self._loop)
+        kept = asyncio.run_coroutine_threadsafe(evidence, self.loop)
         kept.add_done_callback(_said_if_failed(outcome.version))
 
     async def keep_evidence(self, version: int, routes: list[str], gates: list[Any]) -> None:
@@ -298,7 +300,7 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if self.watch is not None:
             self._tasks.append(asyncio.create_task(self._follow(self.watch)))
         self._tasks.append(asyncio.create_task(self._sample_traffic()))

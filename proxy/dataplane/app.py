@@ -378,6 +378,7 @@ class DataPlane:
                 content_length=facts.content_length,
                 body_idle=settings.body_idle_timeout,
                 outcome=outcome,
+                loop=self.runtime.loop,
             )
         call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
         if not callable(body):
@@ -503,6 +504,7 @@ class DataPlane:
                     capture=call.capture,
                     checked=forwarder.strict,
                     trailers=TRAILERS in call.scope.get("extensions", ()),
+                    loop=self.runtime.loop,
                 )
                 return None
             except BaseException:

@@ -58,6 +58,39 @@ UPSTREAM_RCVBUF = 65_536
 _NOTHING_MORE = {"type": "http.response.body", "body": b"", "more_body": True}
 
 
+class Deadline:
+    """`asyncio.timeout(seconds)` on a loop the caller knows: asyncio's own looks the running
+    loop up three times, and on Python 3.11 each lookup is a getpid() system call (its fork
+    check), three for every body chunk read or sent. Raises TimeoutError when the time is up,
+    and lets any other cancellation through, as asyncio.timeout does."""
+
+    __slots__ = ("cancelling", "fired", "handle", "loop", "seconds", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.loop, self.seconds, self.fired = loop, seconds, False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task(self.loop)  # given the loop: no lookup
+        assert task is not None
+        self.task, self.cancelling = task, task.cancelling()
+        self.handle = self.loop.call_later(self.seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.handle.cancel()
+        expired = self.fired and self.task.uncancel() <= self.cancelling  # always uncancelled
+        if expired and kind is not None and issubclass(kind, asyncio.CancelledError):
+            raise TimeoutError
+
+
+def within(seconds: float, loop: asyncio.AbstractEventLoop | None) -> Deadline | asyncio.Timeout:
+    """A timeout for one await: a Deadline on the worker's loop, asyncio's own without one."""
+    return asyncio.timeout(seconds) if loop is None else Deadline(loop, seconds)
+
+
 def _upstream_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     family, type_, proto, _, _ = addr_info
     sock = socket.socket(family, type_, proto)
@@ -138,15 +171,18 @@ async def read_body(
     content_length: int | None,
     body_idle: float,
     outcome: Outcome,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> Body:
     """Read a request body before any upstream connection is taken (nginx's
     proxy_request_buffering): up to `buffer` bytes whole, so a slow upload holds no upstream
     connection and a retry can send it again. A larger body streams: the result is then a
-    factory of the stream (the bytes read so far first), which can be started only once."""
+    factory of the stream (the bytes read so far first), which can be started only once.
+    `loop`: the worker's, for the idle timeouts (see Deadline)."""
     chunks: list[bytes] = []
+    idle = (body_idle, loop)
     try:
         while True:
-            chunk, more = await _next_chunk(receive, body_idle, max_body, content_length, outcome)
+            chunk, more = await _next_chunk(receive, idle, max_body, content_length, outcome)
             if chunk:
                 chunks.append(chunk)
             if not more:
@@ -164,14 +200,17 @@ async def read_body(
         if started[0]:
             # plan.may_repeat never repeats a request whose streamed body was read.
             raise RuntimeError("a streamed request body can be sent once")
-        return _stream_rest(receive, prefix, max_body, content_length, body_idle, outcome, started)
+        return _stream_rest(receive, prefix, max_body, content_length, idle, outcome, started)
 
     return stream
 
 
+Idle = tuple[float, "asyncio.AbstractEventLoop | None"]  # the body idle timeout, on this loop
+
+
 async def _next_chunk(
     receive: Receive,
-    body_idle: float,
+    idle: Idle,
     max_body: int,
     content_length: int | None,
     outcome: Outcome,
@@ -179,7 +218,7 @@ async def _next_chunk(
     """The next piece of the request body and whether more follows. Raises BodyIdle, ClientGone
     (gone, or the body ended short of its Content-Length) or BodyTooLarge."""
     try:
-        async with asyncio.timeout(body_idle):
+        async with within(*idle):
             message = await receive()
     except TimeoutError:
         raise BodyIdle from None
@@ -201,7 +240,7 @@ async def _stream_rest(
     prefix: bytes,
     max_body: int,
     content_length: int | None,
-    body_idle: float,
+    idle: Idle,
     outcome: Outcome,
     started: list[bool],
 ) -> AsyncIterator[bytes]:
@@ -210,7 +249,7 @@ async def _stream_rest(
     started[0] = True
     yield prefix
     while True:
-        chunk, more = await _next_chunk(receive, body_idle, max_body, content_length, outcome)
+        chunk, more = await _next_chunk(receive, idle, max_body, content_length, outcome)
         if chunk:
             yield chunk
         if not more:
@@ -517,13 +556,15 @@ async def answer_client(
     capture: Capture | None = None,
     checked: bool = False,
     trailers: bool = False,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> None:
     """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
     (see the module rules); `capture` keeps a copy. `read_some(read_timeout, gone)` gives the
     next body bytes (b"" at the end) or raises UpstreamAborted. `checked`: the answer's parser
     has refused what `headers_sendable` would (the forwarder's `strict`). `trailers`: the
     client's side takes ASGI's `http.response.trailers` (the engine does): a streamed answer
-    ends with the upstream's trailer fields (prepare_trailers), if it sent any."""
+    ends with the upstream's trailer fields (prepare_trailers), if it sent any. `loop`: the
+    worker's, for the send timeouts (see Deadline)."""
     try:
         outcome.status = response.status
         if whole is not None:
@@ -547,7 +588,7 @@ async def answer_client(
                 # body writes nothing: the next chunk is taken from the upstream only once the
                 # client has taken the last one, so a stalled client holds none.
                 try:
-                    async with asyncio.timeout(send_timeout):
+                    async with within(send_timeout, loop):
                         await send(_NOTHING_MORE)
                 except TimeoutError:
                     raise ClientTooSlow("client-send-timeout") from None
@@ -558,7 +599,7 @@ async def answer_client(
                 if capture is not None:
                     capture.add(chunk)
                 try:
-                    async with asyncio.timeout(send_timeout):
+                    async with within(send_timeout, loop):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except TimeoutError:
                     raise ClientTooSlow("client-send-timeout") from None
