@@ -31,6 +31,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -285,8 +286,9 @@ class ProxyServer(uvicorn.Server):
                     "ssl": listener.context,
                     "ssl_handshake_timeout": router.settings.header_timeout,
                 }
+            # Each connection is handed the loop: looking it up is a getpid() system call.
             server = await loop.create_server(
-                create_protocol, sock=sock, backlog=config.backlog, **tls
+                partial(create_protocol, loop), sock=sock, backlog=config.backlog, **tls
             )
             self.servers.append(server)
         if secured:
