@@ -62,6 +62,7 @@ from tests.functional.proxy_support import (
     ProxyProcess,
     Reader,
     Recorder,
+    Response,
     Seen,
     Table,
     Writer,
@@ -392,16 +393,22 @@ def chunked_answer(body: bytes) -> Handler:
     return handle
 
 
+def get_then_another(proxy: ProxyProcess, target: str) -> tuple[Response, Response]:
+    """GET `target`, then a POST to /after on the same connection: both answers (the second
+    one shows the first was framed right)."""
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("GET", target))
+        answer = conn.read_response()
+        conn.sendall(build("POST", "/after", body=b"x"))
+        return answer, conn.read_response()
+
+
 def test_a_chunked_answer_arrives_byte_exact_and_the_connection_is_kept(
     proxy: ProxyProcess, upstream: Recorder
 ) -> None:
     body = pattern(300 * KiB + 7, 1)
     upstream.handler = by_method(GET=chunked_answer(body), default=reply())
-    with Conn(proxy.external) as conn:
-        conn.sendall(build("GET", "/chunked"))
-        answer = conn.read_response()
-        conn.sendall(build("POST", "/after", body=b"x"))
-        after = conn.read_response()
+    answer, after = get_then_another(proxy, "/chunked")
     assert (answer.status, answer.complete) == (200, True), answer.head
     assert answer.value("content-length") in (None, b"%d" % len(body)), answer.head
     assert answer.body == body
@@ -448,11 +455,7 @@ def test_an_answers_trailer_fields_reach_the_client_as_trailers(
     must not be told them there. The connection goes on with the next request."""
     body = pattern(size, 4)
     upstream.handler = by_method(GET=answer_with_trailers(body), default=reply())
-    with Conn(proxy.external) as conn:
-        conn.sendall(build("GET", "/trailers"))
-        answer = conn.read_response()
-        conn.sendall(build("POST", "/after", body=b"x"))
-        after = conn.read_response()
+    answer, after = get_then_another(proxy, "/trailers")
     assert (answer.status, answer.complete, answer.body) == (200, True, body), answer.head
     assert answer.trailers == PASSED_TRAILERS, answer.trailers
     assert not {b"x-checksum", b"server-timing", b"set-cookie"} & set(answer.names()), answer.head
@@ -480,11 +483,7 @@ def test_a_malformed_trailer_section_ends_the_answer_whole_without_it(
     the broken section (`X-Good` came before the malformed line)."""
     section = b"0\r\nX-Good: 1\r\nno colon here\r\n\r\n"
     upstream.handler = by_method(GET=answer_with_trailers(b"hello world", section), default=reply())
-    with Conn(proxy.external) as conn:
-        conn.sendall(build("GET", "/broken-trailers"))
-        answer = conn.read_response()
-        conn.sendall(build("POST", "/after", body=b"x"))
-        after = conn.read_response()
+    answer, after = get_then_another(proxy, "/broken-trailers")
     assert (answer.status, answer.complete, answer.body) == (200, True, b"hello world")
     assert answer.trailers == [], answer.trailers
     assert (after.status, after.body) == (200, b"ok"), after.head
