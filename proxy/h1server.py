@@ -23,7 +23,9 @@ Bodies
   checks (X-Consumer-Id, a route's API key), past its checks (nginx drops them too).
 - `Expect: 100-continue` (HTTP/1.1 only): `100 Continue` is written when the application first
   reads the body, so a request refused on its head (401, 413 by its Content-Length) never has
-  its body sent (RFC 9110 §10.1.1); the field itself is the proxy's, never forwarded.
+  its body sent (RFC 9110 §10.1.1). The field is taken off the headers; the scope says it came
+  (`strangler.continue`), so the data plane can ask the upstream and read the body only once
+  the upstream has said 100 (end to end).
 - Flow control both ways: reading pauses while more than READ_HIGH_WATER body bytes wait for
   the application, and resumes when it reads; send() waits while the client's write buffer is
   above its high-water mark, so a slow reader holds a bounded amount.
@@ -81,7 +83,7 @@ from proxy.dataplane.tunnel import Tunnel
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.settings import ProxySettings
 from proxy.tls import connection_tls
-from proxy.types import TRAILERS, ASGIApp
+from proxy.types import CONTINUE, TRAILERS, ASGIApp
 
 log = logging.getLogger("strangler")
 
@@ -651,6 +653,8 @@ class H1Connection(asyncio.Protocol):
         )
         if upgrade:
             exchange.scope["extensions"]["strangler.upgrade"] = partial(self._attach, exchange)
+        if exchange.continue_expected:  # the data plane may let the upstream decide on the 100
+            exchange.scope["extensions"][CONTINUE] = _OFFERED
         self.parsing = exchange
         self._in_body = True
         self._head_bytes = 0  # from here on, the trailer section's size

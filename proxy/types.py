@@ -14,3 +14,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # ASGI's extension for an answer's trailer fields: a server that offers it in the scope takes
 # `"trailers": True` in the start message, then an `http.response.trailers` message at the end.
 TRAILERS = "http.response.trailers"
+# The proxy's own engine: the client sent `Expect: 100-continue`, and `100 Continue` goes to it
+# when the application first reads the body.
+CONTINUE = "strangler.continue"

@@ -75,7 +75,7 @@ from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
 from proxy.table.compile import STATIC, CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
-from proxy.types import TRAILERS, Receive, Scope, Send
+from proxy.types import CONTINUE, TRAILERS, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
@@ -102,6 +102,7 @@ class Call:
     outcome: Outcome
     fresh: bool = False
     capture: Capture | None = None  # a copy of the answer, for a shadow or a recording
+    expect: bool = False  # the upstream decides on the client's `100 Continue`
 
 
 def _keys_of(route: CompiledRoute, credentials: CredentialPolicy) -> tuple[str, ...]:
@@ -370,10 +371,12 @@ class DataPlane:
         tried (plan.next_step decides; see plan.py for when a request may be repeated)."""
         settings = self.runtime.settings
         body: Body = None
+        expect = False
         if facts.content_length or facts.chunked:
+            expect = self._continues(scope, facts)
             body = await read_body(
                 receive,
-                buffer=settings.request_buffer,
+                buffer=-1 if expect else settings.request_buffer,
                 max_body=plan.max_body,
                 content_length=facts.content_length,
                 body_idle=settings.body_idle_timeout,
@@ -381,6 +384,7 @@ class DataPlane:
                 loop=self.runtime.loop,
             )
         call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
+        call.expect = expect
         if not callable(body):
             call.capture = self._capture(plan)
         guard = self.runtime.guards.get(plan.upstream)
@@ -445,6 +449,19 @@ class DataPlane:
             forwarder.leave(pool)
             guard.release(holder)
 
+    def _continues(self, scope: Scope, facts: RequestFacts) -> bool:
+        """Whether the client's `Expect: 100-continue` goes to the upstream (end to end): for a
+        body declared too large to read first (a Content-Length above the request buffer), the
+        upstream is asked, and the client's 100 and body follow only once it has said 100, so
+        an upload it refuses on its head (401, 413) is never sent (HAProxy forwards Expect so;
+        Envoy with proxy_100_continue). A smaller or chunked body is read first and the proxy
+        says 100 itself (nginx's way): nothing reaches the upstream before the client has sent
+        a whole small body, and a retry or a fallback can send it again."""
+        if CONTINUE not in scope.get("extensions", _NONE):
+            return False
+        length = facts.content_length
+        return length is not None and length > self.runtime.settings.request_buffer
+
     async def _exchange(
         self, call: Call, plan: Plan, pool: Pool, guard: Guard, probe: int
     ) -> str | None:
@@ -463,6 +480,7 @@ class DataPlane:
                     read_timeout=plan.read_timeout,
                     head_timeout=retry.per_try_timeout if retry and not tries.fallen_back else None,
                     fresh=call.fresh,
+                    expect=call.expect,
                 )
             except TryFailed as failed:
                 # A pooled connection the upstream had closed is the pool's fault, not a sign

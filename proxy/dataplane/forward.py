@@ -177,11 +177,12 @@ async def read_body(
     proxy_request_buffering): up to `buffer` bytes whole, so a slow upload holds no upstream
     connection and a retry can send it again. A larger body streams: the result is then a
     factory of the stream (the bytes read so far first), which can be started only once.
-    `loop`: the worker's, for the idle timeouts (see Deadline)."""
+    `loop`: the worker's, for the idle timeouts (see Deadline). `buffer` -1: nothing is read
+    before the stream starts (the client's `100 Continue` waits for the upstream's)."""
     chunks: list[bytes] = []
     idle = (body_idle, loop)
     try:
-        while True:
+        while buffer >= 0:
             chunk, more = await _next_chunk(receive, idle, max_body, content_length, outcome)
             if chunk:
                 chunks.append(chunk)
@@ -386,6 +387,7 @@ class Forwarding(Protocol):
         read_timeout: float,
         head_timeout: float | None = None,
         fresh: bool = False,
+        expect: bool = False,
     ) -> Any: ...
     async def buffered(self, response: Any, scope: Scope, read_timeout: float) -> bytes | None: ...
     def reader(self, response: Any) -> ReadSome: ...
@@ -485,9 +487,11 @@ class Forwarder:
         read_timeout: float,
         head_timeout: float | None = None,
         fresh: bool = False,
+        expect: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the response head. Raises TryFailed (the upstream
-        failed), ClientGone or a ProxyError about the client's body."""
+        failed), ClientGone or a ProxyError about the client's body. `expect` is not passed on
+        here: the body is sent at once (the client gets its 100 from the proxy)."""
         url = upstream_url(upstream, scope["raw_path"], scope["query_string"])
         session = pool.fresh_session() if fresh else pool.session
         _OPENED.set(False)

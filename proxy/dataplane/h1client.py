@@ -12,7 +12,11 @@ Rules, with their precedents:
   framing: Content-Length when the length is known, else chunked (RFC 9112 §7.1), never both
   (§6.1). POST, PUT and PATCH without a body say `Content-Length: 0` (RFC 9110 §8.6: a user
   agent should). No cookies, redirects, decompression or environment proxies: none exists.
-- **Answers.** Interim 1xx answers are skipped (the client side answers its own Expect);
+- **Expect.** A streamed body the data plane lets the upstream decide on goes with `Expect:
+  100-continue`, and only after the upstream's `100 Continue`, or after EXPECT_WAIT without
+  one (RFC 9110 §10.1.1); a final answer first means none of it is sent, and the connection
+  is not reused (what the upstream reads next is unknown).
+- **Answers.** Interim 1xx answers are skipped (a 100 releases a waiting body);
   HEAD, 204 and 304 answers have no body (RFC 9110 §6.4.1), whatever their fields say; a body
   with neither length nor chunking ends when the upstream closes (RFC 9112 §6.3 (8)); a
   malformed head or chunk, or a Content-Length beside Transfer-Encoding, is a bad response
@@ -70,6 +74,8 @@ READ_HIGH_WATER = 32_768  # unread body bytes before the connection stops readin
 MAX_HEAD_BYTES = 65_536  # an upstream's answer head (nginx: proxy_buffer_size, larger here)
 MAX_HEADERS = 256
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+EXPECT_WAIT = 1.0  # seconds a body waits for the upstream's `100 Continue` before it goes anyway
+_EXPECT_FIELD = b"expect: 100-continue\r\n"
 _CRLF = b"\r\n"
 
 
@@ -127,6 +133,7 @@ class Answer:
         "client_error",
         "conn",
         "content_length",
+        "continued",
         "done",
         "error",
         "failure",
@@ -149,6 +156,7 @@ class Answer:
         self.trailers: list[tuple[bytes, bytes]] = []  # a chunked body's trailer section
         self.reason = b""  # the status line's reason phrase, passed on to the client
         self.content_length: int | None = None
+        self.continued = True  # False: a body waits for the upstream's `100 Continue`
         self.head_ready = False
         self.chunks: deque[bytes] = deque()
         self.unread = 0
@@ -412,6 +420,9 @@ class Connection(asyncio.Protocol):
         if 100 <= status < 200:  # interim: the final answer follows on this connection
             if status == 101:
                 raise httptools.HttpParserError("an upgrade nobody asked for")
+            if status == 100 and not answer.continued:
+                answer.continued = True
+                self.stop_sending()  # a body waiting for it goes (_send_body)
             answer.raw_headers = []
             answer.reason = b""
             answer.content_length = None
@@ -421,8 +432,10 @@ class Connection(asyncio.Protocol):
         bodiless = answer.bodiless or status in (204, 304)
         if not (_persistent(parser, answer) if bodiless else parser.should_keep_alive()):
             self.keep = False
-        if self.sending and status >= 300:
-            self.stop_sending()  # an early refusal: no more of the body (see _send_body)
+        if self.sending and (status >= 300 or not answer.continued):
+            # An early refusal: no more of the body; a final answer to an Expect before its
+            # 100: none of it (see _send_body).
+            self.stop_sending()
         if bodiless:
             self._complete(answer)
             # llhttp would wait for the body the fields announce: the next answer on this
@@ -715,6 +728,16 @@ def _refused(answer: Answer) -> bool:
     return answer.done or (answer.head_ready and answer.status >= 300)
 
 
+async def _continue(conn: Connection, answer: Answer) -> bool:
+    """Whether the body goes, for a request sent with `Expect: 100-continue`: the upstream said
+    100, or said nothing for EXPECT_WAIT (RFC 9110 §10.1.1: a client must not wait for ever;
+    curl waits 1 s); not when it answered, or failed, first."""
+    if not (answer.continued or answer.head_ready or answer.failure or conn.closed):
+        conn.drained = answer.loop.create_future()  # set by the 100, the answer or the close
+        await conn.drain(EXPECT_WAIT)
+    return not (answer.head_ready or answer.failure or conn.closed)
+
+
 async def _send_body(
     conn: Connection,
     answer: Answer,
@@ -726,10 +749,14 @@ async def _send_body(
     the upstream refuses it early (then no more is sent: a reset would destroy the refusal on
     its way; nginx does the same). An early 2xx head (an upload's progress, an echo) keeps
     the body flowing. The connection is not reused when its answer began before the body
-    ended."""
+    ended. A request that expects `100 Continue` (`answer.continued` False) sends nothing
+    before it (`_continue`): its client's body is not even read."""
     transport = conn.transport
     assert transport is not None
     try:
+        if not answer.continued and not await _continue(conn, answer):
+            conn.keep = False  # the upstream answered without the body: the rest is unknown
+            return
         async for chunk in stream:
             if _refused(answer) or conn.closed:
                 conn.keep = False
@@ -835,20 +862,26 @@ class Forwarder:
         read_timeout: float,
         head_timeout: float | None = None,
         fresh: bool = False,
+        expect: bool = False,
     ) -> Answer:
         """Send the request and wait for the answer's head. Raises TryFailed (the upstream
-        failed), ClientGone or a ProxyError about the client's body."""
+        failed), ClientGone or a ProxyError about the client's body. `expect`: a streamed body
+        is sent with `Expect: 100-continue` and only after the upstream's 100 (_continue)."""
         method = scope["method"].encode("ascii")
         target = scope["raw_path"]
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         framing, chunked = _framing(method, headers, body, pool.authority)
+        expect = expect and callable(body)
+        if expect:
+            framing += _EXPECT_FIELD
         head = _request_head(method, target, headers, framing)
         wait = read_timeout if head_timeout is None else min(read_timeout, head_timeout)
         loop = pool.loop
         deadline = loop.time() + (head_timeout or 0.0)
         conn = await self._connection(pool, upstream, fresh, head_timeout)
         answer = conn.start(method == b"HEAD")
+        answer.continued = not expect
         if fresh:  # a re-send after a stale pooled connection: its connection is not kept
             conn.keep = False
         transport = conn.transport

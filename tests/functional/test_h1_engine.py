@@ -18,14 +18,22 @@ raw client in front of the real proxy and a raw recorder upstream behind it.
   next answer on the connection is read right); two requests in turn share one connection; a
   client that half-closes after its request still gets the answer.
 - Request bodies: a Content-Length body and a chunked body reach the upstream byte-exact; trailer
-  fields never become header fields; a malformed chunk size is a 400 problem and the connection
-  closes; framing two parsers could read differently (Transfer-Encoding beside Content-Length,
-  chunked twice or not last, whitespace before the colon) is a 400, `gzip, chunked` a 501, and
-  none reaches the upstream; `Connection: content-length` does not strip the framing.
+  fields never reach the upstream, as header fields or trailers; a malformed chunk size is a 400
+  problem and the connection closes; framing two parsers could read differently
+  (Transfer-Encoding beside Content-Length, chunked twice or not last, whitespace before the
+  colon) is a 400, `gzip, chunked` a 501, and none reaches the upstream; `Connection:
+  content-length` does not strip the framing.
 - `Expect: 100-continue`: the client gets `100 Continue` before it sends the body, then the
-  answer; the upstream never sees `Expect`; a declared body over the route's `max_body` is a 413
-  without a 100, and a body sent anyway is never served as a request; a body sent at once gets
-  no 100 after the answer; an HTTP/1.0 client gets no 100.
+  answer; on a small or chunked body the upstream never sees `Expect`; a declared body over the
+  route's `max_body` is a 413 without a 100, and a body sent anyway is never served as a
+  request; a body sent at once gets no 100 after the answer; an HTTP/1.0 client gets no 100. An
+  upload declared above the request buffer goes end to end: the upstream is asked, the client's
+  100 follows the upstream's, an upstream's refusal on the head reaches the client without a
+  100 and not one body byte reaches the upstream, and an upstream that never says 100 gets the
+  body after a second.
+- Trailers: an answer's trailer fields reach an HTTP/1.1 client as trailers, in the upstream's
+  case and order, minus those no trailer may carry; an HTTP/1.0 client gets the body without
+  them; a malformed trailer section ends the answer whole without it.
 - Limits: a target over the limit is a 414, header fields over the limit a 431 (also when a
   200 KiB head arrives in one send), a head too slow a 408 and the close, an absolute-form target
   a 400, CONNECT a 405; nothing refused reaches the upstream.
@@ -755,6 +763,113 @@ def test_expect_100_continue_from_an_http10_client_is_ignored(
         answer = conn.read_response()
     assert (answer.status, answer.body) == (200, b"/old-upload"), answer.head
     assert upstream.only().body == b"hello"
+
+
+LARGE = 100 * KiB  # above the request buffer (64 KiB): the upstream decides on the 100
+
+
+async def says_100_then_counts(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """An upstream that answers `Expect: 100-continue` with a 100, then reads the body and
+    answers how many bytes it read."""
+    if seen.values("expect"):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+    await read_body(seen, reader)
+    count = b"%d" % len(seen.body)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(count), count))
+    await writer.drain()
+    return True
+
+
+async def refuses_on_the_head(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """An upstream that refuses on the head alone (an expired token), reading no body byte."""
+    body = b'{"detail": "token expired"}'
+    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    try:  # whatever the proxy sends after the answer, for a while: counted as body bytes
+        while data := await asyncio.wait_for(reader.read(MiB), 0.5):
+            seen.body_size += len(data)
+    except TimeoutError:
+        pass
+    return False
+
+
+def test_expect_100_continue_on_a_large_upload_goes_end_to_end(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """A body declared too large to read first: the upstream is asked (`Expect:
+    100-continue`), and the client's 100 comes once the upstream has said 100; the body then
+    streams whole."""
+    upstream.handler = says_100_then_counts
+    body = pattern(LARGE, 5)
+    with Conn(proxy.external) as conn:
+        conn.sendall(
+            build("POST", "/upload", [("Expect", "100-continue"), ("Content-Length", str(LARGE))])
+        )
+        interim = conn.read_response()
+        assert interim.head.startswith(b"HTTP/1.1 100 Continue"), interim.head
+        conn.sendall(body)
+        answer = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"%d" % LARGE), answer.head
+    seen = upstream.only()
+    assert seen.values("expect") == [b"100-continue"], seen.head
+    assert seen.body == body
+
+
+def test_expect_100_continue_on_a_chunked_upload_is_the_proxys_to_answer(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """A body of unknown length is read before the upstream is asked anything (up to the
+    request buffer): the proxy says 100 itself, and the upstream never sees Expect."""
+    upstream.handler = says_100_then_counts
+    body = pattern(LARGE, 7)
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("POST", "/upload", [("Expect", "100-continue"), *CHUNKED]))
+        interim = conn.read_response()
+        assert interim.head.startswith(b"HTTP/1.1 100 Continue"), interim.head
+        conn.sendall(chunked(body, 8000))
+        answer = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"%d" % LARGE), answer.head
+    seen = upstream.only()
+    assert seen.values("expect") == [], seen.head
+    assert seen.body == body
+
+
+def test_an_upstream_refusing_a_large_upload_on_its_head_is_sent_none_of_it(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """The client gets the upstream's 401 and no 100, so it never sends the 100 KiB (a mobile
+    app on a slow network is spared the upload); the connection closes after the answer, as
+    what the client sends next is unknown (RFC 9110 §10.1.1)."""
+    upstream.handler = refuses_on_the_head
+    fields = [("Expect", "100-continue"), ("Content-Length", str(LARGE))]
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("POST", "/upload", fields))
+        answer = conn.read_response()
+        assert conn.closed_by_peer()
+    assert (answer.status, answer.body) == (401, b'{"detail": "token expired"}'), answer.head
+    seen = upstream.only()
+    assert seen.values("expect") == [b"100-continue"], seen.head
+    assert seen.body_size == 0  # not one body byte
+
+
+def test_an_upstream_that_never_says_100_gets_the_body_after_a_second(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """An upstream that ignores Expect waits for the body: after a second without a 100 or an
+    answer, the proxy sends it anyway (RFC 9110 §10.1.1; curl waits as long), so the upload
+    is not stuck."""
+    upstream.handler = echo_target()
+    body = pattern(LARGE, 6)
+    fields = [("Expect", "100-continue"), ("Content-Length", str(LARGE))]
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("POST", "/upload", fields))
+        interim = conn.read_response()
+        assert interim.head.startswith(b"HTTP/1.1 100 Continue"), interim.head
+        conn.sendall(body)
+        answer = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"/upload"), answer.head
+    assert upstream.only().body == body
 
 
 # --- limits ---------------------------------------------------------------------------------------
