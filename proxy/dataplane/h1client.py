@@ -13,9 +13,10 @@ Rules, with their precedents:
   (§6.1). POST, PUT and PATCH without a body say `Content-Length: 0` (RFC 9110 §8.6: a user
   agent should). No cookies, redirects, decompression or environment proxies: none exists.
 - **Expect.** A streamed body the data plane lets the upstream decide on goes with `Expect:
-  100-continue`, and only after the upstream's `100 Continue`, or after EXPECT_WAIT without
-  one (RFC 9110 §10.1.1); a final answer first means none of it is sent, and the connection
-  is not reused (what the upstream reads next is unknown).
+  100-continue`, and only after the upstream's `100 Continue` (or an early 2xx head: an echo
+  reads on), or after EXPECT_WAIT without either (RFC 9110 §10.1.1); a refusal first (300 or
+  more) means none of it is sent, and the connection is not reused (what the upstream reads
+  next is unknown). The wait has a future of its own, never the upload's flow control.
 - **Answers.** Interim 1xx answers are skipped (a 100 releases a waiting body);
   HEAD, 204 and 304 answers have no body (RFC 9110 §6.4.1), whatever their fields say; a body
   with neither length nor chunking ends when the upstream closes (RFC 9112 §6.3 (8)); a
@@ -137,6 +138,7 @@ class Answer:
         "done",
         "error",
         "failure",
+        "go",
         "head_ready",
         "loop",
         "raw_headers",
@@ -165,6 +167,7 @@ class Answer:
         self.error: ProxyError | None = None
         self.client_error: BaseException | None = None  # the request body's failure
         self.waiter: asyncio.Future[bool] | None = None
+        self.go: asyncio.Future[bool] | None = None  # a body waiting for the upstream's 100
 
     # --- fed by the connection ----------------------------------------------------------------
     def wake(self) -> None:
@@ -172,10 +175,19 @@ class Answer:
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
+    def let_go(self) -> None:
+        """The wait for `100 Continue` is over (the 100, the answer, a failure came): its own
+        future, never the upload's flow control (Connection.drained)."""
+        self.continued = True
+        go = self.go
+        if go is not None and not go.done():
+            go.set_result(True)
+
     def fail(self, kind: str, error: ProxyError) -> None:
         if self.done or self.failure:
             return
         self.failure, self.error = kind, error
+        self.let_go()
         self.wake()
 
     # --- read by the data plane ---------------------------------------------------------------
@@ -420,9 +432,8 @@ class Connection(asyncio.Protocol):
         if 100 <= status < 200:  # interim: the final answer follows on this connection
             if status == 101:
                 raise httptools.HttpParserError("an upgrade nobody asked for")
-            if status == 100 and not answer.continued:
-                answer.continued = True
-                self.stop_sending()  # a body waiting for it goes (_send_body)
+            if status == 100:
+                answer.let_go()  # a body waiting for it goes (_send_body)
             answer.raw_headers = []
             answer.reason = b""
             answer.content_length = None
@@ -432,10 +443,9 @@ class Connection(asyncio.Protocol):
         bodiless = answer.bodiless or status in (204, 304)
         if not (_persistent(parser, answer) if bodiless else parser.should_keep_alive()):
             self.keep = False
-        if self.sending and (status >= 300 or not answer.continued):
-            # An early refusal: no more of the body; a final answer to an Expect before its
-            # 100: none of it (see _send_body).
-            self.stop_sending()
+        answer.let_go()  # a final answer ends a wait for 100 too (_continue decides)
+        if self.sending and status >= 300:
+            self.stop_sending()  # an early refusal: no more of the body (see _send_body)
         if bodiless:
             self._complete(answer)
             # llhttp would wait for the body the fields announce: the next answer on this
@@ -529,6 +539,8 @@ class Connection(asyncio.Protocol):
                 transport.close()
         self.closed = True
         self.stop_sending()
+        if self.answer is not None:
+            self.answer.let_go()
         self.pool.forget(self)
 
     def stop_sending(self) -> None:
@@ -730,12 +742,19 @@ def _refused(answer: Answer) -> bool:
 
 async def _continue(conn: Connection, answer: Answer) -> bool:
     """Whether the body goes, for a request sent with `Expect: 100-continue`: the upstream said
-    100, or said nothing for EXPECT_WAIT (RFC 9110 §10.1.1: a client must not wait for ever;
-    curl waits 1 s); not when it answered, or failed, first."""
+    100, or answered 2xx early (an echo reads on), or said nothing for EXPECT_WAIT (RFC 9110
+    §10.1.1: a client must not wait for ever; curl waits 1 s); not when it refused first (a
+    final status of 300 or more, or its whole answer), failed, or closed."""
     if not (answer.continued or answer.head_ready or answer.failure or conn.closed):
-        conn.drained = answer.loop.create_future()  # set by the 100, the answer or the close
-        await conn.drain(EXPECT_WAIT)
-    return not (answer.head_ready or answer.failure or conn.closed)
+        go = answer.go = answer.loop.create_future()
+        handle = answer.loop.call_later(EXPECT_WAIT, _expire, go)
+        try:
+            await go
+        finally:
+            handle.cancel()
+            answer.go = None
+            answer.continued = True  # a 100 coming later changes nothing
+    return not (_refused(answer) or answer.failure or conn.closed)
 
 
 async def _send_body(

@@ -53,6 +53,7 @@ HTTP/1.0, HTTP/1.0 `Expect` and half-close tests fail: what the new engine adds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import socket
@@ -846,6 +847,8 @@ def test_an_upstream_refusing_a_large_upload_on_its_head_is_sent_none_of_it(
     with Conn(proxy.external) as conn:
         conn.sendall(build("POST", "/upload", fields))
         answer = conn.read_response()
+        with contextlib.suppress(OSError):  # a client that sends it anyway (curl, after 1 s)
+            conn.sendall(pattern(LARGE, 8))
         assert conn.closed_by_peer()
     assert (answer.status, answer.body) == (401, b'{"detail": "token expired"}'), answer.head
     seen = upstream.only()
@@ -869,6 +872,38 @@ def test_an_upstream_that_never_says_100_gets_the_body_after_a_second(
         conn.sendall(body)
         answer = conn.read_response()
     assert (answer.status, answer.body) == (200, b"/upload"), answer.head
+    seen = upstream.only()
+    assert seen.values("expect") == [b"100-continue"], seen.head
+    assert seen.body == body
+
+
+async def answers_at_once_then_counts(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """An upstream that answers 200 on the head (no 100), then reads the body and ends its
+    chunked answer with how many bytes it read (an echo, an upload's progress)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await writer.drain()
+    await read_body(seen, reader)
+    count = b"%d" % len(seen.body)
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(count), count))
+    await writer.drain()
+    return True
+
+
+def test_an_upstream_answering_2xx_before_any_100_still_gets_the_body(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """An early 2xx is no refusal (RFC 9110 §10.1.1): the body goes, whole."""
+    upstream.handler = answers_at_once_then_counts
+    body = pattern(LARGE, 9)
+    fields = [("Expect", "100-continue"), ("Content-Length", str(LARGE))]
+    with Conn(proxy.external) as conn:
+        conn.sendall(build("POST", "/upload", fields))
+        time.sleep(0.3)  # a client that waits a moment for the 100, then sends anyway
+        conn.sendall(body)
+        answer = conn.read_response()
+        if answer.status == 100:
+            answer = conn.read_response()
+    assert (answer.status, answer.body) == (200, b"%d" % LARGE), answer.head
     assert upstream.only().body == body
 
 
