@@ -19,7 +19,7 @@ import gc
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("strangler")
 SHARE_INTERVAL = 1.0
 SUBSCRIBE_WAIT = 1.0  # seconds a starting worker waits for the store's channels and pins
+# Seconds each step of a worker's stop may take: a dependency that hangs (a Redis coming back,
+# a client library that swallows a cancellation) must not hold the exit, whose whole budget is
+# the graceful timeout (Envoy's drain has its own deadline too). A step past it is logged and
+# left behind.
+STOP_STEP_SECONDS = 2.0
 
 
 def initial_table(settings: ProxySettings) -> Snapshot:
@@ -110,6 +115,15 @@ def _write_cache(path: Path, text: str) -> None:
 # loaded worker's CPU, every 20,000 a fraction of that; a cycle left by a request waits a
 # little longer to be freed.
 GC_THRESHOLDS = (20_000, 20, 20)
+
+
+async def _bounded(what: str, step: Awaitable[None]) -> None:
+    """Await one step of a stop for at most STOP_STEP_SECONDS (logged when it takes longer)."""
+    try:
+        async with asyncio.timeout(STOP_STEP_SECONDS):
+            await step
+    except TimeoutError:
+        log.warning("stopping: %s took over %.0f s; left behind", what, STOP_STEP_SECONDS)
 
 
 def settle_heap() -> None:
@@ -323,27 +337,39 @@ class Runtime:
         settle_heap()
 
     async def stop(self) -> None:
+        """Stop every background task and close every client, each step within
+        STOP_STEP_SECONDS (the access log is flushed whatever happened before)."""
+        try:
+            await self._stop_tasks()
+            self._tasks = []  # the rollout driver, cancelled, has let its lease go
+            if self.rollout_driver is not None:
+                with contextlib.suppress(Exception):
+                    self.rollout_driver.close()
+            await _bounded("the shadow", self.mirror.stop())
+            await _bounded("the rate limiter", self.limiter.stop())
+            await _bounded("the access gate", self.gate.stop())
+            await _bounded("the consumers", self.consumers.stop())
+            if self.mirror.tallies:
+                with contextlib.suppress(Exception):  # the last numbers, if the sink answers
+                    await _bounded("the shadow's last numbers", self._share_tallies())
+            await _bounded("the pins' wire", self.pin_wire.stop())
+            with contextlib.suppress(Exception):
+                await _bounded("the sink", self.sink.close())
+            await _bounded("the upstream pools", self.forwarder.close())
+        finally:
+            self.access_log.flush()
+
+    async def _stop_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []  # the rollout driver, cancelled, has let its lease go
-        if self.rollout_driver is not None:
-            with contextlib.suppress(Exception):
-                self.rollout_driver.close()
-        await self.mirror.stop()
-        await self.limiter.stop()
-        await self.gate.stop()
-        await self.consumers.stop()
-        if self.mirror.tallies:
-            with contextlib.suppress(Exception):  # the last numbers, if the sink answers
-                await self._share_tallies()
-        await self.pin_wire.stop()
-        with contextlib.suppress(Exception):
-            await self.sink.close()
-        await self.forwarder.close()
-        self.access_log.flush()
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(self._tasks, timeout=STOP_STEP_SECONDS)
+        for task in pending:
+            log.warning("stopping: %s did not end once cancelled; left behind", task.get_coro())
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("stopping: %s had failed", task.get_coro(), exc_info=task.exception())
 
     async def _sample_traffic(self) -> None:
         while True:

@@ -648,10 +648,11 @@ class ProxyProcess:
             self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait()
-            raise
+            log = "".join(self.stderr[-30:])
+            raise AssertionError(f"the proxy did not stop within {timeout} s:\n{log}") from exc
         finally:
             for pump in self._pumps:
                 pump.join(timeout=5)
