@@ -360,15 +360,19 @@ class Runtime:
             self.access_log.flush()
 
     async def _stop_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if not self._tasks:
-            return
-        done, pending = await asyncio.wait(self._tasks, timeout=STOP_STEP_SECONDS)
+        """Cancel the background tasks, twice if need be (a cancellation swallowed by a
+        client library's wait_for, Python 3.11), within STOP_STEP_SECONDS."""
+        pending = set(self._tasks)
+        for _ in range(2):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=STOP_STEP_SECONDS / 2)
         for task in pending:
             log.warning("stopping: %s did not end once cancelled; left behind", task.get_coro())
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("stopping: %s had failed", task.get_coro(), exc_info=task.exception())
 
     async def _sample_traffic(self) -> None:

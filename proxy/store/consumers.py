@@ -344,6 +344,8 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 FOLLOWER_NAME = "strangler-consumers"
+STOP_TRIES = 4  # cancellations a stop sends the follower, STOP_TRY_SECONDS apart
+STOP_TRY_SECONDS = 0.5
 
 
 class ConsumerFollower:
@@ -407,14 +409,24 @@ class ConsumerFollower:
         self._task = asyncio.create_task(follow)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Stop following, within a few seconds whatever Redis does. The task is cancelled
+        again while it runs on: redis-py waits with asyncio.wait_for, which on Python 3.11 can
+        swallow a cancellation that lands as its inner wait ends (the follower then looped on,
+        and a worker's stop hung after a Redis restart)."""
+        task, self._task = self._task, None
+        if task is not None:
+            for _ in range(STOP_TRIES):
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=STOP_TRY_SECONDS)
+                if done:
+                    break
+            else:
+                log.warning("the consumer follower of %s did not stop; left behind", self.where)
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_TRY_SECONDS):
+                    await client.aclose()
 
     # --- what every source does ---------------------------------------------------------------
     def _install(self, registry: Registry) -> None:
