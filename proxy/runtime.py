@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proxy.cancel import cancel_within
 from proxy.dataplane.armstats import ArmStats
 from proxy.dataplane.breaker import Guards
 from proxy.dataplane.forward import Forwarder, Forwarding
@@ -362,14 +363,7 @@ class Runtime:
     async def _stop_tasks(self) -> None:
         """Cancel the background tasks, twice if need be (a cancellation swallowed by a
         client library's wait_for, Python 3.11), within STOP_STEP_SECONDS."""
-        pending = set(self._tasks)
-        for _ in range(2):
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=STOP_STEP_SECONDS / 2)
-        for task in pending:
+        for task in await cancel_within(self._tasks, STOP_STEP_SECONDS):
             log.warning("stopping: %s did not end once cancelled; left behind", task.get_coro())
         for task in self._tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:

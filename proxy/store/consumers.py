@@ -55,6 +55,7 @@ from proxy.access.consumers import (
     Result,
     apply,
 )
+from proxy.cancel import cancel_within
 from proxy.store.base import StoreError, VersionConflict
 
 if TYPE_CHECKING:
@@ -414,14 +415,10 @@ class ConsumerFollower:
         swallow a cancellation that lands as its inner wait ends (the follower then looped on,
         and a worker's stop hung after a Redis restart)."""
         task, self._task = self._task, None
-        if task is not None:
-            for _ in range(STOP_TRIES):
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=STOP_TRY_SECONDS)
-                if done:
-                    break
-            else:
-                log.warning("the consumer follower of %s did not stop; left behind", self.where)
+        if task is not None and await cancel_within(
+            [task], STOP_TRIES * STOP_TRY_SECONDS, STOP_TRIES
+        ):
+            log.warning("the consumer follower of %s did not stop; left behind", self.where)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
