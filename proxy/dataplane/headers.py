@@ -177,7 +177,7 @@ def prepare_request(
             if name == b"transfer-encoding":
                 codings.append(value)
             continue
-        if b"_" in name:
+        if name.find(b"_") >= 0:
             facts.dropped += 1
             continue
         if name == b"host":

@@ -125,7 +125,7 @@ def read_path(
     if not raw_path.startswith(b"/"):
         raise AmbiguousPath("the request target must be a path starting with '/'")
     twice = _DOUBLE_ESCAPE(raw_path) is not None
-    once = _checked_unquote(raw_path) if b"%" in raw_path else raw_path
+    once = _checked_unquote(raw_path) if raw_path.find(b"%") >= 0 else raw_path
     if refuse_escaped_slashes and (
         _ESCAPED_SLASH.search(raw_path) or (twice and _ESCAPED_SLASH.search(once))
     ):
@@ -133,7 +133,7 @@ def read_path(
     key = _canonical(_SEPARATORS(raw_path))
     kept = _keep_escaped_slashes(raw_path)
     strict: list[str] = []
-    if kept is not raw_path or b"\\" in raw_path:
+    if kept is not raw_path or raw_path.find(b"\\") >= 0:
         strict.append(_canonical(kept.split(b"/")))
     if twice:
         strict.append(_canonical(_SEPARATORS(once)))
@@ -169,7 +169,7 @@ def _keep_escaped_slashes(raw: bytes) -> bytes:
 
 
 def _decode(piece: bytes) -> bytes:
-    decoded = unquote_to_bytes(piece) if b"%" in piece else piece
+    decoded = unquote_to_bytes(piece) if piece.find(b"%") >= 0 else piece
     if _CONTROL(decoded) is not None:
         raise AmbiguousPath("the path holds a control character (such as NUL)")
     return decoded
