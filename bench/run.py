@@ -39,7 +39,6 @@ UPSTREAM_PORT, RAW_PORT, PROXY_PORT, NGINX_PORT, NETS_PORT, BASE_PORT = range(18
 SHADOW20_PORT, SHADOW100_PORT = 18187, 18188
 ACCESS_PORT, ACCESS_REDIS_PORT = 18189, 18190
 AIOHTTP_PORT = 18191
-ASGI_PORT = 18192  # the proxy on uvicorn's protocol (--engine asgi)
 WORKLOADS = {  # path, POST body size, think time (ms) per request and connection
     "small": ("/small", None, 0),
     "big": ("/big", None, 0),
@@ -248,8 +247,7 @@ def main() -> int:
     parser.add_argument(
         "--targets",
         help="comma-separated subset of: strangler, strangler+aiohttp (the upstream client the "
-        "proxy's own HTTP/1.1 one replaced), strangler+asgi (the client side it replaced), "
-        "strangler+nets, strangler+shadow20, "
+        "proxy's own HTTP/1.1 one replaced), strangler+nets, strangler+shadow20, "
         "strangler+shadow100, strangler+access, strangler+access-redis, raw-aiohttp, nginx "
         "(default: strangler, strangler+nets, raw-aiohttp, nginx)",
     )
@@ -303,12 +301,9 @@ def main() -> int:
     shared.env = {**access.env, "STRANGLER_RATE_LIMIT_STORE": args.redis}
     on_aiohttp = strangler("strangler+aiohttp", AIOHTTP_PORT, "routes.yaml")
     on_aiohttp.env = {"STRANGLER_UPSTREAM_CLIENT": "aiohttp"}
-    on_asgi = strangler("strangler+asgi", ASGI_PORT, "routes.yaml")
-    on_asgi.env = {"STRANGLER_ENGINE": "asgi"}
     targets = [
         strangler("strangler", PROXY_PORT, "routes.yaml"),
         on_aiohttp,
-        on_asgi,
         access,
         shared,
         strangler("strangler+nets", NETS_PORT, "routes-nets.yaml"),

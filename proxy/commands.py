@@ -10,6 +10,7 @@ loads none of them. tests/proxy/test_cli_imports.py keeps it so.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -758,10 +759,6 @@ def serve(
         str | None,
         typer.Option(help="The upstream side: h1 (the proxy's own HTTP/1.1) or aiohttp."),
     ] = None,
-    engine: Annotated[
-        str | None,
-        typer.Option(help="The client side: h1 (the proxy's own HTTP/1.1) or asgi (uvicorn)."),
-    ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
@@ -793,11 +790,12 @@ def serve(
         "internal_tls_key": internal_tls_key,
         "internal_client_ca": internal_client_ca,
         "upstream_client": upstream_client,
-        "engine": engine,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:
         overrides["access_log"] = False
+    if os.environ.get("STRANGLER_ENGINE", "h1") != "h1":  # removed with uvicorn's protocol
+        typer.echo("strangler serve: STRANGLER_ENGINE is no longer read: one engine", err=True)
     try:
         settings = ProxySettings(**overrides)  # type: ignore[arg-type]
         if settings.routes is None and not settings.default_upstream and settings.store == "file":

@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 server side (`--engine h1`): one asyncio Protocol per client
+"""The proxy's own HTTP/1.1 server side: one asyncio Protocol per client
 connection on uvloop, llhttp (httptools) parsing the requests, the application called through
 ASGI's three arguments (scope, receive, send) without uvicorn's request cycle. It keeps every
 limit of the engine it replaces (protocol.py) and adds what that one could not say:

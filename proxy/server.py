@@ -2,8 +2,8 @@
 
 Listeners: external (mobile apps), internal (services), admin (health, readiness, metrics; never
 a proxied path). All three are served by one uvicorn server per worker on uvloop, its protocol
-the proxy's own HTTP/1.1 engine (h1server.py; `--engine asgi`: uvicorn's httptools protocol,
-hardened in protocol.py); no proxy headers, no Server or Date header of its own: the
+the proxy's own HTTP/1.1 engine (h1server.py; uvicorn's protocol it replaced is gone); no
+proxy headers, no Server or Date header of its own: the
 upstream's pass through. uvicorn's server keeps the lifecycle (lifespan, sockets, workers,
 graceful shutdown), and the worker tells the listeners apart by the local port a request
 arrived on. Sockets are bound once,
@@ -42,7 +42,6 @@ from uvicorn.supervisors import Multiprocess, multiprocess
 from proxy.dataplane.app import DataPlane
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.h1server import H1Connection
-from proxy.protocol import HardenedProtocol
 from proxy.runtime import Runtime, initial_table
 from proxy.settings import ProxySettings, parse_listen
 from proxy.store.pins import PIN_DIR_ENV
@@ -151,7 +150,7 @@ class Router:
         self.__init__(state["settings"], state["roles"])  # type: ignore[misc]
 
     async def startup(self) -> None:
-        HardenedProtocol.limits = H1Connection.limits = self.settings
+        H1Connection.limits = self.settings
         logging.getLogger("uvicorn.error").addFilter(QuietAborts())
         self.runtime = Runtime(self.settings, initial_table(self.settings))
         self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}
@@ -360,7 +359,7 @@ def uvicorn_config(settings: ProxySettings, listeners: list[Listener]) -> uvicor
     return uvicorn.Config(
         Router(settings, roles),
         loop="uvloop",
-        http=H1Connection if settings.engine == "h1" else HardenedProtocol,
+        http=H1Connection,
         ws="none",
         lifespan="on",
         proxy_headers=False,

@@ -110,10 +110,6 @@ class ProxySettings(BaseSettings):
     # (dataplane/h1client.py), or "aiohttp", the client it replaces, kept selectable until
     # the new one has served as long.
     upstream_client: Literal["h1", "aiohttp"] = "h1"
-    # The client side of the data plane: "h1", the proxy's own HTTP/1.1 server (h1server.py),
-    # or "asgi", uvicorn's protocol it replaces, kept selectable until the new one has served
-    # as long.
-    engine: Literal["h1", "asgi"] = "h1"
     # Kubernetes' default termination grace period.
     graceful_timeout: float = Field(30.0, gt=0)
 

@@ -558,10 +558,6 @@ class ProxyProcess:
         chosen = os.environ.get("STRANGLER_TEST_UPSTREAM_CLIENT")
         if chosen:
             base["STRANGLER_UPSTREAM_CLIENT"] = chosen
-        # ... and on either engine (the client side): STRANGLER_TEST_ENGINE.
-        engine = os.environ.get("STRANGLER_TEST_ENGINE")
-        if engine:
-            base["STRANGLER_ENGINE"] = engine
         self.env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.args = [
             STRANGLER,

@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 server side (`strangler serve --engine h1`), seen from both ends: a
+"""The proxy's own HTTP/1.1 server side (`strangler serve`), seen from both ends: a
 raw client in front of the real proxy and a raw recorder upstream behind it.
 
 - Spelling: request header names reach the upstream as the client spelled them
@@ -46,8 +46,8 @@ raw client in front of the real proxy and a raw recorder upstream behind it.
   upstream never reads gets the 504 when the timeout ends the try, the rest of it is read and
   dropped (never left paused), and the connection serves the next request.
 
-Every test passes `--engine h1` itself; on `--engine asgi` (uvicorn) the spelling, reason-phrase,
-HTTP/1.0, HTTP/1.0 `Expect` and half-close tests fail: what the new engine adds.
+On uvicorn's protocol, the engine this one replaced, the spelling, reason-phrase, HTTP/1.0,
+HTTP/1.0 `Expect` and half-close tests failed: what this engine added.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ from tests.functional.proxy_support import (
     wait_until,
 )
 
-ENGINE = ["--engine", "h1", "--no-access-log"]
+ENGINE = ["--no-access-log"]
 KiB = 1 << 10
 CHUNKED = [("Transfer-Encoding", "chunked")]
 SMALL = 1024  # the `small` route's max_body

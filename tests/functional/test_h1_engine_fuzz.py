@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 server side (`strangler serve --engine h1`) against whatever a client
+"""The proxy's own HTTP/1.1 server side (`strangler serve`) against whatever a client
 sends: its request parser never crashes, never hangs, and never lets a client smuggle a request.
 
 One real proxy for the module (`--no-access-log`; head, body-idle and keep-alive timeouts of
@@ -76,7 +76,6 @@ from tests.functional.proxy_support import (
     wait_until,
 )
 
-ENGINE = "h1"
 TIMEOUTS = 1.0  # the proxy's head, body-idle and keep-alive timeouts
 BOUND = 5.0  # the proxy answers or closes within this, or it hung
 SETTLE = 0.01  # for a traceback of this example to reach the proxy's stderr lines
@@ -112,7 +111,7 @@ def bench() -> Iterator[Bench]:
         "STRANGLER_KEEPALIVE_TIMEOUT": str(TIMEOUTS),
     }
     with recorder() as upstream:
-        args = ["--default-upstream", upstream.url, "--engine", ENGINE, "--no-access-log"]
+        args = ["--default-upstream", upstream.url, "--no-access-log"]
         with running(args, env) as proxy:
             yield Bench(proxy, upstream)
             assert proxy.proc is not None

@@ -233,8 +233,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 default="raw",
             )
             args = ["--routes", str(table.write()), "--consumers", str(consumers)]
-            # Tunnels are the proxy's own engine's (README): whatever engine the suite runs on.
-            with running(args, env={"STRANGLER_ENGINE": "h1"}) as proxy:
+            with running(args) as proxy:
                 yield World(proxy, ws, raw, consumers, dead_port)
     finally:
         dead.close()

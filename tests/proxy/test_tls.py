@@ -3,7 +3,7 @@ names, certificates reloaded in place without touching the live context with a b
 the ASGI TLS extension in the scope of a request served by the proxy's protocol.
 
 Handshakes run in memory (ssl.MemoryBIO on both sides) or, for the scope, on a real socket of
-127.0.0.1 served by HardenedProtocol; certificates come from trustme.
+127.0.0.1 served by the proxy's engine (H1Connection); certificates come from trustme.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import trustme
 import uvicorn
 from uvicorn.server import ServerState
 
-from proxy import protocol
-from proxy.protocol import HardenedProtocol
+from proxy import h1server
+from proxy.h1server import H1Connection
 from proxy.server import bind, serve
 from proxy.settings import ProxySettings
 from proxy.tls import (
@@ -346,14 +346,14 @@ def test_load_files_adds_nothing_when_the_key_is_unreadable(pki: PKI) -> None:
 
 # --- the scope ----------------------------------------------------------------------------------
 class ScopeServer:
-    """HardenedProtocol on 127.0.0.1:0 with a given context, in a thread of its own; the
+    """The proxy's engine on 127.0.0.1:0 with a given context, in a thread of its own; the
     application records every scope and answers 200 "ok"."""
 
     def __init__(self, context: ssl.SSLContext | None) -> None:
         self.scopes: list[Scope] = []
         config = uvicorn.Config(
             self.app,
-            http=HardenedProtocol,
+            http=H1Connection,
             lifespan="off",
             ws="none",
             interface="asgi3",
@@ -367,7 +367,7 @@ class ScopeServer:
         self.thread.start()
 
         def protocol() -> asyncio.Protocol:
-            return HardenedProtocol(config=config, server_state=self.state, app_state={})
+            return H1Connection(config=config, server_state=self.state, app_state={})
 
         made = self.loop.create_server(protocol, "127.0.0.1", 0, ssl=context)
         self.server = asyncio.run_coroutine_threadsafe(made, self.loop).result(TIMEOUT)
@@ -395,7 +395,7 @@ class ScopeServer:
 
 @pytest.fixture
 def limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(HardenedProtocol, "limits", ProxySettings(), raising=False)
+    monkeypatch.setattr(H1Connection, "limits", ProxySettings(), raising=False)
 
 
 @contextlib.contextmanager
@@ -434,7 +434,7 @@ def test_the_verified_client_certificate_is_in_the_scope(
         made.append(transport)
         return original(transport)
 
-    monkeypatch.setattr(protocol, "connection_tls", counted)
+    monkeypatch.setattr(h1server, "connection_tls", counted)
     caller = pki.ca.issue_cert(
         "orders.internal",
         common_name="orders",
