@@ -4,6 +4,13 @@
 The access log is buffered and flushed at most every 0.5 s or 64 KiB: one write per request would
 cost a system call on the hot path. json.dumps escapes control characters, so a client cannot
 forge log lines.
+
+Requests and their latency are counted in plain integers on the hot path (one dict lookup, three
+additions: `Metrics.observe`) and published to prometheus_client's values when they are read
+(`render`, `totals`) and once a second (`publish`: with several workers, another worker's
+/metrics reads the files this one writes). prometheus_client's own path takes a lock per value
+and walks the bucket list: ~4 % of a proxied request's instructions. The exposition is the same
+(Envoy's stats sink flushes its counters on an interval likewise).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import collections
 import os
 import sys
 import time
+from bisect import bisect_left
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -195,18 +203,37 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._children: dict[tuple[str, ...], Any] = {}
+        self._pending: dict[tuple[str, str, int], list[Any]] = {}  # [count, sum, *buckets]
 
     def shadowed(self, route: str, shadow: str, outcome: str) -> None:
         self.shadow.labels(route, shadow, outcome).inc()
 
     def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
-        key = (route, upstream, str(status))
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (self.requests.labels(*key), self.latency.labels(route, upstream))
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        """One answered request: counted here, published by `publish`."""
+        key = (route, upstream, status)
+        cell = self._pending.get(key)
+        if cell is None:
+            cell = self._pending[key] = [0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
+        cell[0] += 1
+        cell[1] += seconds
+        cell[2 + bisect_left(LATENCY_BUCKETS, seconds)] += 1  # Prometheus' `le`: at most
+
+    def publish(self) -> None:
+        """The requests counted since the last call, into prometheus_client's values (the
+        histogram's by its buckets: its observe() takes one value at a time)."""
+        pending, self._pending = self._pending, {}
+        for (route, upstream, status), cell in pending.items():
+            key = (route, upstream, str(status))
+            pair = self._children.get(key)
+            if pair is None:
+                pair = (self.requests.labels(*key), self.latency.labels(route, upstream))
+                self._children[key] = pair
+            pair[0].inc(cell[0])
+            latency = pair[1]
+            latency._sum.inc(cell[1])
+            for value, count in zip(latency._buckets, cell[2:], strict=True):
+                if count:
+                    value.inc(count)
 
     def ejected(self, upstream: str) -> None:
         self.ejections.labels(upstream).inc()
@@ -238,6 +265,7 @@ class Metrics:
     def totals(self) -> dict[tuple[str, str], tuple[float, float, float]]:
         """(route, upstream) -> (requests, 5xx answers, seconds spent), over every worker."""
         out: dict[tuple[str, str], list[float]] = {}
+        self.publish()
         for family in self._registry().collect():
             if family.name == "strangler_requests":
                 for sample in family.samples:
@@ -259,6 +287,7 @@ class Metrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
+        self.publish()
         if not self.multiprocess:
             for listener, read in self.in_flight_sources.items():
                 self.in_flight.labels(listener).set(read())

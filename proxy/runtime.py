@@ -218,10 +218,14 @@ class Runtime:
         self.limiter = Limiter(shared, prefix, settings.workers, self.metrics)
 
     async def _share(self) -> None:
-        """Once a second: this worker's shadow tallies to the sink, the recorder's turn, and
-        expired pins out."""
+        """Once a second: this worker's request counts to its metrics, its shadow tallies to the
+        sink, the recorder's turn, and expired pins out."""
         while True:
             await asyncio.sleep(SHARE_INTERVAL)
+            try:
+                self.metrics.publish()
+            except Exception:  # a metrics file being rotated: the next turn publishes them
+                log.debug("publishing the request counts failed", exc_info=True)
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
@@ -358,6 +362,7 @@ class Runtime:
                 await _bounded("the sink", self.sink.close())
             await _bounded("the upstream pools", self.forwarder.close())
         finally:
+            self.metrics.publish()
             self.access_log.flush()
 
     async def _stop_tasks(self) -> None:
