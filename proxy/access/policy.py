@@ -80,12 +80,12 @@ def authorize(
 
 
 def upstream_fields(
-    headers: list[tuple[str, str]], identity: Identity, *, forward_credentials: bool
+    headers: list[tuple[bytes, bytes]], identity: Identity, *, forward_credentials: bool
 ) -> None:
     """Tell the upstream who called (and drop the credential it does not need), in place."""
     if identity.field is not None and not forward_credentials:
-        name = identity.field.decode("ascii")
+        name = identity.field
         headers[:] = [(n, v) for n, v in headers if n.lower() != name]
-    headers.append(("x-consumer-id", identity.consumer))
+    headers.append((b"x-consumer-id", identity.consumer.encode()))
     if identity.groups:
-        headers.append(("x-consumer-groups", ", ".join(sorted(identity.groups))))
+        headers.append((b"x-consumer-groups", ", ".join(sorted(identity.groups)).encode()))

@@ -601,7 +601,7 @@ class DataPlane:
             plan.upstream.name,
             plan.method,
             target,
-            tuple((n.lower().encode(), v.encode()) for n, v in call.facts.headers),  # as decoded
+            tuple((n.lower(), v) for n, v in call.facts.headers),
             call.body if isinstance(call.body, bytes) else b"",
             capture.status,
             capture.headers,

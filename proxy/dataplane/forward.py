@@ -381,7 +381,7 @@ class Forwarding(Protocol):
         pool: Any,
         upstream: Upstream,
         scope: Scope,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         body: Body,
         *,
         read_timeout: float,
@@ -481,7 +481,7 @@ class Forwarder:
         pool: Pool,
         upstream: Upstream,
         scope: Scope,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         body: Body,
         *,
         read_timeout: float,
@@ -499,7 +499,8 @@ class Forwarder:
             request = session.request(
                 scope["method"],
                 url,
-                headers=headers,
+                # aiohttp writes str fields (values as UTF-8, as prepare_request checked them)
+                headers=[(n.decode("ascii"), v.decode("utf-8")) for n, v in headers],
                 data=body() if callable(body) else body,
                 skip_auto_headers=SKIP_AUTO_HEADERS,
                 allow_redirects=False,

@@ -700,26 +700,26 @@ class Pool:
 
 
 def _request_head(
-    method: bytes, target: bytes, headers: list[tuple[str, str]], framing: bytes
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], framing: bytes
 ) -> bytes:
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
-        parts += (name.encode("ascii"), b": ", value.encode("utf-8"), _CRLF)
+        parts += (name, b": ", value, _CRLF)
     parts += (framing, _CRLF)
     return b"".join(parts)
 
 
 def _framing(
-    method: bytes, headers: list[tuple[str, str]], body: Body, authority: bytes
+    method: bytes, headers: list[tuple[bytes, bytes]], body: Body, authority: bytes
 ) -> tuple[bytes, bool]:
     """The fields the request needs beyond its headers, and whether its body is chunked: the
     framing, and a Host when the client sent none (an HTTP/1.0 client; RFC 9112 §3.2: a
     HTTP/1.1 request must have one), naming the upstream."""
     has_length = has_host = False
     for name, _ in headers:
-        if len(name) == 14 and name.lower() == "content-length":
+        if len(name) == 14 and name.lower() == b"content-length":
             has_length = True
-        elif len(name) == 4 and name.lower() == "host":
+        elif len(name) == 4 and name.lower() == b"host":
             has_host = True
     framing, chunked = _length(method, body, has_length)
     return (framing if has_host else b"host: " + authority + _CRLF + framing), chunked
@@ -875,7 +875,7 @@ class Forwarder:
         pool: Pool,
         upstream: Upstream,
         scope: Scope,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         body: Body,
         *,
         read_timeout: float,

@@ -107,7 +107,9 @@ class RequestFacts:
     https: bool = False  # the client's connection is TLS (here, or at a trusted hop)
     loop: bool = False
     dropped: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    # What goes upstream, as bytes (names as the client spelled them): the upstream client
+    # writes them as they are, with no decoding and encoding again per field.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -205,13 +207,9 @@ def prepare_request(
         elif name == b"traceparent":
             trace = _TRACEPARENT.match(value)
             continue
-        try:
-            out.append(((spelled[at] if spelled else name).decode("ascii"), value.decode("utf-8")))
-        except UnicodeDecodeError:
-            # aiohttp writes header values as UTF-8; a latin-1 byte would change on the wire.
-            raise BadHeaders(
-                "bad-header", f"the {name.decode('ascii', 'replace')} header is not UTF-8"
-            ) from None
+        if not value.isascii():
+            _check_utf8(name, value)
+        out.append((spelled[at] if spelled else name, value))
     if codings:
         # Forwarded re-chunked, a coding like gzip would be lost (RFC 9112 §6.1).
         problem = transfer_coding_problem(codings)
@@ -230,12 +228,12 @@ def prepare_request(
             raise BadHeaders("bad-content-length", "Content-Length is invalid or conflicting")
         if facts.chunked:
             # Transfer-Encoding overrides Content-Length, which must then go (RFC 9112 §6.1).
-            out[:] = [(n, v) for n, v in out if n.lower() != "content-length"]
+            out[:] = [(n, v) for n, v in out if n.lower() != b"content-length"]
         else:
             facts.content_length = int(lengths[0])
             if lengths[0] != b"%d" % facts.content_length:  # leading zeros: send the number
-                number = str(facts.content_length)
-                out[:] = [(n, number if n.lower() == "content-length" else v) for n, v in out]
+                number = b"%d" % facts.content_length
+                out[:] = [(n, number if n.lower() == b"content-length" else v) for n, v in out]
     if not facts.request_id:
         facts.request_id = new_request_id()
     if forwarded_for:
@@ -247,20 +245,37 @@ def prepare_request(
         facts.trace_id = new_request_id()
         flags = "01"
     peer = client.encode()
-    out.append(
-        ("x-forwarded-for", (forwarded_for + b", " + peer if forwarded_for else peer).decode())
+    out.append((b"x-forwarded-for", forwarded_for + b", " + peer if forwarded_for else peer))
+    proto = (
+        next((v for n, v in out if n.lower() == b"x-forwarded-proto"), None) if trusted else None
     )
-    proto = next((v for n, v in out if n.lower() == "x-forwarded-proto"), None) if trusted else None
     if proto is None:
-        out.append(("x-forwarded-proto", scheme))
-    # A chain of hops lists one scheme each, the client's first.
-    facts.https = (proto or scheme).split(",", 1)[0].strip().lower() == "https"
-    if hosts and (not trusted or not any(n.lower() == "x-forwarded-host" for n, _ in out)):
-        out.append(("x-forwarded-host", facts.host.decode("latin-1")))
-    out.append(("via", "1.1 " + via.decode()))
-    out.append(("x-request-id", facts.request_id))
-    out.append(("traceparent", f"00-{facts.trace_id}-{getrandbits(64):016x}-{flags}"))
+        out.append((b"x-forwarded-proto", _SCHEMES.get(scheme) or scheme.encode()))
+        https = scheme == "https"
+    else:  # a chain of hops lists one scheme each, the client's first
+        https = proto.split(b",", 1)[0].strip().lower() == b"https"
+    facts.https = https
+    if hosts and (not trusted or not any(n.lower() == b"x-forwarded-host" for n, _ in out)):
+        out.append((b"x-forwarded-host", facts.host))
+    out.append((b"via", b"1.1 " + via))
+    out.append((b"x-request-id", facts.request_id.encode()))
+    parent = f"00-{facts.trace_id}-{getrandbits(64):016x}-{flags}"
+    out.append((b"traceparent", parent.encode()))
     return facts
+
+
+_SCHEMES = {"http": b"http", "https": b"https"}
+
+
+def _check_utf8(name: bytes, value: bytes) -> None:
+    """A field value beyond ASCII must be UTF-8 (what the aiohttp client writes: a latin-1 byte
+    would change on the wire)."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadHeaders(
+            "bad-header", f"the {name.decode('ascii', 'replace')} header is not UTF-8"
+        ) from None
 
 
 # What uvicorn refuses to write (its own checks run after the response counts as started).

@@ -227,7 +227,7 @@ async def open_upgrade(
     upstream: Upstream,
     method: str,
     target: bytes,
-    fields: Sequence[tuple[str, str]],
+    fields: Sequence[tuple[bytes, bytes]],
     upgrade: bytes,
     read_timeout: float,
     tls: ssl.SSLContext | None,
@@ -264,16 +264,16 @@ async def open_upgrade(
 def _head(
     method: str,
     target: bytes,
-    fields: Sequence[tuple[str, str]],
+    fields: Sequence[tuple[bytes, bytes]],
     upgrade: bytes,
     upstream: Upstream,
 ) -> bytes:
     parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
     has_host = False
     for name, value in fields:
-        if len(name) == 4 and name.lower() == "host":
+        if len(name) == 4 and name.lower() == b"host":
             has_host = True
-        parts += (name.encode("ascii"), b": ", value.encode("utf-8"), b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
     if not has_host:
         parts += (b"host: ", authority(upstream), b"\r\n")
     parts += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n\r\n")
@@ -316,7 +316,7 @@ class Tunnels:
         plan: Plan,
         policy: TunnelPolicy,
         scope: Scope,
-        fields: Sequence[tuple[str, str]],
+        fields: Sequence[tuple[bytes, bytes]],
         attach: Attach,
         send: Send,
         outcome: Outcome,

@@ -272,7 +272,7 @@ async def _forward_once(
     pool = forwarder.enter(upstream)
     try:
         response = await forwarder.open(
-            pool, upstream, scope, [("host", "upstream.test")], None, read_timeout=10
+            pool, upstream, scope, [(b"host", b"upstream.test")], None, read_timeout=10
         )
         await answer_client(
             response,

@@ -462,7 +462,7 @@ async def ask(
             pool,
             upstream,
             scope,
-            [("host", "fuzz.test")],
+            [(b"host", b"fuzz.test")],
             None,
             read_timeout=READ_TIMEOUT,
             fresh=fresh,
