@@ -149,8 +149,8 @@ def request_id_of(headers: Sequence[tuple[bytes, bytes]]) -> str:
 
 def new_request_id() -> str:
     # Identifiers, not secrets: the PRNG is enough, and os.urandom (secrets) is a system call
-    # per request on the hot path.
-    return f"{getrandbits(128):032x}"
+    # per request on the hot path. bytes.hex() costs two thirds of format(n, "032x").
+    return getrandbits(128).to_bytes(16, "big").hex()
 
 
 def prepare_request(
@@ -259,8 +259,8 @@ def prepare_request(
         out.append((b"x-forwarded-host", facts.host))
     out.append((b"via", b"1.1 " + via))
     out.append((b"x-request-id", facts.request_id.encode()))
-    parent = f"00-{facts.trace_id}-{getrandbits(64):016x}-{flags}"
-    out.append((b"traceparent", parent.encode()))
+    span = getrandbits(64).to_bytes(8, "big").hex()
+    out.append((b"traceparent", f"00-{facts.trace_id}-{span}-{flags}".encode()))
     return facts
 
 
