@@ -25,6 +25,7 @@ checked (200) and its body read whole: a target that answers anything else fails
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -88,8 +89,8 @@ def drive(port: int, request: bytes, total: int, connections: int) -> None:
                     if b" 200 " not in status or length is None:
                         raise RuntimeError(f"answer {status!r} (Content-Length {length})")
                     reader.read(length)
-        except (OSError, RuntimeError) as exc:
-            failures.append(str(exc))
+        except Exception as exc:  # any failure fails the run: the count would be per fewer
+            failures.append(f"{type(exc).__name__}: {exc}")
 
     share, extra = divmod(total, connections)
     threads = [
@@ -140,6 +141,8 @@ def measure(target: Target, work: Path, request: bytes, args: argparse.Namespace
         callgrind(proc.pid, "--dump")
     finally:
         target.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the next target takes the port
+            proc.wait(timeout=60)
         log.close()
     dumps = sorted(work.glob(f"{out.name}.{proc.pid}.*"))  # the --dump's, not the exit's
     if not dumps:
@@ -189,6 +192,8 @@ def main() -> int:
     ]
     if unknown:
         parser.error(f"unknown workload or target: {', '.join(unknown)}")
+    if args.annotate and args.annotate not in workloads:
+        parser.error(f"--annotate {args.annotate}: not one of --workloads")
     work = Path(tempfile.mkdtemp(prefix="strangler-instructions-"))
     work.chmod(0o755)  # nginx's workers run as another user and must read big.bin
     (work / "big.bin").write_bytes(os.urandom(65_536))

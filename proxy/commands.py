@@ -760,6 +760,7 @@ def serve(
         typer.Option(help="The upstream side: h1 (the proxy's own HTTP/1.1) or aiohttp."),
     ] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log")] = False,
+    engine: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the proxy. Every option also reads STRANGLER_<OPTION> (see the README)."""
     from pydantic import ValidationError
@@ -794,7 +795,11 @@ def serve(
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_access_log:
         overrides["access_log"] = False
-    if os.environ.get("STRANGLER_ENGINE", "h1") != "h1":  # removed with uvicorn's protocol
+    # `--engine asgi` (uvicorn's protocol) is gone; `--engine h1`, the only engine, still runs.
+    if engine not in (None, "h1"):
+        typer.echo(f"strangler serve: --engine {engine}: removed, h1 is the only engine", err=True)
+        raise typer.Exit(2)
+    if os.environ.get("STRANGLER_ENGINE", "h1") != "h1":
         typer.echo("strangler serve: STRANGLER_ENGINE is no longer read: one engine", err=True)
     try:
         settings = ProxySettings(**overrides)  # type: ignore[arg-type]

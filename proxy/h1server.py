@@ -1,7 +1,7 @@
 """The proxy's own HTTP/1.1 server side: one asyncio Protocol per client
 connection on uvloop, llhttp (httptools) parsing the requests, the application called through
 ASGI's three arguments (scope, receive, send) without uvicorn's request cycle. It keeps every
-limit of the engine it replaces (protocol.py) and adds what that one could not say:
+limit of uvicorn's protocol, which it replaced, and adds what that one could not say:
 
 Heads
 - A request head that is too slow (408, slowloris: a sweep once a second, one timer per worker,

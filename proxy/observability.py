@@ -220,20 +220,39 @@ class Metrics:
 
     def publish(self) -> None:
         """The requests counted since the last call, into prometheus_client's values (the
-        histogram's by its buckets: its observe() takes one value at a time)."""
+        histogram's by its buckets: its observe() takes one value at a time). A failure (a
+        metrics file that cannot grow) keeps the cells not yet written for the next call."""
         pending, self._pending = self._pending, {}
-        for (route, upstream, status), cell in pending.items():
-            key = (route, upstream, str(status))
-            pair = self._children.get(key)
-            if pair is None:
-                pair = (self.requests.labels(*key), self.latency.labels(route, upstream))
-                self._children[key] = pair
-            pair[0].inc(cell[0])
-            latency = pair[1]
-            latency._sum.inc(cell[1])
-            for value, count in zip(latency._buckets, cell[2:], strict=True):
-                if count:
-                    value.inc(count)
+        cells = iter(pending.items())
+        try:
+            for key, cell in cells:
+                self._write(key, cell)
+        except BaseException:
+            for key, cell in cells:  # what was not reached yet: counted again later
+                self._merge(key, cell)
+            raise
+
+    def _merge(self, key: tuple[str, str, int], cell: list[Any]) -> None:
+        mine = self._pending.get(key)
+        if mine is None:
+            self._pending[key] = cell
+        else:
+            for at, value in enumerate(cell):
+                mine[at] += value
+
+    def _write(self, key: tuple[str, str, int], cell: list[Any]) -> None:
+        route, upstream, status = key
+        labels = (route, upstream, str(status))
+        pair = self._children.get(labels)
+        if pair is None:
+            pair = (self.requests.labels(*labels), self.latency.labels(route, upstream))
+            self._children[labels] = pair
+        pair[0].inc(cell[0])
+        latency = pair[1]
+        latency._sum.inc(cell[1])
+        for value, count in zip(latency._buckets, cell[2:], strict=True):
+            if count:
+                value.inc(count)
 
     def ejected(self, upstream: str) -> None:
         self.ejections.labels(upstream).inc()

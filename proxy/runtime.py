@@ -224,8 +224,8 @@ class Runtime:
             await asyncio.sleep(SHARE_INTERVAL)
             try:
                 self.metrics.publish()
-            except Exception:  # a metrics file being rotated: the next turn publishes them
-                log.debug("publishing the request counts failed", exc_info=True)
+            except Exception:  # a metrics file that cannot grow: what was not written waits
+                log.warning("publishing the request counts failed", exc_info=True)
             try:
                 self.pins.prune(time.monotonic())
                 await self.recorder.tick()
@@ -362,7 +362,8 @@ class Runtime:
                 await _bounded("the sink", self.sink.close())
             await _bounded("the upstream pools", self.forwarder.close())
         finally:
-            self.metrics.publish()
+            with contextlib.suppress(Exception):  # the log is flushed whatever happens here
+                self.metrics.publish()
             self.access_log.flush()
 
     async def _stop_tasks(self) -> None:

@@ -50,7 +50,8 @@ LIVENESS_PROBE_SECONDS = 1.0
 # proxy_buffers, 8 of 4k or 8k, and spills the rest to disk). aiohttp pauses the upstream
 # socket once more than twice READ_BUFSIZE waits unread (its default, 256 KiB, let 768,000
 # bytes pile up); the upstream socket's receive buffer bounds what one read returns (uvloop
-# reads up to 256,000 bytes at once); the client side's write buffer is capped in protocol.py.
+# reads up to 256,000 bytes at once); the client side's write buffer is capped by the engine
+# (h1server.py's WRITE_BUFFER_HIGH).
 # A 64 KiB receive buffer keeps a big download's speed (32 KiB made 10 MiB answers 2.5-4 times
 # slower on loopback).
 READ_BUFSIZE = 16_384
@@ -499,7 +500,7 @@ class Forwarder:
             request = session.request(
                 scope["method"],
                 url,
-                # aiohttp writes str fields (values as UTF-8, as prepare_request checked them)
+                # aiohttp writes str fields, values as UTF-8: prepare_request refused any other
                 headers=[(n.decode("ascii"), v.decode("utf-8")) for n, v in headers],
                 data=body() if callable(body) else body,
                 skip_auto_headers=SKIP_AUTO_HEADERS,

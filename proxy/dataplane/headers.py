@@ -195,6 +195,8 @@ def prepare_request(
             if not trusted:
                 continue
             if name == b"x-forwarded-for":
+                if not value.isascii():
+                    _check_utf8(name, value)
                 forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
                 continue
         elif name == b"via":
@@ -251,10 +253,11 @@ def prepare_request(
     )
     if proto is None:
         out.append((b"x-forwarded-proto", _SCHEMES.get(scheme) or scheme.encode()))
-        https = scheme == "https"
-    else:  # a chain of hops lists one scheme each, the client's first
-        https = proto.split(b",", 1)[0].strip().lower() == b"https"
-    facts.https = https
+    # A chain of hops lists one scheme each, the client's first; an empty one says nothing.
+    if proto:
+        facts.https = proto.split(b",", 1)[0].strip().lower() == b"https"
+    else:
+        facts.https = scheme == "https"
     if hosts and (not trusted or not any(n.lower() == b"x-forwarded-host" for n, _ in out)):
         out.append((b"x-forwarded-host", facts.host))
     out.append((b"via", b"1.1 " + via))

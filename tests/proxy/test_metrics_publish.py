@@ -4,6 +4,7 @@ them to prometheus_client. What /metrics shows must be what prometheus_client's 
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from proxy.observability import LATENCY_BUCKETS, Metrics
@@ -66,3 +67,26 @@ def test_counts_are_published_when_read_and_add_up_over_publishes() -> None:
     metrics.publish()  # nothing pending: nothing changes
     assert metrics.totals()["payments", "monolith"][0] == 3
     assert b"strangler_requests_total" in generate_latest(metrics.registry)
+
+
+def test_a_failed_publish_keeps_what_it_had_not_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics()
+    metrics.observe("first", "monolith", 200, 0.01)
+    metrics.observe("second", "monolith", 200, 0.01)
+    metrics.observe("second", "monolith", 200, 0.02)
+    original, calls = Metrics._write, []
+
+    def failing_once(self: Metrics, key: tuple[str, str, int], cell: list[object]) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise OSError("no space left for the metrics file")
+        original(self, key, cell)
+
+    monkeypatch.setattr(Metrics, "_write", failing_once)
+    with pytest.raises(OSError, match="no space"):
+        metrics.publish()
+    metrics.observe("second", "monolith", 200, 0.03)  # counted meanwhile: added to the kept
+    monkeypatch.setattr(Metrics, "_write", original)
+    totals = metrics.totals()
+    assert "first" not in {route for route, _ in totals}  # the cell being written is lost
+    assert totals["second", "monolith"][0] == 3

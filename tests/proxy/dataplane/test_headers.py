@@ -401,6 +401,11 @@ def test_a_value_that_is_not_utf8_is_refused() -> None:
     assert caught.value.kind == "bad-header"
 
 
+def test_a_trusted_forwarded_for_that_is_not_utf8_is_refused() -> None:
+    with pytest.raises(BadHeaders, match="x-forwarded-for header is not UTF-8"):
+        prepare(HOST, (b"x-forwarded-for", b"10.0.0.1\xff"), trusted=True)
+
+
 def test_a_utf8_value_is_kept() -> None:
     assert values(prepare(HOST, (b"x-name", "café".encode())), "x-name") == ["café"]
 
@@ -495,6 +500,12 @@ def test_whether_the_client_uses_tls_follows_only_a_trusted_hop(
     (the first scheme of a chain is the client's); an untrusted peer cannot claim it."""
     facts = prepare(HOST, (b"x-forwarded-proto", proto), trusted=trusted, scheme="http")
     assert facts.https is https
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_empty_forwarded_proto_leaves_the_connections_own_scheme(scheme: str) -> None:
+    facts = prepare(HOST, (b"x-forwarded-proto", b""), trusted=True, scheme=scheme)
+    assert facts.https is (scheme == "https")
 
 
 def test_a_client_cannot_send_the_shadow_marker() -> None:
