@@ -104,11 +104,15 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def wait_port(port: int, timeout: float = 20.0) -> None:
+def wait_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Return once something accepts connections on 127.0.0.1:`port`; RuntimeError after
-    `timeout` seconds."""
+    `timeout` seconds, or as soon as `proc` (the server being waited for) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}) before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return

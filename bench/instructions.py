@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import bounded
+from bench.common import bounded, wait_port
 from bench.run import (
     ACCESS_HEADER,
     NGINX_UPSTREAM,
@@ -134,7 +134,7 @@ def measure(target: Target, work: Path, request: bytes, args: argparse.Namespace
     )
     target.proc = proc
     try:
-        wait_listening(target.port, proc)
+        wait_port(target.port, START_SECONDS, proc)
         drive(target.port, request, WARM_REQUESTS, args.connections)
         callgrind(proc.pid, "--instr=on")
         drive(target.port, request, args.requests, args.connections)
@@ -148,19 +148,6 @@ def measure(target: Target, work: Path, request: bytes, args: argparse.Namespace
     if not dumps:
         raise RuntimeError(f"{target.name}: callgrind wrote no dump (see {work})")
     return dumps[0]
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the target exited ({proc.returncode}) before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"nothing listens on {port} after {START_SECONDS:.0f} s")
 
 
 def main() -> int:
