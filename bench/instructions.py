@@ -190,12 +190,16 @@ def main() -> int:
     (work / "routes-nets.yaml").write_text(with_nets(ROUTES).format(up=UPSTREAM_PORT))
     (work / "routes-access.yaml").write_text(with_access(ROUTES).format(up=UPSTREAM_PORT))
     python = sys.executable
+    names = args.targets.split(",")
+    key = f"{ACCESS_HEADER}: {bench_key(work)}" if "strangler+access" in names else None
+    headers: dict[str, str | None] = {}  # each target's credential field, if its routes ask one
     targets = []
-    for name in args.targets.split(","):
+    for name in names:
         command = [python, str(Path(python).parent / "strangler"), "serve"]
         command += ["--routes", str(work / TABLES[name]), "--listen", f"127.0.0.1:{PORT}"]
         command += ["--internal-listen", "off", "--admin-listen", "127.0.0.1:0", *args.serve_arg]
         target = Target(name, PORT, command)
+        headers[name] = key if name == "strangler+access" else None
         if name == "strangler+access":
             target.env = {"STRANGLER_CONSUMERS": str(work / "consumers.json")}
         targets.append(target)
@@ -204,10 +208,8 @@ def main() -> int:
         base.command[1:2] = ["-m", "proxy"]  # the baseline's own code: `python -m` from its root
         base.cwd = args.baseline.resolve()
         base.env = targets[0].env
+        headers[base.name] = headers[targets[0].name]
         targets.append(base)
-    header = None
-    if any(t.name == "strangler+access" for t in targets):
-        header = f"{ACCESS_HEADER}: {bench_key(work)}"
     upstream = Target(
         "upstream", UPSTREAM_PORT, [nginx, "-c", str(work / "up.conf"), "-p", str(work)]
     )
@@ -217,10 +219,7 @@ def main() -> int:
         upstream.start(work)
         for workload in workloads:
             for target in targets:
-                guarded = target.name.startswith("strangler+access") or (
-                    target.name == "strangler@base" and targets[0].name == "strangler+access"
-                )
-                request = request_bytes(workload, header if guarded else None)
+                request = request_bytes(workload, headers[target.name])
                 dump = measure(target, work, request, args)
                 dumps[workload, target.name] = dump
                 counts[workload, target.name] = instructions(dump) / args.requests

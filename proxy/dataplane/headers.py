@@ -252,7 +252,7 @@ def prepare_request(
         next((v for n, v in out if n.lower() == b"x-forwarded-proto"), None) if trusted else None
     )
     if proto is None:
-        out.append((b"x-forwarded-proto", _SCHEMES.get(scheme) or scheme.encode()))
+        out.append((b"x-forwarded-proto", scheme.encode()))
     # A chain of hops lists one scheme each, the client's first; an empty one says nothing.
     if proto:
         facts.https = proto.split(b",", 1)[0].strip().lower() == b"https"
@@ -265,9 +265,6 @@ def prepare_request(
     span = getrandbits(64).to_bytes(8, "big").hex()
     out.append((b"traceparent", f"00-{facts.trace_id}-{span}-{flags}".encode()))
     return facts
-
-
-_SCHEMES = {"http": b"http", "https": b"https"}
 
 
 def _check_utf8(name: bytes, value: bytes) -> None:
