@@ -44,7 +44,9 @@ Answers
   with `"trailers": True` ends with the fields of the `http.response.trailers` message in its
   trailer section (RFC 9112 §7.1.2), after the last chunk. An answer framed otherwise (a
   length, an HTTP/1.0 client) has nowhere to carry them: they are dropped.
-  Header values with CR, LF or NUL are refused (the application answers 502 before that).
+  Header values with CR, LF or NUL are refused (the application answers 502 before that),
+  unless the start message says they were checked (`strangler.checked`: the data plane's
+  upstream parser refuses them, so they are not scanned twice).
 - The head is written with the first body bytes (one write for a whole answer); an empty
   body message with more to come flushes it, so a streamed answer's head is never held.
 
@@ -84,7 +86,7 @@ from proxy.dataplane.tunnel import Tunnel
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.settings import ProxySettings
 from proxy.tls import connection_tls
-from proxy.types import CONTINUE, TRAILERS, ASGIApp
+from proxy.types import CHECKED, CONTINUE, TRAILERS, ASGIApp
 
 log = logging.getLogger("strangler")
 
@@ -266,8 +268,9 @@ class Exchange:
         parts = [line]
         length: int | None = None
         chunked = close = False
+        scan = CHECKED not in message
         for name, value in message.get("headers", ()):
-            if _UNSAFE_VALUE(value) is not None:
+            if scan and _UNSAFE_VALUE(value) is not None:
                 raise RuntimeError("a response header value with CR, LF or NUL")
             size = len(name)
             if size == 14 and name.lower() == b"content-length":
@@ -390,6 +393,12 @@ class H1Connection(asyncio.Protocol):
         self.read_paused = self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.running: Exchange | None = None  # the exchange whose application runs
+        # One task per connection runs the application for each request in turn (_serve): a
+        # task per request costs ~2 % of a small request's CPU (its creation, registration and
+        # end); the worker waits on `waiting` while the connection is idle.
+        self.worker: asyncio.Task[None] | None = None
+        self.ready: Exchange | None = None  # started while the worker still ran the last one
+        self.waiting: asyncio.Future[Exchange | None] | None = None
         self.queue: deque[Exchange] = deque()  # pipelined, parsed, waiting for their turn
         self.parsing: Exchange | None = None  # the exchange whose request is being parsed
         self.stopped = False  # nothing more is read (a refusal, the pipelining limit)
@@ -413,6 +422,9 @@ class H1Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
+        pick = getattr(self.app, "app_for", None)  # the Router: its listener's app, once
+        if pick is not None:
+            self.app = pick(self.server[1] if self.server else None) or self.app
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
             self.tls = {"tls": connection_tls(transport)}
@@ -433,6 +445,7 @@ class H1Connection(asyncio.Protocol):
                 exchange.wake()
         self.queue.clear()
         self._wake_writer()
+        self._release_worker(None)
 
     def eof_received(self) -> bool | None:
         """The client has sent all it will. The requests it sent whole are still answered
@@ -716,9 +729,38 @@ class H1Connection(asyncio.Protocol):
     # --- running the application ---------------------------------------------------------------
     def _start(self, exchange: Exchange) -> None:
         self.running = exchange
-        task = self.loop.create_task(self._run(exchange))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        if self.worker is None:
+            task = self.worker = self.loop.create_task(self._serve(exchange))
+            self.tasks.add(task)  # uvicorn's graceful stop waits for it
+            task.add_done_callback(self._worker_ended)
+        elif not self._release_worker(exchange):
+            self.ready = exchange  # the worker takes it when the last one's application returns
+
+    def _release_worker(self, exchange: Exchange | None) -> bool:
+        """Hand the idle worker its next exchange (None: the connection is gone, it ends)."""
+        waiting, self.waiting = self.waiting, None
+        if waiting is None or waiting.done():
+            return False
+        waiting.set_result(exchange)
+        return True
+
+    async def _serve(self, exchange: Exchange | None) -> None:
+        """The connection's worker: the application runs for each exchange in turn, until the
+        connection closes."""
+        while exchange is not None:
+            await self._run(exchange)
+            exchange, self.ready = self.ready, None
+            if exchange is None and not self.closing:
+                self.waiting = self.loop.create_future()
+                exchange = await self.waiting
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.worker is task:
+            self.worker = None
+        if self.ready is not None:  # cancelled (a forced stop) with a request still to run
+            self.ready = None
+            self.close()
 
     async def _run(self, exchange: Exchange) -> None:
         try:

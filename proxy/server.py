@@ -170,6 +170,14 @@ class Router:
             )
         await self.runtime.start()
 
+    def app_for(self, port: int | None) -> ASGIApp | None:
+        """The application a connection to local `port` is served by (the engine asks once per
+        connection, not per request); None before the worker has started."""
+        if not self.planes:
+            return None
+        role = self.roles.get(port, "external") if port is not None else "external"
+        return self.planes.get(role) or self.admin
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             role = (

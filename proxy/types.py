@@ -17,3 +17,6 @@ TRAILERS = "http.response.trailers"
 # The proxy's own engine: the client sent `Expect: 100-continue`, and `100 Continue` goes to it
 # when the application first reads the body.
 CONTINUE = "strangler.continue"
+# A start message's fields whose values the sender has checked already (the upstream parser
+# refuses CR, LF and NUL in them): the engine does not scan them again.
+CHECKED = "strangler.checked"

@@ -481,6 +481,8 @@ class DataPlane:
                     head_timeout=retry.per_try_timeout if retry and not tries.fallen_back else None,
                     fresh=call.fresh,
                     expect=call.expect,
+                    # prepare_request has read them: a Host, and a Content-Length it kept
+                    framed=(bool(call.facts.host), call.facts.content_length is not None),
                 )
             except TryFailed as failed:
                 # A pooled connection the upstream had closed is the pool's fault, not a sign

@@ -30,7 +30,7 @@ from yarl import URL
 from proxy.dataplane.headers import headers_sendable, prepare_response, prepare_trailers
 from proxy.errors import ClientTooSlow, ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
-from proxy.types import Receive, Scope, Send
+from proxy.types import CHECKED, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -389,6 +389,7 @@ class Forwarding(Protocol):
         head_timeout: float | None = None,
         fresh: bool = False,
         expect: bool = False,
+        framed: tuple[bool, bool] | None = None,
     ) -> Any: ...
     async def buffered(self, response: Any, scope: Scope, read_timeout: float) -> bytes | None: ...
     def reader(self, response: Any) -> ReadSome: ...
@@ -489,10 +490,12 @@ class Forwarder:
         head_timeout: float | None = None,
         fresh: bool = False,
         expect: bool = False,
+        framed: tuple[bool, bool] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the response head. Raises TryFailed (the upstream
         failed), ClientGone or a ProxyError about the client's body. `expect` is not passed on
-        here: the body is sent at once (the client gets its 100 from the proxy)."""
+        here: the body is sent at once (the client gets its 100 from the proxy); aiohttp
+        finds the framing fields itself."""
         url = upstream_url(upstream, scope["raw_path"], scope["query_string"])
         session = pool.fresh_session() if fresh else pool.session
         _OPENED.set(False)
@@ -648,15 +651,16 @@ async def _start(
         capture.headers = tuple((n.lower(), v) for n, v in headers)
     if extra:
         headers.extend(extra)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": headers,
-            "reason": _reason(response),  # written by the engine (h1server.py)
-            "trailers": trailers,
-        }
-    )
+    start = {
+        "type": "http.response.start",
+        "status": response.status,
+        "headers": headers,
+        "reason": _reason(response),  # written by the engine (h1server.py)
+        "trailers": trailers,
+    }
+    if checked:  # the answer's parser refused CR, LF and NUL; `extra` is the proxy's own
+        start[CHECKED] = True
+    await send(start)
 
 
 def _reason(response: Answered) -> bytes:

@@ -392,14 +392,20 @@ class Connection(asyncio.Protocol):
             drained.set_result(None)
 
     # --- httptools callbacks ------------------------------------------------------------------
+    # Each callback checks inline that its bytes belong to an answer (bytes beyond a finished
+    # answer are not one): a helper's call per header is a measurable share of the head's cost.
     def on_status(self, reason: bytes) -> None:
-        answer = self._current()
+        answer = self.answer
+        if answer is None or answer.done:
+            raise httptools.HttpParserError("bytes after the answer")
         answer.reason += reason  # llhttp may hand it over in pieces
         if len(answer.reason) > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("too long a reason phrase")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        answer = self._current()
+        answer = self.answer
+        if answer is None or answer.done:
+            raise httptools.HttpParserError("bytes after the answer")
         self.field_bytes += len(name) + len(value) + 4
         if self.field_bytes > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("too long header fields")
@@ -418,15 +424,10 @@ class Connection(asyncio.Protocol):
             length = value.strip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
             answer.content_length = int(length) if length.isdigit() else None
 
-    def _current(self) -> Answer:
-        """The answer a head's bytes belong to; bytes beyond a finished answer are not one."""
+    def on_headers_complete(self) -> None:
         answer = self.answer
         if answer is None or answer.done:
             raise httptools.HttpParserError("bytes after the answer")
-        return answer
-
-    def on_headers_complete(self) -> None:
-        answer = self._current()
         parser = self.parser
         status = parser.get_status_code()
         if 100 <= status < 200:  # interim: the final answer follows on this connection
@@ -710,17 +711,25 @@ def _request_head(
 
 
 def _framing(
-    method: bytes, headers: list[tuple[bytes, bytes]], body: Body, authority: bytes
+    method: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: Body,
+    authority: bytes,
+    known: tuple[bool, bool] | None = None,
 ) -> tuple[bytes, bool]:
     """The fields the request needs beyond its headers, and whether its body is chunked: the
     framing, and a Host when the client sent none (an HTTP/1.0 client; RFC 9112 §3.2: a
-    HTTP/1.1 request must have one), naming the upstream."""
-    has_length = has_host = False
-    for name, _ in headers:
-        if len(name) == 14 and name.lower() == b"content-length":
-            has_length = True
-        elif len(name) == 4 and name.lower() == b"host":
-            has_host = True
+    HTTP/1.1 request must have one), naming the upstream. `known`: (has Host, has
+    Content-Length) as the caller already knows them, else the headers are searched."""
+    if known is not None:
+        has_host, has_length = known
+    else:
+        has_length = has_host = False
+        for name, _ in headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                has_length = True
+            elif len(name) == 4 and name.lower() == b"host":
+                has_host = True
     framing, chunked = _length(method, body, has_length)
     return (framing if has_host else b"host: " + authority + _CRLF + framing), chunked
 
@@ -882,15 +891,17 @@ class Forwarder:
         head_timeout: float | None = None,
         fresh: bool = False,
         expect: bool = False,
+        framed: tuple[bool, bool] | None = None,
     ) -> Answer:
         """Send the request and wait for the answer's head. Raises TryFailed (the upstream
         failed), ClientGone or a ProxyError about the client's body. `expect`: a streamed body
-        is sent with `Expect: 100-continue` and only after the upstream's 100 (_continue)."""
+        is sent with `Expect: 100-continue` and only after the upstream's 100 (_continue).
+        `framed`: whether `headers` has a Host and a Content-Length, if known."""
         method = scope["method"].encode("ascii")
         target = scope["raw_path"]
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        framing, chunked = _framing(method, headers, body, pool.authority)
+        framing, chunked = _framing(method, headers, body, pool.authority, known=framed)
         expect = expect and callable(body)
         if expect:
             framing += _EXPECT_FIELD

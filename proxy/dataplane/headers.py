@@ -71,9 +71,23 @@ PROXY_OWN = frozenset(
         b"remote-user",
     }
 )
+# Most names are told apart from the hop-by-hop ones by their length alone (no lower()).
+_HOP_LENGTHS = frozenset(len(name) for name in HOP_BY_HOP)
 # A client's `Connection: content-length` must not strip the framing: the upstream would read
 # the body as the next request (nginx and Envoy ignore such options too).
 FRAMING = frozenset({b"host", b"content-length"})
+# What prepare_request does with a field, by its lower-case name (None: forwarded as it is).
+_K_HOP, _K_HOST, _K_LENGTH, _K_OWN, _K_SPOOFABLE, _K_VIA, _K_ID, _K_TRACE = range(8)
+_KINDS = {
+    **dict.fromkeys(HOP_BY_HOP, _K_HOP),
+    b"host": _K_HOST,
+    b"content-length": _K_LENGTH,
+    **dict.fromkeys(PROXY_OWN, _K_OWN),
+    **dict.fromkeys(SPOOFABLE, _K_SPOOFABLE),
+    b"via": _K_VIA,
+    b"x-request-id": _K_ID,
+    b"traceparent": _K_TRACE,
+}
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _HOST = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
@@ -175,23 +189,27 @@ def prepare_request(
     forwarded_for = b""
     trace: re.Match[bytes] | None = None
     for at, (name, value) in enumerate(headers):
-        if name in HOP_BY_HOP or name in named:
+        kind = _KINDS.get(name)  # one lookup: most fields are none of the special ones
+        if kind is None:
+            if named and name in named:
+                continue
+            if name.find(b"_") >= 0:
+                facts.dropped += 1
+                continue
+        elif kind == _K_HOP:
             if name == b"transfer-encoding":
                 codings.append(value)
             continue
-        if name.find(b"_") >= 0:
-            facts.dropped += 1
-            continue
-        if name == b"host":
+        elif kind == _K_HOST:
             hosts += 1
             facts.host = value
-        elif name == b"content-length":
+        elif kind == _K_LENGTH:
             lengths.append(value)
             if len(lengths) > 1:
                 continue  # identical duplicates are sent once (RFC 9112 §6.3); others refused
-        elif name in PROXY_OWN:
+        elif kind == _K_OWN or (named and name in named):
             continue
-        elif name in SPOOFABLE:
+        elif kind == _K_SPOOFABLE:
             if not trusted:
                 continue
             if name == b"x-forwarded-for":
@@ -199,14 +217,14 @@ def prepare_request(
                     _check_utf8(name, value)
                 forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
                 continue
-        elif name == b"via":
+        elif kind == _K_VIA:
             if via in {part.strip().split(b" ")[-1] for part in value.lower().split(b",")}:
                 facts.loop = True
-        elif name == b"x-request-id":
+        elif kind == _K_ID:
             if _REQUEST_ID.match(value):
                 facts.request_id = value.decode("ascii")
             continue
-        elif name == b"traceparent":
+        else:  # traceparent
             trace = _TRACEPARENT.match(value)
             continue
         if not value.isascii():
@@ -236,16 +254,18 @@ def prepare_request(
             if lengths[0] != b"%d" % facts.content_length:  # leading zeros: send the number
                 number = b"%d" % facts.content_length
                 out[:] = [(n, number if n.lower() == b"content-length" else v) for n, v in out]
+    # The new request ID, trace ID and span ID from one draw (see new_request_id).
+    fresh = getrandbits(320).to_bytes(40, "big").hex()
     if not facts.request_id:
-        facts.request_id = new_request_id()
+        facts.request_id = fresh[:32]
     if forwarded_for:
         facts.forwarded_for = forwarded_for.decode("latin-1")
     if trace is not None and trace.group(1) != b"0" * 32 and trace.group(2) != b"0" * 16:
         facts.trace_id = trace.group(1).decode()
-        flags = trace.group(3).decode()
+        flags = "-" + trace.group(3).decode()
     else:
-        facts.trace_id = new_request_id()
-        flags = "01"
+        facts.trace_id = fresh[32:64]
+        flags = "-01"
     peer = client.encode()
     out.append((b"x-forwarded-for", forwarded_for + b", " + peer if forwarded_for else peer))
     proto = (
@@ -262,8 +282,7 @@ def prepare_request(
         out.append((b"x-forwarded-host", facts.host))
     out.append((b"via", b"1.1 " + via))
     out.append((b"x-request-id", facts.request_id.encode()))
-    span = getrandbits(64).to_bytes(8, "big").hex()
-    out.append((b"traceparent", f"00-{facts.trace_id}-{span}-{flags}".encode()))
+    out.append((b"traceparent", ("00-" + facts.trace_id + "-" + fresh[64:] + flags).encode()))
     return facts
 
 
@@ -336,8 +355,7 @@ def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     named: frozenset[bytes] = frozenset()
     out = []
     for name, value in raw:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
+        if len(name) in _HOP_LENGTHS and (lower := name.lower()) in HOP_BY_HOP:
             if lower == b"connection":
                 named |= connection_tokens([(lower, value)])
             continue

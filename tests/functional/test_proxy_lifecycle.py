@@ -71,6 +71,31 @@ def test_sigterm_with_nothing_in_flight_exits_0_promptly(main: Recorder) -> None
     assert code == 0
 
 
+def test_sigterm_closes_idle_keep_alive_connections_and_exits_promptly(main: Recorder) -> None:
+    """Clients that keep their connections open between requests (every mobile app) must not
+    hold up a stop: each idle connection is closed at once, and the proxy exits 0."""
+    main.reset()
+    proxy = ProxyProcess(["--default-upstream", main.url]).start()
+    conns = [Conn(proxy.external) for _ in range(3)]
+    try:
+        for round_ in range(2):  # a second request on each: the connections are kept
+            for at, conn in enumerate(conns):
+                conn.sendall(build("GET", f"/idle-{at}-{round_}"))
+                assert conn.read_response().status == 200
+        started = time.monotonic()
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        for conn in conns:
+            assert conn.sock.recv(1) == b""  # closed by the proxy, no answer pending
+        code = proxy.wait(timeout=15)
+        assert time.monotonic() - started < 5
+        assert code == 0
+    finally:
+        for conn in conns:
+            conn.close()
+        proxy.stop()
+
+
 def test_two_workers_serve_and_metrics_merge_them(main: Recorder, tmp_path: Path) -> None:
     main.reset()
     metrics_dir = tmp_path / "metrics"

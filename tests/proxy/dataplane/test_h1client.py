@@ -44,6 +44,23 @@ def test_a_client_length_is_kept_and_none_is_added() -> None:
     )
 
 
+def test_framing_the_caller_already_knows_gives_what_a_search_of_the_headers_gives() -> None:
+    """The data plane passes (has Host, has Content-Length) from prepare_request instead of
+    having the headers searched again: each combination frames as the search would."""
+    for headers in ([], HOST, [(b"Content-Length", b"4")], [*HOST, (b"Content-Length", b"4")]):
+        names = {name.lower() for name, _ in headers}
+        known = (b"host" in names, b"content-length" in names)
+        for method, body in (
+            (b"GET", None),
+            (b"POST", None),
+            (b"POST", b"abcd"),
+            (b"POST", _stream),
+        ):
+            assert _framing(method, headers, body, UP, known=known) == _framing(
+                method, headers, body, UP
+            )
+
+
 def test_a_buffered_chunked_upload_is_sent_with_its_length() -> None:
     assert _framing(b"POST", HOST, b"abcd", UP) == (b"content-length: 4\r\n", False)
 
