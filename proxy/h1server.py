@@ -75,7 +75,7 @@ import logging
 import re
 import urllib.parse
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from functools import partial
 from typing import Any, ClassVar
 
@@ -86,7 +86,7 @@ from proxy.dataplane.tunnel import Tunnel
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.settings import ProxySettings
 from proxy.tls import connection_tls
-from proxy.types import CHECKED, CONTINUE, TRAILERS, ASGIApp
+from proxy.types import ANSWER, CHECKED, CONTINUE, TRAILERS, ASGIApp
 
 log = logging.getLogger("strangler")
 
@@ -242,7 +242,13 @@ class Exchange:
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("the answer has started already")
-            self.pending_head = self._head(message)
+            self.pending_head = self._head(
+                message["status"],
+                message.get("headers", ()),
+                message.get("reason"),
+                CHECKED not in message,
+                bool(message.get("trailers")),
+            )
             self.started = True
             self.continue_expected = False
         elif kind == "http.response.body":
@@ -257,10 +263,32 @@ class Exchange:
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
-    def _head(self, message: MutableMapping[str, Any]) -> bytes:
+    def write_whole(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        reason: bytes,
+        body: bytes,
+        checked: bool,
+    ) -> bool:
+        """A whole answer in one call (see H1Connection.write_whole)."""
+        if self.connection.write_paused or self.gone or self.started:
+            return False
+        self.pending_head = self._head(status, headers, reason, not checked, False)
+        self.started = True
+        self.continue_expected = False
+        self._body(body, False)
+        return True
+
+    def _head(
+        self,
+        status: int,
+        headers: Iterable[tuple[bytes, bytes]],
+        reason: bytes | None,
+        scan: bool,
+        trailers: bool,
+    ) -> bytes:
         """The status line and fields, with the engine's framing (see the module rules)."""
-        status = message["status"]
-        reason = message.get("reason")
         if reason:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
         else:
@@ -268,8 +296,7 @@ class Exchange:
         parts = [line]
         length: int | None = None
         chunked = close = False
-        scan = CHECKED not in message
-        for name, value in message.get("headers", ()):
+        for name, value in headers:
             if scan and _UNSAFE_VALUE(value) is not None:
                 raise RuntimeError("a response header value with CR, LF or NUL")
             size = len(name)
@@ -295,7 +322,7 @@ class Exchange:
             self.remaining = length
         elif self.scope["http_version"] == "1.1":
             self.chunked = True
-            self.trailers = bool(message.get("trailers"))
+            self.trailers = trailers
             parts.append(_CHUNKED_FIELD)
         else:
             self.until_close, self.keep_alive = True, False  # an HTTP/1.0 client, no length
@@ -386,6 +413,7 @@ class H1Connection(asyncio.Protocol):
         self.tls: dict[str, Any] | None = None
         self.closing = False
         self.tunnel: Tunnel | None = None  # an upgraded connection's tunnel
+        self._write_whole = self.write_whole  # one bound method for every request's scope
         self.early = b""  # bytes after an Upgrade head, for its tunnel
         self.client_eof = False
         self.linger_until = 0.0  # a closing connection's deadline for the client's FIN
@@ -682,12 +710,32 @@ class H1Connection(asyncio.Protocol):
             self.queue.append(exchange)
             self.pause_reading()
 
+    def write_whole(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        reason: bytes,
+        body: bytes,
+        checked: bool,
+    ) -> bool:
+        """`strangler.answer`: the running request's whole answer in one call (the data plane's
+        buffered answers), the work of its start and body messages without them. False when
+        it must go through send(): the client's buffer is full (send() waits for it to
+        drain), the client has gone, or the answer has started. A method of the connection,
+        not of the exchange: the scope holding it makes no cycle that outlives the request."""
+        running = self.running
+        return running is not None and running.write_whole(status, headers, reason, body, checked)
+
     def _scope(self, method: bytes, url: bytes, version: str) -> dict[str, Any]:
         path, _, query = url.partition(b"?")
         if query.find(b"#") >= 0:
             query = query.partition(b"#")[0]
         text = path.decode("latin-1")
-        extensions: dict[str, Any] = {"strangler.names": self._names, TRAILERS: _OFFERED}
+        extensions: dict[str, Any] = {
+            "strangler.names": self._names,
+            TRAILERS: _OFFERED,
+            ANSWER: self._write_whole,
+        }
         if self.tls is not None:
             extensions.update(self.tls)
         return {

@@ -20,3 +20,6 @@ CONTINUE = "strangler.continue"
 # A start message's fields whose values the sender has checked already (the upstream parser
 # refuses CR, LF and NUL in them): the engine does not scan them again.
 CHECKED = "strangler.checked"
+# The proxy's own engine: a whole answer written in one call, (status, fields, reason, body,
+# checked) -> bool, instead of a start and a body message (False: send them).
+ANSWER = "strangler.answer"

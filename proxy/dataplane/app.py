@@ -75,7 +75,7 @@ from proxy.runtime import Runtime
 from proxy.shadow.exchange import Exchange
 from proxy.table.compile import STATIC, CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
-from proxy.types import CONTINUE, TRAILERS, Receive, Scope, Send
+from proxy.types import ANSWER, CONTINUE, TRAILERS, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
@@ -503,6 +503,7 @@ class DataPlane:
                     whole = await forwarder.buffered(response, call.scope, plan.read_timeout)
                 except TryFailed as failed:  # judged by its status already: counted once
                     return self._next(call, plan, failed.kind, failed.error, False, guard)
+                extensions = call.scope.get("extensions", _NONE)
                 if (
                     plan.key is not None
                     and plan.method not in SAFE
@@ -523,8 +524,9 @@ class DataPlane:
                     extra_headers=self._headers(plan.version, call.outcome, plan),
                     capture=call.capture,
                     checked=forwarder.strict,
-                    trailers=TRAILERS in call.scope.get("extensions", ()),
+                    trailers=TRAILERS in extensions,
                     loop=self.runtime.loop,
+                    write_whole=extensions.get(ANSWER),
                 )
                 return None
             except BaseException:

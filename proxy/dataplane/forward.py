@@ -360,6 +360,10 @@ class Answered(Protocol):
 
 
 ReadSome = Callable[[float, "asyncio.Future[None] | None"], Awaitable[bytes]]
+# The engine's `strangler.answer`: (status, fields, reason, body, checked) written at once as a
+# whole answer; False when it cannot be (the client's buffer is full, the client has gone), and
+# the answer goes through send() as usual.
+WriteWhole = Callable[[int, list[tuple[bytes, bytes]], bytes, bytes, bool], bool]
 
 
 class Forwarding(Protocol):
@@ -566,6 +570,7 @@ async def answer_client(
     checked: bool = False,
     trailers: bool = False,
     loop: asyncio.AbstractEventLoop | None = None,
+    write_whole: WriteWhole | None = None,
 ) -> None:
     """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
     (see the module rules); `capture` keeps a copy. `read_some(read_timeout, gone)` gives the
@@ -573,13 +578,22 @@ async def answer_client(
     has refused what `headers_sendable` would (the forwarder's `strict`). `trailers`: the
     client's side takes ASGI's `http.response.trailers` (the engine does): a streamed answer
     ends with the upstream's trailer fields (prepare_trailers), if it sent any. `loop`: the
-    worker's, for the send timeouts (see Deadline)."""
+    worker's, for the send timeouts (see Deadline). `write_whole`: the engine's one call for
+    a whole answer (`strangler.answer`), instead of two send() messages."""
     try:
         outcome.status = response.status
         if whole is not None:
             response.release()
             outcome.bytes_out = len(whole)
-            await _start(send, response, extra_headers, capture, checked)
+            headers = _fields(response, extra_headers, capture, checked)
+            if write_whole is not None and write_whole(
+                response.status, headers, _reason(response), whole, checked
+            ):
+                outcome.started = True
+                if capture is not None:
+                    capture.add(whole)
+                return
+            await _send_start(send, response, headers, checked, False)
             outcome.started = True
             if capture is not None:
                 capture.add(whole)
@@ -639,6 +653,17 @@ async def _start(
     checked: bool = False,
     trailers: bool = False,
 ) -> None:
+    headers = _fields(response, extra, capture, checked)
+    await _send_start(send, response, headers, checked, trailers)
+
+
+def _fields(
+    response: Answered,
+    extra: list[tuple[bytes, bytes]] | None,
+    capture: Capture | None,
+    checked: bool,
+) -> list[tuple[bytes, bytes]]:
+    """The answer's fields for the client (the upstream's, then the proxy's own `extra`)."""
     headers = prepare_response(response.raw_headers)
     if not checked and not headers_sendable(headers):
         # uvicorn would refuse them after marking the response started: no 502 possible then.
@@ -651,6 +676,16 @@ async def _start(
         capture.headers = tuple((n.lower(), v) for n, v in headers)
     if extra:
         headers.extend(extra)
+    return headers
+
+
+async def _send_start(
+    send: Send,
+    response: Answered,
+    headers: list[tuple[bytes, bytes]],
+    checked: bool,
+    trailers: bool,
+) -> None:
     start = {
         "type": "http.response.start",
         "status": response.status,

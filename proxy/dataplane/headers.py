@@ -73,6 +73,7 @@ PROXY_OWN = frozenset(
 )
 # Most names are told apart from the hop-by-hop ones by their length alone (no lower()).
 _HOP_LENGTHS = frozenset(len(name) for name in HOP_BY_HOP)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 # A client's `Connection: content-length` must not strip the framing: the upstream would read
 # the body as the next request (nginx and Envoy ignore such options too).
 FRAMING = frozenset({b"host", b"content-length"})
@@ -356,7 +357,8 @@ def prepare_response(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     out = []
     for name, value in raw:
         if len(name) in _HOP_LENGTHS and (lower := name.lower()) in HOP_BY_HOP:
-            if lower == b"connection":
+            # `keep-alive` and `close`, nearly every upstream's, name nothing to remove
+            if lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 named |= connection_tokens([(lower, value)])
             continue
         out.append((name, value))
