@@ -135,6 +135,7 @@ class Answer:
         "conn",
         "content_length",
         "continued",
+        "deadline",
         "done",
         "error",
         "failure",
@@ -167,6 +168,7 @@ class Answer:
         self.error: ProxyError | None = None
         self.client_error: BaseException | None = None  # the request body's failure
         self.waiter: asyncio.Future[bool] | None = None
+        self.deadline = 0.0  # when the wait in progress gives up (Connection.watch)
         self.go: asyncio.Future[bool] | None = None  # a body waiting for the upstream's 100
 
     # --- fed by the connection ----------------------------------------------------------------
@@ -196,6 +198,14 @@ class Answer:
         loop = self.loop
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiter = waiter
+        self.deadline = loop.time() + seconds
+        conn = self.conn
+        if conn is not None:
+            conn.watch(self.deadline)  # its connection's timer: none made or cancelled per wait
+            try:
+                return await waiter
+            finally:
+                self.waiter = None
         handle = loop.call_later(seconds, _expire, waiter)
         try:
             return await waiter
@@ -285,6 +295,8 @@ class Connection(asyncio.Protocol):
         "pool",
         "reused",
         "sending",
+        "timer",
+        "timer_at",
         "transport",
     )
 
@@ -304,6 +316,8 @@ class Connection(asyncio.Protocol):
         self.field_bytes = 0
         self.in_trailers = False
         self.drained: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the waiting answer's (watch)
+        self.timer_at = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -360,6 +374,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -390,6 +407,31 @@ class Connection(asyncio.Protocol):
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)
+
+    # --- timing the answer's waits --------------------------------------------------------------
+    def watch(self, deadline: float) -> None:
+        """Time the answer's wait until `deadline` with the connection's one timer, kept from
+        request to request: it is re-armed only for a deadline sooner than the armed one, and a
+        wait that ends first cancels nothing (a timer made and cancelled per request is ~1 %
+        of a small request's CPU). When it fires, a wait whose deadline has passed ends; one
+        with a later deadline has it armed again (a connection busy with requests for a
+        timeout's length sees one timer, not one per request)."""
+        timer = self.timer
+        if timer is None or deadline < self.timer_at:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.pool.loop.call_at(deadline, self._timer_fired)
+            self.timer_at = deadline
+
+    def _timer_fired(self) -> None:
+        self.timer = None
+        answer = self.answer
+        if answer is None or answer.waiter is None:
+            return  # nothing waits: the next wait arms it again
+        if self.pool.loop.time() >= answer.deadline:
+            _expire(answer.waiter)
+        else:
+            self.watch(answer.deadline)
 
     # --- httptools callbacks ------------------------------------------------------------------
     # Each callback checks inline that its bytes belong to an answer (bytes beyond a finished

@@ -3,9 +3,15 @@ sent, plus exactly one framing field when one is needed (RFC 9112 §6.1, §7.1).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
-from proxy.dataplane.h1client import _framing, _request_head
+import pytest
+
+from proxy.dataplane.forward import TryFailed
+from proxy.dataplane.h1client import Forwarder, _framing, _request_head
+from tests.proxy.dataplane.test_h1client_fuzz import BASE, run
 
 UP = b"10.0.0.7:8000"
 HOST = [(b"host", b"shop.example")]
@@ -82,3 +88,51 @@ def test_a_request_without_host_names_the_upstream() -> None:
         b"host: 10.0.0.7:8000\r\n",
         False,
     )
+
+
+def test_a_short_wait_after_long_ones_on_the_same_connection_ends_at_its_own_deadline() -> None:
+    """A connection times its answers' waits with one timer kept from request to request
+    (Connection.watch): after requests timed by a 30 s read timeout, a request on the same kept
+    connection with a 0.3 s one still fails as a timeout at its own deadline, not 30 s on."""
+
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    if b" /silent " in head:
+                        await reader.read()  # never answers; ends when the proxy closes
+                        return
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = dataclasses.replace(BASE, url=f"http://127.0.0.1:{port}", port=port)
+        forwarder = Forwarder()
+        pool = forwarder.enter(upstream)
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(3):
+                scope = {"method": "GET", "raw_path": b"/fast", "query_string": b""}
+                answer = await forwarder.open(pool, upstream, scope, HOST, None, read_timeout=30)
+                assert await forwarder.buffered(answer, scope, 30) == b"ok"
+            scope = {"method": "GET", "raw_path": b"/silent", "query_string": b""}
+            started = loop.time()
+            with pytest.raises(TryFailed) as failed:
+                await forwarder.open(pool, upstream, scope, HOST, None, read_timeout=0.3)
+            waited = loop.time() - started
+            assert failed.value.kind == "timeout"
+            assert failed.value.reused  # the kept connection, whose timer was armed for 30 s
+            assert 0.25 <= waited < 5
+        finally:
+            forwarder.leave(pool)
+            await forwarder.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
