@@ -102,6 +102,8 @@ _STATUS_LINES = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus
 }
 _BODILESS = frozenset({204, 304})
+_REASON_LINES: dict[tuple[int, bytes], bytes] = {}  # (status, reason) → its status line
+_REASON_LINES_KEPT = 1024  # beyond this many pairs, a line is made per answer
 _CLOSE_FIELD = b"connection: close\r\n"
 _KEEP_FIELD = b"connection: keep-alive\r\n"
 _CHUNKED_FIELD = b"transfer-encoding: chunked\r\n"
@@ -111,6 +113,13 @@ _DISCONNECT = {"type": "http.disconnect"}
 # partition() and compiled patterns instead.
 _UNSAFE_VALUE = re.compile(rb"[\r\n\x00]").search
 _OFFERED: dict[str, Any] = {}  # an extension the engine offers (nothing to configure)
+
+
+def _reason_line(status: int, reason: bytes) -> bytes:
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    if len(_REASON_LINES) < _REASON_LINES_KEPT:
+        _REASON_LINES[status, reason] = line
+    return line
 
 
 class Refused(Exception):
@@ -289,8 +298,8 @@ class Exchange:
         trailers: bool,
     ) -> bytes:
         """The status line and fields, with the engine's framing (see the module rules)."""
-        if reason:
-            line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if reason:  # the upstream's: a few pairs recur, made once each
+            line = _REASON_LINES.get((status, reason)) or _reason_line(status, reason)
         else:
             line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
         parts = [line]

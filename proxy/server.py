@@ -43,7 +43,7 @@ from proxy.dataplane.app import DataPlane
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.h1server import H1Connection
 from proxy.runtime import Runtime, initial_table
-from proxy.settings import ProxySettings, parse_listen
+from proxy.settings import ProxySettings, parse_listen, plain
 from proxy.store.pins import PIN_DIR_ENV
 from proxy.tls import ListenerTLS, reload_certificates, server_context, tls_files
 from proxy.types import ASGIApp, Receive, Scope, Send
@@ -150,7 +150,7 @@ class Router:
         self.__init__(state["settings"], state["roles"])  # type: ignore[misc]
 
     async def startup(self) -> None:
-        H1Connection.limits = self.settings
+        H1Connection.limits = plain(self.settings)  # read per request: plain attributes
         logging.getLogger("uvicorn.error").addFilter(QuietAborts())
         self.runtime = Runtime(self.settings, initial_table(self.settings))
         self.planes = {role: DataPlane(self.runtime, role) for role in ("external", "internal")}

@@ -72,6 +72,7 @@ from proxy.errors import (
     problem_headers,
 )
 from proxy.runtime import Runtime
+from proxy.settings import plain
 from proxy.shadow.exchange import Exchange
 from proxy.table.compile import STATIC, CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
@@ -140,6 +141,7 @@ class DataPlane:
 
     def __init__(self, runtime: Runtime, role: str) -> None:
         self.runtime = runtime
+        self.settings = plain(runtime.settings)  # read per request: plain attributes
         self.role = role
         self.external = role == "external"
         self.via = runtime.settings.via_name.encode()
@@ -233,7 +235,7 @@ class DataPlane:
     def _admit(self, scope: Scope, client: str) -> tuple[RequestFacts, str]:
         """The request's header facts and the client it counts against; refusals raise."""
         runtime = self.runtime
-        settings = runtime.settings
+        settings = self.settings
         if runtime.in_flight > settings.max_in_flight:
             raise ProxyError(
                 503, "overloaded", "the proxy is at its concurrency limit", retry_after=1
@@ -351,7 +353,7 @@ class DataPlane:
             scope["headers"],
             receive,
             send,
-            send_timeout=self.runtime.settings.send_timeout,
+            send_timeout=self.settings.send_timeout,
             outcome=outcome,
             extra_headers=self._headers(plan.version, outcome, plan),
         )
@@ -369,7 +371,7 @@ class DataPlane:
     ) -> None:
         """Read the body, then try the plan until an answer is sent or nothing more may be
         tried (plan.next_step decides; see plan.py for when a request may be repeated)."""
-        settings = self.runtime.settings
+        settings = self.settings
         body: Body = None
         expect = False
         if facts.content_length or facts.chunked:
@@ -435,7 +437,7 @@ class DataPlane:
         probe = guard.rounds if guard.state == PROBING else 0  # the probing round, if a probe
         holder = call.holder
         try:
-            if not guard.take(holder, self.runtime.settings.upstream_share_per_client):
+            if not guard.take(holder, self.settings.upstream_share_per_client):
                 await guard.queue(holder)
         except Saturated as exc:
             if probe and probe == guard.rounds:
@@ -460,7 +462,7 @@ class DataPlane:
         if CONTINUE not in scope.get("extensions", _NONE):
             return False
         length = facts.content_length
-        return length is not None and length > self.runtime.settings.request_buffer
+        return length is not None and length > self.settings.request_buffer
 
     async def _exchange(
         self, call: Call, plan: Plan, pool: Pool, guard: Guard, probe: int
@@ -519,7 +521,7 @@ class DataPlane:
                     whole=whole,
                     streamed_body=callable(call.body),
                     read_timeout=plan.read_timeout,
-                    send_timeout=self.runtime.settings.send_timeout,
+                    send_timeout=self.settings.send_timeout,
                     outcome=call.outcome,
                     extra_headers=self._headers(plan.version, call.outcome, plan),
                     capture=call.capture,

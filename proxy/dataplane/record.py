@@ -41,9 +41,12 @@ def access_line(
         if outcome.fallback_from
         else "null"
     )
-    # Whole microseconds printed as integers: a float's format costs a third more.
-    ts = "%d.%06d" % divmod(time.time_ns() // 1000, 1_000_000)  # noqa: UP031 - no __format__ call
-    took = "%d.%03d" % divmod(int(elapsed * 1_000_000 + 0.5), 1000)  # noqa: UP031
+    # Whole microseconds printed as integers, the point put in by slicing: a float's format
+    # costs a third more, and a `%` format (a template parsed per call) twice a str() and two
+    # slices.
+    now = str(time.time_ns() // 1000)  # microseconds since 1970: always more than 6 digits
+    ts = now[:-6] + "." + now[-6:]
+    took = _milliseconds(int(elapsed * 1_000_000 + 0.5))
     return (
         f'{{"ts":{ts},"request_id":"{request_id}","listener":"{listener}",'
         f'"client":"{client}","method":{_json_str(scope["method"])},'
@@ -53,3 +56,11 @@ def access_line(
         f'"table_version":{version},"choice":"{choice}","tries":{outcome.tries},'
         f'"fallback":{fallback},"consumer":{consumer},"error":{error}}}'
     )
+
+
+def _milliseconds(micros: int) -> str:
+    """`micros` microseconds as milliseconds with three decimals (1234 → "1.234")."""
+    digits = str(micros)
+    if len(digits) > 3:
+        return digits[:-3] + "." + digits[-3:]
+    return "0." + digits.zfill(3)

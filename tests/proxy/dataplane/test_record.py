@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 from proxy.dataplane.forward import Outcome
 from proxy.dataplane.record import access_line
@@ -39,3 +41,24 @@ def test_control_characters_from_the_client_cannot_forge_a_line() -> None:
     assert record["target"] == '/x"\n{"forged":1}\x1b'
     assert record["fallback"] is None
     assert record["error"] == "bad-target"
+
+
+def test_durations_and_times_keep_their_digits() -> None:
+    """Durations print as milliseconds with three decimals and times as seconds with six,
+    from whole microseconds: short, long and round values alike."""
+    outcome = Outcome(status=200)
+    scope = {"method": "GET", "raw_path": b"/", "query_string": b""}
+    for seconds, shown in (
+        (0.0, "0.000"),
+        (0.000005, "0.005"),
+        (0.0009994, "0.999"),
+        (0.001, "1.000"),
+        (1.5, "1500.000"),
+        (123.456789, "123456.789"),
+    ):
+        text = access_line(scope, "external", "10.0.0.7", "r", "-", "-", outcome, seconds, 1)
+        assert f'"duration_ms":{shown},' in text
+    before = time.time()
+    stamp = json.loads(access_line(scope, "external", "c", "r", "-", "-", outcome, 0.0, 1))["ts"]
+    assert before - 1 <= stamp <= time.time() + 1
+    assert re.search(r'"ts":\d{10}\.\d{6},', text)
