@@ -113,6 +113,7 @@ _DISCONNECT = {"type": "http.disconnect"}
 # partition() and compiled patterns instead.
 _UNSAFE_VALUE = re.compile(rb"[\r\n\x00]").search
 _OFFERED: dict[str, Any] = {}  # an extension the engine offers (nothing to configure)
+_ASGI = {"version": "3.0", "spec_version": "2.3"}  # the same for every scope: shared
 
 
 def _reason_line(status: int, reason: bytes) -> bytes:
@@ -749,7 +750,7 @@ class H1Connection(asyncio.Protocol):
             extensions.update(self.tls)
         return {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "asgi": _ASGI,
             "http_version": version,
             "server": self.server,
             "client": self.client,
@@ -760,7 +761,7 @@ class H1Connection(asyncio.Protocol):
             "raw_path": path,
             "query_string": query,
             "headers": self._headers,
-            "state": self.app_state.copy(),
+            "state": self.app_state.copy() if self.app_state else {},
             "extensions": extensions,
         }
 
