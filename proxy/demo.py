@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 import typer
+from websockets.sync.client import ClientConnection, connect
 
 from proxy.procs import STRANGLER_READY, Child
 
@@ -175,6 +176,12 @@ routes:
     override: {{header: X-Canary, cookie: canary}}
     max_body: 64KiB
     timeout: 10s
+  # The service's own live channel (the monolith has none): WebSocket upgrades are tunnelled
+  # to it, and an open channel keeps its service whatever the payments route does.
+  - name: payment-live
+    match: {{path: /api/v1/live}}
+    to: payment
+    websocket: true
 """
 BROKEN_ROUTES = """\
 version: 2
@@ -476,14 +483,35 @@ def act_flip(n: Narrator, sh: Shell, admin: str, service_url: str) -> int:
     shown = n.call("GET", f"/api/v1/orders/{order}", headers=auth)
     n.echo(f"  order {order} status: {shown.json().get('status')}")
     act_race(n, sh, auth, service_url)
-    n.say("What changed, who did it, and the way back")
-    sh.routes_cli("diff", "2")
-    sh.routes_cli("history")
-    sh.routes_cli("rollback", "2", "--reason", "error rate up")
-    served(4)
-    n.call("GET", "/api/v1/payments?per_page=1")
-    requests_by_upstream()
+    with _live_channel(n, int(paid.json()["id"]), auth) as live:
+        n.say("What changed, who did it, and the way back")
+        sh.routes_cli("diff", "2")
+        sh.routes_cli("history")
+        sh.routes_cli("rollback", "2", "--reason", "error rate up")
+        served(4)
+        n.call("GET", "/api/v1/payments?per_page=1")
+        requests_by_upstream()
+        n.say("Her tablet's live channel is still open after the rollback, on the service")
+        started = time.perf_counter()
+        live.ping().wait(10)
+        n.echo(
+            f"  ping answered through the tunnel in {1000 * (time.perf_counter() - started):.1f} ms"
+        )
+    _counted(n, admin, "strangler_tunnels_total", 'route="payment-live"')
     return int(paid.json()["id"])
+
+
+def _live_channel(n: Narrator, payment: int, auth: dict[str, str]) -> ClientConnection:
+    """The app's live channel on a payment: a WebSocket the proxy tunnels to the service."""
+    n.say("Her tablet watches that payment on a live channel (a WebSocket, tunnelled by the proxy)")
+    path = f"/api/v1/live/payments/{payment}"
+    base = str(n.client.base_url).rstrip("/").replace("http://", "ws://", 1)
+    n.echo(typer.style(f"→ GET {path} (Upgrade: websocket)", fg=typer.colors.YELLOW))
+    live = connect(base + path, additional_headers=auth, open_timeout=10, close_timeout=5)
+    n.echo(typer.style("← 101 Switching Protocols", fg=typer.colors.GREEN))
+    shown = json.loads(live.recv(timeout=10))
+    n.echo(f"  first message: payment {shown['id']} {shown['status']} {shown['amount']}")
+    return live
 
 
 def act_race(n: Narrator, sh: Shell, auth: dict[str, str], service_url: str) -> None:
@@ -535,6 +563,10 @@ routes:
     fallback: {{to: monolith, methods: [GET]}}
     max_body: 64KiB
     timeout: 10s
+  - name: payment-live
+    match: {{path: /api/v1/live}}
+    to: payment
+    websocket: true
 """
 
 

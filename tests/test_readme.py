@@ -354,6 +354,14 @@ def test_strangler_demo_plays_day_zero(tmp_path: Path) -> None:
     assert "(the proxy now serves version 4, without a restart)" in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="payment"} 1.0' in out
     assert 'strangler_requests_total{code="401",route="payments",upstream="monolith"} 1.0' in out
+    # her tablet's live channel: a WebSocket tunnelled to the service, open through the rollback
+    live = out[out.index("watches that payment on a live channel") : out.index("with safety nets")]
+    assert "← 101 Switching Protocols" in live
+    assert "first message: payment 4000000000000000 captured" in live
+    assert "ping answered through the tunnel" in live
+    tunnels = 'strangler_tunnels_total{result="tunnelled",route="payment-live",upstream="payment"}'
+    assert f"{tunnels} 1.0" in live
+    assert "removed route payment-live" not in out
     # act 6: the payment service goes down; reads fall back, a POST gets a fast 503, it comes back
     outage = out[out.index("this time with safety nets") :]
     assert "version 5 committed (platform-team: payment service live, with fallback)" in outage

@@ -30,9 +30,9 @@ FAST_HASH = 1_000  # PBKDF2 rounds for test users; production strength is not un
 class ServerThread:
     """An ASGI app served by uvicorn on 127.0.0.1 (port 0) in a thread, lifespan included."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, ws: str = "none") -> None:
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="none"
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws=ws
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
