@@ -193,8 +193,10 @@ class Answer:
         self.wake()
 
     # --- read by the data plane ---------------------------------------------------------------
-    async def _wait(self, seconds: float) -> bool:
-        """Wait for news from the connection; False when `seconds` passed without any."""
+    def _wait(self, seconds: float) -> asyncio.Future[bool]:
+        """A future the connection resolves with news (True), or its timer with False once
+        `seconds` have passed without any. A future, not a coroutine: awaited directly, no frame
+        is made and resumed for it. It stays `waiter` once done (wake and the timer skip it)."""
         loop = self.loop
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiter = waiter
@@ -202,16 +204,9 @@ class Answer:
         conn = self.conn
         if conn is not None:
             conn.watch(self.deadline)  # its connection's timer: none made or cancelled per wait
-            try:
-                return await waiter
-            finally:
-                self.waiter = None
-        handle = loop.call_later(seconds, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            handle.cancel()
-            self.waiter = None
+        else:  # no connection to time it (rare): a timer of its own, left to fire harmlessly
+            loop.call_later(seconds, _expire, waiter)
+        return waiter
 
     async def head(self, seconds: float) -> None:
         """Wait for the head. Raises TryFailed, or the request body's own failure. The time runs
@@ -426,7 +421,7 @@ class Connection(asyncio.Protocol):
     def _timer_fired(self) -> None:
         self.timer = None
         answer = self.answer
-        if answer is None or answer.waiter is None:
+        if answer is None or answer.waiter is None or answer.waiter.done():
             return  # nothing waits: the next wait arms it again
         if self.pool.loop.time() >= answer.deadline:
             _expire(answer.waiter)
