@@ -31,7 +31,8 @@ Rules, with their precedents:
   first: the stale keep-alive race) and never hands out one the upstream has closed.
 - **An early answer wins.** An upstream that answers before it has read the whole body (a 413,
   a 401) gets no more of it: sending stops, so no reset destroys the answer on its way, and the
-  connection is not reused (nginx does the same).
+  connection is not reused (nginx does the same). Nor is one whose streamed upload was refused
+  (300 or more) just after its last byte went: the answer may have been on its way before it.
 - **Timeouts.** `connect` covers the wait for a pool slot and the connect; the read timeout
   runs from the request's last byte to the head and between two reads of the answer (nginx's
   proxy_read_timeout), and bounds each wait for room to send more of an upload
@@ -145,6 +146,7 @@ class Answer:
         "raw_headers",
         "reason",
         "status",
+        "streamed",
         "trailers",
         "unread",
         "waiter",
@@ -169,6 +171,7 @@ class Answer:
         self.client_error: BaseException | None = None  # the request body's failure
         self.waiter: asyncio.Future[bool] | None = None
         self.deadline = 0.0  # when the wait in progress gives up (Connection.watch)
+        self.streamed = False  # its request's body is streamed (sent while this is read)
         self.go: asyncio.Future[bool] | None = None  # a body waiting for the upstream's 100
 
     # --- fed by the connection ----------------------------------------------------------------
@@ -484,6 +487,11 @@ class Connection(asyncio.Protocol):
         answer.let_go()  # a final answer ends a wait for 100 too (_continue decides)
         if self.sending and status >= 300:
             self.stop_sending()  # an early refusal: no more of the body (see _send_body)
+        if answer.streamed and status >= 300:
+            # A refused upload: the upstream may have answered before reading all of it, and
+            # whether its answer crossed the body's end cannot be told from here (it may wait
+            # in the socket while the last bytes go out): what it reads next is unknown.
+            self.keep = False
         if bodiless:
             self._complete(answer)
             # llhttp would wait for the body the fields announce: the next answer on this
@@ -958,6 +966,7 @@ class Forwarder:
             raise TryFailed("reset", _disconnected(), conn.reused)
         if callable(body):
             conn.body_sent, conn.sending = False, True
+            answer.streamed = True
             transport.write(head)
             task = loop.create_task(_send_body(conn, answer, body(), chunked, read_timeout))
             self._senders.add(task)

@@ -846,6 +846,33 @@ def test_an_upload_answered_200_before_its_end_still_reaches_the_upstream_whole(
     assert answer.complete
 
 
+async def refuse_after_reading(seen: Seen, reader: Reader, writer: Writer) -> bool:
+    """Read the whole upload, then refuse it (413, the connection kept in its fields) and read
+    nothing more as a request: whatever comes next on this connection is dropped."""
+    await reader.readexactly(seen.content_length or 0)
+    writer.write(TOO_LARGE)
+    await writer.drain()
+    while await reader.read(MiB):
+        pass
+    return False
+
+
+def test_a_refused_streamed_upload_never_leaves_its_connection_for_the_next_request(
+    proxy: ProxyProcess, upstream: Recorder
+) -> None:
+    """The proxy may have sent an upload's last byte before the refusal reached it, though the
+    upstream answered first: it cannot tell, and what that upstream reads next is unknown. So
+    the refused upload's connection is not reused, even when the upstream took the whole body
+    before it refused (the case made certain here): the next request gets a new one."""
+    upstream.handler = by_method(POST=refuse_after_reading, default=reply())
+    size = 512 * KiB  # over the proxy's 64 KiB request buffer: streamed
+    answer = send(proxy.external, "POST", "/upload", body=pattern(size, 17), timeout=30)
+    after = get(proxy.external, "/after")
+    assert (answer.status, answer.body) == (413, TOO_LARGE_BODY), answer.head
+    assert (after.status, after.body) == (200, b"ok"), (after.head, after.body[:300])
+    assert upstream.connections == 2
+
+
 # --- an early refusal that does not read the upload -----------------------------------------------
 async def refuse_and_stop_reading(seen: Seen, reader: Reader, writer: Writer) -> bool:
     """Read nothing of the body; once the proxy has filled every buffer between them (a
