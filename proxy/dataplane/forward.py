@@ -586,18 +586,16 @@ async def answer_client(
             response.release()
             outcome.bytes_out = len(whole)
             headers = _fields(response, extra_headers, capture, checked)
-            if write_whole is not None and write_whole(
+            written = write_whole is not None and write_whole(
                 response.status, headers, _reason(response), whole, checked
-            ):
-                outcome.started = True
-                if capture is not None:
-                    capture.add(whole)
-                return
-            await _send_start(send, response, headers, checked, False)
+            )
+            if not written:
+                await _send_start(send, response, headers, checked, False)
             outcome.started = True
             if capture is not None:
                 capture.add(whole)
-            await send({"type": "http.response.body", "body": whole, "more_body": False})
+            if not written:
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
             return
         await _start(send, response, extra_headers, capture, checked, trailers)
         outcome.started = True

@@ -847,14 +847,10 @@ def test_an_upload_answered_200_before_its_end_still_reaches_the_upstream_whole(
 
 
 async def refuse_after_reading(seen: Seen, reader: Reader, writer: Writer) -> bool:
-    """Read the whole upload, then refuse it (413, the connection kept in its fields) and read
-    nothing more as a request: whatever comes next on this connection is dropped."""
+    """Read the whole upload, then refuse it as `refuse_early` does (413, the connection kept in
+    its fields, whatever comes next on it dropped)."""
     await reader.readexactly(seen.content_length or 0)
-    writer.write(TOO_LARGE)
-    await writer.drain()
-    while await reader.read(MiB):
-        pass
-    return False
+    return await refuse_early(seen, reader, writer)
 
 
 def test_a_refused_streamed_upload_never_leaves_its_connection_for_the_next_request(

@@ -19,13 +19,14 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
 
 from services.payment.api.deps import Services
 from services.payment.api.payments import visible_payment
+from services.payment.api.writes import payment_body
 from services.payment.auth import Caller
 from services.payment.errors import ApiError, unauthorized
-from services.payment.schemas import PaymentOut
 
 router = APIRouter()
 POLL_SECONDS = 0.5
@@ -33,14 +34,14 @@ POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 
 
 def _token(socket: WebSocket) -> str | None:
-    scheme, _, token = socket.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    """The upgrade's bearer token, read as the REST routes' HTTPBearer reads it."""
+    scheme, token = get_authorization_scheme_param(socket.headers.get("authorization"))
+    return token or None if scheme.lower() == "bearer" else None
 
 
 def _read(services: Services, caller: Caller, payment_id: int) -> dict[str, Any]:
     with services.readers() as session:
-        payment = visible_payment(session, caller, payment_id)
-        return PaymentOut.model_validate(payment, from_attributes=True).model_dump(mode="json")
+        return payment_body(visible_payment(session, caller, payment_id))
 
 
 async def _until_closed(socket: WebSocket) -> None:

@@ -27,10 +27,15 @@ NOT_STORED = frozenset({401, 403, 408, 429})
 Work = Callable[[Session], tuple[Response, int | None]]
 
 
+def payment_body(payment: Payment) -> dict[str, Any]:
+    """The payment as the API shows it (the answers' body, the live channel's messages)."""
+    return PaymentOut.model_validate(payment, from_attributes=True).model_dump(mode="json")
+
+
 def payment_response(
     payment: Payment, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    body = PaymentOut.model_validate(payment, from_attributes=True).model_dump(mode="json")
+    body = payment_body(payment)
     return Response(render_json(body), status, headers=headers, media_type="application/json")
 
 
