@@ -393,6 +393,15 @@ class Exchange:
             self.connection.answered(self)
 
 
+def _values(headers: list[tuple[bytes, bytes]], wanted: bytes) -> list[bytes]:
+    """The values of the fields named `wanted` (a plain loop: a comprehension is a call)."""
+    found: list[bytes] = []
+    for name, value in headers:
+        if name == wanted:
+            found.append(value)
+    return found
+
+
 class H1Connection(asyncio.Protocol):
     """One client connection. uvicorn's Server makes one per accepted socket (the
     `http_protocol_class` contract: config, server_state, app_state) and drives shutdown."""
@@ -414,6 +423,9 @@ class H1Connection(asyncio.Protocol):
         self.connections: set[Any] = server_state.connections
         self.tasks: set[asyncio.Task[None]] = server_state.tasks
         self.app_state = app_state
+        # The class's limits, read per request from the instance: an attribute of the class
+        # read through an instance takes CPython 3.11's generic (unspecialised) lookup.
+        self.bounds = self.limits
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -628,7 +640,7 @@ class H1Connection(asyncio.Protocol):
             return
         # llhttp grows an unfinished field without bound before on_header runs: a head (or
         # trailer section) still open after this many raw bytes is refused.
-        limit = self.limits.max_uri_bytes + self.limits.max_header_bytes + 1024
+        limit = self.bounds.max_uri_bytes + self.bounds.max_header_bytes + 1024
         if self.head_since is not None and self._raw_head > limit:
             self._refuse(Refused(431, "headers-too-large", "the request head is too large"))
         elif self._chunk_head and self._raw_trailer > limit:
@@ -646,37 +658,41 @@ class H1Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.limits.max_uri_bytes:
+        if len(self._url) > self.bounds.max_uri_bytes:
             raise Refused(
-                414, "uri-too-long", f"the request target exceeds {self.limits.max_uri_bytes} bytes"
+                414, "uri-too-long", f"the request target exceeds {self.bounds.max_uri_bytes} bytes"
             )
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.limits
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > limits.max_header_bytes:
-            raise Refused(
-                431,
-                "headers-too-large",
-                f"the {'trailer' if self._in_body else 'header'} fields exceed "
-                f"{limits.max_header_bytes} bytes",
-            )
-        if self._in_body:
-            return  # a trailer field: discarded, never a header field (RFC 9110 §6.5.1)
-        value = value.rstrip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
+        size = self._head_bytes + len(name) + len(value) + 4
+        self._head_bytes = size
+        if self._in_body or size > self.bounds.max_header_bytes:
+            self._unusual_field(size)  # a trailer field (discarded), or too many bytes
+            return
         lower = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
         if lower == b"expect" and value.lower() == b"100-continue":
             self._expect = True
             return  # the engine's to answer, not the upstream's
         self._headers.append((lower, value))
-        self._names.append(name)
-        if len(self._headers) > limits.max_headers:
-            raise Refused(431, "headers-too-large", f"more than {limits.max_headers} header fields")
+        self._names.append(name)  # their count is checked once the head is complete
+
+    def _unusual_field(self, size: int) -> None:
+        """A trailer field is discarded, never a header field (RFC 9110 §6.5.1); fields over
+        the size limit, in the head or the trailer section, are refused."""
+        limit = self.bounds.max_header_bytes
+        if size > limit:
+            where = "trailer" if self._in_body else "header"
+            raise Refused(431, "headers-too-large", f"the {where} fields exceed {limit} bytes")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.head_since = None
         self._raw_head = 0
+        if len(self._headers) > self.bounds.max_headers:
+            raise Refused(
+                431, "headers-too-large", f"more than {self.bounds.max_headers} header fields"
+            )
         method = parser.get_method()
         if method == b"CONNECT":
             raise Refused(405, "method-not-allowed", "CONNECT is not proxied", [(b"allow", ALLOW)])
@@ -684,10 +700,10 @@ class H1Connection(asyncio.Protocol):
         if not url.startswith(b"/"):
             raise Refused(400, "bad-target", "only origin-form request targets are proxied")
         headers = self._headers
-        codings = [value for name, value in headers if name == b"transfer-encoding"]
+        codings = _values(headers, b"transfer-encoding")
         if codings and (problem := transfer_coding_problem(codings)) is not None:
             raise Refused(problem.status, problem.kind, str(problem))
-        if len(self.queue) >= self.limits.max_pipelined:
+        if len(self.queue) >= self.bounds.max_pipelined:
             raise StopReading
         upgrade = parser.should_upgrade()
         if upgrade and any(n in (b"content-length", b"transfer-encoding") for n, _ in headers):

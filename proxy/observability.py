@@ -36,7 +36,10 @@ class AccessLog:
     def __init__(self, stream: IO[bytes] | None, enabled: bool = True) -> None:
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.enabled = enabled
-        self._buffer = bytearray()
+        # Lines are kept as they come and encoded together at the flush: one encode and one
+        # copy for 0.5 s of lines, not an encode, a concatenation and a copy per line.
+        self._lines: list[str] = []
+        self._size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def write_line(self, line: str) -> None:
@@ -44,8 +47,9 @@ class AccessLog:
         whole dict per request is a measurable share of the hot path)."""
         if not self.enabled:
             return
-        self._buffer += line.encode() + b"\n"
-        if len(self._buffer) >= FLUSH_BYTES:
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if self._size >= FLUSH_BYTES:
             self.flush()
         elif self._timer is None:
             try:
@@ -59,8 +63,10 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
+        if self._lines:
+            lines, self._lines, self._size = self._lines, [], 0
+            lines.append("")  # the last line's newline
+            data = "\n".join(lines).encode()
             try:
                 self.stream.write(data)
                 self.stream.flush()

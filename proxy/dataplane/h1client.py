@@ -283,6 +283,7 @@ class Connection(asyncio.Protocol):
         "body_sent",
         "closed",
         "drained",
+        "fed",
         "field_bytes",
         "head_bytes",
         "idle_since",
@@ -310,7 +311,8 @@ class Connection(asyncio.Protocol):
         self.sending = False
         self.reused = False
         self.idle_since = 0.0
-        self.head_bytes = 0
+        self.head_bytes = 0  # the reads' bytes since the head began: a bound of its size
+        self.fed = 0  # the bytes of the read being parsed
         self.field_bytes = 0
         self.in_trailers = False
         self.drained: asyncio.Future[None] | None = None
@@ -334,6 +336,9 @@ class Connection(asyncio.Protocol):
             self.keep = False
             self.close()
             return
+        if not answer.head_ready:
+            self.fed = len(data)
+            self.head_bytes += self.fed  # a bound of the head's size (on_headers_complete)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -343,13 +348,11 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._malformed(answer)
             return
-        # A head still unfinished after MAX_HEAD_BYTES (on_header counts a finished one's
-        # fields exactly, whatever the reads' sizes).
-        if not answer.head_ready and not answer.failure:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                answer.fail("bad-response", _malformed())
-                self.close()
+        # A head still unfinished after MAX_HEAD_BYTES (on_headers_complete measures a finished
+        # one's fields exactly, whatever the reads' sizes).
+        if self.head_bytes > MAX_HEAD_BYTES and not answer.head_ready and not answer.failure:
+            answer.fail("bad-response", _malformed())
+            self.close()
 
     def _malformed(self, answer: Answer) -> None:
         if self.in_trailers and answer.head_ready and not answer.done:
@@ -443,31 +446,44 @@ class Connection(asyncio.Protocol):
             raise httptools.HttpParserError("too long a reason phrase")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # A head's field: only appended (its limits are checked once, in on_headers_complete;
+        # data_received bounds the bytes held meanwhile). A field after an answer (there is
+        # none to append to) fails the feed: the connection closes (_malformed).
+        if self.in_trailers:
+            self._trailer(name, value)
+            return
+        headers = self.answer.raw_headers  # type: ignore[union-attr]
+        headers.append((name, value))
+        if len(name) == 14 and name.lower() == b"content-length":
+            length = value.strip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
+            self.answer.content_length = int(length) if length.isdigit() else None  # type: ignore[union-attr]
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field: kept apart, passed on as a trailer (forward.py), never merged into
+        the header fields (RFC 9110 §6.5.1); the head and trailers share MAX_HEAD_BYTES."""
         answer = self.answer
         if answer is None or answer.done:
             raise httptools.HttpParserError("bytes after the answer")
         self.field_bytes += len(name) + len(value) + 4
         if self.field_bytes > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("too long header fields")
-        if answer.head_ready:
-            # A trailer field: kept apart, passed on as a trailer (forward.py), never merged
-            # into the header fields (RFC 9110 §6.5.1).
-            answer.trailers.append((name, value.rstrip(b" \t")))
-            if len(answer.trailers) > MAX_HEADERS:
-                raise httptools.HttpParserError("too many trailer fields")
-            return
-        headers = answer.raw_headers
-        headers.append((name, value))
-        if len(headers) > MAX_HEADERS:
-            raise httptools.HttpParserError("too many header fields")
-        if len(name) == 14 and name.lower() == b"content-length":
-            length = value.strip(b" \t")  # llhttp keeps trailing blanks (RFC 9110 §5.5)
-            answer.content_length = int(length) if length.isdigit() else None
+        answer.trailers.append((name, value.rstrip(b" \t")))
+        if len(answer.trailers) > MAX_HEADERS:
+            raise httptools.HttpParserError("too many trailer fields")
 
     def on_headers_complete(self) -> None:
         answer = self.answer
         if answer is None or answer.done:
             raise httptools.HttpParserError("bytes after the answer")
+        headers = answer.raw_headers
+        if len(headers) > MAX_HEADERS:
+            raise httptools.HttpParserError("too many header fields")
+        # The reads so far bound the head's size; only a large one is measured field by field
+        # (a head that arrived in one read with its body is not too long for that).
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.field_bytes = sum(len(n) + len(v) + 4 for n, v in headers)
+            if self.field_bytes > MAX_HEAD_BYTES:
+                raise httptools.HttpParserError("too long header fields")
         parser = self.parser
         status = parser.get_status_code()
         if 100 <= status < 200:  # interim: the final answer follows on this connection
@@ -519,8 +535,8 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         answer = self.answer
         if answer is None or not answer.head_ready:
-            if answer is not None:
-                self.head_bytes = self.field_bytes = 0
+            if answer is not None:  # the next head began in this read at the earliest
+                self.head_bytes, self.field_bytes = self.fed, 0
             return  # an interim answer ended
         if not answer.done:
             if not self.parser.should_keep_alive():

@@ -25,6 +25,8 @@ def _accepts(route: CompiledRoute, method: str, host: bytes, headers: Headers) -
     # Host names only: the port a client wrote is not the listener it reached.
     if route.host is not None and route.host != host_name(host):
         return False
+    if not route.headers:  # most routes: no generator made per request
+        return True
     return all(any(n == name and v == value for n, v in headers) for name, value in route.headers)
 
 

@@ -299,7 +299,8 @@ def resolve(
             route.retry,
             route.fallback,
         )
-        upstream = _arm(snapshot, route, headers, client, https, pins or _NO_PINS, plan)
+        kept = pins if pins is not None else _NO_PINS  # not `or`: Pins.__bool__ is a call
+        upstream = _arm(snapshot, route, headers, client, https, kept, plan)
         plan.upstream = upstream
         plan.read_timeout = route.timeout or upstream.timeout
         if route.shadow is not None:
@@ -312,7 +313,10 @@ def resolve(
             close=True,
         )
     if method not in IDEMPOTENT:  # a keyed write may be re-sent after a stale connection
-        plan.keyed = any(name == b"idempotency-key" for name, _ in headers)
+        for name, _ in headers:  # a plain loop: a generator costs more for a few fields
+            if name == b"idempotency-key":
+                plan.keyed = True
+                break
     return plan
 
 

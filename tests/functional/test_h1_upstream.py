@@ -399,6 +399,12 @@ def test_max_connections_bounds_the_upstream_connections(tmp_path: Path) -> None
             id="70-KiB-head",
         ),
         pytest.param(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Big: "
+            + b"v" * (70 * KiB)
+            + b"\r\nContent-Length: 2\r\n\r\nok",
+            id="70-KiB-head-after-a-100-in-the-same-read",
+        ),
+        pytest.param(
             b"HTTP/1.1 200 OK\r\n"
             + b"".join(b"X-F-%d: v\r\n" % i for i in range(300))
             + b"Content-Length: 2\r\n\r\nok",

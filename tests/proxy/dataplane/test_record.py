@@ -6,6 +6,8 @@ import json
 import re
 import time
 
+import pytest
+
 from proxy.dataplane.forward import Outcome
 from proxy.dataplane.record import access_line
 
@@ -62,3 +64,22 @@ def test_durations_and_times_keep_their_digits() -> None:
     stamp = json.loads(access_line(scope, "external", "c", "r", "-", "-", outcome, 0.0, 1))["ts"]
     assert before - 1 <= stamp <= time.time() + 1
     assert re.search(r'"ts":\d{10}\.\d{6},', text)
+
+
+def test_numbers_print_whole_and_the_timestamp_keeps_its_zeros(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sizes, tries and table versions print as plain integers, small or large, and the
+    timestamp's microseconds keep their leading zeros."""
+    scope = {"method": "GET", "raw_path": b"/", "query_string": b""}
+    for number in (0, 7, 99, 999, 1000, 1001, 65_536, 10**12):
+        outcome = Outcome(status=200, bytes_in=number, bytes_out=number, tries=number)
+        record = line(scope, outcome)
+        assert (record["bytes_in"], record["bytes_out"], record["tries"]) == (number,) * 3
+        text = access_line(scope, "external", "c", "r", "-", "-", outcome, 0.0, number)
+        assert f'"table_version":{number},' in text
+    for seconds, micros in ((1_765_000_000, 5), (1_765_000_001, 40_000), (1_765_000_002, 999_999)):
+        nanos = (seconds * 1_000_000 + micros) * 1000 + 999
+        monkeypatch.setattr(time, "time_ns", lambda nanos=nanos: nanos)
+        text = access_line(scope, "external", "c", "r", "-", "-", Outcome(), 0.0, 1)
+        assert f'"ts":{seconds}.{micros:06d},' in text
