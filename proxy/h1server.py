@@ -820,9 +820,27 @@ class H1Connection(asyncio.Protocol):
 
     async def _serve(self, exchange: Exchange | None) -> None:
         """The connection's worker: the application runs for each exchange in turn, until the
-        connection closes."""
+        connection closes (a failure is handled here, in the loop: a coroutine more per
+        request costs ~1k instructions)."""
         while exchange is not None:
-            await self._run(exchange)
+            try:
+                await self.app(exchange.scope, exchange.receive, exchange.send)
+            except asyncio.CancelledError:
+                self._unfinished(exchange)
+                raise
+            except ResponseAborted as exc:
+                log.warning("response aborted mid-way (%s): client connection closed", exc.kind)
+                self._unfinished(exchange)
+            except Exception:
+                log.exception("the application failed on a request")
+                if not (exchange.started or exchange.gone):
+                    await self._internal_error(exchange)
+                self._unfinished(exchange)
+            else:
+                if not (exchange.started or exchange.gone):
+                    log.error("the application returned without answering")
+                    await self._internal_error(exchange)
+                self._unfinished(exchange)
             exchange, self.ready = self.ready, None
             if exchange is None and not self.closing:
                 self.waiting = self.loop.create_future()
@@ -835,26 +853,6 @@ class H1Connection(asyncio.Protocol):
         if self.ready is not None:  # cancelled (a forced stop) with a request still to run
             self.ready = None
             self.close()
-
-    async def _run(self, exchange: Exchange) -> None:
-        try:
-            await self.app(exchange.scope, exchange.receive, exchange.send)
-        except asyncio.CancelledError:
-            self._unfinished(exchange)
-            raise
-        except ResponseAborted as exc:
-            log.warning("response aborted mid-way (%s): client connection closed", exc.kind)
-            self._unfinished(exchange)
-        except Exception:
-            log.exception("the application failed on a request")
-            if not (exchange.started or exchange.gone):
-                await self._internal_error(exchange)
-            self._unfinished(exchange)
-        else:
-            if not (exchange.started or exchange.gone):
-                log.error("the application returned without answering")
-                await self._internal_error(exchange)
-            self._unfinished(exchange)
 
     def _unfinished(self, exchange: Exchange) -> None:
         """An answer the application left unfinished cannot be finished: the connection

@@ -40,6 +40,7 @@ from proxy.dataplane.forward import (
     Pool,
     TryFailed,
     answer_client,
+    answer_whole,
     read_body,
 )
 from proxy.dataplane.headers import (
@@ -513,6 +514,22 @@ class DataPlane:
                     and plan.route is not None
                 ):
                     await self._pin(plan)
+                extra = self._headers(plan.version, call.outcome, plan)
+                write_whole = extensions.get(ANSWER)
+                if (
+                    whole is not None
+                    and write_whole is not None
+                    and answer_whole(
+                        response,
+                        whole,
+                        write_whole,
+                        outcome=call.outcome,
+                        extra_headers=extra,
+                        capture=call.capture,
+                        checked=forwarder.strict,
+                    )
+                ):
+                    return None
                 await answer_client(
                     response,
                     forwarder.reader(response),
@@ -523,12 +540,11 @@ class DataPlane:
                     read_timeout=plan.read_timeout,
                     send_timeout=self.settings.send_timeout,
                     outcome=call.outcome,
-                    extra_headers=self._headers(plan.version, call.outcome, plan),
+                    extra_headers=extra,
                     capture=call.capture,
                     checked=forwarder.strict,
                     trailers=TRAILERS in extensions,
                     loop=self.runtime.loop,
-                    write_whole=extensions.get(ANSWER),
                 )
                 return None
             except BaseException:

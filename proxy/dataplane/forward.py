@@ -554,6 +554,31 @@ class Forwarder:
         return read_some
 
 
+def answer_whole(
+    response: Answered,
+    whole: bytes,
+    write_whole: WriteWhole,
+    *,
+    outcome: Outcome,
+    extra_headers: list[tuple[bytes, bytes]] | None,
+    capture: Capture | None = None,
+    checked: bool = False,
+) -> bool:
+    """A whole answer (read by `buffered`) written by the engine's one call (`strangler.answer`,
+    `write_whole`), with no coroutine and no ASGI message: True once written; False when the
+    engine declines (the client's buffer is full, the client has gone), and `answer_client`
+    sends it instead. Raises ProxyError for fields the client cannot be sent."""
+    status = response.status
+    headers = _fields(response, extra_headers, capture, checked)
+    if not write_whole(status, headers, _reason(response), whole, checked):
+        return False
+    response.release()
+    outcome.status, outcome.bytes_out, outcome.started = status, len(whole), True
+    if capture is not None:
+        capture.add(whole)
+    return True
+
+
 async def answer_client(
     response: Answered,
     read_some: ReadSome,
@@ -570,7 +595,6 @@ async def answer_client(
     checked: bool = False,
     trailers: bool = False,
     loop: asyncio.AbstractEventLoop | None = None,
-    write_whole: WriteWhole | None = None,
 ) -> None:
     """Send the answer to the client: `whole` (read by `buffered`) at once, else streamed
     (see the module rules); `capture` keeps a copy. `read_some(read_timeout, gone)` gives the
@@ -578,24 +602,19 @@ async def answer_client(
     has refused what `headers_sendable` would (the forwarder's `strict`). `trailers`: the
     client's side takes ASGI's `http.response.trailers` (the engine does): a streamed answer
     ends with the upstream's trailer fields (prepare_trailers), if it sent any. `loop`: the
-    worker's, for the send timeouts (see Deadline). `write_whole`: the engine's one call for
-    a whole answer (`strangler.answer`), instead of two send() messages."""
+    worker's, for the send timeouts (see Deadline). A whole answer the engine can write in one
+    call goes by `answer_whole` instead."""
     try:
         outcome.status = response.status
         if whole is not None:
             response.release()
             outcome.bytes_out = len(whole)
             headers = _fields(response, extra_headers, capture, checked)
-            written = write_whole is not None and write_whole(
-                response.status, headers, _reason(response), whole, checked
-            )
-            if not written:
-                await _send_start(send, response, headers, checked, False)
+            await _send_start(send, response, headers, checked, False)
             outcome.started = True
             if capture is not None:
                 capture.add(whole)
-            if not written:
-                await send({"type": "http.response.body", "body": whole, "more_body": False})
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
             return
         await _start(send, response, extra_headers, capture, checked, trailers)
         outcome.started = True

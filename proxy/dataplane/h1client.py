@@ -196,7 +196,7 @@ class Answer:
         self.wake()
 
     # --- read by the data plane ---------------------------------------------------------------
-    def _wait(self, seconds: float) -> asyncio.Future[bool]:
+    def wait(self, seconds: float) -> asyncio.Future[bool]:
         """A future the connection resolves with news (True), or its timer with False once
         `seconds` have passed without any. A future, not a coroutine: awaited directly, no frame
         is made and resumed for it. It stays `waiter` once done (wake and the timer skip it)."""
@@ -227,12 +227,12 @@ class Answer:
                 raise TryFailed(self.failure, self.error, conn.reused)
             if conn.sending:
                 deadline = None
-                await self._wait(LIVENESS_PROBE_SECONDS)  # the sender wakes it at its end
+                await self.wait(LIVENESS_PROBE_SECONDS)  # the sender wakes it at its end
                 continue
             if deadline is None:
                 deadline = loop.time() + seconds
             left = deadline - loop.time()
-            if left <= 0 or not await self._wait(left):
+            if left <= 0 or not await self.wait(left):
                 raise TryFailed("timeout", _timed_out(), conn.reused)
 
     async def read_some(self, read_timeout: float, gone: asyncio.Future[None] | None) -> bytes:
@@ -245,7 +245,7 @@ class Answer:
             if self.failure:
                 raise UpstreamAborted(self.failure)
             probe = min(LIVENESS_PROBE_SECONDS, read_timeout - waited)
-            if not await self._wait(probe):
+            if not await self.wait(probe):
                 waited += probe
                 if gone is not None and gone.done():
                     raise ClientGone
@@ -660,7 +660,7 @@ class Pool:
         self, ssl_context: ssl.SSLContext | None, connect_timeout: float, fresh: bool
     ) -> Connection:
         """A usable idle connection (`reused`), else a new one within the connect timeout."""
-        if not fresh and (conn := self._idle_one()) is not None:
+        if not fresh and (conn := self.idle_one()) is not None:
             return conn  # the common case: no timer, no wait
         try:
             async with asyncio.timeout(connect_timeout):
@@ -669,7 +669,7 @@ class Pool:
                         self.idle[0].close()  # room for the new connection: drop the oldest
                         continue
                     await self._slot()
-                    if not fresh and (conn := self._idle_one()) is not None:
+                    if not fresh and (conn := self.idle_one()) is not None:
                         return conn
                 return await self._connect(ssl_context)
         except TimeoutError:
@@ -678,7 +678,8 @@ class Pool:
             log.warning("upstream %s unreachable: %s", self.upstream.name, exc)
             raise TryFailed("connect-failure", _unreachable(), False) from None
 
-    def _idle_one(self) -> Connection | None:
+    def idle_one(self) -> Connection | None:
+        """The most recently used usable idle connection, if any (`reused`)."""
         now = self.loop.time()
         idle = self.idle
         while idle:
@@ -970,7 +971,10 @@ class Forwarder:
         wait = read_timeout if head_timeout is None else min(read_timeout, head_timeout)
         loop = pool.loop
         deadline = loop.time() + (head_timeout or 0.0)
-        conn = await self._connection(pool, upstream, fresh, head_timeout)
+        # The usual case, a kept connection, takes no coroutine of its own (pool.connection).
+        conn = None if fresh else pool.idle_one()
+        if conn is None:
+            conn = await self._connection(pool, upstream, fresh, head_timeout)
         answer = conn.start(method == b"HEAD")
         answer.continued = not expect
         if fresh:  # a re-send after a stale pooled connection: its connection is not kept
@@ -995,7 +999,14 @@ class Forwarder:
         if head_timeout is not None:
             wait = max(0.0, min(wait, deadline - loop.time()))
         try:
-            await answer.head(wait)
+            if not (answer.head_ready or answer.failure or conn.sending):
+                # The usual case: one wait on the answer's future, no coroutine of its own.
+                until = loop.time() + wait
+                if not await answer.wait(wait):
+                    raise TryFailed("timeout", _timed_out(), conn.reused)
+                wait = max(0.0, until - loop.time())
+            if not answer.head_ready:
+                await answer.head(wait)  # a failure, a streamed body, or an early wake
         except BaseException:
             answer.close()
             raise
