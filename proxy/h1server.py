@@ -96,6 +96,7 @@ LINGER_SECONDS = 5.0  # nginx's lingering_timeout
 # (uvloop's own low-water mark is 16 bytes): what a slow reader holds stays bounded.
 WRITE_BUFFER_HIGH = 16_384
 _CRLF = b"\r\n"
+_FIELD = b": ".join  # (name, value) → b"name: value", in C: no Python loop over the fields
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES = {
@@ -280,11 +281,13 @@ class Exchange:
         reason: bytes,
         body: bytes,
         checked: bool,
+        framed: bool = False,
     ) -> bool:
         """A whole answer in one call (see H1Connection.write_whole)."""
         if self.connection.write_paused or self.gone or self.started:
             return False
-        self.pending_head = self._head(status, headers, reason, not checked, False)
+        length = len(body) if framed else None
+        self.pending_head = self._head(status, headers, reason, not checked, False, length)
         self.started = True
         self.continue_expected = False
         self._body(body, False)
@@ -297,15 +300,22 @@ class Exchange:
         reason: bytes | None,
         scan: bool,
         trailers: bool,
+        framed: int | None = None,
     ) -> bytes:
-        """The status line and fields, with the engine's framing (see the module rules)."""
+        """The status line and fields, with the engine's framing (see the module rules).
+        `framed`: the length of a whole answer whose fields hold its one Content-Length and
+        no Transfer-Encoding or Connection (the data plane's word: they are written as they
+        are, not searched)."""
         if reason:  # the upstream's: a few pairs recur, made once each
             line = _REASON_LINES.get((status, reason)) or _reason_line(status, reason)
         else:
             line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
         parts = [line]
-        length: int | None = None
+        length: int | None = framed
         chunked = close = False
+        if framed is not None:
+            parts += (b"\r\n".join(map(_FIELD, headers)), _CRLF)
+            headers = ()
         for name, value in headers:
             if scan and _UNSAFE_VALUE(value) is not None:
                 raise RuntimeError("a response header value with CR, LF or NUL")
@@ -393,15 +403,6 @@ class Exchange:
             self.connection.answered(self)
 
 
-def _values(headers: list[tuple[bytes, bytes]], wanted: bytes) -> list[bytes]:
-    """The values of the fields named `wanted` (a plain loop: a comprehension is a call)."""
-    found: list[bytes] = []
-    for name, value in headers:
-        if name == wanted:
-            found.append(value)
-    return found
-
-
 class H1Connection(asyncio.Protocol):
     """One client connection. uvicorn's Server makes one per accepted socket (the
     `http_protocol_class` contract: config, server_state, app_state) and drives shutdown."""
@@ -458,6 +459,7 @@ class H1Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._names: list[bytes] = []
+        self._codings: tuple[bytes, ...] = ()  # the head's Transfer-Encoding values (rare)
         self._head_bytes = 0
         self._raw_head = 0  # bytes received while a head is open
         self._raw_trailer = 0
@@ -651,6 +653,7 @@ class H1Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._names = []
+        self._codings = ()
         self._head_bytes = 0
         self._in_body = self._chunk_head = self._expect = False
         if self.head_since is None:
@@ -674,6 +677,8 @@ class H1Connection(asyncio.Protocol):
         if lower == b"expect" and value.lower() == b"100-continue":
             self._expect = True
             return  # the engine's to answer, not the upstream's
+        if lower == b"transfer-encoding":
+            self._codings += (value,)
         self._headers.append((lower, value))
         self._names.append(name)  # their count is checked once the head is complete
 
@@ -700,7 +705,7 @@ class H1Connection(asyncio.Protocol):
         if not url.startswith(b"/"):
             raise Refused(400, "bad-target", "only origin-form request targets are proxied")
         headers = self._headers
-        codings = _values(headers, b"transfer-encoding")
+        codings = self._codings
         if codings and (problem := transfer_coding_problem(codings)) is not None:
             raise Refused(problem.status, problem.kind, str(problem))
         if len(self.queue) >= self.bounds.max_pipelined:
@@ -743,14 +748,19 @@ class H1Connection(asyncio.Protocol):
         reason: bytes,
         body: bytes,
         checked: bool,
+        framed: bool = False,
     ) -> bool:
         """`strangler.answer`: the running request's whole answer in one call (the data plane's
         buffered answers), the work of its start and body messages without them. False when
         it must go through send(): the client's buffer is full (send() waits for it to
         drain), the client has gone, or the answer has started. A method of the connection,
-        not of the exchange: the scope holding it makes no cycle that outlives the request."""
+        not of the exchange: the scope holding it makes no cycle that outlives the request.
+        `checked`: no value holds CR, LF or NUL; `framed`: the fields hold one Content-Length,
+        the body's, and no Transfer-Encoding or Connection (they are not searched)."""
         running = self.running
-        return running is not None and running.write_whole(status, headers, reason, body, checked)
+        return running is not None and running.write_whole(
+            status, headers, reason, body, checked, framed
+        )
 
     def _scope(self, method: bytes, url: bytes, version: str) -> dict[str, Any]:
         path, _, query = url.partition(b"?")
@@ -764,7 +774,7 @@ class H1Connection(asyncio.Protocol):
         }
         if self.tls is not None:
             extensions.update(self.tls)
-        return {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI,
             "http_version": version,
@@ -777,9 +787,11 @@ class H1Connection(asyncio.Protocol):
             "raw_path": path,
             "query_string": query,
             "headers": self._headers,
-            "state": self.app_state.copy() if self.app_state else {},
             "extensions": extensions,
         }
+        if self.app_state:  # ASGI's lifespan state, a copy per request (none: no key)
+            scope["state"] = self.app_state.copy()
+        return scope
 
     def on_chunk_header(self) -> None:
         self._chunk_head = True

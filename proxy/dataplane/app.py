@@ -495,7 +495,9 @@ class DataPlane:
                 return self._next(call, plan, failed.kind, failed.error, failed.reused, guard)
             try:
                 status = response.status
-                judged = self._judge(guard, status in GATEWAY_STATUSES, probe)
+                judged = guard.upstream.outlier is None or self._judge(
+                    guard, status in GATEWAY_STATUSES, probe
+                )
                 if reacts_to(plan, status):
                     step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
                     if step != GIVE_UP:

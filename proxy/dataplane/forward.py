@@ -360,10 +360,11 @@ class Answered(Protocol):
 
 
 ReadSome = Callable[[float, "asyncio.Future[None] | None"], Awaitable[bytes]]
-# The engine's `strangler.answer`: (status, fields, reason, body, checked) written at once as a
-# whole answer; False when it cannot be (the client's buffer is full, the client has gone), and
-# the answer goes through send() as usual.
-WriteWhole = Callable[[int, list[tuple[bytes, bytes]], bytes, bytes, bool], bool]
+# The engine's `strangler.answer`: (status, fields, reason, body, checked, framed) written at
+# once as a whole answer; False when it cannot be (the client's buffer is full, the client has
+# gone), and the answer goes through send() as usual. `framed`: the fields hold one
+# Content-Length, the body's, and no Transfer-Encoding or Connection.
+WriteWhole = Callable[[int, list[tuple[bytes, bytes]], bytes, bytes, bool, bool], bool]
 
 
 class Forwarding(Protocol):
@@ -570,7 +571,15 @@ def answer_whole(
     sends it instead. Raises ProxyError for fields the client cannot be sent."""
     status = response.status
     headers = _fields(response, extra_headers, capture, checked)
-    if not write_whole(status, headers, _reason(response), whole, checked):
+    # A strict parser's answer with a length has one Content-Length and no Transfer-Encoding
+    # (llhttp refuses both otherwise), prepare_response took Connection away, and `whole` is
+    # that many bytes: the engine need not search the fields for its framing.
+    framed = (
+        checked
+        and status not in (204, 304)
+        and getattr(response, "content_length", None) == len(whole)
+    )
+    if not write_whole(status, headers, _reason(response), whole, checked, framed):
         return False
     response.release()
     outcome.status, outcome.bytes_out, outcome.started = status, len(whole), True

@@ -725,7 +725,8 @@ class Pool:
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
-        self._wake_one()
+        if self.waiting:
+            self._wake_one()
         if self.sweeping is None:
             self.sweeping = self.loop.call_later(KEEPALIVE_SECONDS, self._sweep)
 
@@ -762,14 +763,14 @@ class Pool:
             conn.close()
 
 
+_FIELD = b": ".join  # (name, value) → b"name: value", in C: no Python loop over the fields
+
+
 def _request_head(
     method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], framing: bytes
 ) -> bytes:
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, _CRLF)
-    parts += (framing, _CRLF)
-    return b"".join(parts)
+    fields = b"\r\n".join(map(_FIELD, headers)) + _CRLF if headers else b""
+    return b"".join((method, b" ", target, b" HTTP/1.1\r\n", fields, framing, _CRLF))
 
 
 def _framing(

@@ -648,6 +648,58 @@ def test_an_early_413_to_a_large_upload_reaches_the_client(
     assert upstream.connections == 2
 
 
+# --- small answers, written whole -----------------------------------------------------------------
+WHOLE = (
+    b"HTTP/1.1 200 Fine\r\nX-Upstream-Case: Kept\r\ncontent-LENGTH: 5\r\nConnection: keep-alive\r\n"
+    b"Keep-Alive: timeout=5\r\nCache-Control: no-store\r\n\r\nhello"
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "status", "body"),
+    [
+        pytest.param("GET", WHOLE, 200, b"hello", id="get"),
+        pytest.param("HEAD", WHOLE.removesuffix(b"hello"), 200, b"", id="head"),
+        pytest.param(
+            "GET",
+            b'HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: "v1"\r\n\r\n',
+            304,
+            b"",
+            id="304-with-a-length",
+        ),
+    ],
+)
+def test_a_small_answer_keeps_its_fields_with_one_length_of_its_own(
+    proxy: ProxyProcess, upstream: Recorder, method: str, answer: bytes, status: int, body: bytes
+) -> None:
+    """A small answer goes to the client written whole: the upstream's fields in their case and
+    order, one Content-Length (the upstream's spelling, none for a 304), no hop-by-hop field of
+    the upstream's, and the connection stays usable for the next request."""
+    upstream.handler = by_method(**{method: reply(answer)}, default=reply())
+    with Conn(proxy.external) as conn:
+        conn.sendall(build(method, "/whole"))
+        got = conn.read_response(head_request=method == "HEAD")
+        conn.sendall(build("GET", "/after"))
+        after = conn.read_response()
+    assert (got.status, got.body) == (status, body)
+    names = [name for name, _ in got.headers]
+    if status == 304:
+        assert got.values("content-length") == []
+        assert got.values("etag") == [b'"v1"']
+    else:
+        assert got.head.startswith(b"HTTP/1.1 200 Fine\r\n")
+        assert b"X-Upstream-Case" in names
+        assert b"content-LENGTH" in names
+        assert got.values("content-length") == [b"5"]
+        assert names.index(b"X-Upstream-Case") < names.index(b"content-LENGTH")
+        assert names.index(b"content-LENGTH") < names.index(b"Cache-Control")
+    assert got.values("keep-alive") == []
+    assert [v.lower() for v in got.values("connection")] in ([], [b"keep-alive"])
+    # The same connection serves the next request (a GET: this answer again, or the default).
+    assert (after.status, after.body) == ((status, body) if method == "GET" else (200, b"ok"))
+    assert upstream.connections == 1
+
+
 # --- downloads ------------------------------------------------------------------------------------
 def chunked_download(body: bytes, sizes: list[int]) -> Handler:
     """Answer `body` chunked (chunks sized by `sizes` in turn, one with an extension), with a
