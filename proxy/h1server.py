@@ -86,7 +86,7 @@ from proxy.dataplane.tunnel import Tunnel
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.settings import ProxySettings
 from proxy.tls import connection_tls
-from proxy.types import ANSWER, CHECKED, CONTINUE, TRAILERS, ASGIApp
+from proxy.types import ANSWER, BODY, CHECKED, CONTINUE, TRAILERS, ASGIApp
 
 log = logging.getLogger("strangler")
 
@@ -241,6 +241,18 @@ class Exchange:
             finally:
                 self.waiter = None
         return _DISCONNECT
+
+    def take_body(self, limit: int) -> bytes | None:
+        """The whole body at once when it has all arrived, none of it was given and it is at
+        most `limit` bytes (see H1Connection.take_body); else None."""
+        if self.more_body or self.all_given or self.gone or len(self.body) > limit:
+            return None
+        body = bytes(self.body)
+        self.body.clear()
+        self.all_given = True
+        self.continue_expected = False  # the body is here: no `100 Continue` is due
+        self.connection.resume_reading()
+        return body
 
     # --- the answer ---------------------------------------------------------------------------
     async def send(self, message: MutableMapping[str, Any]) -> None:
@@ -437,6 +449,7 @@ class H1Connection(asyncio.Protocol):
         self.closing = False
         self.tunnel: Tunnel | None = None  # an upgraded connection's tunnel
         self._write_whole = self.write_whole  # one bound method for every request's scope
+        self._take_body = self.take_body
         self.early = b""  # bytes after an Upgrade head, for its tunnel
         self.client_eof = False
         self.linger_until = 0.0  # a closing connection's deadline for the client's FIN
@@ -762,6 +775,14 @@ class H1Connection(asyncio.Protocol):
             status, headers, reason, body, checked, framed
         )
 
+    def take_body(self, limit: int) -> bytes | None:
+        """`strangler.body`: the running request's whole body, when all of it has arrived, none
+        was read with receive() and it is at most `limit` bytes: the data plane reads a small
+        body so, without a receive() message or a timer for it. None: read it with receive().
+        A method of the connection, as write_whole is."""
+        running = self.running
+        return None if running is None else running.take_body(limit)
+
     def _scope(self, method: bytes, url: bytes, version: str) -> dict[str, Any]:
         path, _, query = url.partition(b"?")
         if query.find(b"#") >= 0:
@@ -771,6 +792,7 @@ class H1Connection(asyncio.Protocol):
             "strangler.names": self._names,
             TRAILERS: _OFFERED,
             ANSWER: self._write_whole,
+            BODY: self._take_body,
         }
         if self.tls is not None:
             extensions.update(self.tls)

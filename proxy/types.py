@@ -21,5 +21,9 @@ CONTINUE = "strangler.continue"
 # refuses CR, LF and NUL in them): the engine does not scan them again.
 CHECKED = "strangler.checked"
 # The proxy's own engine: a whole answer written in one call, (status, fields, reason, body,
-# checked) -> bool, instead of a start and a body message (False: send them).
+# checked, framed) -> bool, instead of a start and a body message (False: send them).
 ANSWER = "strangler.answer"
+# The proxy's own engine: the request's whole body when all of it has arrived and none of it
+# was read, at most `limit` bytes, (limit) -> bytes | None, instead of receive() messages
+# (None: read them).
+BODY = "strangler.body"

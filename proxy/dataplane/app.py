@@ -39,6 +39,7 @@ from proxy.dataplane.forward import (
     Outcome,
     Pool,
     TryFailed,
+    _too_large,
     answer_client,
     answer_whole,
     read_body,
@@ -77,7 +78,7 @@ from proxy.settings import plain
 from proxy.shadow.exchange import Exchange
 from proxy.table.compile import STATIC, CompiledRoute, CredentialPolicy, RatePolicy, Snapshot
 from proxy.tls import client_cert_name
-from proxy.types import ANSWER, CONTINUE, TRAILERS, Receive, Scope, Send
+from proxy.types import ANSWER, BODY, CONTINUE, TRAILERS, Receive, Scope, Send
 
 log = logging.getLogger("strangler")
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
@@ -181,6 +182,7 @@ class DataPlane:
                 content_length=facts.content_length,
                 pins=runtime.pins,
                 https=facts.https,
+                keyed=facts.keyed,
             )
             matched = plan.route
             if snapshot.access is not None if matched is None else matched.guarded:
@@ -377,15 +379,17 @@ class DataPlane:
         expect = False
         if facts.content_length or facts.chunked:
             expect = self._continues(scope, facts)
-            body = await read_body(
-                receive,
-                buffer=-1 if expect else settings.request_buffer,
-                max_body=plan.max_body,
-                content_length=facts.content_length,
-                body_idle=settings.body_idle_timeout,
-                outcome=outcome,
-                loop=self.runtime.loop,
-            )
+            body = None if expect else self._whole_body(scope, plan, outcome)
+            if body is None:
+                body = await read_body(
+                    receive,
+                    buffer=-1 if expect else settings.request_buffer,
+                    max_body=plan.max_body,
+                    content_length=facts.content_length,
+                    body_idle=settings.body_idle_timeout,
+                    outcome=outcome,
+                    loop=self.runtime.loop,
+                )
         call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
         call.expect = expect
         if not callable(body):
@@ -405,6 +409,19 @@ class DataPlane:
             await self._prepare(step, call, plan, guard)
             if step == FALLBACK:
                 guard = self.runtime.guards.get(plan.upstream)
+
+    def _whole_body(self, scope: Scope, plan: Plan, outcome: Outcome) -> bytes | None:
+        """A small body that has all arrived, taken at once from the engine (`strangler.body`:
+        no receive() message, no idle timer); None when it must be read (read_body)."""
+        take = scope.get("extensions", _NONE).get(BODY)
+        if take is None:
+            return None
+        body: bytes | None = take(self.settings.request_buffer)
+        if body is not None:
+            outcome.bytes_in = len(body)
+            if len(body) > plan.max_body:
+                raise _too_large()
+        return body
 
     async def _prepare(self, step: str, call: Call, plan: Plan, guard: Guard) -> None:
         """Set up the next try: a new connection, a retry after its backoff, or the fallback."""

@@ -78,7 +78,7 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 # the body as the next request (nginx and Envoy ignore such options too).
 FRAMING = frozenset({b"host", b"content-length"})
 # What prepare_request does with a field, by its lower-case name (None: forwarded as it is).
-_K_HOP, _K_HOST, _K_LENGTH, _K_OWN, _K_SPOOFABLE, _K_VIA, _K_ID, _K_TRACE = range(8)
+_K_HOP, _K_HOST, _K_LENGTH, _K_OWN, _K_SPOOFABLE, _K_VIA, _K_ID, _K_TRACE, _K_KEYED = range(9)
 _KINDS = {
     **dict.fromkeys(HOP_BY_HOP, _K_HOP),
     b"host": _K_HOST,
@@ -88,6 +88,7 @@ _KINDS = {
     b"via": _K_VIA,
     b"x-request-id": _K_ID,
     b"traceparent": _K_TRACE,
+    b"idempotency-key": _K_KEYED,
 }
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -125,6 +126,7 @@ class RequestFacts:
     forwarded_for: str = ""
     https: bool = False  # the client's connection is TLS (here, or at a trusted hop)
     loop: bool = False
+    keyed: bool = False  # an Idempotency-Key (a keyed write may be sent again, plan.py)
     dropped: int = 0
     # What goes upstream, as bytes (names as the client spelled them): the upstream client
     # writes them as they are, with no decoding and encoding again per field.
@@ -233,6 +235,8 @@ def prepare_request(
             if _REQUEST_ID.match(value):
                 facts.request_id = value.decode("ascii")
             continue
+        elif kind == _K_KEYED:
+            facts.keyed = True
         else:  # traceparent
             trace = _TRACEPARENT.match(value)
             continue
@@ -257,14 +261,15 @@ def prepare_request(
             _VALID_HOSTS.clear()
         _VALID_HOSTS.add(facts.host)
     if lengths:
-        if len(set(lengths)) > 1 or not lengths[0].isdigit():
+        length = lengths[0]
+        if not length.isdigit() or (len(lengths) > 1 and len(set(lengths)) > 1):
             raise BadHeaders("bad-content-length", "Content-Length is invalid or conflicting")
         if facts.chunked:
             # Transfer-Encoding overrides Content-Length, which must then go (RFC 9112 §6.1).
             out[:] = [(n, v) for n, v in out if n.lower() != b"content-length"]
         else:
-            facts.content_length = int(lengths[0])
-            if lengths[0] != b"%d" % facts.content_length:  # leading zeros: send the number
+            facts.content_length = int(length)
+            if length[0] == 48 and len(length) > 1:  # leading zeros ("0"): send the number
                 number = b"%d" % facts.content_length
                 out[:] = [(n, number if n.lower() == b"content-length" else v) for n, v in out]
     # The new request ID, trace ID and span ID from one draw (see new_request_id).

@@ -266,9 +266,11 @@ def resolve(
     content_length: int | None,
     pins: Pins | None = None,
     https: bool = False,
+    keyed: bool | None = None,
 ) -> Plan:
     """The plan for one request, or a ProxyError (400 ambiguous target, 404 not exposed on
-    this listener, 413 a declared body over the route's limit)."""
+    this listener, 413 a declared body over the route's limit). `keyed`: whether the request
+    carries an Idempotency-Key, when the caller has read its fields already."""
     route = _route(snapshot, external, raw_path, method, host, headers)
     if route is None:
         upstream = snapshot.default
@@ -313,10 +315,9 @@ def resolve(
             close=True,
         )
     if method not in IDEMPOTENT:  # a keyed write may be re-sent after a stale connection
-        for name, _ in headers:  # a plain loop: a generator costs more for a few fields
-            if name == b"idempotency-key":
-                plan.keyed = True
-                break
+        if keyed is None:  # not known already (prepare_request's RequestFacts.keyed)
+            keyed = any(name == b"idempotency-key" for name, _ in headers)
+        plan.keyed = keyed
     return plan
 
 
