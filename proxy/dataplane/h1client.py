@@ -481,8 +481,11 @@ class Connection(asyncio.Protocol):
         # The reads so far bound the head's size; only a large one is measured field by field
         # (a head that arrived in one read with its body is not too long for that).
         if self.head_bytes > MAX_HEAD_BYTES:
-            self.field_bytes = sum(len(n) + len(v) + 4 for n, v in headers)
-            if self.field_bytes > MAX_HEAD_BYTES:
+            size = 0
+            for name, value in headers:  # a plain loop: a generator costs more
+                size += len(name) + len(value) + 4
+            self.field_bytes = size
+            if size > MAX_HEAD_BYTES:
                 raise httptools.HttpParserError("too long header fields")
         parser = self.parser
         status = parser.get_status_code()
