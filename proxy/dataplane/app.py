@@ -101,11 +101,18 @@ class Call:
     facts: RequestFacts
     body: Body
     holder: str
-    tries: Tries
     outcome: Outcome
     fresh: bool = False
     capture: Capture | None = None  # a copy of the answer, for a shadow or a recording
     expect: bool = False  # the upstream decides on the client's `100 Continue`
+    tries: Tries | None = None  # made when first needed: most requests are answered at once
+
+    def so_far(self) -> Tries:
+        """What the request has tried so far (plan.next_step reads and notes it)."""
+        tries = self.tries
+        if tries is None:
+            tries = self.tries = Tries(not callable(self.body))
+        return tries
 
 
 def _keys_of(route: CompiledRoute, credentials: CredentialPolicy) -> tuple[str, ...]:
@@ -390,7 +397,7 @@ class DataPlane:
                     outcome=outcome,
                     loop=self.runtime.loop,
                 )
-        call = Call(scope, receive, send, facts, body, holder, Tries(not callable(body)), outcome)
+        call = Call(scope, receive, send, facts, body, holder, outcome)
         call.expect = expect
         if not callable(body):
             call.capture = self._capture(plan)
@@ -425,7 +432,7 @@ class DataPlane:
 
     async def _prepare(self, step: str, call: Call, plan: Plan, guard: Guard) -> None:
         """Set up the next try: a new connection, a retry after its backoff, or the fallback."""
-        tries = call.tries
+        tries = call.so_far()
         call.fresh = step == STALE
         if step == STALE:
             tries.stale_used = True
@@ -487,7 +494,7 @@ class DataPlane:
     ) -> str | None:
         """Send the request, judge the response head (a status may retry or fall back), then
         stream the answer. Every try's verdict goes to the upstream's outlier rule."""
-        retry, tries, forwarder = plan.retry, call.tries, self.runtime.forwarder
+        retry, forwarder = plan.retry, self.runtime.forwarder
         judged = False
         try:
             try:
@@ -498,7 +505,9 @@ class DataPlane:
                     call.facts.headers,
                     call.body,
                     read_timeout=plan.read_timeout,
-                    head_timeout=retry.per_try_timeout if retry and not tries.fallen_back else None,
+                    head_timeout=(
+                        retry.per_try_timeout if retry and not call.so_far().fallen_back else None
+                    ),
                     fresh=call.fresh,
                     expect=call.expect,
                     # prepare_request has read them: a Host, and a Content-Length it kept
@@ -516,7 +525,9 @@ class DataPlane:
                     guard, status in GATEWAY_STATUSES, probe
                 )
                 if reacts_to(plan, status):
-                    step = next_step(plan, status, tries, reused=False, budget=guard.budget >= 1)
+                    step = next_step(
+                        plan, status, call.so_far(), reused=False, budget=guard.budget >= 1
+                    )
                     if step != GIVE_UP:
                         response.close()  # its body is not wanted: the connection is not reused
                         self._count(plan, step, str(status), call.outcome)
@@ -587,7 +598,7 @@ class DataPlane:
     def _next(
         self, call: Call, plan: Plan, failure: str, error: ProxyError, reused: bool, guard: Guard
     ) -> str:
-        step = next_step(plan, failure, call.tries, reused=reused, budget=guard.budget >= 1)
+        step = next_step(plan, failure, call.so_far(), reused=reused, budget=guard.budget >= 1)
         if step == GIVE_UP:
             raise error
         self._count(plan, step, failure, call.outcome)
