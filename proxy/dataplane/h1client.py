@@ -73,6 +73,7 @@ from proxy.types import Scope
 log = logging.getLogger("strangler")
 KEEPALIVE_SECONDS = 4.0
 READ_HIGH_WATER = 32_768  # unread body bytes before the connection stops reading
+READ_BYTES = 262_144  # the read buffer: at most this much is read at once (the socket holds less)
 MAX_HEAD_BYTES = 65_536  # an upstream's answer head (nginx: proxy_buffer_size, larger here)
 MAX_HEADERS = 256
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -275,8 +276,11 @@ class Answer:
             self.close()
 
 
-class Connection(asyncio.Protocol):
-    """One upstream connection: writes requests, parses their answers (httptools)."""
+class Connection(asyncio.BufferedProtocol):
+    """One upstream connection: writes requests, parses their answers (httptools). Its bytes are
+    read into the forwarder's one read buffer (uvloop's BufferedProtocol) and parsed there:
+    no bytes object is made of each read (a 64 KiB answer was copied twice before it reached
+    the client; llhttp's body pieces are the one copy left)."""
 
     __slots__ = (
         "answer",
@@ -330,17 +334,22 @@ class Connection(asyncio.Protocol):
             except OSError:  # not a TCP socket (a test's pipe): nothing to tune
                 pass
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.pool.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Parsed at once: every callback copies what it keeps, so the buffer is free again
+        # when this returns (one event loop reads into it, one read at a time).
         answer = self.answer
         if answer is None:  # bytes nobody asked for: the connection cannot be trusted again
             self.keep = False
             self.close()
             return
         if not answer.head_ready:
-            self.fed = len(data)
-            self.head_bytes += self.fed  # a bound of the head's size (on_headers_complete)
+            self.fed = nbytes
+            self.head_bytes += nbytes  # a bound of the head's size (on_headers_complete)
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(self.pool.buffer[:nbytes])
         except httptools.HttpParserUpgrade:
             answer.fail("bad-response", _malformed())  # a 101 nobody asked for
             self.close()
@@ -635,6 +644,7 @@ class Pool:
     __slots__ = (
         "active",
         "authority",
+        "buffer",
         "idle",
         "limit",
         "loop",
@@ -645,10 +655,12 @@ class Pool:
         "waiting",
     )
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, buffer: memoryview | None = None) -> None:
         # The worker's loop, looked up once: on Python 3.11 each asyncio.get_running_loop()
         # is a getpid() system call (its fork check), five a request before this.
         self.loop = asyncio.get_running_loop()
+        # Where its connections' reads land (Connection.get_buffer): the forwarder's one.
+        self.buffer = buffer if buffer is not None else memoryview(bytearray(READ_BYTES))
         self.upstream = upstream
         self.limit = upstream.max_connections
         self.authority = authority(upstream)
@@ -896,12 +908,13 @@ class Forwarder:
         self._retired: set[Pool] = set()
         self._senders: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
+        self._buffer = memoryview(bytearray(READ_BYTES))  # every upstream read lands here
 
     def pool(self, upstream: Upstream) -> Pool:
         key = (upstream.url, upstream.max_connections)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(upstream)
+            pool = self._pools[key] = Pool(upstream, self._buffer)
         return pool
 
     def enter(self, upstream: Upstream) -> Pool:

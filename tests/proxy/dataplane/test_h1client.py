@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
+import trustme
 
 from proxy.dataplane.forward import TryFailed
-from proxy.dataplane.h1client import Forwarder, _framing, _request_head
+from proxy.dataplane.h1client import Forwarder, Pool, _framing, _request_head
+from proxy.table.compile import Upstream
 from tests.proxy.dataplane.test_h1client_fuzz import BASE, run
 
 UP = b"10.0.0.7:8000"
@@ -134,5 +137,75 @@ def test_a_short_wait_after_long_ones_on_the_same_connection_ends_at_its_own_dea
             await forwarder.close()
             server.close()
             await server.wait_closed()
+
+    run(main())
+
+
+def test_answers_read_through_the_shared_buffer_stay_apart_over_tls_and_in_parallel() -> None:
+    """Every upstream read lands in the forwarder's one buffer (Connection.get_buffer): answers
+    read in turn on several connections, over TLS too, each keep their own bytes, a 200 KiB
+    body arrives whole, and the connections are kept for the next request."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    leaf.configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                name = head.split(b" ")[1].strip(b"/")
+                body = name * (200_000 // len(name)) if name.startswith(b"big") else name
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    forwarder = Forwarder()
+
+    async def fetch(pool: Pool, upstream: Upstream, name: str) -> bytes:
+        scope = {"method": "GET", "raw_path": f"/{name}".encode(), "query_string": b""}
+        answer = await forwarder.open(pool, upstream, scope, HOST, None, read_timeout=10)
+        whole = await forwarder.buffered(answer, scope, 10)
+        if whole is None:  # too large to buffer: read as a stream
+            parts = []
+            while chunk := await answer.read_some(10, None):
+                parts.append(chunk)
+            answer.release()
+            whole = b"".join(parts)
+        return whole
+
+    async def main() -> None:
+        forwarder._tls = client_tls  # the test CA's, instead of the system's
+        servers = []
+        try:
+            for scheme, tls in (("http", None), ("https", server_tls)):
+                server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+                servers.append(server)
+                port = server.sockets[0].getsockname()[1]
+                upstream = dataclasses.replace(
+                    BASE, url=f"{scheme}://127.0.0.1:{port}", scheme=scheme, port=port
+                )
+                pool = forwarder.enter(upstream)
+
+                try:
+                    for _ in range(2):  # the second round on the kept connections
+                        names = [f"{scheme}{i}" for i in range(8)] + [f"big{scheme}"]
+                        got = await asyncio.gather(*(fetch(pool, upstream, n) for n in names))
+                        assert got[:8] == [name.encode() for name in names[:8]]
+                        big = names[8].encode()
+                        assert got[8] == big * (200_000 // len(big))
+                    assert len(pool.idle) == len(pool.open) == 9
+                finally:
+                    forwarder.leave(pool)
+        finally:
+            await forwarder.close()
+            for server in servers:
+                server.close()
+                await server.wait_closed()
 
     run(main())
