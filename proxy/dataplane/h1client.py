@@ -362,6 +362,14 @@ class Connection(asyncio.BufferedProtocol):
         if self.head_bytes > MAX_HEAD_BYTES and not answer.head_ready and not answer.failure:
             answer.fail("bad-response", _malformed())
             self.close()
+        # Too much of the body unread: no more is read until the client takes some (read_some
+        # resumes). Judged once the read is parsed: an answer that ended in it stops nothing
+        # (a 64 KiB answer in one read would stop and restart the reading, two epoll changes).
+        elif answer.unread >= READ_HIGH_WATER and not answer.done and not self.paused:
+            transport = self.transport
+            if transport is not None and not self.closed:
+                self.paused = True
+                transport.pause_reading()
 
     def _malformed(self, answer: Answer) -> None:
         if self.in_trailers and answer.head_ready and not answer.done:
@@ -538,10 +546,7 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return
         answer.chunks.append(body)
-        answer.unread += len(body)
-        if answer.unread >= READ_HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        answer.unread += len(body)  # too much unread stops the reading (buffer_updated)
         answer.wake()
 
     def on_message_complete(self) -> None:
