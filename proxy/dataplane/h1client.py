@@ -464,7 +464,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # A head's field: only appended (its limits are checked once, in on_headers_complete;
-        # data_received bounds the bytes held meanwhile). A field after an answer (there is
+        # buffer_updated bounds the bytes held meanwhile). A field after an answer (there is
         # none to append to) fails the feed: the connection closes (_malformed).
         if self.in_trailers:
             self._trailer(name, value)
