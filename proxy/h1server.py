@@ -77,11 +77,16 @@ import urllib.parse
 from collections import deque
 from collections.abc import Iterable, MutableMapping
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 
-from proxy.dataplane.headers import ALLOW, request_id_of, transfer_coding_problem
+from proxy.dataplane.headers import (
+    ALLOW,
+    field_lines,
+    request_id_of,
+    transfer_coding_problem,
+)
 from proxy.dataplane.tunnel import Tunnel
 from proxy.errors import ResponseAborted, problem_body, problem_headers
 from proxy.settings import ProxySettings
@@ -96,7 +101,6 @@ LINGER_SECONDS = 5.0  # nginx's lingering_timeout
 # (uvloop's own low-water mark is 16 bytes): what a slow reader holds stays bounded.
 WRITE_BUFFER_HIGH = 16_384
 _CRLF = b"\r\n"
-_FIELD = b": ".join  # (name, value) → b"name: value", in C: no Python loop over the fields
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES = {
@@ -229,11 +233,8 @@ class Exchange:
                 connection.transport.write(_CONTINUE)
         while not (self.gone or self.complete):
             if not self.all_given and (self.body or not self.more_body):
-                body, more = bytes(self.body), self.more_body
-                self.body.clear()
-                self.all_given = not more  # from now on, receive() waits for the end
-                connection.resume_reading()
-                return {"type": "http.request", "body": body, "more_body": more}
+                more = self.more_body
+                return {"type": "http.request", "body": self._give(), "more_body": more}
             connection.resume_reading()
             self.waiter = connection.loop.create_future()
             try:
@@ -247,10 +248,15 @@ class Exchange:
         most `limit` bytes (see H1Connection.take_body); else None."""
         if self.more_body or self.all_given or self.gone or len(self.body) > limit:
             return None
+        self.continue_expected = False  # the body is here: no `100 Continue` is due
+        return self._give()
+
+    def _give(self) -> bytes:
+        """The body bytes buffered so far, handed to the application; once the body has ended,
+        it has all been given (receive() then waits for the end)."""
         body = bytes(self.body)
         self.body.clear()
-        self.all_given = True
-        self.continue_expected = False  # the body is here: no `100 Continue` is due
+        self.all_given = not self.more_body
         self.connection.resume_reading()
         return body
 
@@ -326,7 +332,7 @@ class Exchange:
         length: int | None = framed
         chunked = close = False
         if framed is not None:
-            parts += (b"\r\n".join(map(_FIELD, headers)), _CRLF)
+            parts.append(field_lines(cast("list[tuple[bytes, bytes]]", headers)))  # write_whole's
             headers = ()
         for name, value in headers:
             if scan and _UNSAFE_VALUE(value) is not None:

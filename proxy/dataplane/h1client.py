@@ -66,6 +66,7 @@ from proxy.dataplane.forward import (
     _stalled,
     _too_large,
 )
+from proxy.dataplane.headers import field_lines
 from proxy.errors import ProxyError, UpstreamAborted
 from proxy.table.compile import Upstream
 from proxy.types import Scope
@@ -660,12 +661,12 @@ class Pool:
         "waiting",
     )
 
-    def __init__(self, upstream: Upstream, buffer: memoryview | None = None) -> None:
+    def __init__(self, upstream: Upstream, buffer: memoryview) -> None:
         # The worker's loop, looked up once: on Python 3.11 each asyncio.get_running_loop()
         # is a getpid() system call (its fork check), five a request before this.
         self.loop = asyncio.get_running_loop()
         # Where its connections' reads land (Connection.get_buffer): the forwarder's one.
-        self.buffer = buffer if buffer is not None else memoryview(bytearray(READ_BYTES))
+        self.buffer = buffer
         self.upstream = upstream
         self.limit = upstream.max_connections
         self.authority = authority(upstream)
@@ -679,9 +680,9 @@ class Pool:
     async def connection(
         self, ssl_context: ssl.SSLContext | None, connect_timeout: float, fresh: bool
     ) -> Connection:
-        """A usable idle connection (`reused`), else a new one within the connect timeout."""
-        if not fresh and (conn := self.idle_one()) is not None:
-            return conn  # the common case: no timer, no wait
+        """A new connection within the connect timeout, or an idle one (`reused`) freed while
+        this waited for a slot; the caller has taken an idle one already if there was one
+        (Forwarder.open: the common case, with no coroutine, timer or wait)."""
         try:
             async with asyncio.timeout(connect_timeout):
                 while self.limit and len(self.open) >= self.limit:
@@ -783,13 +784,10 @@ class Pool:
             conn.close()
 
 
-_FIELD = b": ".join  # (name, value) → b"name: value", in C: no Python loop over the fields
-
-
 def _request_head(
     method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], framing: bytes
 ) -> bytes:
-    fields = b"\r\n".join(map(_FIELD, headers)) + _CRLF if headers else b""
+    fields = field_lines(headers)
     return b"".join((method, b" ", target, b" HTTP/1.1\r\n", fields, framing, _CRLF))
 
 
