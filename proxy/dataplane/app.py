@@ -43,6 +43,7 @@ from proxy.dataplane.forward import (
     answer_client,
     answer_whole,
     read_body,
+    replayable,
 )
 from proxy.dataplane.headers import (
     ALLOW,
@@ -108,10 +109,13 @@ class Call:
     tries: Tries | None = None  # made when first needed: most requests are answered at once
 
     def so_far(self) -> Tries:
-        """What the request has tried so far (plan.next_step reads and notes it)."""
+        """What the request has tried so far (plan.next_step reads and notes it); a streamed
+        body stops being replayable once its first piece is taken."""
         tries = self.tries
         if tries is None:
-            tries = self.tries = Tries(not callable(self.body))
+            tries = self.tries = Tries(True)
+        if tries.replayable:
+            tries.replayable = replayable(self.body)
         return tries
 
 

@@ -138,6 +138,31 @@ class Outcome:
 Body = bytes | Callable[[], AsyncIterator[bytes]] | None
 
 
+class StreamedBody:
+    """A request body past the buffer, streamed as it arrives (read_body's result): a call
+    starts it, once, with the bytes read so far first. Until its first piece is taken nothing
+    more has been read from the client, and none of it has gone anywhere: a try that failed
+    before that (a pooled connection that closed while `Expect: 100-continue` waited for the
+    upstream's 100) may send it again (`replayable`, plan.may_repeat)."""
+
+    __slots__ = ("_rest", "started")
+
+    def __init__(self, rest: Callable[[StreamedBody], AsyncIterator[bytes]]) -> None:
+        self._rest = rest
+        self.started = False  # set by the stream's first step, not when a sender is handed it
+
+    def __call__(self) -> AsyncIterator[bytes]:
+        if self.started:
+            # plan.may_repeat never repeats a request whose streamed body was read.
+            raise RuntimeError("a streamed request body can be sent once")
+        return self._rest(self)
+
+
+def replayable(body: Body) -> bool:
+    """Whether `body` can be sent again: buffered (or none), or a stream not yet started."""
+    return not callable(body) or (isinstance(body, StreamedBody) and not body.started)
+
+
 @dataclass(slots=True)
 class Capture:
     """A copy of an answer as the client got it, kept for a shadow comparison or a recording
@@ -196,15 +221,9 @@ async def read_body(
     except BodyTooLarge:
         raise _too_large() from None
     prefix = b"".join(chunks)
-    started = [False]  # set by the stream's first read, not when aiohttp is handed it
-
-    def stream() -> AsyncIterator[bytes]:
-        if started[0]:
-            # plan.may_repeat never repeats a request whose streamed body was read.
-            raise RuntimeError("a streamed request body can be sent once")
-        return _stream_rest(receive, prefix, max_body, content_length, idle, outcome, started)
-
-    return stream
+    return StreamedBody(
+        lambda owner: _stream_rest(receive, prefix, max_body, content_length, idle, outcome, owner)
+    )
 
 
 Idle = tuple[float, "asyncio.AbstractEventLoop | None"]  # the body idle timeout, on this loop
@@ -244,11 +263,11 @@ async def _stream_rest(
     content_length: int | None,
     idle: Idle,
     outcome: Outcome,
-    started: list[bool],
+    owner: StreamedBody,
 ) -> AsyncIterator[bytes]:
     """The body past the buffer, as it arrives. It *raises* when the client goes or the body
     ends short: returning would let aiohttp reuse a half-written connection."""
-    started[0] = True
+    owner.started = True
     yield prefix
     while True:
         chunk, more = await _next_chunk(receive, idle, max_body, content_length, outcome)

@@ -26,10 +26,13 @@ next_step, after a try failed before any response byte reached the client:
 - otherwise give up: the failure becomes the answer.
 
 May a request be repeated? A request that never reached the upstream (refused, connect timeout,
-no free slot, ejected) may, whatever its method: nothing was sent. Else its body must be buffered
-(never a streamed one) and its method idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, PUT,
-DELETE); a POST or PATCH only with an Idempotency-Key, re-sent to the same upstream, and that
-upstream declares `idempotent_writes` (another upstream would not know the key).
+no free slot, ejected) may, whatever its method: nothing was sent. Else its body must be buffered,
+or streamed but not yet started (an upload whose `Expect: 100-continue` the upstream never
+answered: none of it has left the client; nginx's rule without request buffering, a request
+goes to the next server only until its body has started being sent), and its method idempotent
+(RFC 9110 §9.2.2: GET, HEAD, OPTIONS, PUT, DELETE); a POST or PATCH only with an
+Idempotency-Key, re-sent to the same upstream, and that upstream declares `idempotent_writes`
+(another upstream would not know the key).
 """
 
 from __future__ import annotations
@@ -328,7 +331,7 @@ _NO_PINS = Pins(limit=1)
 class Tries:
     """What one request has tried so far."""
 
-    replayable: bool  # the body is buffered (or there is none)
+    replayable: bool  # the body is buffered (or there is none), or a stream not yet started
     tries: int = 1  # on the plan's first upstream
     stale_used: bool = False
     fallen_back: bool = False

@@ -25,7 +25,8 @@ Each request gets one behaviour, chosen when its head arrives: the next item of 
   "stall:SECONDS": answer "ok" after that delay.
 - "drop_reused" / "drop_reused:reset": on a connection that already served a request (the stale
   keep-alive race), read the request and close (FIN) or reset without answering; on a fresh
-  connection answer "ok".
+  connection answer "ok". A request with `Expect: 100-continue` is dropped at its head, with no
+  100 and its body unread (a closing server says nothing), and recorded without a body.
 - "slow_body[:SIZE[:RATE]]": 200 with a Content-Length body of SIZE bytes (256 KiB) written at
   RATE bytes per second (1 MiB/s).
 
@@ -603,8 +604,6 @@ class FaultyUpstream:
             writer.write(_response(400, b"", close=True))
             return False
         behaviour = self._choose(parsed.path)
-        if parsed.expect_continue:
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request = Request(
             number,
             parsed.method,
@@ -618,6 +617,12 @@ class FaultyUpstream:
             conn.served > 0,
             behaviour.text,
         )
+        if parsed.expect_continue:
+            if behaviour.kind == "drop_reused" and request.reused:
+                self._record(request)  # dropped at the head: no 100, the body never read
+                await self._act(behaviour, request, parsed, reader, writer)
+                return False
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             await self._read_body(parsed, reader, request)
         except _BadRequest:

@@ -234,6 +234,29 @@ def test_drop_reused_answers_a_fresh_connection_and_drops_a_reused_one(
     assert (fresh.reused, fresh.answered) == (False, True)
 
 
+def test_drop_reused_drops_an_expect_request_at_its_head(up: FaultyUpstream) -> None:
+    """The stale race as an upload asking `Expect: 100-continue` meets it: no 100, no body read."""
+    up.mode = "drop_reused"
+    with Conn(up.port, timeout=3) as conn:
+        conn.sendall(build("GET", "/first"))
+        assert conn.read_response().status == 200
+        conn.sendall(build("PUT", "/upload", [("Expect", "100-continue"), ("Content-Length", "3")]))
+        assert ended(conn.sock) == b""  # a FIN, not a 100
+    _first, dropped = up.requests
+    assert (dropped.reused, dropped.answered, dropped.body_size, dropped.complete) == (
+        True,
+        False,
+        0,
+        False,
+    )
+    with Conn(up.port, timeout=3) as conn:  # a fresh connection says 100 and reads the body
+        conn.sendall(build("PUT", "/again", [("Expect", "100-continue"), ("Content-Length", "3")]))
+        assert conn.read_response().status == 100
+        conn.sendall(b"abc")
+        assert conn.read_response().status == 200
+    assert up.requests[-1].body == b"abc"
+
+
 def test_drop_reused_is_what_a_pooled_client_sees(up: FaultyUpstream) -> None:
     up.mode = "drop_reused"
     with httpx.Client(base_url=up.url, timeout=3) as client:

@@ -290,6 +290,70 @@ def test_a_keyed_post_is_not_resent_when_the_upstream_does_not_take_keys(
     assert stale.count("POST", "/stale/order", header=header) == 1
 
 
+UPLOAD = 100_000  # above the request buffer: the upstream is asked `Expect: 100-continue`
+
+
+def expect_upload(
+    port: int, method: str, target: str, headers: list[tuple[str, str]] | None = None
+) -> tuple[list[int], Response]:
+    """An upload that waits for `100 Continue` before its body: the statuses before the final
+    answer (the 100, if one came), and the final answer."""
+    fields = [("Expect", "100-continue"), ("Content-Length", str(UPLOAD)), *(headers or [])]
+    interim = []
+    with Conn(port, timeout=10) as conn:
+        conn.sendall(build(method, target, fields))
+        answer = conn.read_response()
+        if answer.status == 100:
+            interim.append(100)
+            conn.sendall(b"u" * UPLOAD)
+            answer = conn.read_response()
+    return interim, answer
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "headers"),
+    [
+        ("stale", "PUT", []),
+        ("stalekeyed", "POST", [("Idempotency-Key", "stale-upload-1")]),
+    ],
+)
+def test_an_upload_waiting_for_100_is_resent_after_a_stale_connection(
+    proxy: ProxyProcess,
+    ups: dict[str, FaultyUpstream],
+    name: str,
+    method: str,
+    headers: list[tuple[str, str]],
+) -> None:
+    """A large upload asks the upstream first (`Expect: 100-continue`). A pooled connection the
+    upstream drops before its 100 has taken none of the body, nor has the client sent any: it
+    goes again on a new connection, and the client's 100 comes from there."""
+    up = ups[name]
+    up.mode = "drop_reused"
+    prime(proxy, up, f"/{name}/prime")
+    before = metric(proxy, "strangler_retries_total", route=name, step="stale")
+    interim, answer = expect_upload(proxy.external, method, f"/{name}/upload", headers)
+    assert interim == [100]
+    served_by(answer, name)
+    tries = up.matching(method, f"/{name}/upload")
+    assert [(each.reused, each.body_size) for each in tries] == [(True, 0), (False, UPLOAD)]
+    assert tries[-1].complete
+    assert metric(proxy, "strangler_retries_total", route=name, step="stale") == before + 1
+
+
+def test_an_unkeyed_upload_waiting_for_100_is_not_resent_after_a_stale_connection(
+    proxy: ProxyProcess, ups: dict[str, FaultyUpstream]
+) -> None:
+    """A POST without a key is never sent twice, even with its body unsent: the client gets the
+    502 instead of a 100, and sends nothing."""
+    stale = ups["stale"]
+    stale.mode = "drop_reused"
+    prime(proxy, stale, "/stale/prime")
+    interim, answer = expect_upload(proxy.external, "POST", "/stale/upload")
+    assert interim == []
+    problem(answer, 502, "upstream-disconnected")
+    assert [(each.reused, each.body_size) for each in stale.requests] == [(True, 0)]
+
+
 # --- 2. a route's retry policy --------------------------------------------------------------------
 def test_a_get_answered_503_is_retried(proxy: ProxyProcess, ups: dict[str, FaultyUpstream]) -> None:
     flaky = ups["flaky"]
