@@ -118,6 +118,40 @@ def _persistent(parser: httptools.HttpResponseParser, answer: Answer) -> bool:
     return b"close" not in words
 
 
+_DEFAULT_TLS: list[ssl.SSLContext] = []  # the system's trust store, loaded once per process
+
+
+def upstream_tls(
+    upstream: Upstream, context: ssl.SSLContext | None = None
+) -> ssl.SSLContext | None:
+    """The TLS context for connections to `upstream`: None for http; `context`, else the
+    system's trust store (verifying the upstream's name), for https."""
+    if upstream.scheme != "https":
+        return None
+    if context is not None:
+        return context
+    if not _DEFAULT_TLS:
+        _DEFAULT_TLS.append(ssl.create_default_context())
+    return _DEFAULT_TLS[0]
+
+
+async def dial(
+    loop: asyncio.AbstractEventLoop,
+    protocol: asyncio.BaseProtocol,
+    upstream: Upstream,
+    tls: ssl.SSLContext | None,
+) -> None:
+    """Connect `protocol` to `upstream`, over TLS naming its host when `tls` is set (the
+    pool's connections and the tunnels' both). Raises OSError."""
+    await loop.create_connection(
+        lambda: protocol,
+        upstream.host,
+        upstream.port,
+        ssl=tls,
+        server_hostname=upstream.host if tls else None,
+    )
+
+
 def authority(upstream: Upstream) -> bytes:
     """The Host a request to `upstream` names when the client sent none (RFC 9112 §3.2)."""
     default = (upstream.scheme == "https" and upstream.port == 443) or (
@@ -726,15 +760,8 @@ class Pool:
     async def _connect(self, ssl_context: ssl.SSLContext | None) -> Connection:
         conn = Connection(self)
         self.open.add(conn)
-        upstream = self.upstream
         try:
-            await self.loop.create_connection(
-                lambda: conn,
-                upstream.host,
-                upstream.port,
-                ssl=ssl_context,
-                server_hostname=upstream.host if ssl_context else None,
-            )
+            await dial(self.loop, conn, self.upstream, ssl_context)
         except BaseException:
             self.forget(conn)
             raise
@@ -906,11 +933,11 @@ class Forwarder:
 
     strict = True  # llhttp refuses control characters in values and non-token names
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._pools: dict[tuple[str, int], Pool] = {}
         self._retired: set[Pool] = set()
         self._senders: set[asyncio.Task[None]] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # for https upstreams; None: the system's trust store (upstream_tls)
         self._buffer = memoryview(bytearray(READ_BYTES))  # every upstream read lands here
 
     def pool(self, upstream: Upstream) -> Pool:
@@ -953,13 +980,6 @@ class Forwarder:
             pool.close()
         for task in list(self._senders):
             task.cancel()
-
-    def _ssl(self, upstream: Upstream) -> ssl.SSLContext | None:
-        if upstream.scheme != "https":
-            return None
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
 
     async def open(
         self,
@@ -1039,7 +1059,7 @@ class Forwarder:
         if head_timeout is not None:
             timeout = min(timeout, head_timeout)
         try:
-            conn = await pool.connection(self._ssl(upstream), timeout, fresh)
+            conn = await pool.connection(upstream_tls(upstream, self._tls), timeout, fresh)
         except TryFailed as failed:
             shorter = head_timeout is not None and head_timeout <= upstream.connect_timeout
             if shorter and failed.error.kind == "upstream-connect-timeout":

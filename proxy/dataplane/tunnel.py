@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.dataplane.forward import Outcome
-from proxy.dataplane.h1client import authority
-from proxy.dataplane.headers import prepare_response
+from proxy.dataplane.h1client import authority, dial, upstream_tls
+from proxy.dataplane.headers import field_lines, prepare_response
 from proxy.errors import ProxyError
 from proxy.types import Scope, Send
 
@@ -234,17 +234,10 @@ async def open_upgrade(
 ) -> UpstreamSide:
     """Send the upgrade request on a new connection; returns once its answer's head (and, for
     a declining answer, its body) has arrived. Raises ProxyError (502, 504)."""
-    loop = asyncio.get_running_loop()
     side = UpstreamSide()
     try:
         async with asyncio.timeout(upstream.connect_timeout):
-            await loop.create_connection(
-                lambda: side,
-                upstream.host,
-                upstream.port,
-                ssl=tls,
-                server_hostname=upstream.host if tls else None,
-            )
+            await dial(asyncio.get_running_loop(), side, upstream, tls)
     except TimeoutError:
         raise ProxyError(
             504, "upstream-connect-timeout", "the upstream did not accept in time"
@@ -268,40 +261,32 @@ def _head(
     upgrade: bytes,
     upstream: Upstream,
 ) -> bytes:
-    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-    has_host = False
-    for name, value in fields:
-        if len(name) == 4 and name.lower() == b"host":
-            has_host = True
-        parts += (name, b": ", value, b"\r\n")
-    if not has_host:
-        parts += (b"host: ", authority(upstream), b"\r\n")
-    parts += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n\r\n")
-    return b"".join(parts)
+    has_host = any(len(name) == 4 and name.lower() == b"host" for name, _ in fields)
+    host = b"" if has_host else b"host: " + authority(upstream) + b"\r\n"
+    return b"".join(
+        (
+            method.encode("ascii"),
+            b" ",
+            target,
+            b" HTTP/1.1\r\n",
+            field_lines(fields),
+            host,
+            b"connection: upgrade\r\nupgrade: ",
+            upgrade,
+            b"\r\n\r\n",
+        )
+    )
 
 
 def switching_head(side: UpstreamSide) -> bytes:
     """The 101 head for the client, as the upstream sent it (its Connection and Upgrade
     fields included: they are this hop's answer to the client's)."""
     reason = side.reason or b"Switching Protocols"
-    parts = [b"HTTP/1.1 101 ", reason, b"\r\n"]
-    for name, value in side.headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    return b"".join((b"HTTP/1.1 101 ", reason, b"\r\n", field_lines(side.headers), b"\r\n"))
 
 
 # The engine's `strangler.upgrade` extension: make the client connection the tunnel's other end.
 Attach = Callable[[Tunnel, bytes], None]
-_TLS: list[ssl.SSLContext] = []
-
-
-def _tls(upstream: Upstream) -> ssl.SSLContext | None:
-    if upstream.scheme != "https":
-        return None
-    if not _TLS:
-        _TLS.append(ssl.create_default_context())
-    return _TLS[0]
 
 
 class Tunnels:
@@ -343,7 +328,7 @@ class Tunnels:
         self.open[route] = self.open.get(route, 0) + 1
         try:
             try:
-                tls, read_timeout = _tls(upstream), plan.read_timeout
+                tls, read_timeout = upstream_tls(upstream), plan.read_timeout
                 side = await open_upgrade(
                     upstream, plan.method, target, fields, upgrade, read_timeout, tls
                 )

@@ -165,7 +165,7 @@ def test_answers_read_through_the_shared_buffer_stay_apart_over_tls_and_in_paral
         finally:
             writer.close()
 
-    forwarder = Forwarder()
+    forwarder = Forwarder(tls=client_tls)  # the test CA's, instead of the system's
 
     async def fetch(pool: Pool, upstream: Upstream, name: str) -> bytes:
         scope = {"method": "GET", "raw_path": f"/{name}".encode(), "query_string": b""}
@@ -180,7 +180,6 @@ def test_answers_read_through_the_shared_buffer_stay_apart_over_tls_and_in_paral
         return whole
 
     async def main() -> None:
-        forwarder._tls = client_tls  # the test CA's, instead of the system's
         servers = []
         try:
             for scheme, tls in (("http", None), ("https", server_tls)):
