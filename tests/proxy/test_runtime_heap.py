@@ -6,8 +6,12 @@ memory does not grow with flips."""
 from __future__ import annotations
 
 import gc
+import os
+import platform
+import subprocess
+import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -49,3 +53,60 @@ def test_a_cycle_made_after_a_settle_is_collected_as_usual() -> None:
     del request
     gc.collect()
     assert gone() is None
+
+
+# Answers in flight at once, then freed together, then made again: the pattern of a loaded
+# worker's 64 KiB bodies. The page faults it costs, in a fresh interpreter (glibc's own state).
+ANSWERS = """
+import resource, sys
+from proxy.runtime import keep_heap
+kept = keep_heap() if sys.argv[1] == "keep" else False
+def rounds(n, k, size):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        live = [b"x" * size for _ in range(k)]
+        del live
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+rounds(5, 8, 65536)  # the heap grown once
+print(kept, rounds(200, 8, 65536), rounds(200, 4, 200_000))
+"""
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def faults(mode: str, **env: str) -> tuple[str, int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", ANSWERS, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env,
+    ).stdout.split()
+    return out[0], int(out[1]), int(out[2])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc thresholds")
+def test_a_kept_heap_serves_answers_again_without_page_faults() -> None:
+    kept, small, large = faults("keep")
+    assert kept == "True"
+    assert small < 100, small  # the pages of the first rounds only
+    assert large < 200, large
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc thresholds")
+@pytest.mark.parametrize(
+    ("variable", "faulted"),
+    [
+        # trimmed at 128 KiB: every round's 64 KiB bodies fault at least one body's 16 pages
+        ("MALLOC_TRIM_THRESHOLD_", lambda small, large: small >= 200 * 16),
+        # mapped apart from 128 KiB: every 200 KB body is mapped, faulted and unmapped
+        ("MALLOC_MMAP_THRESHOLD_", lambda small, large: large >= 200 * 4 * 48),
+    ],
+)
+def test_the_operators_malloc_settings_win(
+    variable: str, faulted: Callable[[int, int], bool]
+) -> None:
+    """glibc's own variables, set by the operator, are left to rule: then the answers fault
+    their pages again, what keep_heap saves otherwise."""
+    kept, small, large = faults("keep", **{variable: "131072"})
+    assert kept == "False"
+    assert faulted(small, large), (small, large)
