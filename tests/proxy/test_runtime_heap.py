@@ -11,7 +11,7 @@ import platform
 import subprocess
 import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -93,20 +93,13 @@ def test_a_kept_heap_serves_answers_again_without_page_faults() -> None:
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc thresholds")
-@pytest.mark.parametrize(
-    ("variable", "faulted"),
-    [
-        # trimmed at 128 KiB: every round's 64 KiB bodies fault at least one body's 16 pages
-        ("MALLOC_TRIM_THRESHOLD_", lambda small, large: small >= 200 * 16),
-        # mapped apart from 128 KiB: every 200 KB body is mapped, faulted and unmapped
-        ("MALLOC_MMAP_THRESHOLD_", lambda small, large: large >= 200 * 4 * 48),
-    ],
-)
-def test_the_operators_malloc_settings_win(
-    variable: str, faulted: Callable[[int, int], bool]
-) -> None:
-    """glibc's own variables, set by the operator, are left to rule: then the answers fault
-    their pages again, what keep_heap saves otherwise."""
-    kept, small, large = faults("keep", **{variable: "131072"})
+@pytest.mark.parametrize("variable", ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"])
+def test_the_operators_malloc_settings_win(variable: str) -> None:
+    """glibc's own variables, set by the operator, are left to rule. Either one fixes glibc's
+    mmap threshold (at its 128 KiB default, or at the value given): every 200 KB body is then
+    mapped apart, its pages faulted and unmapped again, round after round, which keep_heap
+    saves otherwise. (Whether the 64 KiB bodies' pages go back too depends on the heap's
+    layout, which the interpreter's own allocations decide: not asserted.)"""
+    kept, _, large = faults("keep", **{variable: "131072"})
     assert kept == "False"
-    assert faulted(small, large), (small, large)
+    assert large >= 200 * 4 * 16, large  # at least 16 of each body's 49 pages, every round
