@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from proxy.procs import Child
 
@@ -448,6 +449,31 @@ def sink(*, pause: float = 0.0) -> Handler:
     return handle
 
 
+_T = TypeVar("_T")
+
+
+class LoopThread:
+    """An event loop running in a thread of its own: a test's upstream server lives there."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Awaitable[_T]) -> _T:
+        """Run `coro` on the loop; its result (within 30 s)."""
+
+        async def run() -> _T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
 class Recorder:
     """A raw HTTP/1.1 upstream on 127.0.0.1:0 in a thread with its own event loop."""
 
@@ -455,19 +481,17 @@ class Recorder:
         self.seen: list[Seen] = []
         self.connections = 0
         self.handler: Handler = reply()
-        self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="recorder", daemon=True)
-        self._thread.start()
-        self.server = self._call(asyncio.start_server(self._accept, "127.0.0.1", 0, limit=MiB))
+        self.thread = LoopThread("recorder")
+        self.loop = self.thread.loop
+        self.server = self.thread.call(
+            asyncio.start_server(self._accept, "127.0.0.1", 0, limit=MiB)
+        )
         self.port: int = self.server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def _call(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     def reset(self, handler: Handler | None = None) -> None:
         self.seen = []
@@ -509,10 +533,8 @@ class Recorder:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.server.wait_closed()
 
-        self._call(shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self.thread.call(shutdown())
+        self.thread.stop()
 
 
 @contextlib.contextmanager

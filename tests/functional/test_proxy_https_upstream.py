@@ -11,14 +11,11 @@ over a trustme CA's certificates) as the upstreams.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import trustme
@@ -27,9 +24,14 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.sync.client import connect
 
-from tests.functional.proxy_support import ProxyProcess, Table, get, problem, running
-
-T = TypeVar("T")
+from tests.functional.proxy_support import (
+    LoopThread,
+    ProxyProcess,
+    Table,
+    get,
+    problem,
+    running,
+)
 
 
 class TlsUpstream:
@@ -40,14 +42,9 @@ class TlsUpstream:
         self.paths: list[str] = []
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ca.issue_cert("127.0.0.1").configure_cert(self.context)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="tls-up", daemon=True)
-        self._thread.start()
-        self.server: Server = self._call(self._start())
+        self.thread = LoopThread("tls-up")
+        self.server: Server = self.thread.call(self._start())
         self.port: int = self.server.sockets[0].getsockname()[1]
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     async def _start(self) -> Server:
         return await serve(
@@ -69,10 +66,8 @@ class TlsUpstream:
             self.server.close()
             await self.server.wait_closed()
 
-        self._call(shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self.thread.call(shutdown())
+        self.thread.stop()
 
 
 @dataclass

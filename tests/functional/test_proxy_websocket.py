@@ -33,13 +33,11 @@ import json
 import os
 import random
 import socket
-import threading
 import time
 import urllib.parse
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -53,6 +51,7 @@ from proxy.access.consumers import Add
 from proxy.store.consumers import FileConsumerStore
 from tests.functional.proxy_support import (
     Conn,
+    LoopThread,
     MiB,
     ProxyProcess,
     Recorder,
@@ -82,7 +81,6 @@ UPGRADE_REQUIRED = (
     b"Content-Type: text/plain\r\nContent-Length: 12\r\n\r\nversion 13!\n"
 )
 _ids = itertools.count(1)
-T = TypeVar("T")
 
 
 # --- the websockets upstream ----------------------------------------------------------------------
@@ -111,18 +109,13 @@ class WsUpstream:
 
     def __init__(self) -> None:
         self.visits: dict[str, Visit] = {}
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="ws-up", daemon=True)
-        self._thread.start()
-        self.server: Server = self._call(self._start())
+        self.thread = LoopThread("ws-up")
+        self.server: Server = self.thread.call(self._start())
         self.port: int = self.server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     async def _start(self) -> Server:
         return await serve(
@@ -169,10 +162,8 @@ class WsUpstream:
             self.server.close()
             await self.server.wait_closed()
 
-        self._call(shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self.thread.call(shutdown())
+        self.thread.stop()
 
 
 # --- the proxy in front ---------------------------------------------------------------------------
