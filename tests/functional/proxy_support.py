@@ -468,7 +468,15 @@ class LoopThread:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, server: asyncio.AbstractServer | None = None) -> None:
+        """Close `server` (waiting for it), then the loop and its thread."""
+        if server is not None:
+
+            async def close() -> None:
+                server.close()
+                await server.wait_closed()
+
+            self.call(close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()

@@ -62,12 +62,7 @@ class TlsUpstream:
             await ws.send(message)
 
     def close(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        self.thread.call(shutdown())
-        self.thread.stop()
+        self.thread.stop(self.server)
 
 
 @dataclass

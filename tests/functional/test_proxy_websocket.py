@@ -158,12 +158,7 @@ class WsUpstream:
             visit.closed = "error"
 
     def close(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        self.thread.call(shutdown())
-        self.thread.stop()
+        self.thread.stop(self.server)
 
 
 # --- the proxy in front ---------------------------------------------------------------------------
