@@ -509,8 +509,11 @@ class DataPlane:
                     call.facts.headers,
                     call.body,
                     read_timeout=plan.read_timeout,
+                    # the retry policy's per-try timeout, not on the fallback (no Tries made)
                     head_timeout=(
-                        retry.per_try_timeout if retry and not call.so_far().fallen_back else None
+                        retry.per_try_timeout
+                        if retry and (call.tries is None or not call.tries.fallen_back)
+                        else None
                     ),
                     fresh=call.fresh,
                     expect=call.expect,

@@ -45,6 +45,7 @@ Rules, with their precedents:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -118,7 +119,10 @@ def _persistent(parser: httptools.HttpResponseParser, answer: Answer) -> bool:
     return b"close" not in words
 
 
-_DEFAULT_TLS: list[ssl.SSLContext] = []  # the system's trust store, loaded once per process
+@functools.cache
+def _system_tls() -> ssl.SSLContext:
+    """The system's trust store, loaded once per process."""
+    return ssl.create_default_context()
 
 
 def upstream_tls(
@@ -128,11 +132,7 @@ def upstream_tls(
     system's trust store (verifying the upstream's name), for https."""
     if upstream.scheme != "https":
         return None
-    if context is not None:
-        return context
-    if not _DEFAULT_TLS:
-        _DEFAULT_TLS.append(ssl.create_default_context())
-    return _DEFAULT_TLS[0]
+    return context if context is not None else _system_tls()
 
 
 async def dial(
